@@ -1,0 +1,1 @@
+"""Pulumi components that provision trading clusters and install tradeplane."""

@@ -1,0 +1,1 @@
+"""tradeplane: a Kubernetes control plane for latency-critical trading services."""

@@ -1,0 +1,1 @@
+"""The five bundled trading services."""
