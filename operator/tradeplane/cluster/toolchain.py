@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +22,15 @@ ETCD_VERSION = "v3.6.6"
 KWOK_VERSION = "v0.7.0"
 HELM_VERSION = "v3.19.2"
 
-STAGING_MODULES = (
-    "api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider "
-    "cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api "
-    "cri-client csi-translation-lib dynamic-resource-allocation endpointslice externaljwt kms "
-    "kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics "
-    "mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller"
-).split()
+# The staging modules k8s.io/kubernetes replaces with local paths in its own go.mod.
+STAGING_MODULES = [
+    "api", "apiextensions-apiserver", "apimachinery", "apiserver", "cli-runtime", "client-go",
+    "cloud-provider", "cluster-bootstrap", "code-generator", "component-base", "component-helpers",
+    "controller-manager", "cri-api", "cri-client", "csi-translation-lib", "dynamic-resource-allocation",
+    "endpointslice", "externaljwt", "kms", "kube-aggregator", "kube-controller-manager", "kube-proxy",
+    "kube-scheduler", "kubectl", "kubelet", "metrics", "mount-utils", "pod-security-admission",
+    "sample-apiserver", "sample-cli-plugin", "sample-controller",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ def _run(command: list[str], cwd: Path, what: str) -> None:
         raise ToolchainError(f"building {what} failed: {' '.join(command)}\n{tail}")
 
 
-def build(name: str, log: "callable[[str], None] | None" = None) -> Path:  # type: ignore[valid-type]
+def build(name: str, log: Callable[[str], None] | None = None) -> Path:
     """Return the cached binary, building it first when this version is not cached yet."""
     target = binary_path(name)
     if target.exists():
@@ -151,7 +154,9 @@ def build(name: str, log: "callable[[str], None] | None" = None) -> Path:  # typ
 def ensure(names: tuple[str, ...] = CLUSTER_BINARIES) -> dict[str, Path]:
     """Build what is missing, one at a time: the Go build is already parallel inside."""
     if shutil.which("go") is None:
-        raise ToolchainError("the Go toolchain is not on PATH; it is needed once to build the cluster binaries")
+        raise ToolchainError(
+            "the Go toolchain is not on PATH; it is needed once to build the cluster binaries"
+        )
     return {name: build(name) for name in names}
 
 

@@ -1,0 +1,56 @@
+"""Shared fixtures: the real local control plane (started once per session) and a namespace per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import Kubectl
+from tradeplane.cluster import local, toolchain
+
+
+@pytest.fixture(scope="session")
+def kube_env() -> Iterator[Path]:
+    """KUBECONFIG of a running cluster: the caller's when set, else the local control plane (started here)."""
+    preset = os.environ.get("KUBECONFIG")
+    if preset:
+        yield Path(preset)
+        return
+    path = local.up(log=lambda message: print(message, flush=True))
+    os.environ["KUBECONFIG"] = str(path)
+    yield path
+
+
+@pytest.fixture(scope="session")
+def kubectl(kube_env: Path) -> Kubectl:
+    binary = str(toolchain.build("kubectl"))
+
+    def run(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [binary, f"--kubeconfig={kube_env}", *args], input=input, capture_output=True, text=True
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    return run
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    # Pods are refused until the controller-manager has created the namespace's default ServiceAccount.
+    deadline = time.monotonic() + 30
+    while kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"namespace {name}: default ServiceAccount never appeared")
+        time.sleep(0.2)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)

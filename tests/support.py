@@ -1,0 +1,49 @@
+"""Helpers for tests that talk to the real API server: `from support import wait_for, get_json`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.2, what: str = "condition"
+) -> object:
+    """Poll until predicate returns something truthy; fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def get_json(kubectl: Kubectl, *args: str) -> dict[str, object]:
+    return json.loads(kubectl("get", *args, "-o", "json").stdout)  # type: ignore[no-any-return]
+
+
+def token_kubeconfig(admin_kubeconfig: Path, token: str, path: Path) -> Path:
+    """A kubeconfig for the same cluster that authenticates with a bearer token only (no client cert)."""
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster_name = admin["clusters"][0]["name"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": "token", "user": {"token": token}}],
+        "contexts": [
+            {"name": "token", "context": {"cluster": cluster_name, "user": "token"}}
+        ],
+        "current-context": "token",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
