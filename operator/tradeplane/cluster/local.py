@@ -26,9 +26,11 @@ import yaml
 
 from tradeplane.cluster import pki, toolchain
 
-ETCD_CLIENT_PORT = 23790
-ETCD_PEER_PORT = 23800
-APISERVER_PORT = 26443
+# TRADEPLANE_PORT_OFFSET shifts every port, so a second cluster (a benchmark's) can run beside the first.
+_PORT_OFFSET = int(os.environ.get("TRADEPLANE_PORT_OFFSET", "0"))
+ETCD_CLIENT_PORT = 23790 + _PORT_OFFSET
+ETCD_PEER_PORT = 23800 + _PORT_OFFSET
+APISERVER_PORT = 26443 + _PORT_OFFSET
 SERVICE_CIDR = "10.96.0.0/16"
 READY_TIMEOUT_SECONDS = 90.0
 
