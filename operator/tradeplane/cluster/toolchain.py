@@ -78,7 +78,25 @@ BINARIES: dict[str, GoBinary] = {
     },
     "etcd": GoBinary("etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, "go.etcd.io/etcd/server/v3"),
     "kwok": GoBinary("kwok", "sigs.k8s.io/kwok", KWOK_VERSION, "sigs.k8s.io/kwok/cmd/kwok"),
-    "helm": GoBinary("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm"),
+    # Stamped as helm's own Makefile does: without it `helm version` says v3.19 and `helm template`
+    # renders for Kubernetes v1.20 (its client-go is v0.34).
+    "helm": GoBinary(
+        "helm",
+        "helm.sh/helm/v3",
+        HELM_VERSION,
+        "helm.sh/helm/v3/cmd/helm",
+        ldflags=" ".join(
+            [
+                f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+                "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+                *(
+                    f"-X helm.sh/helm/v3/pkg/{package}.k8sVersion{part}={value}"
+                    for package in ("chartutil", "lint/rules")
+                    for part, value in (("Major", "1"), ("Minor", "34"))
+                ),
+            ]
+        ),
+    ),
 }
 
 CLUSTER_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
