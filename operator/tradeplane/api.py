@@ -255,6 +255,7 @@ class Phase(StrEnum):
     PROGRESSING = "Progressing"
     READY = "Ready"
     PAUSED = "Paused"
+    PROMOTING = "Promoting"
     ROLLING_BACK = "RollingBack"
     ROLLED_BACK = "RolledBack"
     DEGRADED = "Degraded"
@@ -277,7 +278,10 @@ class Condition(Model):
 
 class AnalysisResult(Model):
     verdict: Verdict
-    gate: str | None = Field(None, description="The gate that decided: p99, baseline, errorRate, samples.")
+    gate: str | None = Field(
+        None, description="The gate that decided: provider, samples, p99, errorRate or baseline."
+    )
+    value: float | None = Field(None, description="The deciding gate's measured value.")
     p99Micros: float | None = None
     baselineP99Micros: float | None = None
     errorRate: float | None = None
