@@ -6,13 +6,14 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from support import Kubectl
 from tradeplane.cluster import local, toolchain
+from tradeplane.cluster.podrunner import DEFAULT_SELECTOR, PodRunner
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +55,18 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
         time.sleep(0.2)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def pod_runner(kube_env: Path) -> Iterator[Callable[..., PodRunner]]:
+    """Start real local processes behind the selected kwok pods of a namespace; all stopped after the test."""
+    runners: list[PodRunner] = []
+
+    def start(namespace: str, selector: str = DEFAULT_SELECTOR) -> PodRunner:
+        runner = PodRunner(namespace, selector, kubeconfig=str(kube_env)).start()
+        runners.append(runner)
+        return runner
+
+    yield start
+    for runner in runners:
+        runner.stop()

@@ -1,0 +1,178 @@
+"""Run the real processes behind kwok's simulated pods, bound to each pod's loopback IP.
+
+kwok marks pods Running without starting anything. On the local control plane each node's podCIDR is a
+loopback range, so this runner plays the kubelet's part for the commands we ship: for every Running pod
+it selects, it starts the first container's command with the pod's environment, its ConfigMap volumes
+written to a local directory, and TRADEPLANE_BIND set to the pod IP. Prometheus' pod service discovery
+and the operator's direct scrape then reach real processes exactly as in a cluster. A pod that goes away
+has its process stopped (SIGTERM, so the service drains).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=tradeplane"
+
+
+@dataclass
+class RunningPod:
+    uid: str
+    name: str
+    ip: str
+    process: subprocess.Popen[bytes]
+    workdir: Path
+
+
+def _local_path() -> str:
+    """PATH with this interpreter's bin dir first, so the project's console scripts are found."""
+    return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+
+
+def _config_maps(api: client.CoreV1Api, namespace: str, pod: Any) -> dict[str, dict[str, str]]:
+    """mountPath -> files, for each ConfigMap volume the first container mounts."""
+    volumes = {v.name: v.config_map.name for v in pod.spec.volumes or [] if v.config_map is not None}
+    mounted: dict[str, dict[str, str]] = {}
+    for mount in pod.spec.containers[0].volume_mounts or []:
+        if mount.name in volumes:
+            data = api.read_namespaced_config_map(volumes[mount.name], namespace).data or {}
+            mounted[mount.mount_path] = dict(data)
+    return mounted
+
+
+def _environment(pod: Any, mounts: dict[str, Path]) -> dict[str, str]:
+    """The container's env with field references resolved and mounted paths mapped to local ones."""
+    env = {key: value for key, value in os.environ.items() if key in ("HOME", "LANG", "PYTHONPATH")}
+    env["PATH"] = _local_path()
+    fields = {
+        "status.podIP": pod.status.pod_ip,
+        "metadata.name": pod.metadata.name,
+        "metadata.namespace": pod.metadata.namespace,
+        "spec.nodeName": pod.spec.node_name,
+    }
+    for variable in pod.spec.containers[0].env or []:
+        if variable.value is not None:
+            value = variable.value
+            for mount_path, local in mounts.items():
+                if value.startswith(mount_path):
+                    value = str(local) + value[len(mount_path) :]
+            env[variable.name] = value
+        elif variable.value_from is not None and variable.value_from.field_ref is not None:
+            env[variable.name] = fields.get(variable.value_from.field_ref.field_path) or ""
+    env["TRADEPLANE_BIND"] = pod.status.pod_ip
+    return env
+
+
+class PodRunner:
+    """Poll the selected pods of a namespace and keep one local process per Running pod."""
+
+    def __init__(self, namespace: str, selector: str = DEFAULT_SELECTOR, kubeconfig: str | None = None):
+        # The kubernetes package ships no annotations for its config loaders.
+        api_client = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        self.api = client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.selector = selector
+        self.running: dict[str, RunningPod] = {}
+        self.skipped: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start(self, pod: Any) -> None:
+        container = pod.spec.containers[0]
+        command = [*(container.command or []), *(container.args or [])]
+        if not command or shutil.which(command[0], path=_local_path()) is None:
+            self.skipped[pod.metadata.uid] = f"{pod.metadata.name}: {command[:1]} is not a local command"
+            return
+        workdir = Path(tempfile.mkdtemp(prefix=f"pod-{pod.metadata.name}-"))
+        mounts: dict[str, Path] = {}
+        for index, (mount_path, files) in enumerate(_config_maps(self.api, self.namespace, pod).items()):
+            local = workdir / f"volume-{index}"
+            local.mkdir()
+            for file_name, text in files.items():
+                (local / file_name).write_text(text)
+            mounts[mount_path] = local
+        for mount in container.volume_mounts or []:
+            if mount.mount_path not in mounts:
+                # emptyDir, hugepages and state volumes: a private writable directory stands in.
+                local = workdir / mount.name
+                local.mkdir(exist_ok=True)
+                mounts[mount.mount_path] = local
+        log = (workdir / "output.log").open("ab")
+        process = subprocess.Popen(
+            command,
+            env=_environment(pod, mounts),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            start_new_session=True,
+        )
+        self.running[pod.metadata.uid] = RunningPod(
+            pod.metadata.uid, pod.metadata.name, pod.status.pod_ip, process, workdir
+        )
+
+    def _stop_pod(self, uid: str) -> None:
+        running = self.running.pop(uid)
+        if running.process.poll() is None:
+            running.process.send_signal(signal.SIGTERM)
+            try:
+                running.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                running.process.kill()
+                running.process.wait()
+        shutil.rmtree(running.workdir, ignore_errors=True)
+
+    def sync(self) -> None:
+        pods: list[Any] = self.api.list_namespaced_pod(self.namespace, label_selector=self.selector).items
+        wanted = {
+            pod.metadata.uid: pod
+            for pod in pods
+            if pod.status.phase == "Running" and pod.status.pod_ip and pod.metadata.deletion_timestamp is None
+        }
+        for uid in [uid for uid in self.running if uid not in wanted]:
+            self._stop_pod(uid)
+        for uid, pod in wanted.items():
+            if uid not in self.running and uid not in self.skipped:
+                self._start(pod)
+
+    def run(self, interval: float = 0.5) -> None:
+        while not self._stop.is_set():
+            self.sync()
+            self._stop.wait(interval)
+
+    def start(self) -> PodRunner:
+        self._thread = threading.Thread(target=self.run, name="pod-runner", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for uid in list(self.running):
+            self._stop_pod(uid)
+
+    def wait_running(self, count: int, timeout: float = 30.0) -> list[RunningPod]:
+        """Block until `count` local processes run; return them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = [pod for pod in self.running.values() if pod.process.poll() is None]
+            if len(alive) >= count:
+                return alive
+            time.sleep(0.1)
+        raise TimeoutError(
+            f"{len(self.running)} of {count} pod processes running after {timeout:.0f}s; "
+            f"skipped: {list(self.skipped.values())}"
+        )

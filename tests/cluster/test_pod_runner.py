@@ -1,0 +1,88 @@
+"""Real processes behind kwok pods: reachable on the pod IP, configured from the pod's ConfigMap and env."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+
+from support import Kubectl, wait_for
+from tradeplane.cluster.podrunner import PodRunner
+
+pytestmark = pytest.mark.cluster
+
+SERVER = """
+import http.server, os
+body = open(os.environ["GREETING_FILE"]).read().encode() + os.environ["POD_NAME"].encode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(body)
+http.server.HTTPServer((os.environ["TRADEPLANE_BIND"], 8080), Handler).serve_forever()
+"""
+
+
+def test_pod_processes_serve_on_their_pod_ips(
+    kubectl: Kubectl, namespace: str, pod_runner: Callable[..., PodRunner]
+) -> None:
+    labels = {"app.kubernetes.io/managed-by": "tradeplane", "app": "greeter"}
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "greeting", "namespace": namespace},
+        "data": {"greeting.txt": "hello from "},
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "greeter", "namespace": namespace},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "registry.example/greeter:1",
+                            "command": ["python", "-c", SERVER],
+                            "env": [
+                                {"name": "GREETING_FILE", "value": "/etc/greeting/greeting.txt"},
+                                {
+                                    "name": "POD_NAME",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                },
+                            ],
+                            "volumeMounts": [{"name": "greeting", "mountPath": "/etc/greeting"}],
+                        }
+                    ],
+                    "volumes": [{"name": "greeting", "configMap": {"name": "greeting"}}],
+                },
+            },
+        },
+    }
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [config_map, deployment]}),
+    )
+    runner = pod_runner(namespace)
+    pods = runner.wait_running(2)
+
+    def answers() -> list[str] | None:
+        try:
+            return [
+                urllib.request.urlopen(f"http://{pod.ip}:8080/", timeout=1).read().decode() for pod in pods
+            ]
+        except OSError:
+            return None
+
+    bodies = wait_for(answers, what="both pod processes to answer on their pod IPs")
+    assert sorted(bodies) == sorted(f"hello from {pod.name}" for pod in pods)  # type: ignore[arg-type]
+    assert len({pod.ip for pod in pods}) == 2
+
+    kubectl("scale", "deployment", "greeter", "--replicas=0", "-n", namespace)
+    wait_for(lambda: not runner.running, what="the processes of deleted pods to stop")
