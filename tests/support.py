@@ -40,9 +40,7 @@ def token_kubeconfig(admin_kubeconfig: Path, token: str, path: Path) -> Path:
         "kind": "Config",
         "clusters": admin["clusters"],
         "users": [{"name": "token", "user": {"token": token}}],
-        "contexts": [
-            {"name": "token", "context": {"cluster": cluster_name, "user": "token"}}
-        ],
+        "contexts": [{"name": "token", "context": {"cluster": cluster_name, "user": "token"}}],
         "current-context": "token",
     }
     path.write_text(yaml.safe_dump(config))
