@@ -22,6 +22,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer((os.environ["TRADEPLANE_BIND"], 8080), Handler).serve_forever()
 """
 
+CALLER = """
+import http.server, os, urllib.request
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = urllib.request.urlopen("http://" + os.environ["PEER"] + "/", timeout=2).read()
+        self.send_response(200); self.end_headers(); self.wfile.write(body)
+http.server.HTTPServer((os.environ["TRADEPLANE_BIND"], 8080), Handler).serve_forever()
+"""
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return str(response.read().decode())
+    except OSError:
+        return None
+
 
 def test_pod_processes_serve_on_their_pod_ips(
     kubectl: Kubectl, namespace: str, pod_runner: Callable[..., PodRunner]
@@ -84,5 +101,41 @@ def test_pod_processes_serve_on_their_pod_ips(
     assert sorted(bodies) == sorted(f"hello from {pod.name}" for pod in pods)  # type: ignore[arg-type]
     assert len({pod.ip for pod in pods}) == 2
 
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "greeter", "namespace": namespace},
+        "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    caller = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "caller",
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "tradeplane"},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.example/caller:1",
+                    "command": ["python", "-c", CALLER],
+                    "env": [{"name": "PEER", "value": f"greeter.{namespace}.svc.cluster.local:80"}],
+                }
+            ]
+        },
+    }
+    kubectl(
+        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [service, caller]})
+    )
+    (caller_pod,) = [pod for pod in runner.wait_running(3) if pod.name == "caller"]
+    relayed = wait_for(
+        lambda: _get(f"http://{caller_pod.ip}:8080/"),
+        what="the caller to reach the greeter through its Service",
+    )
+    assert str(relayed).startswith("hello from greeter-")
+
+    kubectl("delete", "pod", "caller", "-n", namespace, "--wait=false")
     kubectl("scale", "deployment", "greeter", "--replicas=0", "-n", namespace)
     wait_for(lambda: not runner.running, what="the processes of deleted pods to stop")

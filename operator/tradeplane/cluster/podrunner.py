@@ -6,11 +6,16 @@ it selects, it starts the first container's command with the pod's environment, 
 written to a local directory, and TRADEPLANE_BIND set to the pod IP. Prometheus' pod service discovery
 and the operator's direct scrape then reach real processes exactly as in a cluster. A pod that goes away
 has its process stopped (SIGTERM, so the service drains).
+
+There is no kube-proxy or cluster DNS here, so env values of the form
+`<service>[.<namespace>[.svc[.cluster.local]]]:<port>` are resolved to a Running pod IP behind that Service
+(and its target port) before the process starts.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +30,7 @@ from typing import Any
 from kubernetes import client, config
 
 DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=tradeplane"
+_SERVICE_ADDRESS = re.compile(r"^([a-z0-9-]+)(?:\.([a-z0-9-]+))?(?:\.svc(?:\.cluster\.local)?)?:([0-9]+)$")
 
 
 @dataclass
@@ -50,6 +56,30 @@ def _config_maps(api: client.CoreV1Api, namespace: str, pod: Any) -> dict[str, d
             data = api.read_namespaced_config_map(volumes[mount.name], namespace).data or {}
             mounted[mount.mount_path] = dict(data)
     return mounted
+
+
+def _service_endpoint(api: client.CoreV1Api, namespace: str, value: str) -> str | None:
+    """`host:port` of a Running pod behind the Service a cluster address names, or None if it names none."""
+    match = _SERVICE_ADDRESS.match(value)
+    if match is None:
+        return None
+    name, service_namespace, port = match.group(1), match.group(2) or namespace, int(match.group(3))
+    try:
+        service: Any = api.read_namespaced_service(name, service_namespace)
+    except client.ApiException:
+        return None
+    target = next(
+        (
+            p.target_port
+            for p in service.spec.ports or []
+            if p.port == port and isinstance(p.target_port, int)
+        ),
+        port,
+    )
+    selector = ",".join(f"{key}={val}" for key, val in (service.spec.selector or {}).items())
+    pods: list[Any] = api.list_namespaced_pod(service_namespace, label_selector=selector).items
+    ips = sorted(p.status.pod_ip for p in pods if p.status.phase == "Running" and p.status.pod_ip)
+    return f"{ips[0]}:{target}" if ips else None
 
 
 def _environment(pod: Any, mounts: dict[str, Path]) -> dict[str, str]:
@@ -109,10 +139,13 @@ class PodRunner:
                 local = workdir / mount.name
                 local.mkdir(exist_ok=True)
                 mounts[mount.mount_path] = local
+        env = _environment(pod, mounts)
+        for key, value in env.items():
+            env[key] = _service_endpoint(self.api, self.namespace, value) or value
         log = (workdir / "output.log").open("ab")
         process = subprocess.Popen(
             command,
-            env=_environment(pod, mounts),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
