@@ -305,6 +305,9 @@ class TradingServiceStatus(Model):
     stableRevision: str | None = None
     canaryRevision: str | None = None
     failedRevision: str | None = None
+    failedSpec: str | None = Field(
+        None, description="Fingerprint of the spec the failed revision ran under: changing the spec retries it."
+    )
     step: int | None = None
     weight: int = 0
     actualWeight: int = 0
