@@ -306,7 +306,7 @@ class TradingServiceStatus(Model):
     canaryRevision: str | None = None
     failedRevision: str | None = None
     failedSpec: str | None = Field(
-        None, description="Fingerprint of the spec the failed revision ran under: changing the spec retries it."
+        None, description="Fingerprint of the spec the revision failed under; a spec change retries it."
     )
     step: int | None = None
     weight: int = 0
