@@ -1,18 +1,33 @@
 """The TradingService API, defined once: the CRD under `crds/` is generated from these models.
 
 Field names are the wire names (camelCase) so that a model dumps straight into a manifest.
-Rules a structural schema cannot say travel as CEL `x-kubernetes-validations`, so the API server
-refuses bad manifests at `kubectl apply` with a message naming the field.
+Rules a structural schema cannot say are declared once as `Rule`s: the CRD carries them as CEL
+`x-kubernetes-validations`, so the API server refuses bad manifests at `kubectl apply` with a message
+naming the field, and the models check the same rules in Python (for `tradeplane render` and the
+operator), with the same message at the same field.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from itertools import pairwise
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 GROUP = "tradeplane.io"
 VERSION = "v1alpha1"
@@ -25,10 +40,17 @@ SHORT_NAMES = ["ts"]
 POOL_LABEL = "tradeplane.io/pool"
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 QUANTITY_PATTERN = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# Children are named <name>-canary and <name>-<revision>; the Service name is a 63-character DNS label.
+MAX_NAME_LENGTH = 40
 MAX_ROLLOUT_STEPS = 10
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_BINARY_SUFFIXES = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-_DECIMAL_SUFFIXES = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_BINARY_SUFFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+_DECIMAL_SUFFIXES = ("", "k", "M", "G", "T", "P", "E")
+_MULTIPLIERS: dict[str, int] = {
+    **{suffix: 1 << (10 * index) for index, suffix in enumerate(_BINARY_SUFFIXES)},
+    **{suffix: int(f"1{'000' * index}") for index, suffix in enumerate(_DECIMAL_SUFFIXES) if suffix},
+}
 
 
 def parse_duration(text: str) -> float:
@@ -43,19 +65,78 @@ def parse_quantity(text: str) -> int:
     match = re.fullmatch(r"([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?", text)
     if not match:
         raise ValueError(f"{text!r} is not a quantity such as 8Gi or 512Mi")
-    number, suffix = int(match.group(1)), match.group(2) or ""
-    return number * (_BINARY_SUFFIXES.get(suffix) or _DECIMAL_SUFFIXES[suffix])
+    return int(match.group(1)) * _MULTIPLIERS[match.group(2) or ""]
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
-    validation = {"rule": rule, "message": message}
-    if field_path:
-        validation["fieldPath"] = field_path
-    return validation
+def canonical_quantity(text: str) -> str:
+    """The form the API server stores an integer quantity in: 8192Mi -> 8Gi, 1000M -> 1G, 1536Mi stays.
+
+    Rendering canonical quantities keeps a rendered manifest field-for-field equal to the stored object,
+    so the operator can tell an unchanged child from a drifted one without asking the server.
+    """
+    value = parse_quantity(text)
+    if value == 0:
+        return "0"
+    binary = text.endswith("i")
+    base, suffixes = (1024, _BINARY_SUFFIXES) if binary else (1000, _DECIMAL_SUFFIXES)
+    exponent = 0
+    while value % base == 0 and exponent < len(suffixes) - 1:
+        value //= base
+        exponent += 1
+    return f"{value}{suffixes[exponent]}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule the API server runs as CEL and the models run in Python, with one message.
+
+    `field` names the field the message is about (a dotted path relative to the object the rule sits
+    on); the API server reports it as the error's path, pydantic as the error's location.
+    """
+
+    cel: str
+    message: str
+    holds: Callable[[Any], bool]
+    field: str | None = None
+
+    def validation(self) -> dict[str, str]:
+        validation = {"rule": self.cel, "message": self.message}
+        if self.field:
+            validation["fieldPath"] = f".{self.field}"
+        return validation
 
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, use_enum_values=True)
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        if cls.rules:
+            handler.resolve_ref_schema(schema)["x-kubernetes-validations"] = [
+                rule.validation() for rule in cls.rules
+            ]
+        return schema
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        broken = [rule for rule in self.rules if not rule.holds(self)]
+        if broken:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("rule", rule.message),
+                        loc=tuple(rule.field.split(".")) if rule.field else (),
+                        input=self,
+                    )
+                    for rule in broken
+                ],
+            )
+        return self
 
 
 class Component(StrEnum):
@@ -67,21 +148,44 @@ class Component(StrEnum):
     CUSTOM = "custom"
 
 
+# The wire-protocol port of each bundled component (part of the API: `spec.port` defaults to it).
+BUNDLED_PORTS: dict[str, int] = {
+    Component.ORDER: 7001,
+    Component.RISK: 7002,
+    Component.MARKET_DATA: 7003,
+    Component.EXECUTION: 7004,
+    Component.POSITION: 7005,
+}
+DEFAULT_METRICS_PORT = 9100
+
+
+def _positive_integer_quantity(expression: str, *conditions: str) -> str:
+    """CEL: the quantity is a positive integer and meets the conditions (`{q}` stands for it)."""
+    quantity = f"quantity({expression})"
+    checks = [f"{quantity}.isInteger()", f"{quantity}.asInteger() > 0"]
+    checks += [condition.format(q=quantity) for condition in conditions]
+    # A malformed quantity is the pattern's to report; the guard keeps CEL from adding a second error.
+    return f"!isQuantity({expression}) || ({' && '.join(checks)})"
+
+
 class HugePages(Model):
     pageSize: Literal["2Mi", "1Gi"] = Field(description="Huge page size; the pod asks hugepages-<pageSize>.")
-    amount: str = Field(pattern=QUANTITY_PATTERN, description="Total huge page memory, e.g. 2Gi.")
+    amount: str = Field(
+        pattern=QUANTITY_PATTERN, max_length=16, description="Total huge page memory, e.g. 2Gi."
+    )
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "quantity(self.amount).asInteger() > 0 && "
-                    "quantity(self.amount).asInteger() % quantity(self.pageSize).asInteger() == 0",
-                    "hugepages amount must be a positive multiple of pageSize",
-                    ".amount",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            _positive_integer_quantity(
+                "self.amount", "{q}.asInteger() % quantity(self.pageSize).asInteger() == 0"
+            ),
+            "hugepages amount must be a positive multiple of pageSize",
+            lambda pages: (
+                parse_quantity(pages.amount) > 0
+                and parse_quantity(pages.amount) % parse_quantity(pages.pageSize) == 0
+            ),
+            "amount",
+        ),
     )
 
 
@@ -89,90 +193,154 @@ class Resources(Model):
     cpus: int = Field(
         ge=1, le=512, description="Exclusive cores: an integer, so the static CPU manager pins them."
     )
-    memory: str = Field(pattern=QUANTITY_PATTERN, description="Memory, requests == limits, e.g. 8Gi.")
+    memory: str = Field(
+        pattern=QUANTITY_PATTERN, max_length=16, description="Memory, requests == limits, e.g. 8Gi."
+    )
     hugepages: HugePages | None = None
+
+    rules = (
+        Rule(
+            _positive_integer_quantity("self.memory"),
+            "memory must be a positive quantity",
+            lambda resources: parse_quantity(resources.memory) > 0,
+            "memory",
+        ),
+    )
 
 
 class Isolation(Model):
     """What the runtime should stop doing on the pinned cores (CRI-O annotations, as OpenShift does)."""
 
-    cpuLoadBalancing: bool = Field(True, description="false: disable kernel load balancing on the cores.")
-    irqLoadBalancing: bool = Field(True, description="false: keep device interrupts off the cores.")
-    cpuQuota: bool = Field(True, description="false: disable CFS quota throttling for the pod.")
+    cpuLoadBalancing: bool = Field(
+        default=True, description="false: disable kernel load balancing on the cores."
+    )
+    irqLoadBalancing: bool = Field(default=True, description="false: keep device interrupts off the cores.")
+    cpuQuota: bool = Field(default=True, description="false: disable CFS quota throttling for the pod.")
 
 
 class Placement(Model):
     pool: str = Field(
-        "trading",
+        default="trading",
         min_length=1,
         max_length=63,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description=f"Node pool: nodes labelled {POOL_LABEL}=<pool>; the pool's taint is tolerated.",
     )
     numa: Literal["single-numa-node", "restricted", "best-effort", "none"] = Field(
-        "single-numa-node", description="Topology hint, checked against the nodes' feature labels."
+        default="single-numa-node", description="Topology hint, checked against the nodes' feature labels."
     )
-    spread: Literal["host", "none"] = Field("host", description="host: replicas never share a node.")
-    runtimeClassName: str | None = Field(None, description="Runtime class carrying the isolation asks.")
+    spread: Literal["host", "none"] = Field(default="host", description="host: replicas never share a node.")
+    runtimeClassName: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Runtime class carrying the isolation asks.",
+    )
     isolation: Isolation = Field(default_factory=Isolation)
 
 
 class Network(Model):
+    # A list of type set: the API server itself refuses duplicates.
     capabilities: list[Literal["NET_ADMIN", "NET_RAW"]] = Field(
-        default_factory=list, description="Added only when asked; everything else is dropped."
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description="Added only when asked; everything else is dropped.",
     )
+
+    @field_validator("capabilities")
+    @classmethod
+    def _no_duplicates(cls, capabilities: list[str]) -> list[str]:
+        duplicates = [
+            InitErrorDetails(
+                type=PydanticCustomError("duplicate", "Duplicate value: {value}", {"value": capability}),
+                loc=(index,),
+                input=capability,
+            )
+            for index, capability in enumerate(capabilities)
+            if capability in capabilities[:index]
+        ]
+        if duplicates:
+            raise ValidationError.from_exception_data("capabilities", duplicates)
+        return capabilities
 
 
 class SLO(Model):
-    p99LatencyMicros: int = Field(100, ge=1, description="Canary p99 latency gate, microseconds.")
-    maxErrorRate: float = Field(0.001, ge=0, le=1, description="Canary error-rate gate, a fraction.")
+    p99LatencyMicros: int = Field(
+        default=100, ge=1, le=10_000_000, description="Canary p99 latency gate, microseconds."
+    )
+    maxErrorRate: float = Field(default=0.001, ge=0, le=1, description="Canary error-rate gate, a fraction.")
 
 
 class RolloutStep(Model):
     weight: int = Field(ge=1, le=100, description="Percent of traffic (or replicas) on the canary.")
-    pause: str = Field("30s", pattern=DURATION_PATTERN, description="How long the step is analysed.")
+    pause: str = Field(default="30s", pattern=DURATION_PATTERN, description="How long the step is analysed.")
 
 
 class Analysis(Model):
     provider: Literal["prometheus", "scrape"] = Field(
-        "scrape", description="prometheus: PromQL over the HTTP API; scrape: the pods' /metrics directly."
+        default="scrape",
+        description="prometheus: PromQL over the HTTP API; scrape: the pods' /metrics directly.",
     )
-    prometheusUrl: str | None = Field(None, description="Prometheus base URL for the prometheus provider.")
+    prometheusUrl: str | None = Field(
+        default=None, description="Prometheus base URL for the prometheus provider."
+    )
     query: str | None = Field(
-        None, description="PromQL template for p99 in seconds; {service}, {namespace}, {revision}, {window}."
+        default=None,
+        description="PromQL template for p99 in seconds; {service}, {namespace}, {revision}, {window}.",
     )
-    interval: str = Field("5s", pattern=DURATION_PATTERN)
-    window: str = Field("30s", pattern=DURATION_PATTERN)
-    minSamples: int = Field(200, ge=1, description="Fewer samples than this is Inconclusive, never Pass.")
-    failureLimit: int = Field(1, ge=1, description="Failed intervals that roll back.")
-    inconclusiveLimit: int = Field(12, ge=1, description="Inconclusive intervals in a row that roll back.")
+    interval: str = Field(default="5s", pattern=DURATION_PATTERN)
+    window: str = Field(default="30s", pattern=DURATION_PATTERN)
+    minSamples: int = Field(
+        default=200, ge=1, description="Fewer samples than this is Inconclusive, never Pass."
+    )
+    failureLimit: int = Field(default=1, ge=1, description="Failed intervals that roll back.")
+    inconclusiveLimit: int = Field(
+        default=12, ge=1, description="Inconclusive intervals in a row that roll back."
+    )
     maxRegressionVsBaseline: float | None = Field(
-        None, ge=1, description="Canary p99 must stay under stable p99 times this."
+        default=None, ge=1, description="Canary p99 must stay under stable p99 times this."
+    )
+
+    # `has()` guards: the API server also checks the rules against the CRD's own `default: {}`.
+    rules = (
+        Rule(
+            "!has(self.interval) || duration(self.interval) >= duration('1s')",
+            "analysis interval must be at least 1s",
+            lambda analysis: parse_duration(analysis.interval) >= 1,
+            "interval",
+        ),
+        Rule(
+            "!has(self.window) || !has(self.interval) || duration(self.window) >= duration(self.interval)",
+            "analysis window must be at least the interval",
+            lambda analysis: parse_duration(analysis.window) >= parse_duration(analysis.interval),
+            "window",
+        ),
     )
 
 
 class FreezeWindow(Model):
     """No promotion inside: an exchange session from a calendar, or a daily time window in a timezone."""
 
-    calendar: str | None = Field(None, description="Exchange calendar code, e.g. XNYS, XLON.")
+    calendar: str | None = Field(default=None, description="Exchange calendar code, e.g. XNYS, XLON.")
     session: Literal["regular", "open", "close"] = Field(
-        "regular", description="regular: the whole session; open/close: 15 minutes around the bell."
+        default="regular", description="regular: the whole session; open/close: 15 minutes around the bell."
     )
-    start: str | None = Field(None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM.")
-    end: str | None = Field(None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM.")
-    timezone: str = Field("UTC", description="IANA timezone for start and end.")
+    start: str | None = Field(default=None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM.")
+    end: str | None = Field(default=None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM.")
+    timezone: str = Field(default="UTC", description="IANA timezone for start and end.")
     days: list[Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]] = Field(default_factory=list)
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.calendar) != (has(self.start) && has(self.end))",
-                    "a freeze window names either a calendar or both start and end",
-                ),
-                cel("has(self.start) == has(self.end)", "start and end go together"),
-            ]
-        }
+    rules = (
+        Rule(
+            "has(self.start) == has(self.end)",
+            "start and end go together",
+            lambda window: (window.start is None) == (window.end is None),
+        ),
+        Rule(
+            "has(self.calendar) != has(self.start)",
+            "a freeze window names either a calendar or both start and end",
+            lambda window: (window.calendar is None) != (window.start is None),
+        ),
     )
 
 
@@ -194,60 +362,82 @@ class Rollout(Model):
     freezeWindows: list[FreezeWindow] = Field(default_factory=list, max_length=16)
     httpRoute: HTTPRouteRef | None = None
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    " && ".join(
-                        f"(size(self.steps) <= {i} || self.steps[{i}].weight > self.steps[{i - 1}].weight)"
-                        for i in range(1, MAX_ROLLOUT_STEPS)
-                    ),
-                    "rollout step weights must be strictly increasing",
-                    ".steps",
-                )
-            ]
-        }
+    rules = (
+        Rule(
+            "!has(self.steps) || (self.steps.map(step, step.weight).isSorted() && "
+            "self.steps.all(step, self.steps.exists_one(other, other.weight == step.weight)))",
+            "rollout step weights must be strictly increasing",
+            lambda rollout: all(a.weight < b.weight for a, b in pairwise(rollout.steps)),
+            "steps",
+        ),
     )
+
+
+def _cel_port_defaults() -> str:
+    # custom has no default port (another rule asks for one); 0 keeps this rule total.
+    entries = ", ".join(f"'{component}': {port}" for component, port in BUNDLED_PORTS.items())
+    return f"{{{entries}, 'custom': 0}}"
 
 
 class TradingServiceSpec(Model):
     component: Component = Field(description="A bundled service, or custom for any image.")
-    image: str = Field(min_length=1, description="Container image of the service.")
-    replicas: int = Field(2, ge=0, le=100)
+    image: str = Field(min_length=1, pattern=r"^\S+$", description="Container image of the service.")
+    replicas: int = Field(default=2, ge=0, le=100)
     command: list[str] = Field(default_factory=list, description="custom only: the container command.")
     port: int | None = Field(
-        None, ge=1, le=65535, description="Wire-protocol port; defaults per component."
+        default=None,
+        ge=1024,
+        le=65535,
+        description="Wire-protocol port (1024 and up: the restricted security context cannot bind "
+        "lower ones); defaults per component.",
     )
-    metricsPort: int = Field(9100, ge=1, le=65535, description="HTTP port of /metrics, /healthz, /readyz.")
+    metricsPort: int = Field(
+        default=DEFAULT_METRICS_PORT,
+        ge=1024,
+        le=65535,
+        description="HTTP port of /metrics, /healthz, /readyz.",
+    )
     resources: Resources
     placement: Placement = Field(default_factory=Placement)
     network: Network = Field(default_factory=Network)
     config: dict[str, Any] = Field(default_factory=dict, description="Component settings.")
     slo: SLO = Field(default_factory=SLO)
     rollout: Rollout = Field(default_factory=Rollout)
-    paused: bool = Field(False, description="Hold the rollout at its current step.")
+    paused: bool = Field(default=False, description="Hold the rollout at its current step.")
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.component != 'custom' || size(self.command) > 0",
-                    "custom components need a command",
-                    ".command",
-                ),
-                cel(
-                    "self.component != 'custom' || has(self.port)",
-                    "custom components need a port",
-                    ".port",
-                ),
-                cel(
-                    "!has(self.port) || self.port != self.metricsPort",
-                    "port and metricsPort must differ",
-                    ".metricsPort",
-                ),
-            ]
-        }
+    rules = (
+        Rule(
+            "(self.component == 'custom') == (size(self.command) > 0)",
+            "custom components need a command, bundled components take none",
+            lambda spec: (spec.component == Component.CUSTOM) == bool(spec.command),
+            "command",
+        ),
+        Rule(
+            "self.component != 'custom' || has(self.port)",
+            "custom components need a port",
+            lambda spec: spec.component != Component.CUSTOM or spec.port is not None,
+            "port",
+        ),
+        Rule(
+            f"(has(self.port) ? self.port : {_cel_port_defaults()}[self.component]) != self.metricsPort",
+            "metricsPort must differ from the wire-protocol port",
+            lambda spec: spec.wire_port != spec.metricsPort,
+            "metricsPort",
+        ),
     )
+
+    @property
+    def wire_port(self) -> int:
+        """The wire-protocol port: the spec's, or the bundled component's default."""
+        return self.port if self.port is not None else BUNDLED_PORTS.get(self.component, 0)
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata this API reads; everything else passes through."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    namespace: str | None = None
 
 
 class Phase(StrEnum):
@@ -267,9 +457,13 @@ class Verdict(StrEnum):
     INCONCLUSIVE = "Inconclusive"
 
 
+ConditionType = Literal["Ready", "Placed", "Progressing", "Degraded"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
 class Condition(Model):
-    type: Literal["Ready", "Placed", "Progressing", "Degraded"]
-    status: Literal["True", "False", "Unknown"]
+    type: ConditionType
+    status: ConditionStatus
     reason: str
     message: str = ""
     lastTransitionTime: str | None = None
@@ -279,9 +473,9 @@ class Condition(Model):
 class AnalysisResult(Model):
     verdict: Verdict
     gate: str | None = Field(
-        None, description="The gate that decided: provider, samples, p99, errorRate or baseline."
+        default=None, description="The gate that decided: provider, samples, p99, errorRate or baseline."
     )
-    value: float | None = Field(None, description="The deciding gate's measured value.")
+    value: float | None = Field(default=None, description="The deciding gate's measured value.")
     p99Micros: float | None = None
     baselineP99Micros: float | None = None
     errorRate: float | None = None
@@ -306,7 +500,8 @@ class TradingServiceStatus(Model):
     canaryRevision: str | None = None
     failedRevision: str | None = None
     failedSpec: str | None = Field(
-        None, description="Fingerprint of the spec the revision failed under; a spec change retries it."
+        default=None,
+        description="Fingerprint of the spec the revision failed under; a spec change retries it.",
     )
     step: int | None = None
     weight: int = 0
@@ -317,6 +512,35 @@ class TradingServiceStatus(Model):
     inconclusiveIntervals: int = 0
     lastAnalysis: AnalysisResult | None = None
     message: str = ""
+
+
+class TradingService(Model):
+    """A whole manifest, as `kubectl apply` sends it; the CRD's root schema carries its rules."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, use_enum_values=True)
+
+    apiVersion: Literal["tradeplane.io/v1alpha1"]
+    kind: Literal["TradingService"]
+    metadata: ObjectMeta
+    spec: TradingServiceSpec
+    status: TradingServiceStatus | None = None
+
+    rules = (
+        Rule(
+            f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+            f"metadata.name must be at most {MAX_NAME_LENGTH} characters: children are named "
+            "<name>-canary and <name>-<revision>",
+            lambda service: len(service.metadata.name) <= MAX_NAME_LENGTH,
+            "metadata",
+        ),
+        Rule(
+            f"self.metadata.name.matches('{NAME_PATTERN}')",
+            "metadata.name must start with a letter and hold only lower-case letters, digits and '-': "
+            "it names a Service",
+            lambda service: re.fullmatch(NAME_PATTERN, service.metadata.name) is not None,
+            "metadata",
+        ),
+    )
 
 
 def now_iso(now: datetime) -> str:

@@ -78,7 +78,7 @@ def _with_object_defaults(schema: dict[str, Any], model: type[BaseModel]) -> dic
             if isinstance(candidate, type) and issubclass(candidate, BaseModel) and prop is not None:
                 _with_object_defaults(prop, candidate)
             if getattr(candidate, "__origin__", None) is list and prop is not None:
-                (item,) = candidate.__args__
+                item = getattr(candidate, "__args__", (None,))[0]
                 if isinstance(item, type) and issubclass(item, BaseModel):
                     _with_object_defaults(prop["items"], item)
     return schema
@@ -140,6 +140,9 @@ def crd() -> dict[str, Any]:
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },
+                            "x-kubernetes-validations": [
+                                rule.validation() for rule in api.TradingService.rules
+                            ],
                         }
                     },
                 }
