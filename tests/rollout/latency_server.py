@@ -1,0 +1,64 @@
+"""A real HTTP server exporting the bundled services' metrics, for provider tests that need no cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from tradeplane.analysis import LATENCY_METRIC, REQUESTS_METRIC
+
+# Microsecond resolution around the SLOs trading services care about, as the bundled services export.
+BUCKETS = (
+    0.00001,
+    0.00002,
+    0.00005,
+    0.0001,
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+)
+
+
+@dataclass
+class LatencyServer:
+    endpoint: str
+    latency: Histogram
+    requests: Counter
+    service: str
+    revision: str
+
+    def observe(self, seconds: float, count: int = 1, outcome: str = "ok") -> None:
+        for _ in range(count):
+            self.latency.labels(self.service, self.revision).observe(seconds)
+            self.requests.labels(self.service, self.revision, outcome).inc()
+
+
+@contextmanager
+def latency_server(service: str, revision: str, address: str = "127.0.0.1") -> Iterator[LatencyServer]:
+    registry = CollectorRegistry()
+    latency = Histogram(
+        LATENCY_METRIC,
+        "Request latency",
+        ["service", "revision"],
+        buckets=BUCKETS,
+        registry=registry,
+    )
+    requests = Counter(
+        REQUESTS_METRIC.removesuffix("_total"),
+        "Requests by outcome",
+        ["service", "revision", "outcome"],
+        registry=registry,
+    )
+    server, thread = start_http_server(0, addr=address, registry=registry)
+    try:
+        yield LatencyServer(f"{address}:{server.server_port}", latency, requests, service, revision)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
