@@ -64,6 +64,19 @@ class Helm:
         return [doc for doc in yaml.safe_load_all(self.template(values, **kwargs)) if doc]
 
 
+@dataclass(frozen=True)
+class Release:
+    name: str
+    namespace: str
+    manifests: list[Manifest]
+
+    @property
+    def service_account(self) -> str:
+        """The operator's ServiceAccount as a user name for `kubectl auth can-i --as`."""
+        (account,) = find(self.manifests, "ServiceAccount")
+        return f"system:serviceaccount:{self.namespace}:{account['metadata']['name']}"
+
+
 def find(manifests: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:
     return [m for m in manifests if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)]
 

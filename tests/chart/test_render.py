@@ -7,8 +7,6 @@ from typing import Any
 import pytest
 from chart.chartkit import CHART, MODES, Helm, Manifest, find, one, operator_container, set_json
 
-from tradeplane import crd
-
 FULLNAME = "tp-tradeplane"
 RELEASE_NAMESPACE = "tradeplane-system"
 WATCHED = ["desk-a", "desk-b"]
@@ -187,9 +185,3 @@ def test_schema_refuses_wrong_values_with_its_message(
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert message in result.stderr
-
-
-def test_chart_crd_is_the_generated_one() -> None:
-    assert (CHART / "crds" / "tradingservice.yaml").read_text() == crd.render_yaml(), (
-        "charts/tradeplane/crds/tradingservice.yaml is stale: run `python -m tradeplane.crd`"
-    )
