@@ -1,0 +1,78 @@
+"""The operator image: its build context installs the `tradeplane` command, and it agrees with the chart.
+
+There is no Docker here, so the build stage's own step runs instead: the project is built into a wheel from
+exactly the files the Dockerfile copies.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import yaml
+from chart.chartkit import CHART, DOCKERFILE, REPO_ROOT
+
+
+def instructions(name: str) -> list[list[str]]:
+    """The arguments of every `name` instruction of the Dockerfile."""
+    lines = [line.split() for line in DOCKERFILE.read_text().splitlines()]
+    return [words[1:] for words in lines if words and words[0] == name]
+
+
+def test_build_context_installs_the_tradeplane_command(tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    for *sources, destination in (args for args in instructions("COPY") if not args[0].startswith("--from")):
+        for source in sources:
+            target = context / (source if destination in ("./", ".") else destination)
+            if (REPO_ROOT / source).is_dir():
+                shutil.copytree(REPO_ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(REPO_ROOT / source, target)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            tmp_path,
+            context,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (wheel,) = tmp_path.glob("tradeplane-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "tradeplane/cli.py" in names
+    (entry_points,) = (name for name in names if name.endswith(".dist-info/entry_points.txt"))
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    (entrypoint,) = instructions("ENTRYPOINT")
+    command = entrypoint[0].strip('[]"')
+    assert f"{command} = tradeplane.cli:main" in scripts
+
+
+def test_image_user_and_ports_are_the_charts() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    (user,) = instructions("USER")
+    uid, gid = (int(part) for part in user[0].split(":"))
+    assert (uid, gid) == (values["securityContext"]["runAsUser"], values["securityContext"]["runAsGroup"])
+    assert uid == values["podSecurityContext"]["runAsUser"]
+    (exposed,) = instructions("EXPOSE")
+    assert sorted(int(port) for port in exposed) == sorted(
+        [values["health"]["port"], values["metrics"]["port"]]
+    )
+
+
+def test_chart_app_version_is_the_project_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["appVersion"] == project["version"]
