@@ -1,0 +1,457 @@
+"""The canary state machine, a pure function: (spec, status, observed, now) -> (workloads, new status).
+
+No I/O happens here: the handlers observe the cluster and the metrics, call `plan_workloads`, then apply
+what it answers. Every bit of rollout state lives in the resource's status, so an operator killed at any
+moment resumes the same rollout at the same step.
+
+The life of a revision that differs from the stable one:
+
+1. **Canary.** A Deployment `<name>-canary` runs the new revision beside the stable `<name>`, which keeps
+   its full size and stays warm. The canary walks `spec.rollout.steps`. A step's weight is a replica ratio
+   (canary / (stable + canary), the canary never larger than the stable, so at most 50 %) or, when the
+   spec names an HTTPRoute, the route's backend weight. A step's pause starts once its weight is reached;
+   it ends with a passing analysis taken after that moment. Inside a freeze window it holds.
+2. **Analysis** every `analysis.interval` while the canary has ready pods. `failureLimit` failed
+   intervals, or `inconclusiveLimit` inconclusive ones in a row, roll back. Never promote without data.
+3. **Promotion**, after the last step or on request, outside freeze windows: the canary grows to the
+   stable's size; once all its pods are ready the stable Deployment takes the new template while paused,
+   and the canary Deployment is deleted with orphan propagation. Its ReplicaSet, whose template is the
+   stable's new template, is adopted by the stable Deployment as its *new* ReplicaSet and, being
+   saturated, the old ReplicaSet is scaled to zero. The canary's pods become the stable's pods: the new
+   revision becomes stable with no second rollout and no pod restarted. Then the stable is resumed.
+4. **Rollback** on failure or abort: traffic weight to zero, the canary to zero replicas, phase
+   RollingBack then RolledBack once its pods are gone. The revision is not retried until the spec
+   changes again (anything but `paused`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from tradeplane.api import (
+    AnalysisResult,
+    Condition,
+    Phase,
+    TradingServiceSpec,
+    TradingServiceStatus,
+    Verdict,
+    now_iso,
+    parse_duration,
+)
+from tradeplane.freeze import Freeze, active_freeze
+
+PROMOTE_ANNOTATION = "tradeplane.io/promote"
+ABORT_ANNOTATION = "tradeplane.io/abort"
+CANARY_SUFFIX = "-canary"
+LIVE_CANARY_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING})
+ROLLOUT_PHASES = LIVE_CANARY_PHASES | {Phase.ROLLING_BACK, Phase.ROLLED_BACK}
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the handlers saw of the cluster and the metrics just now."""
+
+    revision: str
+    """The revision of the spec's pod template."""
+    stable_ready: int = 0
+    canary_ready: int = 0
+    canary_stalled: bool = False
+    """The canary Deployment exceeded its progress deadline (pods that never become ready)."""
+    canary_exists: bool = False
+    stable_template_revision: str | None = None
+    """The revision label of the live stable Deployment's pod template."""
+    stable_updated: int = 0
+    """Pods of the stable Deployment's current template (0 until its controller saw that template)."""
+    stable_settled: bool = False
+    """The stable Deployment runs its template on all its replicas, all available, nothing else left."""
+    route_weight: int | None = None
+    """The canary's weight on the HTTPRoute, None when no route is named or it is missing."""
+    analysis: AnalysisResult | None = None
+    """A verdict measured just now, when `analysis_due` said so."""
+    promote: str | None = None
+    """The revision named by the promote annotation."""
+    abort: str | None = None
+    """The revision named by the abort annotation."""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The workloads to apply and the status to record (record first: the plan is idempotent from it)."""
+
+    status: TradingServiceStatus
+    stable_revision: str
+    """The stable Deployment's revision: the spec's renders from the spec, another keeps its live template."""
+    stable_paused: bool = False
+    """Hold the stable Deployment's controller during a promotion handover."""
+    canary_replicas: int | None = None
+    """None: no canary Deployment (delete it with orphan propagation, so the stable adopts its pods)."""
+    route_weight: int | None = None
+    """The canary's HTTPRoute backend weight in percent; None when the spec names no route."""
+    events: tuple[Event, ...] = ()
+    rollback_reason: str | None = None
+    """Set when this plan starts a rollback: the failing gate, inconclusive, abort or progressDeadline."""
+
+
+def spec_fingerprint(spec: TradingServiceSpec) -> str:
+    """Identifies the spec a revision failed under; pausing does not change it."""
+    canonical = json.dumps(spec.model_dump(mode="json", exclude={"paused"}), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def canary_replicas_for(spec: TradingServiceSpec, weight: int) -> int:
+    """Canary pods for a weight. The canary is never larger than the stable, which keeps its size.
+
+    Replica ratio: canary / (stable + canary) ~ weight. With an HTTPRoute the route splits traffic, and
+    the canary needs only its share of the stable's capacity.
+    """
+    stable = spec.replicas
+    if stable == 0:
+        return 0
+    if spec.rollout.httpRoute is not None:
+        wanted = math.ceil(stable * weight / 100)
+    else:
+        wanted = stable if weight >= 50 else round(stable * weight / (100 - weight))
+    return min(max(wanted, 1), stable)
+
+
+def actual_weight(spec: TradingServiceSpec, observed: Observed) -> int:
+    if spec.rollout.httpRoute is not None:
+        return observed.route_weight or 0
+    serving = observed.stable_ready + observed.canary_ready
+    return round(100 * observed.canary_ready / serving) if serving else 0
+
+
+def analysis_due(
+    spec: TradingServiceSpec, status: TradingServiceStatus, canary_ready: int, now: datetime
+) -> bool:
+    """Measure now? Only a live canary with ready pods, once per `analysis.interval`."""
+    if status.canaryRevision is None or status.phase not in LIVE_CANARY_PHASES or canary_ready == 0:
+        return False
+    if status.lastAnalysisAt is None:
+        return True
+    elapsed = now - _parse_time(status.lastAnalysisAt)
+    return elapsed >= timedelta(seconds=parse_duration(spec.rollout.analysis.interval))
+
+
+def plan_workloads(
+    spec: TradingServiceSpec, status: TradingServiceStatus, observed: Observed, now: datetime
+) -> Plan:
+    """One step of the state machine. Idempotent: the same inputs give the same plan."""
+    machine = _Machine(spec, status.model_copy(deep=True), observed, now)
+    return machine.run()
+
+
+@dataclass
+class _Machine:
+    spec: TradingServiceSpec
+    status: TradingServiceStatus
+    observed: Observed
+    now: datetime
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def revision(self) -> str:
+        return self.observed.revision
+
+    def run(self) -> Plan:
+        status = self.status
+        if status.stableRevision is None or (self.spec.replicas == 0 and status.canaryRevision is None):
+            # Nothing serves the old revision: there is nothing to protect, the new one is stable at once.
+            status.stableRevision = self.revision
+        if self.revision == status.stableRevision:
+            return self._stable_only()
+        if status.failedRevision == self.revision and status.failedSpec == spec_fingerprint(self.spec):
+            return self._hold_rolled_back()
+        if status.canaryRevision != self.revision:
+            self._start_canary()
+        return self._live_canary()
+
+    # -- no canary -----------------------------------------------------------------------------------
+
+    def _stable_only(self) -> Plan:
+        status = self.status
+        stable = self.revision
+        observed = self.observed
+        if status.phase == Phase.PROMOTING and status.canaryRevision is None:
+            if not (observed.stable_settled and observed.stable_template_revision == stable):
+                # Paused until the stable owns the canary's ReplicaSet, so it adopts it rather than
+                # starting a ReplicaSet of its own.
+                adopting = observed.canary_exists and observed.stable_updated == 0
+                return self._plan(stable, stable_paused=adopting)
+            self._note(
+                "Normal", "Promoted", f"revision {stable} is stable on all {self.spec.replicas} replicas"
+            )
+            status.message = f"revision {stable} promoted"
+        elif status.canaryRevision is not None:
+            self._note(
+                "Normal",
+                "CanaryAbandoned",
+                f"the spec returned to the stable revision {stable}: canary {status.canaryRevision} removed",
+            )
+            status.message = (
+                f"canary {status.canaryRevision} abandoned: the spec returned to revision {stable}"
+            )
+        if status.phase in ROLLOUT_PHASES:
+            status.phase = Phase.READY
+        self._clear_canary()
+        status.failedRevision = status.failedSpec = None
+        self._condition("False", "Stable", f"revision {stable} is stable")
+        return self._plan(stable)
+
+    def _hold_rolled_back(self) -> Plan:
+        status = self.status
+        gone = self.observed.canary_ready == 0 and not self.observed.route_weight
+        status.phase = Phase.ROLLED_BACK if gone else Phase.ROLLING_BACK
+        status.actualWeight = actual_weight(self.spec, self.observed)
+        self._condition(
+            "False",
+            "RolledBack",
+            f"revision {self.revision} failed; change the spec to retry it",
+        )
+        return self._plan(self._stable(), canary_replicas=0)
+
+    # -- live canary -----------------------------------------------------------------------------------
+
+    def _start_canary(self) -> None:
+        status = self.status
+        previous = status.canaryRevision
+        self._clear_canary()
+        status.canaryRevision = self.revision
+        status.failedRevision = status.failedSpec = None
+        status.phase = Phase.PROGRESSING
+        status.step = 1
+        status.weight = self.spec.rollout.steps[0].weight
+        status.lastAnalysis = None
+        replaced = f", replacing canary {previous}" if previous and previous != self.revision else ""
+        status.message = f"canary {self.revision} started at step 1 ({status.weight}%){replaced}"
+        self._note("Normal", "CanaryStarted", status.message)
+
+    def _live_canary(self) -> Plan:
+        status, observed = self.status, self.observed
+        steps = self.spec.rollout.steps
+        status.step = min(max(status.step or 1, 1), len(steps))
+        if observed.abort == self.revision:
+            return self._roll_back("abort", f"canary {self.revision} aborted on request")
+        if observed.canary_stalled:
+            return self._roll_back(
+                "progressDeadline",
+                f"canary {self.revision} pods did not become ready within the progress deadline",
+            )
+        if status.phase == Phase.PROMOTING and observed.stable_template_revision == self.revision:
+            return self._hand_over()
+        failure = self._record_analysis()
+        if failure is not None:
+            return failure
+        freeze = self._freeze()
+        if status.phase == Phase.PROMOTING or (observed.promote == self.revision and freeze is None):
+            return self._promote(freeze)
+        return self._walk_steps(freeze)
+
+    def _record_analysis(self) -> Plan | None:
+        status, result = self.status, self.observed.analysis
+        if result is None or result.revision != self.revision:
+            return None
+        analysis = self.spec.rollout.analysis
+        status.lastAnalysis = result
+        status.lastAnalysisAt = now_iso(self.now)
+        if result.verdict == Verdict.FAIL:
+            status.failedIntervals += 1
+            if status.failedIntervals >= analysis.failureLimit:
+                return self._roll_back(result.gate or "analysis", f"canary {self.revision}: {result.message}")
+        elif result.verdict == Verdict.INCONCLUSIVE:
+            status.inconclusiveIntervals += 1
+            if status.inconclusiveIntervals >= analysis.inconclusiveLimit:
+                return self._roll_back(
+                    "inconclusive",
+                    f"canary {self.revision}: {status.inconclusiveIntervals} inconclusive analyses in a row, "
+                    f"the last: {result.message}",
+                )
+        else:
+            status.inconclusiveIntervals = 0
+        return None
+
+    def _walk_steps(self, freeze: Freeze | None) -> Plan:
+        status, observed = self.status, self.observed
+        steps = self.spec.rollout.steps
+        assert status.step is not None
+        index = status.step - 1
+        weight = steps[index].weight
+        status.weight = weight
+        replicas = canary_replicas_for(self.spec, weight)
+        reached = observed.canary_ready >= replicas and (
+            self.spec.rollout.httpRoute is None or observed.route_weight == weight
+        )
+        if reached and status.stepStartedAt is None:
+            status.stepStartedAt = now_iso(self.now)
+        status.actualWeight = actual_weight(self.spec, observed)
+        route_weight = weight if observed.canary_ready > 0 else 0
+        where = f"step {status.step}/{len(steps)} ({weight}%)"
+        if observed.promote == self.revision and freeze is not None:
+            where += f", promotion requested but held by {freeze.description} until {now_iso(freeze.until)}"
+        if self.spec.paused:
+            status.phase = Phase.PAUSED
+            status.message = f"paused at {where}"
+            self._condition("True", "Paused", status.message)
+            return self._plan(self._stable(), canary_replicas=replicas, route_weight=route_weight)
+        status.phase = Phase.PROGRESSING
+        if not self._step_done(steps[index].pause):
+            status.message = self._waiting(where, reached, replicas)
+            self._condition("True", "Analysing" if reached else "Scaling", status.message)
+            return self._plan(self._stable(), canary_replicas=replicas, route_weight=route_weight)
+        if freeze is not None:
+            status.message = f"holding {where}: {freeze.description} until {now_iso(freeze.until)}"
+            self._condition("True", "Frozen", status.message)
+            return self._plan(self._stable(), canary_replicas=replicas, route_weight=route_weight)
+        if status.step == len(steps):
+            return self._promote(None)
+        status.step += 1
+        status.weight = steps[status.step - 1].weight
+        status.stepStartedAt = None
+        status.message = f"step {status.step}/{len(steps)} ({status.weight}%) after a passing analysis"
+        self._note("Normal", "StepAdvanced", f"canary {self.revision}: {status.message}")
+        self._condition("True", "Scaling", status.message)
+        return self._plan(
+            self._stable(),
+            canary_replicas=canary_replicas_for(self.spec, status.weight),
+            route_weight=route_weight,
+        )
+
+    def _step_done(self, pause: str) -> bool:
+        status = self.status
+        if status.stepStartedAt is None:
+            return False
+        started = _parse_time(status.stepStartedAt)
+        if self.now - started < timedelta(seconds=parse_duration(pause)):
+            return False
+        last = status.lastAnalysis
+        return (
+            last is not None
+            and last.verdict == Verdict.PASS
+            and last.time is not None
+            and _parse_time(last.time) >= started
+        )
+
+    def _waiting(self, where: str, reached: bool, replicas: int) -> str:
+        if not reached:
+            return f"{where}: waiting for {replicas} ready canary pods ({self.observed.canary_ready} ready)"
+        last = self.status.lastAnalysis
+        verdict = f"last analysis {last.verdict}: {last.message}" if last else "no analysis yet"
+        return f"{where}: analysing, {verdict}"
+
+    # -- promotion --------------------------------------------------------------------------------------
+
+    def _promote(self, freeze: Freeze | None) -> Plan:
+        """Grow the canary to the stable's size, then hand its pods over (see the module docstring)."""
+        status, observed = self.status, self.observed
+        full = self.spec.replicas
+        if status.phase != Phase.PROMOTING:
+            status.phase = Phase.PROMOTING
+            how = "on request" if observed.promote == self.revision else "after the last step"
+            self._note("Normal", "Promoting", f"canary {self.revision} promoted {how}")
+        status.weight = 100
+        status.actualWeight = actual_weight(self.spec, observed)
+        route_weight = self.spec.rollout.steps[-1].weight if observed.canary_ready > 0 else 0
+        if observed.canary_ready < full:
+            status.message = f"promoting: growing canary to {full} pods ({observed.canary_ready} ready)"
+        elif freeze is not None:
+            status.message = f"promoting: holding before the handover, {freeze.description} until " + now_iso(
+                freeze.until
+            )
+        else:
+            return self._hand_over()
+        self._condition("True", "Promoting", status.message)
+        return self._plan(self._stable(), canary_replicas=full, route_weight=route_weight)
+
+    def _hand_over(self) -> Plan:
+        status = self.status
+        status.stableRevision = self.revision
+        self._clear_canary()
+        status.phase = Phase.PROMOTING
+        status.message = (
+            f"promoting: the stable Deployment adopts the canary pods of revision {self.revision}"
+        )
+        self._condition("True", "Promoting", status.message)
+        return self._plan(self.revision, stable_paused=True)
+
+    # -- rollback ---------------------------------------------------------------------------------------
+
+    def _roll_back(self, reason: str, message: str) -> Plan:
+        status = self.status
+        status.failedRevision = self.revision
+        status.failedSpec = spec_fingerprint(self.spec)
+        self._clear_canary()
+        status.phase = Phase.ROLLING_BACK
+        status.message = f"rolled back: {message}"
+        self._note("Warning", "Aborted" if reason == "abort" else "RolledBack", message)
+        self._condition("False", "RolledBack", status.message)
+        return replace(self._plan(self._stable(), canary_replicas=0), rollback_reason=reason)
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def _stable(self) -> str:
+        assert self.status.stableRevision is not None
+        return self.status.stableRevision
+
+    def _freeze(self) -> Freeze | None:
+        try:
+            return active_freeze(self.spec.rollout.freezeWindows, self.now)
+        except ValueError as error:
+            # A window that cannot be evaluated may cover market hours: hold rather than promote.
+            return Freeze(f"invalid freeze window ({error})", self.now)
+
+    def _clear_canary(self) -> None:
+        status = self.status
+        status.canaryRevision = None
+        status.step = None
+        status.weight = 0
+        status.stepStartedAt = None
+        status.failedIntervals = 0
+        status.inconclusiveIntervals = 0
+
+    def _note(self, kind: Literal["Normal", "Warning"], reason: str, message: str) -> None:
+        self.events.append(Event(kind, reason, message))
+
+    def _condition(self, state: Literal["True", "False"], reason: str, message: str) -> None:
+        conditions = self.status.conditions
+        previous = next((c for c in conditions if c.type == "Progressing"), None)
+        unchanged = previous is not None and previous.status == state
+        condition = Condition(
+            type="Progressing",
+            status=state,
+            reason=reason,
+            message=message,
+            lastTransitionTime=previous.lastTransitionTime if unchanged and previous else now_iso(self.now),
+        )
+        self.status.conditions = [c for c in conditions if c.type != "Progressing"] + [condition]
+
+    def _plan(
+        self,
+        stable: str,
+        canary_replicas: int | None = None,
+        route_weight: int = 0,
+        stable_paused: bool = False,
+    ) -> Plan:
+        return Plan(
+            status=self.status,
+            stable_revision=stable,
+            stable_paused=stable_paused,
+            canary_replicas=canary_replicas,
+            route_weight=route_weight if self.spec.rollout.httpRoute is not None else None,
+            events=tuple(self.events),
+        )
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
