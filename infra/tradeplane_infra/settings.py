@@ -441,26 +441,22 @@ def service_fit_problems(services: Services, shape: NodeShape) -> list[Problem]:
                 )
             )
     # Replicas spread one per node, so a node may hold one replica of every service.
-    totals = {
-        "cpus": (sum(s.cpus for s in settings.values()), shape.exclusive_cpus, "exclusive CPUs"),
-        "hugepages1Gi": (
-            sum(s.hugepages1Gi for s in settings.values()),
-            shape.hugepages_1gi,
-            "1Gi huge pages",
-        ),
-        "memory": (
+    totals = [
+        (sum(s.cpus for s in settings.values()), shape.exclusive_cpus, "exclusive CPUs"),
+        (sum(s.hugepages1Gi for s in settings.values()), shape.hugepages_1gi, "1Gi huge pages"),
+        (
             sum(parse_quantity(s.memory) for s in settings.values()) // GIB,
             shape.pod_memory_bytes // GIB,
             "Gi of memory besides huge pages and reservations",
         ),
-    }
-    for field, (needed, available, unit) in totals.items():
+    ]
+    for needed, available, unit in totals:
         if needed > available:
             problems.append(
                 Problem(
                     "services",
-                    f"one replica of each service needs {needed} {unit} on a trading node, "
-                    f"a {shape.name} node has {available} ({field})",
+                    f"one replica of each service needs {needed} {unit} on a trading node; "
+                    f"a {shape.name} node has {available}",
                 )
             )
     return problems
