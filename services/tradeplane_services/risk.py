@@ -1,0 +1,588 @@
+"""Pre-trade risk in the spirit of SEC 15c3-5 and the FIA guidance, as a pure engine plus its service.
+
+Checks, in the order that decides the reason code of an order failing several:
+
+    kill switch HALTED, message-rate throttle (token bucket per account), unknown symbol, restricted
+    symbol, max quantity, no reference price, price collar against the last trade, max notional,
+    duplicate order, kill switch REDUCING (only position-reducing orders), position limit, credit limit.
+
+Position limit: per account and symbol, |filled position + open orders on the order's side + the order|.
+Credit: per account, notional of open orders plus notional already executed (a daily credit line).
+Duplicate: an accepted order with the same (account, symbol, side, quantity, price) inside the window,
+recognised by a 64-bit fingerprint of those fields.
+
+`check` evaluates one order in a few microseconds; `check_batch` evaluates a run of orders with numpy and
+gives exactly the results `check` would give one by one (a property test holds it to that): it vectorises
+everything up to the first order that breaks a stateful limit and finishes from there one by one.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+
+from tradeplane_services.config import Environment, RiskSettings, Settings
+from tradeplane_services.marketdata import MarketDataSubscriber
+from tradeplane_services.protocol import (
+    PRICE_SCALE,
+    PROTOCOL_VERSION,
+    FrameError,
+    FrameRun,
+    KillSwitchState,
+    KillSwitchStatus,
+    OrderType,
+    ProtocolError,
+    Reason,
+    RiskCheck,
+    RiskResult,
+    RiskUpdate,
+    SetKillSwitch,
+    Side,
+    decode_body,
+    layout_of,
+    symbol_bytes,
+)
+from tradeplane_services.runtime import Connection, Service, fields, log, spin_for
+
+MASK64 = (1 << 64) - 1
+_MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)
+_FINAL = 0xC4CEB9FE1A85EC53
+BUY, SELL = int(Side.BUY), int(Side.SELL)
+OK, UNKNOWN_ORDER = int(Reason.OK), int(Reason.UNKNOWN_ORDER)
+KILL_SWITCH_HALTED, KILL_SWITCH_REDUCING = int(Reason.KILL_SWITCH_HALTED), int(Reason.KILL_SWITCH_REDUCING)
+THROTTLED, UNKNOWN_SYMBOL = int(Reason.THROTTLED), int(Reason.UNKNOWN_SYMBOL)
+RESTRICTED_SYMBOL, MAX_QUANTITY = int(Reason.RESTRICTED_SYMBOL), int(Reason.MAX_QUANTITY)
+NO_REFERENCE_PRICE, PRICE_COLLAR = int(Reason.NO_REFERENCE_PRICE), int(Reason.PRICE_COLLAR)
+MAX_NOTIONAL, DUPLICATE_ORDER = int(Reason.MAX_NOTIONAL), int(Reason.DUPLICATE_ORDER)
+POSITION_LIMIT, CREDIT_LIMIT = int(Reason.POSITION_LIMIT), int(Reason.CREDIT_LIMIT)
+LIMIT = int(OrderType.LIMIT)
+HALTED, REDUCING = int(KillSwitchState.HALTED), int(KillSwitchState.REDUCING)
+CHECK_DTYPE = layout_of(RiskCheck).dtype
+RESULT_LAYOUT = layout_of(RiskResult)
+
+
+def fingerprint(account: int, symbol: int, side: int, quantity: int, price: int) -> int:
+    """64-bit fingerprint of an order's identity for duplicate detection (same math as the batch path)."""
+    value = (
+        (account * _MIX[0]) ^ (symbol * _MIX[1]) ^ (side * _MIX[2]) ^ (quantity * _MIX[3]) ^ (price * _MIX[4])
+    ) & MASK64
+    value ^= value >> 33
+    value = (value * _FINAL) & MASK64
+    return value ^ (value >> 29)
+
+
+def fingerprints(account: Any, symbol: Any, side: Any, quantity: Any, price: Any) -> np.ndarray[Any, Any]:
+    u64 = np.uint64
+    value = (
+        (account.astype(u64) * u64(_MIX[0]))
+        ^ (symbol.astype(u64) * u64(_MIX[1]))
+        ^ (side.astype(u64) * u64(_MIX[2]))
+        ^ (quantity.astype(u64) * u64(_MIX[3]))
+        ^ (price.astype(u64) * u64(_MIX[4]))
+    )
+    value ^= value >> u64(33)
+    value *= u64(_FINAL)
+    return value ^ (value >> u64(29))  # type: ignore[no-any-return]
+
+
+class Limits:
+    """RiskSettings in wire units (prices x PRICE_SCALE, nanoseconds)."""
+
+    def __init__(self, settings: RiskSettings, symbols: list[bytes]) -> None:
+        self.max_quantity = settings.maxOrderQuantity
+        self.max_notional = int(settings.maxOrderNotional * PRICE_SCALE)
+        self.collar = settings.priceCollarPercent / 100
+        self.max_position = settings.maxPosition
+        self.credit_limit = int(settings.creditLimit * PRICE_SCALE)
+        self.rate_per_ns = settings.maxMessagesPerSecond / 1e9
+        self.burst = max(1.0, settings.maxMessagesPerSecond)
+        self.duplicate_window_ns = settings.duplicateWindowMillis * 1_000_000
+        restricted = {symbol_bytes(name) for name in settings.restrictedSymbols}
+        self.restricted = [symbol in restricted for symbol in symbols]
+        self.restricted_array = np.array(self.restricted, dtype=bool)
+        self.kill_switch = int(settings.killSwitch)
+
+
+class Account:
+    """One account's throttle bucket, credit used, and per-symbol position and open quantities."""
+
+    __slots__ = ("credit_used", "id", "open_buy", "open_sell", "position", "tokens", "tokens_at")
+
+    def __init__(self, account: int, symbols: int, burst: float) -> None:
+        self.id = account
+        self.tokens = burst
+        self.tokens_at = 0
+        self.credit_used = 0
+        self.position = [0] * symbols
+        self.open_buy = [0] * symbols
+        self.open_sell = [0] * symbols
+
+
+# An accepted order's exposure: (account, symbol index, side, open quantity, price its credit was taken at).
+Booking = tuple[Account, int, int, int, int]
+
+
+class RiskEngine:
+    """Risk state of every account and the checks; no I/O, time is passed in."""
+
+    def __init__(self, settings: RiskSettings) -> None:
+        self.symbols = [symbol_bytes(name) for name in settings.symbols]
+        self.symbol_index = {symbol: index for index, symbol in enumerate(self.symbols)}
+        order = np.argsort(np.array(self.symbols, dtype="S8"))
+        self._sorted_symbols = np.array(self.symbols, dtype="S8")[order]
+        self._sorted_index = order.astype(np.int64)
+        self.limits = Limits(settings, self.symbols)
+        self.reference = np.zeros(len(self.symbols), dtype=np.int64)  # last trade price, 0: none yet
+        self._reference = self.reference.tolist()
+        self.accounts: dict[int, Account] = {}
+        self.open_orders: dict[int, Booking] = {}
+        self.recent: dict[int, int] = {}  # duplicate fingerprint -> expiry (ns)
+        self._recent_pruned_size = 0
+
+    # --- configuration and market data ----------------------------------------------------------------
+
+    def reconfigure(self, settings: RiskSettings) -> None:
+        if [symbol_bytes(name) for name in settings.symbols] != self.symbols:
+            raise ValueError("symbols cannot change while the service runs; restart it")
+        self.limits = Limits(settings, self.symbols)
+
+    @property
+    def kill_switch(self) -> int:
+        return self.limits.kill_switch
+
+    @kill_switch.setter
+    def kill_switch(self, state: int) -> None:
+        self.limits.kill_switch = int(KillSwitchState(state))
+
+    def update_prices(self, symbols: np.ndarray[Any, Any], prices: np.ndarray[Any, Any]) -> None:
+        """Last trade prices from a market-data batch (later ticks of a symbol win)."""
+        position = np.searchsorted(self._sorted_symbols, symbols).clip(0, len(self.symbols) - 1)
+        known = (self._sorted_symbols[position] == symbols) & (prices > 0)
+        self.reference[self._sorted_index[position[known]]] = prices[known]
+        self._reference = self.reference.tolist()
+
+    def set_reference(self, symbol: bytes, price: int) -> None:
+        self.reference[self.symbol_index[symbol]] = price
+        self._reference = self.reference.tolist()
+
+    def account(self, account: int) -> Account:
+        state = self.accounts.get(account)
+        if state is None:
+            state = self.accounts[account] = Account(account, len(self.symbols), self.limits.burst)
+        return state
+
+    # --- one order ---------------------------------------------------------------------------------------
+
+    def check(
+        self,
+        order_id: int,
+        account: int,
+        symbol: bytes,
+        side: int,
+        order_type: int,
+        quantity: int,
+        price: int,
+        now_ns: int,
+        is_replace: int = 0,
+    ) -> int:
+        """OK (0) and the order's exposure booked, or the Reason it is refused."""
+        limits = self.limits
+        if limits.kill_switch == HALTED:
+            return KILL_SWITCH_HALTED
+        state = self.accounts.get(account) or self.account(account)
+        tokens = state.tokens + (now_ns - state.tokens_at) * limits.rate_per_ns
+        if tokens > limits.burst:
+            tokens = limits.burst
+        state.tokens_at = now_ns
+        if tokens < 1.0:
+            state.tokens = tokens
+            return THROTTLED
+        state.tokens = tokens - 1.0
+        index = self.symbol_index.get(symbol)
+        if index is None:
+            return UNKNOWN_SYMBOL
+        if limits.restricted[index]:
+            return RESTRICTED_SYMBOL
+        if quantity > limits.max_quantity:
+            return MAX_QUANTITY
+        reference = self._reference[index]
+        if reference == 0:
+            return NO_REFERENCE_PRICE
+        if order_type == LIMIT:
+            if abs(price - reference) > reference * limits.collar:
+                return PRICE_COLLAR
+            credit_price = price
+        else:
+            credit_price = reference
+        notional = quantity * credit_price
+        if notional > limits.max_notional:
+            return MAX_NOTIONAL
+        replaced = None
+        if is_replace:
+            replaced = self.open_orders.pop(order_id, None)
+            if replaced is None:
+                return UNKNOWN_ORDER
+            self._book(replaced, -1)
+        reason = self._check_exposure(state, index, side, quantity, price, notional, now_ns, is_replace)
+        if reason:
+            if replaced is not None:
+                self._book(replaced, 1)
+                self.open_orders[order_id] = replaced
+            return reason
+        booking = (state, index, side, quantity, credit_price)
+        self._book(booking, 1)
+        self.open_orders[order_id] = booking
+        return OK
+
+    def _check_exposure(
+        self,
+        state: Account,
+        index: int,
+        side: int,
+        quantity: int,
+        price: int,
+        notional: int,
+        now_ns: int,
+        is_replace: int,
+    ) -> int:
+        limits = self.limits
+        key = 0
+        if limits.duplicate_window_ns and not is_replace:
+            key = fingerprint(state.id, index, side, quantity, price)
+            if self.recent.get(key, 0) > now_ns:
+                return DUPLICATE_ORDER
+        position = state.position[index]
+        if side == BUY:
+            projected = position + state.open_buy[index] + quantity
+            reducing = position < 0 and projected <= 0
+        else:
+            projected = state.open_sell[index] + quantity - position
+            reducing = position > 0 and projected <= 0
+        if limits.kill_switch == REDUCING and not reducing:
+            return KILL_SWITCH_REDUCING
+        if projected > limits.max_position:
+            return POSITION_LIMIT
+        if state.credit_used + notional > limits.credit_limit:
+            return CREDIT_LIMIT
+        if key:
+            self._remember({key: now_ns + limits.duplicate_window_ns}, now_ns)
+        return OK
+
+    def _remember(self, keys: dict[int, int], now_ns: int) -> None:
+        self.recent.update(keys)
+        if len(self.recent) > 2 * self._recent_pruned_size + 1024:
+            self.recent = {k: t for k, t in self.recent.items() if t > now_ns}
+            self._recent_pruned_size = len(self.recent)
+
+    @staticmethod
+    def _book(booking: Booking, sign: int) -> None:
+        state, index, side, quantity, credit_price = booking
+        if side == BUY:
+            state.open_buy[index] += sign * quantity
+        else:
+            state.open_sell[index] += sign * quantity
+        state.credit_used += sign * quantity * credit_price
+
+    def on_fill(self, order_id: int, quantity: int, price: int) -> None:
+        booking = self.open_orders.get(order_id)
+        if booking is None:
+            return
+        state, index, side, open_quantity, credit_price = booking
+        released = min(quantity, open_quantity)
+        self.open_orders[order_id] = (state, index, side, open_quantity - released, credit_price)
+        if side == BUY:
+            state.open_buy[index] -= released
+            state.position[index] += quantity
+        else:
+            state.open_sell[index] -= released
+            state.position[index] -= quantity
+        state.credit_used += quantity * price - released * credit_price
+
+    def on_done(self, order_id: int) -> None:
+        booking = self.open_orders.pop(order_id, None)
+        if booking is not None:
+            self._book(booking, -1)
+
+    def apply_update(self, update: RiskUpdate) -> None:
+        if update.filled_quantity:
+            self.on_fill(update.order_id, update.filled_quantity, update.fill_price)
+        if update.done:
+            self.on_done(update.order_id)
+
+    # --- a batch of orders -------------------------------------------------------------------------------
+
+    def check_batch(self, checks: np.ndarray[Any, Any], now_ns: int) -> np.ndarray[Any, Any] | None:
+        """Reasons for a run of new-order checks (CHECK_DTYPE records), booked as `check` would book them.
+
+        None when the run holds anything the vectorised path does not cover (replaces, invalid fields,
+        unknown symbols, the REDUCING kill switch): the caller then checks those orders one by one.
+        State is gathered once per account and per (account, symbol) cell touched, computed on arrays,
+        and written back; orders after the first that breaks a stateful limit go through `check`.
+        """
+        count = len(checks)
+        limits = self.limits
+        if limits.kill_switch == HALTED:
+            return np.full(count, KILL_SWITCH_HALTED, dtype=np.uint16)
+        side, order_type = checks["side"], checks["order_type"]
+        quantity, price = checks["quantity"].astype(np.int64), checks["price"]
+        position = np.searchsorted(self._sorted_symbols, checks["symbol"]).clip(0, len(self.symbols) - 1)
+        if (
+            not (self._sorted_symbols[position] == checks["symbol"]).all()
+            or limits.kill_switch == REDUCING
+            or checks["is_replace"].any()
+            or not np.isin(side, (BUY, SELL)).all()
+            or not np.isin(order_type, (1, 2)).all()
+            or not (quantity > 0).all()
+            or not (price >= 0).all()
+        ):
+            return None
+        index = self._sorted_index[position]
+        account_ids, owner = np.unique(checks["account"], return_inverse=True)
+        states = [self.account(account) for account in account_ids.tolist()]
+
+        # Throttle: each account's k-th order passes while k < its whole tokens.
+        tokens = np.array([state.tokens for state in states])
+        tokens_at = np.array([state.tokens_at for state in states], dtype=np.int64)
+        tokens = np.minimum(tokens + (now_ns - tokens_at) * limits.rate_per_ns, limits.burst)
+        throttled = _rank_within_groups(owner) >= np.floor(tokens[owner])
+
+        reference = self.reference[index]
+        is_limit = order_type == LIMIT
+        credit_price = np.where(is_limit, price, reference)
+        notional = quantity * credit_price
+        reasons = np.select(
+            [
+                throttled,
+                limits.restricted_array[index],
+                quantity > limits.max_quantity,
+                reference == 0,
+                is_limit & (np.abs(price - reference) > reference * limits.collar),
+                notional > limits.max_notional,
+            ],
+            [THROTTLED, RESTRICTED_SYMBOL, MAX_QUANTITY, NO_REFERENCE_PRICE, PRICE_COLLAR, MAX_NOTIONAL],
+            OK,
+        ).astype(np.uint16)
+
+        candidate = reasons == OK
+        keys = None
+        if limits.duplicate_window_ns:
+            keys = fingerprints(checks["account"], index, side, quantity, price)
+            expiries = np.fromiter(map(self.recent.get, keys.tolist(), repeat(0)), np.int64, count)
+            duplicate = candidate & (expiries > now_ns)
+            fresh = np.flatnonzero(candidate & ~duplicate)
+            _, first = np.unique(keys[fresh], return_index=True)
+            repeated = np.ones(len(fresh), dtype=bool)
+            repeated[first] = False
+            duplicate[fresh[repeated]] = True
+            reasons[duplicate] = DUPLICATE_ORDER
+            candidate &= ~duplicate
+
+        # Stateful limits assuming every candidate is accepted: exact up to the first that breaks one.
+        symbols = len(self.symbols)
+        cells, cell_of = np.unique(owner * symbols + index, return_inverse=True)
+        cell_state = [states[cell // symbols] for cell in cells.tolist()]
+        cell_symbol = (cells % symbols).tolist()
+        filled = np.array([s.position[i] for s, i in zip(cell_state, cell_symbol, strict=True)])[cell_of]
+        open_buy = np.array([s.open_buy[i] for s, i in zip(cell_state, cell_symbol, strict=True)])[cell_of]
+        open_sell = np.array([s.open_sell[i] for s, i in zip(cell_state, cell_symbol, strict=True)])[cell_of]
+        credit_used = np.array([state.credit_used for state in states], dtype=np.int64)[owner]
+        buy, sell = candidate & (side == BUY), candidate & (side == SELL)
+        bought = _cumsum_within_groups(cell_of, np.where(buy, quantity, 0))
+        sold = _cumsum_within_groups(cell_of, np.where(sell, quantity, 0))
+        projected = np.where(side == BUY, filled + open_buy + bought, open_sell + sold - filled)
+        credit = credit_used + _cumsum_within_groups(owner, np.where(candidate, notional, 0))
+        breaking = candidate & ((projected > limits.max_position) | (credit > limits.credit_limit))
+        stop = int(np.argmax(breaking)) if breaking.any() else count
+
+        spent = np.bincount(owner[:stop][~throttled[:stop]], minlength=len(states))
+        accepted = np.flatnonzero(candidate[:stop])
+        added_buy = np.bincount(cell_of[accepted], np.where(buy, quantity, 0)[accepted], len(cells))
+        added_sell = np.bincount(cell_of[accepted], np.where(sell, quantity, 0)[accepted], len(cells))
+        added_credit = np.zeros(len(states), dtype=np.int64)  # int64: a float sum could round notionals
+        np.add.at(added_credit, owner[accepted], notional[accepted])
+        for state, left, spent_tokens, credit_added in zip(
+            states, tokens.tolist(), spent.tolist(), added_credit.tolist(), strict=True
+        ):
+            state.tokens = left - spent_tokens
+            state.tokens_at = now_ns
+            state.credit_used += credit_added
+        for state, symbol, buys, sells in zip(
+            cell_state, cell_symbol, added_buy.tolist(), added_sell.tolist(), strict=True
+        ):
+            state.open_buy[symbol] += int(buys)
+            state.open_sell[symbol] += int(sells)
+        bookings = zip(
+            [states[o] for o in owner[accepted].tolist()],
+            index[accepted].tolist(),
+            side[accepted].tolist(),
+            quantity[accepted].tolist(),
+            credit_price[accepted].tolist(),
+            strict=True,
+        )
+        self.open_orders.update(zip(checks["order_id"][accepted].tolist(), bookings, strict=True))
+        if keys is not None and len(accepted):
+            expiry = now_ns + limits.duplicate_window_ns
+            self._remember(dict.fromkeys(keys[accepted].tolist(), expiry), now_ns)
+
+        for position_in_run in range(stop, count):
+            record = checks[position_in_run]
+            reasons[position_in_run] = self.check(
+                int(record["order_id"]),
+                int(record["account"]),
+                bytes(record["symbol"]).ljust(8, b"\0"),
+                int(record["side"]),
+                int(record["order_type"]),
+                int(record["quantity"]),
+                int(record["price"]),
+                now_ns,
+            )
+        return reasons
+
+
+def _rank_within_groups(groups: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """For each element, how many earlier elements share its group."""
+    order = np.argsort(groups, kind="stable")
+    ordered = groups[order]
+    starts = np.r_[0, np.flatnonzero(ordered[1:] != ordered[:-1]) + 1]
+    run_lengths = np.diff(np.r_[starts, len(groups)])
+    ranks = np.arange(len(groups)) - np.repeat(starts, run_lengths)
+    result = np.empty(len(groups), dtype=np.int64)
+    result[order] = ranks
+    return result
+
+
+def _cumsum_within_groups(groups: np.ndarray[Any, Any], values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Running total of `values` over each element and the earlier elements of its group."""
+    order = np.argsort(groups, kind="stable")
+    ordered_groups, ordered_values = groups[order], values[order].astype(np.int64)
+    running = np.cumsum(ordered_values)
+    starts = np.r_[0, np.flatnonzero(ordered_groups[1:] != ordered_groups[:-1]) + 1]
+    before_group = np.repeat(running[starts] - ordered_values[starts], np.diff(np.r_[starts, len(groups)]))
+    result = np.empty(len(groups), dtype=np.int64)
+    result[order] = running - before_group
+    return result
+
+
+class RiskService(Service):
+    """Answers RiskCheck with RiskResult, books fills and completions, owns the kill switch."""
+
+    name = "risk"
+
+    def __init__(self, environment: Environment, settings: Settings) -> None:
+        super().__init__(environment, settings)
+        assert isinstance(settings, RiskSettings)
+        self.engine = RiskEngine(settings)
+        self.handlers = {
+            RiskCheck: self.on_check,
+            RiskUpdate: self.on_update,
+            SetKillSwitch: self.on_kill_switch,
+        }
+        self.batch_types = {layout_of(RiskCheck).type_id: settings.batchThreshold}
+        self.market_data: MarketDataSubscriber | None = None
+        publisher = environment.peer("market-data")
+        if publisher is not None:
+            self.market_data = MarketDataSubscriber(
+                self.on_ticks, publisher, environment.market_data_group, environment.bind, self.metrics
+            )
+
+    async def start(self) -> None:
+        if self.market_data is not None:
+            await self.market_data.start()
+
+    async def stop(self) -> None:
+        if self.market_data is not None:
+            await self.market_data.stop()
+
+    def ready(self) -> bool:
+        return self.market_data is None or self.market_data.expected is not None
+
+    def on_ticks(self, ticks: np.ndarray[Any, Any]) -> None:
+        self.engine.update_prices(ticks["symbol"], ticks["last_price"])
+
+    def connection_made(self, connection: Connection) -> None:
+        super().connection_made(connection)
+        if connection in self.sessions:
+            connection.send(KillSwitchStatus(self.engine.kill_switch))
+
+    def on_check(self, connection: Connection, check: RiskCheck) -> None:
+        self.inject_latency()
+        reason = self.engine.check(*check[:7], time.perf_counter_ns(), check.is_replace)
+        connection.send(RiskResult(check.order_id, reason))
+        self.metrics.record(connection.received_ns)
+
+    def on_run(self, connection: Connection, run: FrameRun) -> None:
+        checks = np.frombuffer(run.data, dtype=CHECK_DTYPE)
+        reasons = self.engine.check_batch(checks, time.perf_counter_ns())
+        if reasons is None:
+            self._check_one_by_one(connection, run)
+            return
+        if self.settings.latencyInjectionMicros:
+            spin_for(self.settings.latencyInjectionMicros * run.frames)
+        results = np.zeros(run.frames, dtype=RESULT_LAYOUT.dtype)
+        results["length"] = RESULT_LAYOUT.size
+        results["type"] = RESULT_LAYOUT.type_id
+        results["version"] = PROTOCOL_VERSION
+        results["sequence"] = np.arange(connection.sequence + 1, connection.sequence + 1 + run.frames)
+        results["order_id"] = checks["order_id"]
+        results["reason"] = reasons
+        connection.sequence += run.frames
+        connection.send_raw(results.tobytes())
+        self.metrics.record(connection.received_ns, run.frames)
+
+    def _check_one_by_one(self, connection: Connection, run: FrameRun) -> None:
+        size = len(run.data) // run.frames
+        for start in range(0, len(run.data), size):
+            try:
+                check: Any = decode_body(run.data, start, size, run.type_id)
+            except ProtocolError as error:
+                connection.reject(FrameError(error, run.type_id, 0, False))
+                continue
+            self.on_check(connection, check)
+
+    def on_update(self, connection: Connection, update: RiskUpdate) -> None:
+        self.engine.apply_update(update)
+
+    def on_kill_switch(self, connection: Connection, message: SetKillSwitch) -> None:
+        self.set_kill_switch(message.state, f"session {connection.name}")
+        connection.send(KillSwitchStatus(self.engine.kill_switch))
+        self.metrics.record(connection.received_ns)
+
+    def set_kill_switch(self, state: int, by: str) -> None:
+        if state == self.engine.kill_switch:
+            return
+        self.engine.kill_switch = state
+        log.warning("kill switch moved", extra=fields(state=KillSwitchState(state).name, by=by))
+        for session in self.sessions:
+            session.send(KillSwitchStatus(state))
+
+    def reconfigure(self, settings: Settings) -> None:
+        assert isinstance(settings, RiskSettings) and isinstance(self.settings, RiskSettings)
+        previous = self.settings
+        current_switch = self.engine.kill_switch
+        try:
+            self.engine.reconfigure(settings)
+        except ValueError as error:
+            log.error("config refused", extra=fields(error=str(error)))
+            return
+        super().reconfigure(settings)
+        self.batch_types[layout_of(RiskCheck).type_id] = settings.batchThreshold
+        # The file moves the switch only when its own value changes; a switch thrown over the wire stays.
+        self.engine.kill_switch = current_switch
+        if settings.killSwitch != previous.killSwitch:
+            self.set_kill_switch(settings.killSwitch, "config")
+
+    def status(self) -> dict[str, Any]:
+        engine = self.engine
+        return {
+            "killSwitch": KillSwitchState(engine.kill_switch).name,
+            "accounts": len(engine.accounts),
+            "openOrders": len(engine.open_orders),
+            "referencePrices": {
+                symbol.rstrip(b"\0").decode(): int(price)
+                for symbol, price in zip(engine.symbols, engine.reference, strict=True)
+            },
+            "marketData": self.market_data.stats.as_dict() if self.market_data else None,
+        }

@@ -1,0 +1,564 @@
+"""What every service process shares: framed connections, peer links, metrics, health, logs, drain.
+
+A service is a `Service` subclass: it handles decoded messages per connection and says when it is ready
+and how it drains. `serve()` runs it on uvloop with the HTTP endpoint (/metrics, /healthz, /readyz), the
+config-file watcher (limits change without a restart) and the SIGTERM sequence: /readyz turns 503, the
+listener closes, in-flight work finishes (`Service.drain`), connections close, the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
+
+import uvloop
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tradeplane_services.config import Address, ConfigError, Environment, Settings, load_settings
+from tradeplane_services.protocol import (
+    FrameError,
+    FrameRun,
+    Heartbeat,
+    ProtocolError,
+    Reason,
+    SessionReject,
+    StreamDecoder,
+    encode,
+    layout_of,
+    reject_for,
+)
+
+# Microsecond resolution where trading latencies live (5us-2ms), coarse out to 100ms.
+LATENCY_BUCKETS_SECONDS = tuple(
+    micros / 1e6
+    for micros in (
+        *(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 18, 20, 23, 26, 30, 35, 40, 45, 50, 60, 70, 80, 90),
+        *(100, 120, 140, 160, 180, 200, 230, 260, 300, 350, 400, 450, 500, 600, 700, 800, 900),
+        *(1000, 1250, 1500, 1750, 2000, 3000, 5000, 10_000, 20_000, 50_000, 100_000),
+    )
+)
+MAX_OUTBOUND_BUFFER = 64 * 1024 * 1024
+
+log = logging.getLogger("tradeplane")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, service, revision, message and any `extra` fields."""
+
+    def __init__(self, service: str, revision: str) -> None:
+        super().__init__()
+        self.service = service
+        self.revision = revision
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": round(record.created, 6),
+            "level": record.levelname,
+            "service": self.service,
+            "revision": self.revision,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(service: str, revision: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service, revision))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """`extra=` for structured log fields: log.info("...", extra=fields(order_id=1))."""
+    return {"fields": values}
+
+
+class RequestMetrics(Collector):
+    """The two series the canary analysis reads, for one service and revision.
+
+    A collector of its own rather than prometheus_client's Histogram: observing is a bisect and two
+    additions (no lock, no linear bucket scan), and a batch of N requests answered together is one
+    `record(started, n)` call.
+    """
+
+    def __init__(self, registry: CollectorRegistry, service: str, revision: str) -> None:
+        self.labels = {"service": service, "revision": revision}
+        self._bounds = LATENCY_BUCKETS_SECONDS
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+        self.ok = 0
+        self.errors = 0
+        registry.register(self)
+
+    def record(self, started_ns: int, count: int = 1, ok: bool = True) -> None:
+        seconds = (time.perf_counter_ns() - started_ns) / 1e9
+        self._counts[bisect_left(self._bounds, seconds)] += count
+        self._sum += seconds * count
+        if ok:
+            self.ok += count
+        else:
+            self.errors += count
+
+    def collect(self) -> Iterator[Metric]:
+        histogram = HistogramMetricFamily(
+            "tradeplane_request_duration_seconds",
+            "Time from receiving a request to answering it.",
+            labels=list(self.labels),
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self._bounds, float("inf")), self._counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        histogram.add_metric(list(self.labels.values()), buckets, self._sum)
+        yield histogram
+        requests = CounterMetricFamily(
+            "tradeplane_requests_total",
+            "Requests handled; outcome=error when the service could not handle one (not business rejects).",
+            labels=[*self.labels, "outcome"],
+        )
+        requests.add_metric([*self.labels.values(), "ok"], self.ok)
+        requests.add_metric([*self.labels.values(), "error"], self.errors)
+        yield requests
+
+
+def spin_for(micros: int) -> None:
+    """Busy-wait: sleeping cannot add a few microseconds precisely, spinning can."""
+    deadline = time.perf_counter_ns() + micros * 1000
+    while time.perf_counter_ns() < deadline:
+        pass
+
+
+class Connection(asyncio.Protocol):
+    """One framed TCP connection: decodes frames, dispatches them, batches writes per loop iteration."""
+
+    def __init__(self, owner: ConnectionOwner, name: str) -> None:
+        self.owner = owner
+        self.name = name
+        self.decoder = StreamDecoder(owner.batch_types)
+        self.transport: asyncio.Transport | None = None
+        self.received_ns = 0
+        self.received_sequence = 0
+        self.sequence = 0
+        self.session: Any = None  # the owner's per-connection state
+        self._outbox: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+        self.closed = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.owner.connection_made(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.decoder.buffered:
+            log.warning(
+                "connection closed inside a frame",
+                extra=fields(peer=self.name, truncated_bytes=self.decoder.buffered),
+            )
+        self.owner.connection_lost(self)
+        self.closed.set()
+
+    def data_received(self, data: bytes) -> None:
+        self.received_ns = time.perf_counter_ns()
+        owner = self.owner
+        handlers = owner.handlers
+        for item in self.decoder.feed(data):
+            if type(item) is tuple:
+                message, sequence = cast(tuple[Any, int], item)
+                self.received_sequence = sequence
+                handler = handlers.get(type(message))
+                if handler is None:
+                    owner.unexpected(self, message, sequence)
+                else:
+                    handler(self, message)
+            elif type(item) is FrameRun:
+                owner.on_run(self, item)
+            else:
+                self.reject(item)  # type: ignore[arg-type]
+
+    def reject(self, failure: FrameError) -> None:
+        self.owner.metrics.record(self.received_ns, ok=False)
+        log.warning(
+            "frame refused",
+            extra=fields(peer=self.name, reason=failure.error.reason.name, detail=str(failure.error)),
+        )
+        self.send(reject_for(failure.error, failure.type_id, failure.sequence))
+        if failure.fatal:
+            self.flush()
+            self.close()
+
+    def send(self, message: Any) -> None:
+        self.sequence += 1
+        self.send_raw(encode(message, self.sequence))
+
+    def send_raw(self, frame: bytes) -> None:
+        if not self._outbox:
+            self._loop.call_soon(self.flush)
+        self._outbox.append(frame)
+
+    def flush(self) -> None:
+        if not self._outbox:
+            return
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(data)
+        if self.transport.get_write_buffer_size() > MAX_OUTBOUND_BUFFER:
+            log.error("peer does not keep up; closing", extra=fields(peer=self.name))
+            self.transport.abort()
+
+    def close(self) -> None:
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ConnectionOwner:
+    """What a Connection calls back into: a Service, or a PeerLink's service."""
+
+    handlers: dict[type, Callable[[Connection, Any], None]]
+    batch_types: dict[int, int] = {}  # noqa: RUF012 - subclasses replace it
+    metrics: RequestMetrics
+
+    def connection_made(self, connection: Connection) -> None:
+        pass
+
+    def connection_lost(self, connection: Connection) -> None:
+        pass
+
+    def on_run(self, connection: Connection, run: FrameRun) -> None:
+        raise NotImplementedError(f"{type(self).__name__} declares batch types but handles no runs")
+
+    def unexpected(self, connection: Connection, message: Any, sequence: int) -> None:
+        if isinstance(message, Heartbeat):
+            return
+        if isinstance(message, SessionReject):
+            log.warning(
+                "peer refused a frame", extra=fields(peer=connection.name, reject=message.text.rstrip(b"\0"))
+            )
+            return
+        error = ProtocolError(
+            Reason.UNEXPECTED_MESSAGE, 2, f"{type(message).__name__} is not handled by this service"
+        )
+        connection.reject(FrameError(error, layout_of(type(message)).type_id, sequence, False))
+
+
+class PeerLink:
+    """A connection to another service, re-established with backoff whenever it drops."""
+
+    def __init__(self, owner: ConnectionOwner, name: str, address: Address) -> None:
+        self.owner = owner
+        self.name = name
+        self.address = address
+        self.connection: Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and self.connection.connected
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._maintain(), name=f"link-{self.name}")
+
+    async def _maintain(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = 0.02
+        while True:
+            try:
+                _, connection = await loop.create_connection(
+                    lambda: Connection(self.owner, self.name), self.address.host, self.address.port
+                )
+            except OSError as error:
+                log.debug("peer unreachable", extra=fields(peer=self.name, error=str(error)))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.02
+            self.connection = connection
+            log.info("peer connected", extra=fields(peer=self.name, address=str(self.address)))
+            await connection.closed.wait()
+            self.connection = None
+            log.warning("peer disconnected", extra=fields(peer=self.name))
+
+    def send(self, message: Any) -> bool:
+        connection = self.connection
+        if connection is None or not connection.connected:
+            return False
+        connection.send(message)
+        return True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.connection is not None:
+            self.connection.close()
+
+
+HttpRoute = Callable[[dict[str, list[str]]], tuple[int, str, bytes]]
+
+
+class Service(ConnectionOwner):
+    """Base of the five services; subclasses set `handlers` and override the hooks they need."""
+
+    name = "service"
+
+    def __init__(self, environment: Environment, settings: Settings) -> None:
+        self.environment = environment
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.metrics = RequestMetrics(self.registry, self.name, environment.revision)
+        self.handlers = {}
+        self.sessions: set[Connection] = set()
+        self.draining = False
+        self.routes: dict[str, HttpRoute] = {}
+        self.links: list[PeerLink] = []
+        self.wire_server: asyncio.AbstractServer | None = None
+
+    # --- hooks -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open files, start feeds; called before the wire port opens."""
+
+    def ready(self) -> bool:
+        """Whether the service can do its job (peers connected, state replayed)."""
+        return True
+
+    def reconfigure(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def drain(self) -> None:
+        """Finish in-flight work after the listener closed; bounded by drainTimeoutSeconds."""
+
+    async def stop(self) -> None:
+        """Release resources after the drain."""
+
+    def status(self) -> dict[str, Any]:
+        """Extra fields for GET /status."""
+        return {}
+
+    # --- shared behaviour --------------------------------------------------------------------------
+
+    def link(self, peer: str) -> PeerLink | None:
+        address = self.environment.peer(peer)
+        if address is None:
+            return None
+        link = PeerLink(self, peer, address)
+        self.links.append(link)
+        return link
+
+    def inject_latency(self) -> None:
+        micros = self.settings.latencyInjectionMicros
+        if micros:
+            spin_for(micros)
+
+    def accept(self) -> Connection:
+        return Connection(self, "client")
+
+    def connection_made(self, connection: Connection) -> None:
+        if connection.name == "client":
+            self.sessions.add(connection)
+            peer = connection.transport.get_extra_info("peername") if connection.transport else None
+            log.info("session opened", extra=fields(peer=peer))
+
+    def connection_lost(self, connection: Connection) -> None:
+        if connection in self.sessions:
+            self.sessions.discard(connection)
+            self.session_lost(connection)
+
+    def session_lost(self, connection: Connection) -> None:
+        """A client session went away (cancel-on-disconnect lives here)."""
+
+    def status_document(self) -> dict[str, Any]:
+        return {
+            "service": self.name,
+            "revision": self.environment.revision,
+            "ready": self.ready() and not self.draining,
+            "draining": self.draining,
+            "sessions": len(self.sessions),
+            "peers": {link.name: link.connected for link in self.links},
+            **self.status(),
+        }
+
+
+class HttpEndpoint:
+    """/metrics, /healthz, /readyz, /status and the service's own read routes, over plain HTTP/1.1."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def respond(self, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        service = self.service
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(service.registry)
+        if path == "/healthz":
+            return 200, "text/plain", b"ok\n"
+        if path == "/readyz":
+            if service.draining:
+                return 503, "text/plain", b"draining\n"
+            if not service.ready():
+                return 503, "text/plain", b"not ready\n"
+            return 200, "text/plain", b"ready\n"
+        if path == "/status":
+            return 200, "application/json", json.dumps(service.status_document()).encode()
+        route = service.routes.get(path)
+        if route is not None:
+            return route(query)
+        return 404, "text/plain", f"no route {path}\n".encode()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), 10)
+            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request_line.decode("latin-1").split()
+            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+                status, content_type, body = 405, "text/plain", b"only GET\n"
+            else:
+                url = urlsplit(parts[1])
+                status, content_type, body = self.respond(url.path, parse_qs(url.query))
+            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}.get(
+                status, "Service Unavailable"
+            )
+            head = (
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + (body if parts[:1] != ["HEAD"] else b""))
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+class ConfigWatcher:
+    """Reloads the config file when it changes (ConfigMap updates swap a symlink) or on SIGHUP."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.path = service.environment.config_path
+        self._stamp = self._current_stamp()
+
+    def _current_stamp(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+    def reload(self) -> None:
+        self._stamp = self._current_stamp()
+        try:
+            settings = load_settings(self.service.name, self.path)
+        except ConfigError as error:
+            log.error("config refused; keeping the previous settings", extra=fields(error=str(error)))
+            return
+        if settings != self.service.settings:
+            self.service.reconfigure(settings)
+            logging.getLogger().setLevel(settings.logLevel)
+            log.info("config reloaded", extra=fields(path=str(self.path)))
+
+    async def watch(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self._current_stamp() != self._stamp:
+                self.reload()
+
+
+async def serve_service(service: Service, started: Callable[[], None] | None = None) -> None:
+    environment = service.environment
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    watcher = ConfigWatcher(service)
+    loop.add_signal_handler(signal.SIGHUP, watcher.reload)
+
+    http = HttpEndpoint(service)
+    http_server = await asyncio.start_server(http.handle, environment.bind, environment.metrics_port)
+    await service.start()
+    for link in service.links:
+        link.start()
+    service.wire_server = await loop.create_server(
+        service.accept, environment.bind, environment.port, reuse_address=True, backlog=1024
+    )
+    watch_task = loop.create_task(watcher.watch())
+    log.info(
+        "listening",
+        extra=fields(wire=f"{environment.bind}:{environment.port}", metrics=environment.metrics_port),
+    )
+    if started is not None:
+        started()
+    await stop.wait()
+
+    log.info("SIGTERM: draining")
+    service.draining = True
+    service.wire_server.close()
+    try:
+        await asyncio.wait_for(service.drain(), service.settings.drainTimeoutSeconds)
+    except TimeoutError:
+        log.error("drain timed out; closing with work in flight")
+    for session in list(service.sessions):
+        session.close()
+    watch_task.cancel()
+    for link in service.links:
+        await link.stop()
+    await service.stop()
+    http_server.close()
+    log.info("stopped")
+
+
+def run(service_factory: Callable[[Environment, Settings], Service], environment: Environment) -> int:
+    """Load settings, build the service and serve it until SIGTERM; the process exit code."""
+    component = environment.component
+    try:
+        settings = load_settings(component, environment.config_path)
+    except ConfigError as error:
+        print(f"tradeplane-svc {component}: {error}", file=sys.stderr)
+        return 2
+    configure_logging(component, environment.revision, settings.logLevel)
+    service = service_factory(environment, settings)
+    try:
+        uvloop.run(serve_service(service))
+    except OSError as error:
+        log.error("cannot start", extra=fields(error=str(error)))
+        return 1
+    return 0
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.005) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True

@@ -1,0 +1,220 @@
+"""The wire protocol: round trips, precise rejects, and decoders fuzzed with arbitrary bytes."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tradeplane_services.protocol import (
+    HEADER,
+    HEADER_SIZE,
+    LAYOUTS,
+    PROTOCOL_VERSION,
+    TICK_DTYPE,
+    FrameError,
+    FrameRun,
+    Layout,
+    MarketDataBatch,
+    NewOrder,
+    ProtocolError,
+    Reason,
+    RiskCheck,
+    StreamDecoder,
+    decode,
+    encode,
+    encode_batch,
+    layout_of,
+    symbol_bytes,
+)
+
+SYMBOLS = st.sampled_from([b"AAPL\0\0\0\0", b"BRK.B\0\0\0", b"X\0\0\0\0\0\0\0", b"ABCDEFGH"])
+_INTEGERS = {
+    "B": st.integers(0, 2**8 - 1),
+    "H": st.integers(0, 2**16 - 1),
+    "I": st.integers(0, 2**32 - 1),
+    "Q": st.integers(0, 2**64 - 1),
+    "q": st.integers(-(2**63), 2**63 - 1),
+}
+
+
+def _field_strategy(spec: Layout, name: str) -> st.SearchStrategy[Any]:
+    kind = spec.dtype[name]
+    if kind.kind == "S":
+        return SYMBOLS if name == "symbol" else st.binary(min_size=kind.itemsize, max_size=kind.itemsize)
+    code = {"u1": "B", "u2": "H", "u4": "I", "u8": "Q", "i8": "q"}[kind.str[1:]]
+    return _INTEGERS[code]
+
+
+def message_strategy(spec: Layout) -> st.SearchStrategy[Any]:
+    names = [name for name in spec.offsets if name not in ("length", "type", "version", "sequence")]
+    return st.tuples(*(_field_strategy(spec, name) for name in names)).map(lambda v: spec.cls(*v))
+
+
+FIXED_LAYOUTS = [spec for spec in LAYOUTS.values() if not spec.record_size]
+
+
+@pytest.mark.parametrize("spec", FIXED_LAYOUTS, ids=lambda spec: spec.cls.__name__)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), sequence=st.integers(0, 2**64 - 1))
+def test_every_fixed_message_round_trips_or_names_the_invalid_field(
+    spec: Layout, data: st.DataObject, sequence: int
+) -> None:
+    message = data.draw(message_strategy(spec))
+    frame = encode(message, sequence)
+    assert len(frame) == spec.size
+    try:
+        decoded, decoded_sequence = decode(frame)
+    except ProtocolError as error:
+        assert error.reason is Reason.INVALID_FIELD
+        field = next(name for name, offset in spec.offsets.items() if offset == error.offset)
+        accept, _ = spec.checks[field]
+        assert not accept(getattr(message, field))
+        assert field in error.detail
+        return
+    assert decoded == message
+    assert decoded_sequence == sequence
+
+
+def test_a_new_order_with_a_bad_side_is_refused_at_the_side_byte() -> None:
+    frame = encode(NewOrder(1, 7, symbol_bytes("AAPL"), 9, 1, 1, 100, 1_900_000))
+    with pytest.raises(ProtocolError) as caught:
+        decode(frame)
+    assert caught.value.reason is Reason.INVALID_FIELD
+    assert caught.value.offset == layout_of(NewOrder).offsets["side"] == HEADER_SIZE + 20
+    assert "NewOrder.side=9" in str(caught.value)
+
+
+NEW_ORDER_SIZE = layout_of(NewOrder).size
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason", "offset"),
+    [
+        (lambda f: f[:2] + bytes([200]) + f[3:], Reason.UNKNOWN_TYPE, 2),
+        (lambda f: f[:3] + bytes([PROTOCOL_VERSION + 1]) + f[4:], Reason.WRONG_VERSION, 3),
+        (lambda f: struct.pack("<H", len(f) - 1) + f[2:-1], Reason.TRUNCATED, NEW_ORDER_SIZE - 1),
+        (lambda f: struct.pack("<H", len(f) + 4) + f[2:] + b"\0" * 4, Reason.OVERSIZED, NEW_ORDER_SIZE),
+        (lambda f: struct.pack("<H", 5) + f[2:], Reason.MALFORMED_FRAME, 0),
+        (lambda f: f[:7], Reason.TRUNCATED, 7),
+    ],
+    ids=["unknown-type", "wrong-version", "truncated", "oversized", "malformed-length", "short-header"],
+)
+def test_broken_frames_get_the_reason_and_the_byte(mutate: Any, reason: Reason, offset: int) -> None:
+    frame = mutate(encode(NewOrder(1, 1, symbol_bytes("AAPL"), 1, 1, 1, 10, 1)))
+    with pytest.raises(ProtocolError) as caught:
+        decode(frame)
+    assert caught.value.reason is reason
+    assert caught.value.offset == offset
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_decode_raises_nothing_but_protocol_errors(data: bytes) -> None:
+    try:
+        decode(data)
+    except ProtocolError as error:
+        assert isinstance(error.reason, Reason)
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=80), max_size=12))
+def test_stream_decoder_survives_arbitrary_bytes(chunks: list[bytes]) -> None:
+    decoder = StreamDecoder({layout_of(RiskCheck).type_id: 2})
+    fatal_seen = False
+    for chunk in chunks:
+        items = decoder.feed(chunk)
+        if fatal_seen:
+            assert items == []
+        for item in items:
+            assert isinstance(item, (tuple, FrameError, FrameRun))
+            if isinstance(item, FrameError) and item.fatal:
+                fatal_seen = True
+
+
+VALID_FRAMES = st.lists(
+    st.one_of(
+        message_strategy(layout_of(NewOrder)),
+        message_strategy(layout_of(RiskCheck)).map(lambda m: m._replace(side=1, order_type=1, is_replace=0)),
+    ),
+    max_size=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages=VALID_FRAMES, cuts=st.lists(st.integers(0, 2000), max_size=8))
+def test_stream_decoding_does_not_depend_on_how_bytes_arrive(messages: list[Any], cuts: list[int]) -> None:
+    stream = b"".join(encode(message, index) for index, message in enumerate(messages))
+    reference = StreamDecoder().feed(stream)
+    decoder = StreamDecoder({layout_of(RiskCheck).type_id: 3})
+    items: list[Any] = []
+    previous = 0
+    for cut in sorted({min(cut, len(stream)) for cut in cuts} | {len(stream)}):
+        items.extend(decoder.feed(stream[previous:cut]))
+        previous = cut
+    flattened: list[Any] = []
+    for item in items:
+        if isinstance(item, FrameRun):
+            flattened.extend(StreamDecoder().feed(item.data))
+        else:
+            flattened.append(item)
+    assert _comparable(flattened) == _comparable(reference)
+    assert decoder.buffered == 0
+
+
+def _comparable(items: list[Any]) -> list[Any]:
+    return [(type(i).__name__, str(i.error)) if isinstance(i, FrameError) else i for i in items]
+
+
+def test_runs_of_risk_checks_arrive_as_one_raw_block() -> None:
+    checks = [RiskCheck(i, 1, symbol_bytes("AAPL"), 1, 1, 10, 100, 0) for i in range(5)]
+    stream = encode(NewOrder(1, 1, symbol_bytes("AAPL"), 1, 1, 1, 10, 1)) + b"".join(map(encode, checks))
+    items = StreamDecoder({layout_of(RiskCheck).type_id: 4}).feed(stream)
+    assert isinstance(items[0], tuple) and isinstance(items[0][0], NewOrder)
+    run = items[1]
+    assert isinstance(run, FrameRun) and run.frames == 5
+    records = np.frombuffer(run.data, dtype=layout_of(RiskCheck).dtype)
+    assert records["order_id"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_fatal_length_stops_the_stream() -> None:
+    decoder = StreamDecoder()
+    items = decoder.feed(
+        HEADER.pack(3, 10, PROTOCOL_VERSION, 1) + encode(NewOrder(1, 1, b"A" * 8, 1, 1, 1, 1, 1))
+    )
+    assert len(items) == 1 and isinstance(items[0], FrameError) and items[0].fatal
+    assert decoder.feed(encode(NewOrder(1, 1, b"A" * 8, 1, 1, 1, 1, 1))) == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(count=st.integers(0, 40), sequence=st.integers(0, 2**64 - 1), seed=st.integers(0, 2**32 - 1))
+def test_market_data_batches_round_trip_as_numpy(count: int, sequence: int, seed: int) -> None:
+    random = np.random.default_rng(seed)
+    ticks = np.zeros(count, dtype=TICK_DTYPE)
+    ticks["symbol"] = b"MSFT"
+    ticks["last_price"] = random.integers(1, 10**9, count)
+    ticks["bid_quantity"] = random.integers(0, 2**32, count)
+    frame = encode_batch(ticks, sequence, 0, 3, 12345)
+    batch, decoded_sequence = decode(frame)
+    assert isinstance(batch, MarketDataBatch)
+    assert (batch.tick_count, batch.channel, decoded_sequence) == (count, 3, sequence)
+    assert np.array_equal(batch.ticks, ticks)
+
+
+def test_a_batch_whose_count_disagrees_with_its_length_is_refused() -> None:
+    frame = bytearray(encode_batch(np.zeros(3, dtype=TICK_DTYPE), 1, 0, 1, 0))
+    struct.pack_into("<H", frame, HEADER_SIZE, 4)
+    with pytest.raises(ProtocolError) as caught:
+        decode(bytes(frame))
+    assert caught.value.reason is Reason.TRUNCATED
+
+
+def test_symbols_are_checked_when_built() -> None:
+    assert symbol_bytes("BRK.B") == b"BRK.B\0\0\0"
+    for bad in ("", "aapl", "TOOLONGSYM"):
+        with pytest.raises(ValueError, match="symbol"):
+            symbol_bytes(bad)
