@@ -55,6 +55,10 @@ def latency_server(service: str, revision: str, address: str = "127.0.0.1") -> I
         ["service", "revision", "outcome"],
         registry=registry,
     )
+    # Series exist from the start, at zero, as in the services: Prometheus sees every increase.
+    latency.labels(service, revision)
+    for outcome in ("ok", "error"):
+        requests.labels(service, revision, outcome)
     server, thread = start_http_server(0, addr=address, registry=registry)
     try:
         yield LatencyServer(f"{address}:{server.server_port}", latency, requests, service, revision)

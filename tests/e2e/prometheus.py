@@ -1,0 +1,143 @@
+"""A real Prometheus (Debian's `prometheus` binary) on loopback, with a generated configuration.
+
+`run_prometheus` starts it with the given scrape configs and a 1 s scrape interval, waits until it is
+ready, and stops it afterwards. `pod_scrape_config` discovers the pods of a namespace through the
+Kubernetes API (kubernetes_sd_configs, role pod) as a cluster's Prometheus would, keeping the containers'
+`metrics` ports and labelling the series with namespace and pod.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+SCRAPE_INTERVAL = "1s"
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    url: str
+    log: Path
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """The instant vector of a query, as Prometheus' HTTP API answers it."""
+        address = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        with urllib.request.urlopen(address, timeout=5) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def targets(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=5) as response:
+            return list(json.load(response)["data"]["activeTargets"])
+
+    def scraped_since(self, moment: float) -> int:
+        """How many targets are up and were scraped after `moment` (seconds since the epoch)."""
+        return sum(
+            1
+            for target in self.targets()
+            if target["health"] == "up"
+            and datetime.fromisoformat(target["lastScrape"].replace("Z", "+00:00")).timestamp() > moment
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def static_scrape_config(job: str, endpoints: list[str]) -> dict[str, Any]:
+    return {"job_name": job, "static_configs": [{"targets": endpoints}]}
+
+
+def pod_scrape_config(kubeconfig: Path, namespace: str) -> dict[str, Any]:
+    return {
+        "job_name": f"pods-{namespace}",
+        "kubernetes_sd_configs": [
+            {"role": "pod", "kubeconfig_file": str(kubeconfig), "namespaces": {"names": [namespace]}}
+        ],
+        "relabel_configs": [
+            {
+                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                "regex": "metrics",
+                "action": "keep",
+            },
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        ],
+    }
+
+
+@contextmanager
+def run_prometheus(workdir: Path, scrape_configs: list[dict[str, Any]]) -> Iterator[Prometheus]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is not installed: scripts/bootstrap installs Debian's package")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+                "scrape_configs": scrape_configs,
+            }
+        )
+    )
+    port = free_port()
+    log = workdir / "prometheus.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=1h",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    prometheus = Prometheus(f"http://127.0.0.1:{port}", log)
+    try:
+        _wait_ready(prometheus, process)
+        yield prometheus
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(prometheus: Prometheus, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"prometheus exited with {process.returncode}:\n{prometheus.log.read_text()}"
+            )
+        try:
+            with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"prometheus not ready after {timeout:.0f}s:\n{prometheus.log.read_text()}")

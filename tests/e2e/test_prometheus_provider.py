@@ -1,0 +1,75 @@
+"""The Prometheus provider against a real Prometheus scraping real metrics servers, and its agreement with
+the direct-scrape provider on the same data."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from e2e.prometheus import run_prometheus, static_scrape_config
+from rollout.latency_server import LatencyServer, latency_server
+
+from support import wait_for
+from tradeplane.analysis import PrometheusProvider, ProviderUnavailable, ScrapeProvider, Target
+
+pytestmark = pytest.mark.prometheus
+
+
+def traffic(server: LatencyServer, fast: float, slow: float, slow_share: float, seconds: float) -> None:
+    """Batches of observations over a few scrape intervals, a share of them slow."""
+    batches = int(seconds / 0.1)
+    for _ in range(batches):
+        slow_count = round(100 * slow_share)
+        server.observe(fast, count=100 - slow_count)
+        server.observe(slow, count=slow_count)
+        time.sleep(0.1)
+
+
+def test_prometheus_and_direct_scrape_agree_on_p99(tmp_path: Path) -> None:
+    with (
+        latency_server("order", "stable1") as stable,
+        latency_server("order", "canary2") as canary,
+        run_prometheus(
+            tmp_path, [static_scrape_config("order", [stable.endpoint, canary.endpoint])]
+        ) as prometheus,
+    ):
+        started = time.time()
+        wait_for(lambda: prometheus.scraped_since(started) == 2, timeout=15, what="first scrapes")
+        direct = ScrapeProvider()
+        canary_target = Target("trading", "order", "canary2", (canary.endpoint,))
+        asyncio.run(direct.measure(canary_target, "1m"))  # the window's start
+
+        traffic(canary, fast=30e-6, slow=3e-3, slow_share=0.02, seconds=3)
+        traffic(stable, fast=30e-6, slow=3e-3, slow_share=0.0, seconds=1)
+        stopped = time.time()
+        wait_for(lambda: prometheus.scraped_since(stopped) == 2, timeout=15, what="scrapes after the traffic")
+
+        from_prometheus = asyncio.run(PrometheusProvider(prometheus.url).measure(canary_target, "1m"))
+        from_pods = asyncio.run(direct.measure(canary_target, "1m"))
+        baseline = asyncio.run(
+            PrometheusProvider(prometheus.url).measure(Target("trading", "order", "stable1"), "1m")
+        )
+
+    assert from_pods.samples == 3000 and from_pods.errors == 0
+    assert from_pods.p99_seconds is not None and 2e-3 < from_pods.p99_seconds <= 5e-3
+    assert from_prometheus.p99_seconds == pytest.approx(from_pods.p99_seconds, rel=0.01)
+    # increase() extrapolates a little past the last scrape: counts agree to within a scrape interval.
+    assert from_pods.samples <= from_prometheus.samples <= from_pods.samples * 1.5
+    assert baseline.p99_seconds is not None and 20e-6 < baseline.p99_seconds <= 50e-6
+
+
+def test_a_revision_without_series_has_no_samples(tmp_path: Path) -> None:
+    with run_prometheus(tmp_path, []) as prometheus:
+        measured = asyncio.run(
+            PrometheusProvider(prometheus.url).measure(Target("t", "order", "nope"), "30s")
+        )
+    assert (measured.p99_seconds, measured.samples, measured.requests) == (None, 0, 0)
+
+
+def test_a_query_prometheus_refuses_is_named(tmp_path: Path) -> None:
+    with run_prometheus(tmp_path, []) as prometheus:
+        provider = PrometheusProvider(prometheus.url, p99_query="histogram_quantile(0.99, rate(x[{window}]")
+        with pytest.raises(ProviderUnavailable, match=r"refused 'histogram_quantile.*bad_data"):
+            asyncio.run(provider.measure(Target("t", "order", "r"), "30s"))
