@@ -27,6 +27,7 @@ COMPUTED_OUTPUTS: dict[str, dict[str, Any]] = {
     },
     "aws:iam/role:Role": {"arn": "arn:aws:iam::123456789012:role/tradeplane-node"},
     "aws:ec2/launchTemplate:LaunchTemplate": {"latestVersion": 3},
+    "aws:ec2/placementGroup:PlacementGroup": {"name": "tradeplane-trading-4f2a"},
     "gcp:container/cluster:Cluster": {
         "endpoint": "203.0.113.10",
         "masterAuth": {"clusterCaCertificate": "Q0E="},
