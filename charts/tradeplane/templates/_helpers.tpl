@@ -41,6 +41,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s-metrics" (include "tradeplane.fullname" .) -}}
 {{- end -}}
 
+{{/* The value of the tradeplane_operator label the ServiceMonitor puts on this release's series. */}}
+{{- define "tradeplane.operatorLabel" -}}
+{{- printf "%s/%s" .Release.Namespace (include "tradeplane.fullname" .) -}}
+{{- end -}}
+
 {{- define "tradeplane.image" -}}
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
