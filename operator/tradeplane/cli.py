@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 # Each module exposes `register(subparsers)` and sets `handler` defaults on its parsers.
-COMMAND_MODULES = ("tradeplane.cluster.commands",)
+COMMAND_MODULES = ("tradeplane.cluster.commands", "tradeplane.rollout_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
