@@ -7,6 +7,7 @@ that the program reads back (a launch template's version, a cluster's endpoint a
 from __future__ import annotations
 
 import json
+import runpy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,23 @@ def stack_config(stack: str) -> dict[str, str]:
 def stack_settings(stack: str, **overrides: Any) -> Settings:
     raw = read_config(stack_config(stack).get)
     return parse_settings({**raw, **overrides})
+
+
+def run_entry_point(config: dict[str, str]) -> list[Declared]:
+    """Runs infra/__main__.py as `pulumi up` would, with `config` as the stack's `tradeplane:*` values."""
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project=NAMESPACE, stack="test", preview=False)
+    pulumi.runtime.set_all_config({f"{NAMESPACE}:{key}": value for key, value in config.items()})
+    try:
+        pulumi.runtime.test(lambda: runpy.run_path(str(INFRA_DIR / "__main__.py")))()
+    finally:
+        pulumi.runtime.set_all_config({})
+    return mocks.declared
+
+
+@pytest.fixture(name="run_entry_point")
+def run_entry_point_fixture() -> Callable[[dict[str, str]], list[Declared]]:
+    return run_entry_point
 
 
 @pytest.fixture(name="stack_config")

@@ -7,6 +7,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import pulumi
+import pytest
+
 from tradeplane.api import TradingServiceSpec
 from tradeplane_infra.nodeconfig import CLOUD_CONFIG_CONTENT_TYPE, parse_node_config, user_data_parts
 from tradeplane_infra.services import spec_document, trading_service_specs
@@ -173,3 +176,22 @@ def test_outputs_name_the_trading_nodes_and_services(declared: Graphs) -> None:
     assert exports["target"] == "eks"
     assert exports["tradingNodes"] == {"type": "c6i.metal", "count": 3, "hugepages1Gi": 64}
     assert exports["tradingServices"] == SERVICES
+
+
+def test_entry_point_declares_the_stack_from_pulumi_config(
+    stack_config: Callable[[str], dict[str, str]], run_entry_point: Callable[[dict[str, str]], list[Any]]
+) -> None:
+    declared = run_entry_point(stack_config("aws"))
+    assert len([d for d in declared if d.type == TRADING_SERVICE]) == 5
+    assert sorted(d.name for d in declared if d.type == NODE_GROUP) == [
+        "tradeplane-general",
+        "tradeplane-trading",
+    ]
+
+
+def test_entry_point_stops_on_bad_config_naming_the_key(
+    stack_config: Callable[[str], dict[str, str]], run_entry_point: Callable[[dict[str, str]], list[Any]]
+) -> None:
+    config = {**stack_config("local"), "services": json.dumps({"order": {"cpus": 5}})}
+    with pytest.raises(pulumi.RunError, match=r"tradeplane:services\.order\.cpus: 5 is odd"):
+        run_entry_point(config)
