@@ -31,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from tradeplane.api import (
     AnalysisResult,
@@ -455,3 +455,39 @@ class _Machine:
 
 def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# -- the HTTPRoute split -----------------------------------------------------------------------------------
+
+
+def route_rules(
+    rules: list[dict[str, Any]], stable_service: str, canary_service: str, canary_weight: int
+) -> list[dict[str, Any]]:
+    """An HTTPRoute's rules with this service's traffic split: stable 100 - weight, canary weight.
+
+    A rule is this service's when a backendRef names its stable or canary Service; its backends become
+    exactly those two (the canary left out at weight 0). Other rules and their backends stay as they are.
+    """
+    split: list[dict[str, Any]] = []
+    for rule in rules:
+        backends = rule.get("backendRefs") or []
+        ours = [ref for ref in backends if ref.get("name") in (stable_service, canary_service)]
+        if not ours:
+            split.append(rule)
+            continue
+        template = {key: value for key, value in ours[0].items() if key not in ("name", "weight")}
+        refs = [{**template, "name": stable_service, "weight": 100 - canary_weight}]
+        if canary_weight > 0:
+            refs.append({**template, "name": canary_service, "weight": canary_weight})
+        split.append({**rule, "backendRefs": refs})
+    return split
+
+
+def route_canary_weight(rules: list[dict[str, Any]], stable_service: str, canary_service: str) -> int | None:
+    """The canary's percent in the first rule routing to this service; None when no rule does."""
+    for rule in rules:
+        refs = {ref.get("name"): ref.get("weight", 1) for ref in rule.get("backendRefs") or []}
+        if stable_service in refs or canary_service in refs:
+            total = refs.get(stable_service, 0) + refs.get(canary_service, 0)
+            return round(100 * refs.get(canary_service, 0) / total) if total else 0
+    return None
