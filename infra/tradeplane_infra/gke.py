@@ -65,6 +65,7 @@ def gke_cluster(name: str, settings: GkeSettings, parent: pulumi.Resource) -> pu
         subnetwork=settings.subnetwork,
         # Node pools are separate resources; GKE insists on creating a default pool first.
         remove_default_node_pool=True,
+        deletion_protection=settings.deletionProtection,
         initial_node_count=1,
         master_authorized_networks_config=gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(
             cidr_blocks=[

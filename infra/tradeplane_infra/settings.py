@@ -266,6 +266,7 @@ class GkeSettings(ConfigModel):
     network: str | None = None
     subnetwork: str | None = None
     authorizedNetworks: list[str] = Field(min_length=1, description="CIDR blocks allowed to the API server.")
+    deletionProtection: bool = Field(default=True, description="false before `pulumi destroy`.")
     trading: GkeTradingPool = Field(default_factory=GkeTradingPool)
     general: GkeGeneralPool = Field(default_factory=GkeGeneralPool)
 

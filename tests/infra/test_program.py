@@ -97,6 +97,7 @@ def test_gke_api_server_is_reachable_from_the_allow_list_only(declared: Graphs) 
         "cidrBlocks": [{"cidrBlock": "203.0.113.0/24", "displayName": "allowed-0"}]
     }
     assert cluster["removeDefaultNodePool"] is True
+    assert cluster["deletionProtection"] is True
     kubeconfig = json.loads(graph.exports["kubeconfig"])
     assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://203.0.113.10"
     assert kubeconfig["users"][0]["user"]["exec"]["command"] == "gke-gcloud-auth-plugin"
