@@ -91,13 +91,13 @@ def eks_cluster(name: str, settings: EksSettings, parent: pulumi.Resource) -> pu
     )
 
     trading = settings.trading
+    group = (
+        aws.ec2.PlacementGroup(f"{name}-trading", strategy="cluster", opts=child)
+        if trading.placementGroup
+        else None
+    )
     placement = None
-    if trading.tenancy == "dedicated" or trading.placementGroup:
-        group = (
-            aws.ec2.PlacementGroup(f"{name}-trading", strategy="cluster", opts=child)
-            if trading.placementGroup
-            else None
-        )
+    if group or trading.tenancy == "dedicated":
         placement = aws.ec2.LaunchTemplatePlacementArgs(
             tenancy="dedicated" if trading.tenancy == "dedicated" else None,
             group_name=group.name if group else None,

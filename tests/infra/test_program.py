@@ -72,6 +72,31 @@ def test_eks_placement_group_keeps_trading_nodes_close(declared: Graphs) -> None
     assert group["strategy"] == "cluster"
 
 
+def test_eks_dedicated_hosts_and_graviton_nodes(
+    declare: Callable[[Settings], Any],
+    stack_settings: Callable[..., Settings],
+    stack_config: Callable[[str], dict[str, str]],
+) -> None:
+    def trading_resources(**trading: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        eks = {
+            **json.loads(stack_config("aws")["eks"]),
+            "trading": {"nodes": 3, "hugepages1Gi": 32, **trading},
+        }
+        graph = declare(stack_settings("aws", eks=eks))
+        assert graph.of_type("aws:ec2/placementGroup:PlacementGroup") == []
+        template = graph.one("aws:ec2/launchTemplate:LaunchTemplate", "tradeplane-trading").inputs
+        return graph.one(NODE_GROUP, "tradeplane-trading").inputs, template
+
+    node_group, template = trading_resources(instanceType="c6i.32xlarge", tenancy="dedicated")
+    assert template["placement"] == {"tenancy": "dedicated"}
+    assert node_group["amiType"] == "AL2023_x86_64_STANDARD"
+    node_group, template = trading_resources(instanceType="c7g.metal")
+    assert "placement" not in template
+    assert node_group["amiType"] == "AL2023_ARM_64_STANDARD"
+    # No SMT on Graviton: the reserved core has no sibling.
+    assert parse_node_config(template["userData"])["spec"]["kubelet"]["config"]["reservedSystemCPUs"] == "0"
+
+
 def test_gke_trading_pool_sets_kubelet_and_hugepages(declared: Graphs) -> None:
     graph = declared("gcp")
     node_config = graph.one(NODE_POOL, "tradeplane-trading").inputs["nodeConfig"]
