@@ -69,7 +69,7 @@ def _cidr(text: str) -> str:
         raise ValueError(f"{text!r} is not a CIDR block: {error}") from None
 
 
-def check_allow_list(cidrs: list[str], what: str) -> list[str]:
+def _check_allow_list(cidrs: list[str], what: str) -> list[str]:
     normalized = [_cidr(text) for text in cidrs]
     for cidr in normalized:
         if ipaddress.ip_network(cidr).prefixlen == 0:
@@ -180,7 +180,7 @@ class EksSettings(ConfigModel):
     @field_validator("publicAccessCidrs")
     @classmethod
     def _allow_list(cls, cidrs: list[str]) -> list[str]:
-        return check_allow_list(cidrs, "the API server")
+        return _check_allow_list(cidrs, "the API server")
 
     @model_validator(mode="after")
     def _endpoint(self) -> EksSettings:
@@ -273,7 +273,7 @@ class GkeSettings(ConfigModel):
     @field_validator("authorizedNetworks")
     @classmethod
     def _allow_list(cls, cidrs: list[str]) -> list[str]:
-        return check_allow_list(cidrs, "the API server")
+        return _check_allow_list(cidrs, "the API server")
 
 
 class LocalSettings(ConfigModel):
