@@ -1,0 +1,312 @@
+"""Spec -> child manifests, as plain dicts ready for server-side apply. No I/O.
+
+One TradingService `<name>` owns:
+
+- Deployment `<name>` (the stable revision) and, during a rollout, `<name>-canary`: both rendered by
+  `deployment()`, whose pod template depends on the spec and revision only, never on the role. A
+  promotion hands the canary's ReplicaSet over to the stable Deployment, which adopts it only when the
+  two templates are identical (see tradeplane/rollout.py). The role is a label of the Deployment.
+- ConfigMap `<name>-<revision>` per live revision, so stable and canary each keep their own config;
+- ControllerRevision `<name>-<revision>`: the pod-shaping spec fields of a revision, so the stable
+  Deployment can be rendered again (drift restore) while a newer spec is being canaried, the way
+  StatefulSets keep their history;
+- Service `<name>` selecting every pod of the service (a replica-ratio split between the revisions),
+  with the wire and metrics ports; when the spec names a Gateway API HTTPRoute, `<name>` selects the
+  stable revision and `<name>-canary` the canary, and the route's weights split the traffic;
+- a PodDisruptionBudget; a ServiceMonitor when its CRD exists.
+
+Each manifest carries an annotation with the hash of what was rendered, so the operator can tell "the spec
+changed" (apply) from "the object matches" (skip) without asking the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+
+from tradeplane import components, placement
+from tradeplane.api import API_VERSION, KIND, TradingServiceSpec
+from tradeplane.revision import template_fields
+
+NAME_LABEL = "app.kubernetes.io/name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+MANAGER = "tradeplane"
+REVISION_LABEL = "tradeplane.io/revision"
+ROLE_LABEL = "tradeplane.io/role"
+APPLIED_ANNOTATION = "tradeplane.io/applied"
+CANARY_SUFFIX = "-canary"
+SCRAPE_INTERVAL = "5s"
+PROGRESS_DEADLINE_SECONDS = 180
+Role = Literal["stable", "canary"]
+
+
+class RenderError(ValueError):
+    """A rendered manifest broke a rule the operator guarantees (e.g. a pod that is not Guaranteed)."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The TradingService the children belong to; no uid when rendering offline (no ownerReference)."""
+
+    name: str
+    namespace: str
+    uid: str | None = None
+
+
+def deployment_name(owner: Owner, role: Role) -> str:
+    return owner.name + CANARY_SUFFIX if role == "canary" else owner.name
+
+
+def revision_object_name(owner: Owner, revision: str) -> str:
+    return f"{owner.name}-{revision}"
+
+
+def selector(owner: Owner) -> dict[str, str]:
+    """The pods of the service, every revision: the Service's and both Deployments' selector."""
+    return {NAME_LABEL: owner.name}
+
+
+def labels(owner: Owner, spec: TradingServiceSpec) -> dict[str, str]:
+    return {
+        NAME_LABEL: owner.name,
+        COMPONENT_LABEL: str(spec.component),
+        MANAGED_BY_LABEL: MANAGER,
+        PART_OF_LABEL: MANAGER,
+    }
+
+
+def _metadata(
+    owner: Owner,
+    name: str,
+    spec: TradingServiceSpec,
+    extra_labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {**labels(owner, spec), **(extra_labels or {})},
+    }
+    if owner.uid:
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return metadata
+
+
+def _stamped(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Annotate the manifest with the hash of everything else in it."""
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    manifest["metadata"].setdefault("annotations", {})[APPLIED_ANNOTATION] = digest
+    return manifest
+
+
+def config_map(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[str, Any]:
+    text = yaml.safe_dump(components.config(spec), sort_keys=True, default_flow_style=False)
+    return _stamped(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _metadata(
+                owner, revision_object_name(owner, revision), spec, {REVISION_LABEL: revision}
+            ),
+            "data": {components.CONFIG_FILE: text},
+        }
+    )
+
+
+def controller_revision(owner: Owner, spec: TradingServiceSpec, revision: str, number: int) -> dict[str, Any]:
+    """The revision's pod-shaping fields; `number` orders revisions (the generation that made it)."""
+    return _stamped(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ControllerRevision",
+            "metadata": _metadata(
+                owner, revision_object_name(owner, revision), spec, {REVISION_LABEL: revision}
+            ),
+            "data": {"spec": template_fields(spec)},
+            "revision": number,
+        }
+    )
+
+
+def spec_from_revision(data: dict[str, Any], current: TradingServiceSpec) -> TradingServiceSpec:
+    """The spec a stored revision ran: its pod-shaping fields, the current spec's others."""
+    return TradingServiceSpec.model_validate({**current.model_dump(mode="json"), **data["spec"]})
+
+
+def pod_template(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[str, Any]:
+    pod_labels = {**labels(owner, spec), REVISION_LABEL: revision}
+    same_revision = {NAME_LABEL: owner.name, REVISION_LABEL: revision}
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": revision_object_name(owner, revision)}},
+        {"name": "state", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": components.CONFIG_DIR, "readOnly": True},
+        {"name": "state", "mountPath": components.STATE_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    hugepages = placement.hugepages_volume(spec)
+    if hugepages:
+        volumes.append(hugepages[0])
+        mounts.append(hugepages[1])
+    container: dict[str, Any] = {
+        "name": components.container_name(spec),
+        "image": spec.image,
+        "command": components.command(spec),
+        "ports": [
+            {"name": "wire", "containerPort": spec.wire_port, "protocol": components.defaults(spec).protocol},
+            {"name": "metrics", "containerPort": spec.metricsPort, "protocol": "TCP"},
+        ],
+        "env": components.environment(spec, owner.namespace, revision, owner.name),
+        "resources": placement.resources(spec),
+        "volumeMounts": mounts,
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "lifecycle": {"preStop": {"sleep": {"seconds": components.PRESTOP_SLEEP_SECONDS}}},
+        "securityContext": placement.container_security_context(spec),
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "affinity": placement.affinity(spec, same_revision),
+        "tolerations": placement.tolerations(spec),
+        "securityContext": placement.pod_security_context(),
+        "terminationGracePeriodSeconds": components.termination_grace_seconds(spec),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    if spec.placement.runtimeClassName:
+        pod_spec["runtimeClassName"] = spec.placement.runtimeClassName
+    problems = placement.qos_violations(pod_spec)
+    if problems:
+        raise RenderError(
+            f"{owner.namespace}/{owner.name}: pod would not be Guaranteed: {'; '.join(problems)}"
+        )
+    metadata: dict[str, Any] = {"labels": pod_labels}
+    annotations = placement.isolation_annotations(spec)
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"metadata": metadata, "spec": pod_spec}
+
+
+def deployment(
+    owner: Owner,
+    spec: TradingServiceSpec,
+    revision: str,
+    role: Role,
+    replicas: int,
+    paused: bool = False,
+) -> dict[str, Any]:
+    deployment_spec: dict[str, Any] = {
+        "replicas": replicas,
+        "selector": {"matchLabels": selector(owner)},
+        # Trading pools run full: a surge pod would find no free cores, so replace one pod at a time.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+        "revisionHistoryLimit": 2,
+        "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+        "template": pod_template(owner, spec, revision),
+    }
+    if paused:
+        deployment_spec["paused"] = True
+    return _stamped(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _metadata(
+                owner, deployment_name(owner, role), spec, {ROLE_LABEL: role, REVISION_LABEL: revision}
+            ),
+            "spec": deployment_spec,
+        }
+    )
+
+
+def service(
+    owner: Owner, spec: TradingServiceSpec, role: Role = "stable", revision: str | None = None
+) -> dict[str, Any]:
+    """Service `<name>` (or `<name>-canary`); with a revision it selects that revision's pods only, as a
+    Gateway API route split needs, else every pod of the service (the replica-ratio split)."""
+    protocol = components.defaults(spec).protocol
+    pods = {**selector(owner), REVISION_LABEL: revision} if revision else selector(owner)
+    return _stamped(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(owner, deployment_name(owner, role), spec, {ROLE_LABEL: role}),
+            "spec": {
+                "selector": pods,
+                "ports": [
+                    {"name": "wire", "port": spec.wire_port, "targetPort": "wire", "protocol": protocol},
+                    {"name": "metrics", "port": spec.metricsPort, "targetPort": "metrics", "protocol": "TCP"},
+                ],
+            },
+        }
+    )
+
+
+def disruption_budget(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any]:
+    return _stamped(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": _metadata(owner, owner.name, spec),
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": selector(owner)},
+                # A pod that never got ready must not block draining a node.
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+        }
+    )
+
+
+def service_monitor(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any]:
+    return _stamped(
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": _metadata(owner, owner.name, spec),
+            "spec": {
+                "selector": {"matchLabels": selector(owner)},
+                "endpoints": [{"port": "metrics", "path": "/metrics", "interval": SCRAPE_INTERVAL}],
+            },
+        }
+    )
+
+
+def stable_children(
+    owner: Owner, spec: TradingServiceSpec, revision: str, *, monitoring: bool, number: int = 1
+) -> list[dict[str, Any]]:
+    """Everything a service with no rollout in flight consists of (what `tradeplane render` prints)."""
+    children = [
+        controller_revision(owner, spec, revision, number),
+        config_map(owner, spec, revision),
+        deployment(owner, spec, revision, "stable", spec.replicas),
+        service(owner, spec),
+        disruption_budget(owner, spec),
+    ]
+    if monitoring:
+        children.append(service_monitor(owner, spec))
+    return children

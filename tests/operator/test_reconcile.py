@@ -1,0 +1,332 @@
+"""One reconcile as a pure decision: children, deletions, pods to replace, status and Events."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tradeplane import reconcile, rendering
+from tradeplane.api import TradingServiceSpec
+from tradeplane.placement import Amounts, NodeView, PodView, PoolSnapshot
+from tradeplane.reconcile import Decision, View, decide, is_subset
+from tradeplane.revision import template_revision
+
+NOW = datetime(2025, 6, 7, 12, 0, tzinfo=UTC)  # a Saturday: no exchange session
+SPEC: dict[str, Any] = {
+    "component": "order",
+    "image": "svc:1",
+    "replicas": 2,
+    "resources": {"cpus": 4, "memory": "8Gi", "hugepages": {"pageSize": "1Gi", "amount": "2Gi"}},
+}
+
+
+def trading_pool(hugepages: str = "16Gi", count: int = 3) -> PoolSnapshot:
+    nodes = [
+        NodeView.from_manifest(
+            {
+                "metadata": {"name": f"trading-{index}", "labels": {"tradeplane.io/pool": "trading"}},
+                "status": {
+                    "allocatable": {
+                        "cpu": "32",
+                        "memory": "128Gi",
+                        "hugepages-1Gi": hugepages,
+                        "pods": "110",
+                    },
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                },
+            }
+        )
+        for index in range(count)
+    ]
+    return PoolSnapshot("trading", nodes, {node.name: Amounts() for node in nodes})
+
+
+def served(manifest: dict[str, Any], number: int) -> dict[str, Any]:
+    """What the API server stores: the applied fields plus identity and server defaults."""
+    live = copy.deepcopy(manifest)
+    live["metadata"].update(uid=f"uid-{number}", resourceVersion=str(number), generation=1)
+    if live["kind"] == "Service":
+        live["spec"].update(clusterIP="10.96.0.10", type="ClusterIP", sessionAffinity="None")
+    if live["kind"] == "Deployment":
+        live["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    return live
+
+
+@dataclass
+class Cluster:
+    """The API server and the controllers, converged: applied Deployments' pods become ready on nodes."""
+
+    spec: dict[str, Any]
+    status: dict[str, Any] = field(default_factory=dict)
+    generation: int = 1
+    annotations: dict[str, str] = field(default_factory=dict)
+    children: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    pods: list[PodView] = field(default_factory=list)
+    writes: int = 0
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": "order",
+                "namespace": "trading",
+                "uid": "ts-uid",
+                "generation": self.generation,
+                "annotations": self.annotations,
+            },
+            "spec": self.spec,
+            "status": self.status,
+        }
+
+    def view(self) -> View:
+        return View.observe(self.body(), self.children, self.pods)
+
+    def reconcile(self, pool: PoolSnapshot | None = None) -> Decision:
+        view = self.view()
+        decision = decide(view, now=NOW, pool=pool if pool is not None else trading_pool())
+        if decision.status is not None:
+            self.status = decision.status
+            self.writes += 1
+        for manifest in decision.apply:
+            self.children[(manifest["kind"], manifest["metadata"]["name"])] = served(
+                manifest, len(self.children)
+            )
+            self.writes += 1
+        for deletion in decision.delete:
+            self.children.pop((deletion.kind, deletion.name))
+            self.writes += 1
+        for pod in decision.delete_pods:
+            self.pods.remove(pod)
+        return decision
+
+    def run_deployments(self) -> None:
+        """Every Deployment's pods run and are ready, one per trading node."""
+        self.pods = []
+        for (kind, name), live in self.children.items():
+            if kind != "Deployment":
+                continue
+            replicas = live["spec"]["replicas"]
+            revision = live["spec"]["template"]["metadata"]["labels"][rendering.REVISION_LABEL]
+            live["status"] = {
+                "observedGeneration": 1,
+                "replicas": replicas,
+                "updatedReplicas": replicas,
+                "readyReplicas": replicas,
+                "availableReplicas": replicas,
+            }
+            self.pods += [
+                PodView(
+                    f"{name}-{index}",
+                    revision,
+                    f"trading-{index}",
+                    "Running",
+                    True,
+                    False,
+                    qos_class="Guaranteed",
+                )
+                for index in range(replicas)
+            ]
+
+    def converge(self) -> Decision:
+        decision = self.reconcile()
+        for _ in range(5):
+            self.run_deployments()
+            decision = self.reconcile()
+        return decision
+
+
+def reasons(decision: Decision) -> list[str]:
+    return [event.reason for event in decision.events]
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def test_a_new_service_gets_its_children_and_a_pending_status() -> None:
+    cluster = Cluster(dict(SPEC))
+    decision = cluster.reconcile()
+    revision = template_revision(TradingServiceSpec.model_validate(SPEC))
+    assert sorted(cluster.children) == [
+        ("ConfigMap", f"order-{revision}"),
+        ("ControllerRevision", f"order-{revision}"),
+        ("Deployment", "order"),
+        ("PodDisruptionBudget", "order"),
+        ("Service", "order"),
+    ]
+    assert reasons(decision).count("Created") == 5
+    assert cluster.status["phase"] == "Pending"
+    assert cluster.status["stableRevision"] == revision
+    assert condition(cluster.status, "Placed")["status"] == "True"
+    assert condition(cluster.status, "Ready")["status"] == "False"
+
+
+def test_once_converged_a_reconcile_writes_nothing() -> None:
+    cluster = Cluster(dict(SPEC))
+    cluster.converge()
+    assert cluster.status["phase"] == "Ready"
+    assert cluster.status["readyReplicas"] == 2
+    assert cluster.status["nodes"] == ["trading-0", "trading-1"]
+    assert condition(cluster.status, "Placed")["reason"] == "Scheduled"
+    writes = cluster.writes
+    decision = cluster.reconcile()
+    assert (decision.apply, decision.delete, decision.status, decision.events) == ([], [], None, [])
+    assert cluster.writes == writes
+
+
+def test_a_child_edited_by_hand_is_restored() -> None:
+    cluster = Cluster(dict(SPEC))
+    cluster.converge()
+    cluster.children[("Deployment", "order")]["spec"]["replicas"] = 7
+    decision = cluster.reconcile()
+    assert [manifest["kind"] for manifest in decision.apply] == ["Deployment"]
+    assert decision.apply[0]["spec"]["replicas"] == 2
+    assert reasons(decision) == ["Restored"]
+    assert "changed outside tradeplane" in decision.events[0].message
+
+
+def test_a_child_deleted_by_hand_is_recreated() -> None:
+    cluster = Cluster(dict(SPEC))
+    cluster.converge()
+    del cluster.children[("Service", "order")]
+    decision = cluster.reconcile()
+    assert [(m["kind"], m["metadata"]["name"]) for m in decision.apply] == [("Service", "order")]
+    assert decision.events[0].message == "Service order was missing; recreated"
+
+
+def test_hugepages_beyond_any_node_is_not_placed_with_a_warning() -> None:
+    big = copy.deepcopy(SPEC)
+    big["resources"]["hugepages"]["amount"] = "32Gi"
+    cluster = Cluster(big)
+    decision = cluster.reconcile()
+    placed = condition(cluster.status, "Placed")
+    assert (placed["status"], placed["reason"]) == ("False", "InsufficientHugepages")
+    assert "32Gi hugepages-1Gi each" in placed["message"]
+    assert cluster.status["phase"] == "Degraded"
+    warnings = [event for event in decision.events if event.type == "Warning"]
+    assert [event.reason for event in warnings] == ["InsufficientHugepages"]
+    assert decision.requeue_after == reconcile.PLACEMENT_RETRY_SECONDS
+    again = cluster.reconcile()
+    assert "InsufficientHugepages" not in reasons(again), "a standing verdict is not repeated"
+
+
+def test_capacity_freed_later_places_the_service() -> None:
+    big = copy.deepcopy(SPEC)
+    big["resources"]["hugepages"]["amount"] = "20Gi"
+    cluster = Cluster(big)
+    cluster.reconcile(trading_pool(hugepages="16Gi"))
+    decision = cluster.reconcile(trading_pool(hugepages="32Gi"))
+    assert condition(cluster.status, "Placed")["status"] == "True"
+    assert "Placed" in reasons(decision)
+
+
+def test_a_pool_without_nodes_is_unknown() -> None:
+    cluster = Cluster({**SPEC, "placement": {"pool": "gpu"}})
+    cluster.reconcile(PoolSnapshot("gpu", [], {}))
+    assert condition(cluster.status, "Placed")["reason"] == "UnknownPool"
+
+
+def test_an_admission_failure_is_reported_and_the_pod_replaced() -> None:
+    cluster = Cluster(dict(SPEC))
+    cluster.converge()
+    revision = cluster.status["stableRevision"]
+    failed = PodView(
+        "order-x", revision, "trading-2", "Failed", False, False, "OutOfhugepages-1Gi", "no pages"
+    )
+    cluster.pods.append(failed)
+    decision = cluster.reconcile()
+    assert decision.delete_pods == [failed]
+    assert "AdmissionFailed" in reasons(decision)
+    assert condition(cluster.status, "Degraded")["reason"] == "AdmissionFailed"
+    recovered = cluster.reconcile()
+    assert condition(cluster.status, "Degraded")["status"] == "False"
+    assert "Recovered" in reasons(recovered)
+
+
+def test_a_pod_made_burstable_outside_the_operator_is_degraded() -> None:
+    cluster = Cluster(dict(SPEC))
+    cluster.converge()
+    pod = cluster.pods[0]
+    cluster.pods[0] = PodView(pod.name, pod.revision, pod.node, "Running", True, False, qos_class="Burstable")
+    cluster.reconcile()
+    assert condition(cluster.status, "Degraded")["reason"] == "NotGuaranteed"
+
+
+def test_a_new_revision_starts_a_canary_beside_the_stable_rendered_from_its_snapshot() -> None:
+    cluster = Cluster(dict(SPEC))
+    cluster.converge()
+    old = cluster.status["stableRevision"]
+    stable_template = copy.deepcopy(cluster.children[("Deployment", "order")]["spec"]["template"])
+    cluster.spec = {**SPEC, "image": "svc:2"}
+    cluster.generation = 2
+    decision = cluster.reconcile()
+    new = template_revision(TradingServiceSpec.model_validate(cluster.spec))
+    assert cluster.status["canaryRevision"] == new
+    applied = {(m["kind"], m["metadata"]["name"]) for m in decision.apply}
+    assert applied == {
+        ("Deployment", "order-canary"),
+        ("ConfigMap", f"order-{new}"),
+        ("ControllerRevision", f"order-{new}"),
+    }
+    assert cluster.children[("Deployment", "order")]["spec"]["template"] == stable_template
+    assert ("ConfigMap", f"order-{old}") in cluster.children
+    # The stable Deployment drifts while the canary runs: it is restored from the stored revision.
+    cluster.children[("Deployment", "order")]["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"
+    restored = cluster.reconcile()
+    assert [m["metadata"]["name"] for m in restored.apply] == ["order"]
+    assert restored.apply[0]["spec"]["template"]["spec"]["containers"][0]["image"] == "svc:1"
+
+
+def test_abandoning_a_canary_removes_it_and_its_revision_objects() -> None:
+    cluster = Cluster(dict(SPEC))
+    cluster.converge()
+    cluster.spec = {**SPEC, "image": "svc:2"}
+    cluster.reconcile()
+    new = cluster.status["canaryRevision"]
+    cluster.spec = dict(SPEC)
+    decision = cluster.reconcile()
+    deleted = {(d.kind, d.name, d.propagation) for d in decision.delete}
+    assert deleted == {
+        ("Deployment", "order-canary", "Orphan"),
+        ("ConfigMap", f"order-{new}", "Background"),
+        ("ControllerRevision", f"order-{new}", "Background"),
+    }
+    assert "CanaryAbandoned" in reasons(decision)
+
+
+def test_a_routed_split_patches_the_route_weights_and_adds_a_canary_service() -> None:
+    routed = {**SPEC, "rollout": {"httpRoute": {"name": "orders"}}}
+    cluster = Cluster(routed)
+    cluster.converge()
+    cluster.spec = {**routed, "image": "svc:2"}
+    route = {"spec": {"rules": [{"backendRefs": [{"name": "order", "port": 7001}]}]}}
+    view = cluster.view()
+    decision = decide(view, now=NOW, pool=trading_pool(), route=route)
+    services = {m["metadata"]["name"]: m for m in decision.apply if m["kind"] == "Service"}
+    assert services["order-canary"]["spec"]["selector"][rendering.REVISION_LABEL] == template_revision(
+        TradingServiceSpec.model_validate(cluster.spec)
+    )
+    # No canary pod is ready yet: the route sends all traffic to the stable Service.
+    assert decision.route_rules == [{"backendRefs": [{"port": 7001, "name": "order", "weight": 100}]}]
+
+
+def test_a_named_route_that_does_not_exist_is_degraded() -> None:
+    cluster = Cluster({**SPEC, "rollout": {"httpRoute": {"name": "orders"}}})
+    cluster.converge()
+    assert condition(cluster.status, "Degraded")["reason"] == "RouteNotFound"
+
+
+def test_a_stored_spec_the_models_refuse_is_reported_and_nothing_applied() -> None:
+    cluster = Cluster({**SPEC, "resources": {"cpus": 0, "memory": "1Gi"}})
+    decision = cluster.reconcile()
+    assert decision.apply == []
+    assert cluster.status["phase"] == "Degraded"
+    assert "spec.resources.cpus" in condition(cluster.status, "Degraded")["message"]
+
+
+def test_subset_compares_what_was_applied_with_what_is_stored() -> None:
+    assert is_subset({"a": 1, "b": [{"c": 2}]}, {"a": 1, "b": [{"c": 2, "d": 3}], "e": 4})
+    assert not is_subset({"a": 1}, {"a": 2})
+    assert not is_subset({"b": [{"c": 2}]}, {"b": [{"c": 2}, {"c": 3}]})
+    assert not is_subset({"a": {"x": 1}}, {})

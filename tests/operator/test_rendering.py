@@ -1,0 +1,222 @@
+"""Rendering: the children of a TradingService, as data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from tradeplane import rendering
+from tradeplane.api import TradingServiceSpec
+from tradeplane.placement import qos_violations
+from tradeplane.rendering import Owner
+from tradeplane.revision import template_revision
+
+OWNER = Owner("order", "trading", "uid-1")
+
+
+def spec(**changes: Any) -> TradingServiceSpec:
+    document: dict[str, Any] = {
+        "component": "order",
+        "image": "svc:1",
+        "replicas": 3,
+        "resources": {"cpus": 4, "memory": "8Gi", "hugepages": {"pageSize": "1Gi", "amount": "2Gi"}},
+        "config": {"riskTimeoutMillis": 100},
+    }
+    document.update(changes)
+    return TradingServiceSpec.model_validate(document)
+
+
+def by_kind(children: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {child["kind"]: child for child in children}
+
+
+def test_a_service_consists_of_its_revision_config_deployment_service_and_budget() -> None:
+    children = rendering.stable_children(OWNER, spec(), "r1", monitoring=False)
+    assert [(child["kind"], child["metadata"]["name"]) for child in children] == [
+        ("ControllerRevision", "order-r1"),
+        ("ConfigMap", "order-r1"),
+        ("Deployment", "order"),
+        ("Service", "order"),
+        ("PodDisruptionBudget", "order"),
+    ]
+    monitored = rendering.stable_children(OWNER, spec(), "r1", monitoring=True)
+    assert monitored[-1]["kind"] == "ServiceMonitor"
+    for child in monitored:
+        metadata = child["metadata"]
+        assert metadata["namespace"] == "trading"
+        assert metadata["labels"]["app.kubernetes.io/managed-by"] == "tradeplane"
+        assert metadata["ownerReferences"] == [
+            {
+                "apiVersion": "tradeplane.io/v1alpha1",
+                "kind": "TradingService",
+                "name": "order",
+                "uid": "uid-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert rendering.APPLIED_ANNOTATION in metadata["annotations"]
+
+
+def test_offline_rendering_has_no_owner_reference() -> None:
+    children = rendering.stable_children(Owner("order", "trading"), spec(), "r1", monitoring=False)
+    assert all("ownerReferences" not in child["metadata"] for child in children)
+
+
+def test_the_pod_template_is_the_same_for_stable_and_canary() -> None:
+    """A promotion hands the canary's ReplicaSet to the stable Deployment: the templates must match."""
+    stable = rendering.deployment(OWNER, spec(), "r2", "stable", 3)
+    canary = rendering.deployment(OWNER, spec(), "r2", "canary", 1)
+    assert stable["spec"]["template"] == canary["spec"]["template"]
+    assert (
+        stable["spec"]["selector"]
+        == canary["spec"]["selector"]
+        == {"matchLabels": {"app.kubernetes.io/name": "order"}}
+    )
+    assert (stable["metadata"]["name"], canary["metadata"]["name"]) == ("order", "order-canary")
+    assert canary["metadata"]["labels"]["tradeplane.io/role"] == "canary"
+    assert canary["spec"]["replicas"] == 1
+
+
+def test_the_pod_is_guaranteed_pinned_and_hugepage_backed() -> None:
+    template = rendering.pod_template(OWNER, spec(), "r1")
+    pod = template["spec"]
+    assert qos_violations(pod) == []
+    container = pod["containers"][0]
+    assert container["command"] == ["tradeplane-svc", "order"]
+    assert container["resources"]["limits"] == {"cpu": "4", "memory": "8Gi", "hugepages-1Gi": "2Gi"}
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts["hugepages"] == "/dev/hugepages"
+    assert mounts["config"] == "/etc/tradeplane"
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["hugepages"]["emptyDir"] == {"medium": "HugePages-1Gi"}
+    assert volumes["config"]["configMap"] == {"name": "order-r1"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    assert pod["terminationGracePeriodSeconds"] == 20
+    assert pod["tolerations"][0]["key"] == "tradeplane.io/pool"
+    assert template["metadata"]["labels"]["tradeplane.io/revision"] == "r1"
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["labelSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "order",
+        "tradeplane.io/revision": "r1",
+    }
+
+
+def test_the_environment_tells_the_service_where_it_is_and_where_its_peers_are() -> None:
+    env = {
+        var["name"]: var
+        for var in rendering.pod_template(OWNER, spec(), "r1")["spec"]["containers"][0]["env"]
+    }
+    assert env["TRADEPLANE_REVISION"]["value"] == "r1"
+    assert env["TRADEPLANE_SERVICE"]["value"] == "order"
+    assert env["TRADEPLANE_CONFIG"]["value"] == "/etc/tradeplane/config.yaml"
+    assert env["TRADEPLANE_PORT"]["value"] == "7001"
+    assert env["TRADEPLANE_METRICS_PORT"]["value"] == "9100"
+    assert env["TRADEPLANE_BIND"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["TRADEPLANE_RISK_ADDR"]["value"] == "risk.trading.svc:7002"
+    assert env["TRADEPLANE_MARKET_DATA_ADDR"]["value"] == "market-data.trading.svc:7003"
+    risk = rendering.pod_template(OWNER, spec(component="risk"), "r1")["spec"]["containers"][0]["env"]
+    assert "TRADEPLANE_RISK_ADDR" not in {var["name"] for var in risk}
+
+
+def test_a_drain_setting_stretches_the_grace_period() -> None:
+    slow = rendering.pod_template(OWNER, spec(config={"drainTimeoutSeconds": 29.5}), "r1")
+    assert slow["spec"]["terminationGracePeriodSeconds"] == 5 + 30 + 5
+
+
+def test_isolation_runtime_class_and_capabilities_reach_the_pod() -> None:
+    isolated = spec(
+        placement={"runtimeClassName": "performance", "isolation": {"irqLoadBalancing": False}},
+        network={"capabilities": ["NET_ADMIN"]},
+    )
+    template = rendering.pod_template(OWNER, isolated, "r1")
+    assert template["metadata"]["annotations"] == {"irq-load-balancing.crio.io": "disable"}
+    assert template["spec"]["runtimeClassName"] == "performance"
+    capabilities = template["spec"]["containers"][0]["securityContext"]["capabilities"]
+    assert capabilities == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+
+
+def test_config_merges_component_defaults_with_the_spec() -> None:
+    config_map = rendering.config_map(OWNER, spec(component="risk", config={"maxOrderQuantity": 10}), "r1")
+    assert yaml.safe_load(config_map["data"]["config.yaml"]) == {
+        "killSwitch": "ACTIVE",
+        "maxOrderQuantity": 10,
+    }
+    assert config_map["metadata"]["name"] == "order-r1"
+
+
+def test_market_data_speaks_udp() -> None:
+    market_data = spec(component="market-data")
+    ports = rendering.service(OWNER, market_data)["spec"]["ports"]
+    assert ports[0] == {"name": "wire", "port": 7003, "targetPort": "wire", "protocol": "UDP"}
+    assert ports[1]["protocol"] == "TCP"
+
+
+def test_a_routed_split_gives_each_revision_its_service() -> None:
+    stable = rendering.service(OWNER, spec(), "stable", "r1")
+    canary = rendering.service(OWNER, spec(), "canary", "r2")
+    assert stable["metadata"]["name"] == "order"
+    assert stable["spec"]["selector"] == {"app.kubernetes.io/name": "order", "tradeplane.io/revision": "r1"}
+    assert canary["metadata"]["name"] == "order-canary"
+    assert rendering.service(OWNER, spec())["spec"]["selector"] == {"app.kubernetes.io/name": "order"}
+
+
+def test_a_stored_revision_renders_the_same_pods_under_a_newer_spec() -> None:
+    old = spec()
+    revision = template_revision(old)
+    stored = rendering.controller_revision(OWNER, old, revision, 4)
+    assert stored["revision"] == 4
+    newer = spec(image="svc:2", replicas=5)
+    restored = rendering.spec_from_revision(stored["data"], newer)
+    assert template_revision(restored) == revision
+    assert restored.replicas == 5
+    assert rendering.pod_template(OWNER, restored, revision) == rendering.pod_template(OWNER, old, revision)
+
+
+def test_a_default_port_in_the_stored_revision_survives_a_spec_that_sets_one() -> None:
+    old = spec()
+    stored = rendering.controller_revision(OWNER, old, "r1", 1)
+    restored = rendering.spec_from_revision(stored["data"], spec(port=7100))
+    assert restored.wire_port == 7001
+
+
+def test_quantities_are_rendered_as_the_api_server_stores_them() -> None:
+    template = rendering.pod_template(OWNER, spec(resources={"cpus": 1, "memory": "8192Mi"}), "r1")
+    assert template["spec"]["containers"][0]["resources"]["requests"]["memory"] == "8Gi"
+
+
+@pytest.mark.parametrize(
+    "change", [{"image": "svc:2"}, {"config": {"riskTimeoutMillis": 5}}, {"metricsPort": 9200}]
+)
+def test_pod_shaping_changes_make_a_new_revision(change: dict[str, Any]) -> None:
+    assert template_revision(spec(**change)) != template_revision(spec())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"replicas": 7},
+        {"slo": {"p99LatencyMicros": 5}},
+        {"rollout": {"steps": [{"weight": 50}]}},
+        {"paused": True},
+        {"resources": {"cpus": 4, "memory": "8192Mi", "hugepages": {"pageSize": "1Gi", "amount": "2048Mi"}}},
+        {"placement": {"pool": "trading"}},
+    ],
+)
+def test_other_changes_keep_the_revision(change: dict[str, Any]) -> None:
+    assert template_revision(spec(**change)) == template_revision(spec())
+
+
+def test_the_applied_stamp_follows_the_content() -> None:
+    first = rendering.deployment(OWNER, spec(), "r1", "stable", 3)
+    again = rendering.deployment(OWNER, spec(), "r1", "stable", 3)
+    paused = rendering.deployment(OWNER, spec(), "r1", "stable", 3, paused=True)
+    stamp = rendering.APPLIED_ANNOTATION
+    assert first["metadata"]["annotations"][stamp] == again["metadata"]["annotations"][stamp]
+    assert first["metadata"]["annotations"][stamp] != paused["metadata"]["annotations"][stamp]
+    assert paused["spec"]["paused"] is True
+    assert "paused" not in first["spec"]
