@@ -47,7 +47,9 @@ def test_cluster_wide_mode_binds_everything_through_one_cluster_role(helm: Helm)
         {"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NAMESPACE}
     ]
     assert not find(manifests, "Role") and not find(manifests, "RoleBinding")
-    assert granted(manifests, "ClusterRole", "tradingservices") == READ | {"patch"}
+    # kopf writes nothing to the resource itself: only its status is patched.
+    assert granted(manifests, "ClusterRole", "tradingservices") == {"list", "watch"}
+    assert granted(manifests, "ClusterRole", "tradingservices/status") == {"patch"}
     assert granted(manifests, "ClusterRole", "clusterkopfpeerings") == {"list", "watch", "patch"}
     assert granted(manifests, "ClusterRole", "namespaces") == set()
     args = operator_container(manifests)["args"]

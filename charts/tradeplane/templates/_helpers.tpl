@@ -58,46 +58,44 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if not .Values.watchNamespaces -}}true{{- end -}}
 {{- end -}}
 
-{{/* The namespaced rules: in the ClusterRole when watching all namespaces, else in each namespace's Role. */}}
+{{/*
+The namespaced rules: in the ClusterRole when watching all namespaces, else in each namespace's Role.
+Verbs are those operator/tradeplane calls (handlers.py, kube.py): kopf watches (list, watch) and writes
+nothing itself; children are applied server-side (PATCH, which the API server also authorizes as create
+when the object does not exist yet); no get, every read is served from kopf's watch indexes.
+*/}}
 {{- define "tradeplane.namespacedRules" }}
-  # The resource itself: kopf adds its finalizer and progress annotations; handlers write the status.
+  # The resource: watched; only its status is written.
   - apiGroups: [tradeplane.io]
     resources: [tradingservices]
-    verbs: [get, list, watch, patch]
+    verbs: [list, watch]
   - apiGroups: [tradeplane.io]
     resources: [tradingservices/status]
-    verbs: [get, patch]
-  # Children, applied server-side under one field manager; canary Deployments are deleted after a rollout.
+    verbs: [patch]
+  # Children, watched for drift and applied under the field manager `tradeplane`; a promoted canary's
+  # Deployment is deleted (its ReplicaSet orphaned to the stable one). ControllerRevisions keep the
+  # pod-shaping spec of each revision.
   - apiGroups: [apps]
-    resources: [deployments]
-    verbs: [get, list, watch, create, patch, delete]
-  - apiGroups: [apps]
-    resources: [controllerrevisions]
-    verbs: [get, list, watch]
+    resources: [deployments, controllerrevisions]
+    verbs: [list, watch, create, patch, delete]
   - apiGroups: [""]
     resources: [services, configmaps]
-    verbs: [get, list, watch, create, patch, delete]
+    verbs: [list, watch, create, patch, delete]
   - apiGroups: [policy]
     resources: [poddisruptionbudgets]
-    verbs: [get, list, watch, create, patch, delete]
+    verbs: [list, watch, create, patch, delete]
   - apiGroups: [monitoring.coreos.com]
     resources: [servicemonitors]
-    verbs: [get, list, watch, create, patch, delete]
-  # Canary traffic split by Gateway API route weights: the route belongs to the user, only weights change.
-  - apiGroups: [gateway.networking.k8s.io]
-    resources: [httproutes]
-    verbs: [get, list, watch, patch]
+    verbs: [list, watch, create, patch, delete]
   # Pods failed by kubelet admission (TopologyAffinityError, OutOfhugepages-1Gi) are never rescheduled:
-  # the operator deletes them so that their Deployment replaces them. No exec, no create.
+  # the operator deletes them so that their ReplicaSet replaces them. No create, no exec.
   - apiGroups: [""]
     resources: [pods]
-    verbs: [get, list, watch, delete]
+    verbs: [list, watch, delete]
+  # Events for every decision (kopf's own posting is off).
   - apiGroups: [""]
     resources: [events]
-    verbs: [create, patch]
-  - apiGroups: [events.k8s.io]
-    resources: [events]
-    verbs: [create, patch]
+    verbs: [create]
 {{- end }}
 
 {{/* The operator's command line: `tradeplane operator run` with the mode, peering and endpoints. */}}
