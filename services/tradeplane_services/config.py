@@ -84,7 +84,7 @@ class RiskSettings(Settings):
     )
     maxMessagesPerSecond: float = Field(1_000_000.0, gt=0, description="Per account token bucket.")
     duplicateWindowMillis: int = Field(
-        0, ge=0, description="Identical orders (account, symbol, side, qty, price) inside it are refused."
+        500, ge=0, description="Identical orders (account, symbol, side, qty, price) inside it are refused."
     )
     restrictedSymbols: list[str] = Field(default_factory=list)
     killSwitch: KillSwitchState = KillSwitchState.ACTIVE
@@ -117,7 +117,7 @@ class PositionSettings(Settings):
 
 
 class MarketDataSettings(Settings):
-    ticksPerSecond: int = Field(10_000, ge=0, description="Simulated feed rate (0: heartbeats only).")
+    ticksPerSecond: int = Field(1_000, ge=0, description="Simulated feed rate (0: heartbeats only).")
     maxPacketBytes: int = Field(
         1472, ge=72, le=65507, description="UDP payload limit; 1472 fits a 1500-byte Ethernet MTU."
     )

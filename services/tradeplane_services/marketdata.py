@@ -42,7 +42,6 @@ from tradeplane_services.protocol import (
 )
 from tradeplane_services.runtime import (
     Connection,
-    ConnectionOwner,
     PeerLink,
     RequestMetrics,
     Service,
@@ -292,7 +291,7 @@ class SubscriberStats:
         return dict(vars(self))
 
 
-class MarketDataSubscriber(ConnectionOwner):
+class MarketDataSubscriber:
     """Sequenced delivery of a feed to `on_ticks`, with replay-based gap recovery and unicast fallback."""
 
     def __init__(
@@ -311,8 +310,9 @@ class MarketDataSubscriber(ConnectionOwner):
         self.metrics = metrics
         self.silence_seconds = silence_seconds
         self.max_held_packets = max_held_packets
-        self.handlers = {MarketDataBatch: self._on_replayed}
-        self.link = PeerLink(self, "market-data", publisher)
+        self.link = PeerLink(
+            "market-data", publisher, {MarketDataBatch: self._on_replayed}, metrics, on_up=self._resubscribe
+        )
         self.stats = SubscriberStats()
         self.expected: int | None = None  # next sequence to deliver
         self.held: dict[int, MarketDataBatch] = {}
@@ -362,7 +362,7 @@ class MarketDataSubscriber(ConnectionOwner):
         if self.mode == "unicast" and self._transport is not None:
             self.link.send(Subscribe(self._transport.get_extra_info("sockname")[1]))
 
-    def connection_made(self, connection: Connection) -> None:
+    def _resubscribe(self, connection: Connection) -> None:
         # A (re)connected publisher has forgotten unicast subscribers.
         asyncio.get_running_loop().call_soon(self._subscribe)
 

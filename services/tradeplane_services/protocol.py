@@ -209,7 +209,7 @@ ORDER_CHECKS = {
 }
 
 
-# --- session -----------------------------------------------------------------------------------------
+# --- session --------------------------------------------------------------------------------------
 
 
 @layout(1, "")
@@ -228,7 +228,7 @@ class SessionReject(NamedTuple):
     text: bytes
 
 
-# --- order entry (client <-> order) -------------------------------------------------------------------
+# --- order entry (client <-> order) ---------------------------------------------------------------
 
 
 @layout(10, "QI8sBBBIq", {**ORDER_CHECKS, "time_in_force": one_of(TimeInForce)})
@@ -287,7 +287,7 @@ class KillSwitchStatus(NamedTuple):
     state: int
 
 
-# --- order <-> risk -----------------------------------------------------------------------------------
+# --- order <-> risk -------------------------------------------------------------------------------
 
 
 @layout(20, "QI8sBBIqB", {**ORDER_CHECKS, "is_replace": ((lambda v: v in (0, 1)), "expected 0 or 1")})
@@ -318,7 +318,7 @@ class RiskUpdate(NamedTuple):
     done: int
 
 
-# --- order <-> execution ------------------------------------------------------------------------------
+# --- order <-> execution --------------------------------------------------------------------------
 
 
 @layout(30, "QI8sBBBIq", {**ORDER_CHECKS, "time_in_force": one_of(TimeInForce)})
@@ -357,7 +357,7 @@ class VenueReport(NamedTuple):
     leaves_quantity: int
 
 
-# --- execution <-> position ---------------------------------------------------------------------------
+# --- execution <-> position -----------------------------------------------------------------------
 
 
 @layout(40, "QQI8sBIqQQ", {"symbol": SYMBOL, "side": one_of(Side), "quantity": POSITIVE})
@@ -408,7 +408,7 @@ class PositionQueryEnd(NamedTuple):
     reports: int
 
 
-# --- market data ----------------------------------------------------------------------------------------
+# --- market data ----------------------------------------------------------------------------------
 
 TICK_DTYPE = np.dtype(
     [

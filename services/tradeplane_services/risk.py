@@ -142,7 +142,7 @@ class RiskEngine:
         self.recent: dict[int, int] = {}  # duplicate fingerprint -> expiry (ns)
         self._recent_pruned_size = 0
 
-    # --- configuration and market data ----------------------------------------------------------------
+    # --- configuration and market data ------------------------------------------------------------
 
     def reconfigure(self, settings: RiskSettings) -> None:
         if [symbol_bytes(name) for name in settings.symbols] != self.symbols:
@@ -174,7 +174,7 @@ class RiskEngine:
             state = self.accounts[account] = Account(account, len(self.symbols), self.limits.burst)
         return state
 
-    # --- one order ---------------------------------------------------------------------------------------
+    # --- one order --------------------------------------------------------------------------------
 
     def check(
         self,
@@ -312,7 +312,7 @@ class RiskEngine:
         if update.done:
             self.on_done(update.order_id)
 
-    # --- a batch of orders -------------------------------------------------------------------------------
+    # --- a batch of orders ------------------------------------------------------------------------
 
     def check_batch(self, checks: np.ndarray[Any, Any], now_ns: int) -> np.ndarray[Any, Any] | None:
         """Reasons for a run of new-order checks (CHECK_DTYPE records), booked as `check` would book them.
@@ -504,8 +504,7 @@ class RiskService(Service):
 
     def connection_made(self, connection: Connection) -> None:
         super().connection_made(connection)
-        if connection in self.sessions:
-            connection.send(KillSwitchStatus(self.engine.kill_switch))
+        connection.send(KillSwitchStatus(self.engine.kill_switch))
 
     def on_check(self, connection: Connection, check: RiskCheck) -> None:
         self.inject_latency()

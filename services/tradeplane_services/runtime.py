@@ -166,8 +166,7 @@ class Connection(asyncio.Protocol):
         return self.transport is not None and not self.transport.is_closing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -268,13 +267,28 @@ class ConnectionOwner:
         connection.reject(FrameError(error, layout_of(type(message)).type_id, sequence, False))
 
 
-class PeerLink:
-    """A connection to another service, re-established with backoff whenever it drops."""
+class PeerLink(ConnectionOwner):
+    """A connection to another service, re-established with backoff whenever it drops.
 
-    def __init__(self, owner: ConnectionOwner, name: str, address: Address) -> None:
-        self.owner = owner
+    It owns its connection: only `handlers` given here apply to what the peer sends, so a client session
+    can never pass for a peer (a client sending RiskResult gets UNEXPECTED_MESSAGE).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        address: Address,
+        handlers: dict[type, Callable[[Connection, Any], None]],
+        metrics: RequestMetrics,
+        on_up: Callable[[Connection], None] | None = None,
+        on_down: Callable[[], None] | None = None,
+    ) -> None:
         self.name = name
         self.address = address
+        self.handlers = handlers
+        self.metrics = metrics
+        self.on_up = on_up
+        self.on_down = on_down
         self.connection: Connection | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -285,13 +299,26 @@ class PeerLink:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._maintain(), name=f"link-{self.name}")
 
+    def connection_made(self, connection: Connection) -> None:
+        self.connection = connection
+        log.info("peer connected", extra=fields(peer=self.name, address=str(self.address)))
+        if self.on_up is not None:
+            self.on_up(connection)
+
+    def connection_lost(self, connection: Connection) -> None:
+        if self.connection is connection:
+            self.connection = None
+        log.warning("peer disconnected", extra=fields(peer=self.name))
+        if self.on_down is not None:
+            self.on_down()
+
     async def _maintain(self) -> None:
         loop = asyncio.get_running_loop()
         delay = 0.02
         while True:
             try:
                 _, connection = await loop.create_connection(
-                    lambda: Connection(self.owner, self.name), self.address.host, self.address.port
+                    lambda: Connection(self, self.name), self.address.host, self.address.port
                 )
             except OSError as error:
                 log.debug("peer unreachable", extra=fields(peer=self.name, error=str(error)))
@@ -299,11 +326,7 @@ class PeerLink:
                 delay = min(delay * 2, 1.0)
                 continue
             delay = 0.02
-            self.connection = connection
-            log.info("peer connected", extra=fields(peer=self.name, address=str(self.address)))
             await connection.closed.wait()
-            self.connection = None
-            log.warning("peer disconnected", extra=fields(peer=self.name))
 
     def send(self, message: Any) -> bool:
         connection = self.connection
@@ -341,7 +364,7 @@ class Service(ConnectionOwner):
         self.links: list[PeerLink] = []
         self.wire_server: asyncio.AbstractServer | None = None
 
-    # --- hooks -------------------------------------------------------------------------------------
+    # --- hooks ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open files, start feeds; called before the wire port opens."""
@@ -363,13 +386,21 @@ class Service(ConnectionOwner):
         """Extra fields for GET /status."""
         return {}
 
-    # --- shared behaviour --------------------------------------------------------------------------
+    # --- shared behaviour -------------------------------------------------------------------------
 
-    def link(self, peer: str) -> PeerLink | None:
+    def link(
+        self,
+        peer: str,
+        handlers: dict[type, Callable[[Connection, Any], None]],
+        on_up: Callable[[Connection], None] | None = None,
+        on_down: Callable[[], None] | None = None,
+    ) -> PeerLink:
+        """A link to a peer named by TRADEPLANE_<PEER>_ADDR; started with the service."""
         address = self.environment.peer(peer)
         if address is None:
-            return None
-        link = PeerLink(self, peer, address)
+            variable = f"TRADEPLANE_{peer.upper().replace('-', '_')}_ADDR"
+            raise ConfigError(f"{self.name} needs {variable}=host:port")
+        link = PeerLink(peer, address, handlers, self.metrics, on_up, on_down)
         self.links.append(link)
         return link
 
@@ -382,15 +413,13 @@ class Service(ConnectionOwner):
         return Connection(self, "client")
 
     def connection_made(self, connection: Connection) -> None:
-        if connection.name == "client":
-            self.sessions.add(connection)
-            peer = connection.transport.get_extra_info("peername") if connection.transport else None
-            log.info("session opened", extra=fields(peer=peer))
+        self.sessions.add(connection)
+        peer = connection.transport.get_extra_info("peername") if connection.transport else None
+        log.info("session opened", extra=fields(peer=peer))
 
     def connection_lost(self, connection: Connection) -> None:
-        if connection in self.sessions:
-            self.sessions.discard(connection)
-            self.session_lost(connection)
+        self.sessions.discard(connection)
+        self.session_lost(connection)
 
     def session_lost(self, connection: Connection) -> None:
         """A client session went away (cancel-on-disconnect lives here)."""

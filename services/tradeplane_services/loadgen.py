@@ -1,0 +1,324 @@
+"""An open-loop load generator for order entry, and the bare echo server it is compared with.
+
+Open loop: order i is due at start + i/rate whatever happened to earlier ones, and its latency is measured
+from that intended time to its acknowledgement (ExecutionReport NEW or REJECTED; the echoed frame for the
+echo server). A stalled service therefore shows up as latency of every order that should have been sent
+meanwhile: no coordinated omission. Latencies go into an HdrHistogram (1 ns .. 60 s, 3 digits).
+
+Orders come in crossing pairs (a buy and a sell of the same quantity at the symbol's reference price) so
+that the simulated venue trades them; the generator keeps the net filled quantity per (account, symbol)
+from the TRADE reports it receives, which is what the position service must end up with.
+
+One thread: due orders are written in one send, answers parsed as they come, and the wait between is a
+select() with a microsecond timeout (timer slack lowered to 1 us) so sends leave on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import select
+import socket
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from tradeplane_services.config import DEFAULT_SYMBOLS, Address, parse_address
+from tradeplane_services.protocol import (
+    HEADER,
+    HEADER_SIZE,
+    PROTOCOL_VERSION,
+    ExecType,
+    ExecutionReport,
+    NewOrder,
+    OrderType,
+    Reason,
+    TimeInForce,
+    layout_of,
+    price_units,
+    symbol_bytes,
+)
+
+NEW_ORDER = layout_of(NewOrder)
+REPORT = layout_of(ExecutionReport)
+REPORT_FIELDS = struct.Struct("<QQBBH8sBIq")  # client_order_id .. last_price, a prefix of the report body
+E_NEW, E_REJECTED, E_TRADE = int(ExecType.NEW), int(ExecType.REJECTED), int(ExecType.TRADE)
+PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
+
+
+def lower_timer_slack() -> None:
+    """Ask Linux for 1 us timer slack (default 50 us), so short select() timeouts end on time."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK
+
+
+@dataclass(frozen=True)
+class OrderPlan:
+    """Order i of a run, derived from i alone so nothing per order is stored while sending."""
+
+    symbols: tuple[bytes, ...]
+    prices: tuple[int, ...]
+    accounts: int = 100
+
+    def order(self, index: int) -> tuple[int, bytes, int, int, int]:
+        """(account, symbol, side, quantity, price). Pair j = index // 2 is a buy and a sell that cross."""
+        pair, sell = divmod(index, 2)
+        symbols = len(self.symbols)
+        symbol = pair % symbols
+        # Accounts rotate fast (exposure spreads evenly); quantities change once all (account, symbol)
+        # cells had one pair, so an (account, symbol, side, qty, price) repeats only every
+        # symbols x accounts x 100 pairs: the duplicate-order check never fires on generated load.
+        buyer = 1 + (pair // symbols) % self.accounts
+        quantity = 1 + (pair // (symbols * self.accounts)) % 100
+        account = buyer % self.accounts + 1 if sell else buyer
+        return account, self.symbols[symbol], 2 if sell else 1, quantity, self.prices[symbol]
+
+
+def default_plan(accounts: int = 100) -> OrderPlan:
+    return OrderPlan(
+        tuple(symbol_bytes(s) for s in DEFAULT_SYMBOLS),
+        tuple(price_units(p) for p in DEFAULT_SYMBOLS.values()),
+        accounts,
+    )
+
+
+@dataclass
+class LoadResult:
+    target: str
+    offered_rate: float
+    seconds: float
+    sent: int = 0
+    answered: int = 0
+    unanswered: int = 0
+    measured: int = 0
+    rejects: Counter[str] = field(default_factory=Counter)
+    percentiles_us: dict[str, float] = field(default_factory=dict)
+    max_us: float = 0.0
+    achieved_rate: float = 0.0
+    max_send_lag_us: float = 0.0
+    trades: int = 0
+    net_fills: dict[tuple[int, bytes], int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "offered_rate": self.offered_rate,
+            "achieved_rate": round(self.achieved_rate, 1),
+            "seconds": self.seconds,
+            "sent": self.sent,
+            "answered": self.answered,
+            "unanswered": self.unanswered,
+            "measured": self.measured,
+            "rejects": dict(self.rejects),
+            "latency_us": {**self.percentiles_us, "max": self.max_us},
+            "max_send_lag_us": round(self.max_send_lag_us, 1),
+            "trades": self.trades,
+        }
+
+
+def run_load(
+    target: Address,
+    rate: float,
+    seconds: float,
+    warmup: float = 1.0,
+    plan: OrderPlan | None = None,
+    echo: bool = False,
+    drain_seconds: float = 5.0,
+    first_client_order_id: int = 1,
+) -> LoadResult:
+    """Offer `rate` orders/s for `seconds` (the first `warmup` seconds unmeasured) and wait for answers."""
+    lower_timer_slack()
+    plan = plan or default_plan()
+    total = int(rate * seconds)
+    result = LoadResult(str(target), rate, seconds)
+    sock = socket.create_connection((target.host, target.port), timeout=5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    sock.setblocking(False)
+
+    pack = NEW_ORDER.frame.pack
+    size, type_id = NEW_ORDER.size, NEW_ORDER.type_id
+    limit, day = int(OrderType.LIMIT), int(TimeInForce.DAY)
+    interval_ns = 1e9 / rate
+    warmup_orders = int(rate * warmup)
+    answered_at = np.zeros(total, dtype=np.int64)  # receive time per order, 0 until answered
+    reject_reasons: Counter[int] = Counter()
+    net_fills: dict[tuple[int, bytes], int] = {}
+    base = first_client_order_id
+    sent = answered = trades = 0
+    outgoing = b""
+    pending = b""
+    max_lag = 0
+    unpack_header, unpack_report = HEADER.unpack_from, REPORT_FIELDS.unpack_from
+    start = time.perf_counter_ns() + 1_000_000
+    drain_deadline = start + int((seconds + drain_seconds) * 1e9)
+
+    while True:
+        now = time.perf_counter_ns()
+        due = min(total, int((now - start) / interval_ns) + 1) if now >= start else 0
+        if due > sent:
+            max_lag = max(max_lag, now - (start + int(sent * interval_ns)))
+            frames = []
+            for index in range(sent, due):
+                account, symbol, side, quantity, price = plan.order(index)
+                frames.append(
+                    pack(
+                        size,
+                        type_id,
+                        PROTOCOL_VERSION,
+                        index,
+                        base + index,
+                        account,
+                        symbol,
+                        side,
+                        limit,
+                        day,
+                        quantity,
+                        price,
+                    )
+                )
+            outgoing += b"".join(frames)
+            sent = due
+        if outgoing:
+            try:
+                written = sock.send(outgoing)
+                outgoing = outgoing[written:]
+            except BlockingIOError:
+                pass
+        if (sent == total and answered == total) or now > drain_deadline:
+            break
+        if sent < total:
+            wait = max(0.0, (start + sent * interval_ns - time.perf_counter_ns()) / 1e9)
+        else:
+            wait = 0.05
+        readable, _, _ = select.select([sock], [sock] if outgoing else [], [], wait)
+        if not readable:
+            continue
+        received_ns = time.perf_counter_ns()
+        data = sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError(f"{target} closed the connection")
+        buffer = pending + data if pending else data
+        position, end = 0, len(buffer)
+        while end - position >= HEADER_SIZE:
+            length, message_type, _, _ = unpack_header(buffer, position)
+            if end - position < length:
+                break
+            if message_type == REPORT.type_id:
+                client_order_id, _, exec_type, _, reason, _, _, last_quantity, _ = unpack_report(
+                    buffer, position + HEADER_SIZE
+                )
+                index = client_order_id - base
+                if exec_type == E_TRADE:
+                    trades += 1
+                    account, symbol, side, _, _ = plan.order(index)
+                    key = (account, symbol)
+                    net_fills[key] = net_fills.get(key, 0) + (last_quantity if side == 1 else -last_quantity)
+                elif exec_type in (E_NEW, E_REJECTED) and 0 <= index < total and not answered_at[index]:
+                    answered_at[index] = received_ns
+                    answered += 1
+                    if exec_type == E_REJECTED:
+                        reject_reasons[reason] += 1
+            elif echo and message_type == type_id:
+                index = struct.unpack_from("<Q", buffer, position + HEADER_SIZE)[0] - base
+                if 0 <= index < total and not answered_at[index]:
+                    answered_at[index] = received_ns
+                    answered += 1
+            position += length
+        pending = buffer[position:]
+    sock.close()
+
+    intended = start + (np.arange(total) * interval_ns).astype(np.int64)
+    done = answered_at > 0
+    latencies = (answered_at - intended)[done & (np.arange(total) >= warmup_orders)]
+    histogram = HdrHistogram(1, 60 * 10**9, 3)
+    for value in latencies.tolist():
+        histogram.record_value(max(1, value))
+    result.sent, result.answered, result.unanswered = sent, answered, total - answered
+    result.measured = int(histogram.get_total_count())
+    result.percentiles_us = {f"p{p:g}": histogram.get_value_at_percentile(p) / 1000 for p in PERCENTILES}
+    result.max_us = histogram.get_max_value() / 1000
+    if answered:
+        last = int(answered_at[done].max())
+        result.achieved_rate = answered / max(1e-9, (last - start) / 1e9)
+    result.max_send_lag_us = max_lag / 1000
+    result.rejects = Counter({Reason(code).name: count for code, count in reject_reasons.items()})
+    result.trades = trades
+    result.net_fills = net_fills
+    return result
+
+
+# --- echo baseline ------------------------------------------------------------------------------
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def serve_echo(bind: str, port: int) -> int:
+    """Echo every byte back: the same TCP loopback, uvloop and asyncio protocol as the services."""
+    import signal
+
+    import uvloop
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_Echo, bind, port, reuse_address=True)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        print(f"echo listening on {bind}:{port}", flush=True)
+        await stop.wait()
+        server.close()
+
+    uvloop.run(serve())
+    return 0
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="127.0.0.1:7001", help="order service (or echo) host:port")
+    parser.add_argument("--rate", type=float, default=10_000, help="offered orders per second")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=1.0, help="leading seconds left out of the figures")
+    parser.add_argument("--accounts", type=int, default=100)
+    parser.add_argument("--echo", action="store_true", help="the target is the echo server")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def main(arguments: argparse.Namespace) -> int:
+    target = parse_address(arguments.target, "--target")
+    result = run_load(
+        target,
+        arguments.rate,
+        arguments.seconds,
+        arguments.warmup,
+        default_plan(arguments.accounts),
+        echo=arguments.echo,
+    )
+    summary = result.summary()
+    if arguments.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        latency = " ".join(f"{k}={v:.1f}us" for k, v in summary["latency_us"].items())
+        print(
+            f"{target}: offered {result.offered_rate:.0f}/s achieved {result.achieved_rate:.0f}/s "
+            f"answered {result.answered}/{result.sent} rejects {dict(result.rejects)} {latency}"
+        )
+    return 0 if result.unanswered == 0 else 1

@@ -1,0 +1,196 @@
+"""The whole stack as local processes: `tradeplane-svc stack`, and the same for tests and benchmarks.
+
+Each component runs as its own `python -m tradeplane_services <component>` process on one host address,
+wired through TRADEPLANE_* variables exactly as the operator wires pods. Market data goes to a multicast
+group derived from the host address (so stacks on different loopback addresses stay apart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tradeplane_services.config import COMPONENTS, DEFAULT_PORTS, Address, ConfigError, parse_settings
+
+START_ORDER = ("market-data", "position", "risk", "execution", "order")
+METRICS_PORTS = {"order": 9101, "risk": 9102, "market-data": 9103, "execution": 9104, "position": 9105}
+
+
+def multicast_group_for(host: str) -> Address:
+    octets = [int(part) for part in host.split(".")] if host.count(".") == 3 else [0, 0, 0, 1]
+    return Address(f"239.255.{octets[2]}.{octets[3]}", 17003)
+
+
+def load_stack_config(path: Path | None) -> dict[str, dict[str, Any]]:
+    """Per-component settings from one file with a section per component; each section is validated."""
+    if path is None:
+        return {component: {} for component in COMPONENTS}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with a section per component")
+    unknown = sorted(set(data) - set(COMPONENTS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown sections {unknown}; expected some of {list(COMPONENTS)}")
+    sections = {component: data.get(component) or {} for component in COMPONENTS}
+    for component, section in sections.items():
+        parse_settings(component, section, f"{path}: {component}")
+    return sections
+
+
+@dataclass
+class Stack:
+    """Five service processes on `host`; start(), wait_ready(), kill()/restart() one, stop()."""
+
+    host: str
+    workdir: Path
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    revision: str = "dev"
+    multicast: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def address(self, component: str) -> Address:
+        return Address(self.host, DEFAULT_PORTS[component])
+
+    def metrics_url(self, component: str, path: str = "/metrics") -> str:
+        return f"http://{self.host}:{METRICS_PORTS[component]}{path}"
+
+    def environment(self, component: str) -> dict[str, str]:
+        config = self.workdir / f"{component}.yaml"
+        config.write_text(yaml.safe_dump(self.settings.get(component) or {}))
+        env = {
+            **os.environ,
+            "TRADEPLANE_CONFIG": str(config),
+            "TRADEPLANE_REVISION": self.revision,
+            "TRADEPLANE_BIND": self.host,
+            "TRADEPLANE_PORT": str(DEFAULT_PORTS[component]),
+            "TRADEPLANE_METRICS_PORT": str(METRICS_PORTS[component]),
+            "TRADEPLANE_STATE_DIR": str(self.workdir / "state"),
+            "TRADEPLANE_RISK_ADDR": str(self.address("risk")),
+            "TRADEPLANE_EXECUTION_ADDR": str(self.address("execution")),
+            "TRADEPLANE_POSITION_ADDR": str(self.address("position")),
+            "TRADEPLANE_MARKET_DATA_ADDR": str(self.address("market-data")),
+            **self.extra_env,
+        }
+        if self.multicast:
+            env["TRADEPLANE_MARKET_DATA_GROUP"] = str(multicast_group_for(self.host))
+        else:
+            env.pop("TRADEPLANE_MARKET_DATA_GROUP", None)
+        return env
+
+    def start(self, components: tuple[str, ...] = START_ORDER) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for component in components:
+            self.start_one(component)
+
+    def start_one(self, component: str) -> None:
+        log_file = open(self.workdir / f"{component}.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.processes[component] = subprocess.Popen(
+            [sys.executable, "-m", "tradeplane_services", component],
+            env=self.environment(component),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        log_file.close()
+
+    def ready(self, component: str) -> bool:
+        try:
+            with urllib.request.urlopen(self.metrics_url(component, "/readyz"), timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 30.0, components: tuple[str, ...] = START_ORDER) -> None:
+        deadline = time.monotonic() + timeout
+        for component in components:
+            while not self.ready(component):
+                process = self.processes.get(component)
+                if process is not None and process.poll() is not None:
+                    raise RuntimeError(
+                        f"{component} exited with {process.returncode}:\n{self.log_tail(component)}"
+                    )
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{component} not ready after {timeout}s:\n{self.log_tail(component)}")
+                time.sleep(0.05)
+
+    def status(self, component: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.metrics_url(component, "/status"), timeout=2) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def log_tail(self, component: str, lines: int = 30) -> str:
+        path = self.workdir / f"{component}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def kill(self, component: str, signum: int = signal.SIGKILL, timeout: float = 30.0) -> int:
+        process = self.processes.pop(component)
+        process.send_signal(signum)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM every process, order first (so it drains while its peers still answer)."""
+        codes = {}
+        for component in reversed(START_ORDER):
+            if component in self.processes:
+                codes[component] = self.kill(component, signal.SIGTERM)
+        return codes
+
+
+def run_stack(host: str, config: Path | None, workdir: Path, revision: str) -> int:
+    """`tradeplane-svc stack`: start, print where things are, stop everything on Ctrl-C."""
+    try:
+        settings = load_stack_config(config)
+    except ConfigError as error:
+        print(f"tradeplane-svc stack: {error}", file=sys.stderr)
+        return 2
+    stack = Stack(host, workdir, settings, revision)
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    stack.start()
+    try:
+        stack.wait_ready()
+    except (RuntimeError, TimeoutError) as error:
+        print(f"tradeplane-svc stack: {error}", file=sys.stderr)
+        stack.stop()
+        return 1
+    print(f"stack up on {host} (logs and state in {workdir}):")
+    for component in START_ORDER:
+        print(f"  {component:<12} wire {stack.address(component)}   http {stack.metrics_url(component, '/')}")
+    print(f"send orders:  tradeplane-svc client --order {stack.address('order')}")
+    print(
+        f"watch fills:  tradeplane-svc client demo --order {stack.address('order')}"
+        f" --position {stack.address('position')}"
+    )
+    while not stopping:
+        for component, process in stack.processes.items():
+            if process.poll() is not None:
+                print(f"{component} exited with {process.returncode}; stopping the stack", file=sys.stderr)
+                print(stack.log_tail(component), file=sys.stderr)
+                stack.stop()
+                return 1
+        time.sleep(0.2)
+    codes = stack.stop()
+    print("stack stopped: " + ", ".join(f"{c} exit {code}" for c, code in codes.items()))
+    return 0 if not any(codes.values()) else 1
