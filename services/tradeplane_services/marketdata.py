@@ -306,12 +306,17 @@ class MarketDataSubscriber:
     ) -> None:
         self.on_ticks = on_ticks
         self.group = group
-        self.interface = interface if interface not in ("", "0.0.0.0") else "127.0.0.1"
+        self.interface = interface or "0.0.0.0"  # the wildcard lets the kernel pick (pods)
         self.metrics = metrics
         self.silence_seconds = silence_seconds
         self.max_held_packets = max_held_packets
         self.link = PeerLink(
-            "market-data", publisher, {MarketDataBatch: self._on_replayed}, metrics, on_up=self._resubscribe
+            "market-data",
+            publisher,
+            {MarketDataBatch: self._on_replayed},
+            metrics,
+            on_up=self._resubscribe,
+            source=self.interface,
         )
         self.stats = SubscriberStats()
         self.expected: int | None = None  # next sequence to deliver

@@ -282,8 +282,11 @@ class PeerLink(ConnectionOwner):
         metrics: RequestMetrics,
         on_up: Callable[[Connection], None] | None = None,
         on_down: Callable[[], None] | None = None,
+        source: str | None = None,
     ) -> None:
         self.name = name
+        # Connect from the address we serve on: peers then see (and answer to) that address.
+        self.local_address = (source, 0) if source not in (None, "", "0.0.0.0") else None
         self.address = address
         self.handlers = handlers
         self.metrics = metrics
@@ -318,7 +321,10 @@ class PeerLink(ConnectionOwner):
         while True:
             try:
                 _, connection = await loop.create_connection(
-                    lambda: Connection(self, self.name), self.address.host, self.address.port
+                    lambda: Connection(self, self.name),
+                    self.address.host,
+                    self.address.port,
+                    local_addr=self.local_address,
                 )
             except OSError as error:
                 log.debug("peer unreachable", extra=fields(peer=self.name, error=str(error)))
@@ -400,7 +406,7 @@ class Service(ConnectionOwner):
         if address is None:
             variable = f"TRADEPLANE_{peer.upper().replace('-', '_')}_ADDR"
             raise ConfigError(f"{self.name} needs {variable}=host:port")
-        link = PeerLink(peer, address, handlers, self.metrics, on_up, on_down)
+        link = PeerLink(peer, address, handlers, self.metrics, on_up, on_down, self.environment.bind)
         self.links.append(link)
         return link
 
@@ -432,6 +438,7 @@ class Service(ConnectionOwner):
             "draining": self.draining,
             "sessions": len(self.sessions),
             "peers": {link.name: link.connected for link in self.links},
+            "settings": self.settings.model_dump(mode="json"),
             **self.status(),
         }
 

@@ -205,6 +205,11 @@ def test_limits_and_latency_injection_change_without_a_restart(stack: Stack) -> 
             return report.reason == Reason.MAX_QUANTITY
 
         wait_for(refused_for_quantity, timeout=5, what="risk to reload maxOrderQuantity")
+        wait_for(
+            lambda: stack.status("order")["settings"]["latencyInjectionMicros"] == 3000,
+            timeout=5,
+            what="order to reload latencyInjectionMicros",
+        )
         before = histogram(stack, "order")
         for _ in range(20):
             session.report_for(session.new_order(Side.BUY, "AMZN", 1, price_units(185)))
