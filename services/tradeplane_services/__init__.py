@@ -1,1 +1,22 @@
-"""The five bundled trading services."""
+"""The five bundled trading services: order, risk, market-data, execution, position.
+
+One package, one image, one process per service: `tradeplane-svc <component> [--config PATH]`.
+Environment (the operator renders these into each pod):
+
+    TRADEPLANE_CONFIG            settings file, YAML, the component's `spec.config`
+                                 (default /etc/tradeplane/config.yaml; a missing file means defaults)
+    TRADEPLANE_REVISION          pod-template revision, the `revision` label of every metric (default dev)
+    TRADEPLANE_BIND              address to listen on and connect from (default 0.0.0.0)
+    TRADEPLANE_PORT              wire port (order 7001, risk 7002, market-data 7003, execution 7004,
+                                 position 7005)
+    TRADEPLANE_METRICS_PORT      HTTP: /metrics, /healthz, /readyz, /status (default 9100)
+    TRADEPLANE_STATE_DIR         position's fill log directory (default /var/lib/tradeplane)
+    TRADEPLANE_RISK_ADDR         host:port of risk (order needs it)
+    TRADEPLANE_EXECUTION_ADDR    host:port of execution (order needs it)
+    TRADEPLANE_POSITION_ADDR     host:port of position (execution sends fills there)
+    TRADEPLANE_MARKET_DATA_ADDR  host:port of market-data's TCP port (risk and position subscribe)
+    TRADEPLANE_MARKET_DATA_GROUP multicast group:port of the feed (unset: unicast only)
+    TRADEPLANE_INJECT_LATENCY_US added latency per request, overrides latencyInjectionMicros
+
+services/README.md describes the settings, the protocol and the metrics.
+"""

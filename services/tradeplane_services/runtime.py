@@ -582,7 +582,11 @@ def run(service_factory: Callable[[Environment, Settings], Service], environment
         print(f"tradeplane-svc {component}: {error}", file=sys.stderr)
         return 2
     configure_logging(component, environment.revision, settings.logLevel)
-    service = service_factory(environment, settings)
+    try:
+        service = service_factory(environment, settings)
+    except (ConfigError, ValueError) as error:
+        print(f"tradeplane-svc {component}: {error}", file=sys.stderr)
+        return 2
     try:
         uvloop.run(serve_service(service))
     except OSError as error:
