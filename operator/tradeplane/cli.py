@@ -8,7 +8,12 @@ import sys
 from collections.abc import Sequence
 
 # Each module exposes `register(subparsers)` and sets `handler` defaults on its parsers.
-COMMAND_MODULES = ("tradeplane.cluster.commands", "tradeplane.rollout_cli")
+COMMAND_MODULES = (
+    "tradeplane.cluster.commands",
+    "tradeplane.operator_cli",
+    "tradeplane.rollout_cli",
+    "tradeplane.demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
