@@ -10,12 +10,23 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import pytest
 import yaml
 from chart.chartkit import MODES, Helm, Manifest, one
 
+from tradeplane import analysis, handlers, rollout_handlers
+
 OPERATOR = "tradeplane-system/tp-tradeplane"
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$namespace": ".*", "$service": ".*"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__range": "1h",
+    "$namespace": ".*",
+    "$service": ".*",
+    "$metricsService": ".*",
+}
+# Sample names each metric type exposes, after the family name.
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +182,29 @@ def test_service_monitor_scrapes_the_metrics_port(manifests: list[Manifest]) -> 
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == service["spec"]["ports"][0]["name"] == "metrics"
     assert endpoint["relabelings"] == [{"targetLabel": "tradeplane_operator", "replacement": OPERATOR}]
+
+
+def exported_metrics() -> set[str]:
+    """Sample names of the operator's metrics, and of those the services export for the canary gate."""
+    operator = [
+        value
+        for module in (handlers, rollout_handlers)
+        for value in vars(module).values()
+        if isinstance(value, prometheus_client.metrics.MetricWrapperBase)
+    ]
+    names = {
+        family.name + suffix
+        for metric in operator
+        for family in metric.describe()
+        for suffix in SUFFIXES[family.type]
+    }
+    services = {f"{analysis.LATENCY_METRIC}{suffix}" for suffix in SUFFIXES["histogram"]}
+    return names | services | {analysis.REQUESTS_METRIC}
+
+
+def test_rules_and_dashboard_read_only_metrics_that_exist(manifests: list[Manifest]) -> None:
+    rules = json.dumps(one(manifests, "PrometheusRule")["spec"])
+    used = set(re.findall(r"\btradeplane_[a-z0-9_]+", rules + " ".join(dashboard_queries(manifests))))
+    used -= {"tradeplane_operator"}  # the ServiceMonitor's label, not a metric
+    assert used, "no tradeplane metric is read"
+    assert used <= exported_metrics(), f"no such metric: {sorted(used - exported_metrics())}"

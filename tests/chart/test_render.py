@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from chart.chartkit import CHART, MODES, Helm, Manifest, find, one, operator_container, set_json
 
+from tradeplane import cli
+
 FULLNAME = "tp-tradeplane"
 RELEASE_NAMESPACE = "tradeplane-system"
 WATCHED = ["desk-a", "desk-b"]
@@ -187,3 +189,21 @@ def test_schema_refuses_wrong_values_with_its_message(
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_operator_command_line_accepts_the_charts_arguments(helm: Helm, mode: str) -> None:
+    """The container's args through the real `tradeplane` parser, as the kubelet expands them for pod 1."""
+    values = MODES[mode]
+    args = [arg.replace("$(POD_INDEX)", "1") for arg in operator_container(helm.manifests(values))["args"]]
+    parsed = cli.build_parser().parse_args(args)
+    assert (parsed.command, parsed.action) == ("operator", "run")
+    watched = values.get("watchNamespaces", [])
+    assert parsed.namespace == (watched or None)
+    assert parsed.all_namespaces is not bool(watched)
+    if values.get("peering", {}).get("enabled", True):
+        assert (parsed.peering, parsed.priority) == (FULLNAME, -1)
+    else:
+        assert (parsed.standalone, parsed.peering) == (True, None)
+    assert parsed.liveness == "http://0.0.0.0:8080/healthz"
+    assert parsed.metrics_port == 9090
