@@ -87,6 +87,10 @@ when the object does not exist yet); no get, every read is served from kopf's wa
   - apiGroups: [monitoring.coreos.com]
     resources: [servicemonitors]
     verbs: [list, watch, create, patch, delete]
+  # A canary split by Gateway API route weights: the route is the user's, read and its weights patched.
+  - apiGroups: [gateway.networking.k8s.io]
+    resources: [httproutes]
+    verbs: [get, list, watch, patch]
   # Pods failed by kubelet admission (TopologyAffinityError, OutOfhugepages-1Gi) are never rescheduled:
   # the operator deletes them so that their ReplicaSet replaces them. No create, no exec.
   - apiGroups: [""]
