@@ -123,6 +123,9 @@ class MarketDataSettings(Settings):
     )
     replayFile: str | None = Field(None, description="Publish ticks from this TICK_DTYPE file instead.")
     retainPackets: int = Field(65536, ge=1, description="Packets kept for replay requests.")
+    batchMillis: int = Field(
+        5, ge=1, description="Ticks wait at most this long for a packet to fill before it is sent."
+    )
     heartbeatMillis: int = Field(100, ge=1)
     channel: int = Field(1, ge=0, le=255)
     multicastTtl: int = Field(1, ge=0, le=255)

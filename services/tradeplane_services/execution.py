@@ -28,7 +28,7 @@ from tradeplane_services.protocol import (
 )
 from tradeplane_services.runtime import Connection, PeerLink, Service, fields, log, wait_until
 
-TRADE = int(ExecType.TRADE)
+NEW, TRADE = int(ExecType.NEW), int(ExecType.TRADE)
 
 
 class Venue(Protocol):
@@ -99,6 +99,8 @@ class ExecutionService(Service):
     def publish(self, events: list[VenueEvent]) -> None:
         now = time.time_ns()
         for event in events:
+            if event.exec_type == NEW:
+                continue  # order acknowledged its client already; the venue's ack adds nothing
             owner = event.owner
             if isinstance(owner, Connection) and owner.connected:
                 owner.send(

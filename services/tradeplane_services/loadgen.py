@@ -133,8 +133,13 @@ def run_load(
     echo: bool = False,
     drain_seconds: float = 5.0,
     first_client_order_id: int = 1,
+    settle_seconds: float = 0.0,
 ) -> LoadResult:
-    """Offer `rate` orders/s for `seconds` (the first `warmup` seconds unmeasured) and wait for answers."""
+    """Offer `rate` orders/s for `seconds` (the first `warmup` seconds unmeasured) and wait for answers.
+
+    With `settle_seconds`, keep reading after the last answer until that long passes without a message,
+    so that trade reports still under way are counted too.
+    """
     lower_timer_slack()
     plan = plan or default_plan()
     total = int(rate * seconds)
@@ -161,6 +166,7 @@ def run_load(
     unpack_header, unpack_report = HEADER.unpack_from, REPORT_FIELDS.unpack_from
     start = time.perf_counter_ns() + 1_000_000
     drain_deadline = start + int((seconds + drain_seconds) * 1e9)
+    heard_ns = start
 
     while True:
         now = time.perf_counter_ns()
@@ -194,7 +200,9 @@ def run_load(
                 outgoing = outgoing[written:]
             except BlockingIOError:
                 pass
-        if (sent == total and answered == total) or now > drain_deadline:
+        if now > drain_deadline:
+            break
+        if sent == total and answered == total and now - heard_ns >= settle_seconds * 1e9:
             break
         if sent < total:
             wait = max(0.0, (start + sent * interval_ns - time.perf_counter_ns()) / 1e9)
@@ -203,7 +211,7 @@ def run_load(
         readable, _, _ = select.select([sock], [sock] if outgoing else [], [], wait)
         if not readable:
             continue
-        received_ns = time.perf_counter_ns()
+        received_ns = heard_ns = time.perf_counter_ns()
         data = sock.recv(1 << 20)
         if not data:
             raise ConnectionError(f"{target} closed the connection")

@@ -214,9 +214,10 @@ class MarketDataService(Service):
         self._task = asyncio.get_running_loop().create_task(self._pace())
 
     async def _pace(self) -> None:
-        """Publish at ticksPerSecond: every millisecond, the ticks due since the last round."""
+        """Publish at ticksPerSecond: each millisecond, the ticks due once they fill a packet or waited
+        batchMillis."""
         publisher = self.publisher
-        started, due_total, rate = time.perf_counter(), 0, -1
+        started, due_total, rate, sent_at = time.perf_counter(), 0, -1, 0.0
         while True:
             settings = self.settings
             assert isinstance(settings, MarketDataSettings)
@@ -224,13 +225,16 @@ class MarketDataService(Service):
             if settings.ticksPerSecond != rate:
                 started, due_total, rate = now, 0, settings.ticksPerSecond
             due = int((now - started) * rate) - due_total
-            if due > 0:
+            if due >= publisher.per_packet or (due > 0 and now - sent_at >= settings.batchMillis / 1000):
                 self.inject_latency()
                 publisher.publish(self.feed.take(due, time.time_ns()))
                 due_total += due
+                sent_at = now
             if time.perf_counter_ns() - publisher.last_send_ns > settings.heartbeatMillis * 1_000_000:
                 publisher.heartbeat()
-            await asyncio.sleep(0.001)
+            # Wake when a packet fills or the batch interval ends, whichever is sooner (at least 1 ms).
+            until_full = (publisher.per_packet - max(due, 0)) / rate if rate else 1.0
+            await asyncio.sleep(max(0.001, min(until_full, settings.batchMillis / 1000)))
 
     def on_subscribe(self, connection: Connection, message: Subscribe) -> None:
         started = connection.received_ns

@@ -100,13 +100,11 @@ def test_open_orders_fills_and_completion_drive_position_and_credit() -> None:
     assert orders.send(quantity=50) is Reason.POSITION_LIMIT  # 60 open + 50 > 100
     assert orders.send(side=SELL, quantity=100) is Reason.OK  # sells count against the other side
     risk.on_fill(1, 60, P100)
-    account = risk.accounts[1]
-    assert (account.position[0], account.open_buy[0]) == (60, 0)
+    assert risk.exposure(1, AAPL)[:2] == (60, 0)
     assert orders.send(quantity=41) is Reason.POSITION_LIMIT  # 60 filled + 41 > 100
     risk.on_done(3)  # the sell (order 2 was refused)
-    assert account.open_sell[0] == 0
-    # Credit: 60 executed + nothing open = 6000 used of 20000.
-    assert account.credit_used == 60 * P100
+    # Nothing open to sell any more; credit: 60 executed + nothing open = 6000 used of 20000.
+    assert risk.exposure(1, AAPL) == (60, 0, 0, 60 * P100)
     assert orders.send(quantity=40, price=price_units(101)) is Reason.OK
     assert orders.send(side=SELL, quantity=100, price=price_units(101)) is Reason.CREDIT_LIMIT
 
@@ -130,7 +128,7 @@ def test_a_replace_is_checked_without_its_own_old_exposure() -> None:
     assert risk.check(1, 1, AAPL, BUY, LIMIT, 80, P100, SECOND) == Reason.OK
     assert risk.check(1, 1, AAPL, BUY, LIMIT, 100, P100, SECOND, is_replace=1) == Reason.OK
     assert risk.check(1, 1, AAPL, BUY, LIMIT, 101, P100, SECOND, is_replace=1) == Reason.POSITION_LIMIT
-    assert risk.accounts[1].open_buy[0] == 100  # the refused replace left the order as it was
+    assert risk.exposure(1, AAPL)[1] == 100  # the refused replace left the order as it was
     assert risk.check(9, 1, AAPL, BUY, LIMIT, 1, P100, SECOND, is_replace=1) == Reason.UNKNOWN_ORDER
 
 
@@ -182,11 +180,19 @@ def _arguments(record: Any) -> list[Any]:
 
 
 def _state(risk: RiskEngine) -> Any:
+    """Everything the engine knows, keyed by account and symbol (row numbers may differ between paths)."""
+    table = risk.accounts
     accounts = {
-        a: (s.tokens, s.credit_used, s.position, s.open_buy, s.open_sell) for a, s in risk.accounts.items()
+        account: (
+            float(table.tokens[row]),
+            int(table.credit_used[row]),
+            [risk.exposure(account, symbol)[:3] for symbol in risk.symbols],
+        )
+        for account, row in table.rows.items()
     }
-    opened = {oid: (b[0].id, *b[1:]) for oid, b in risk.open_orders.items()}
-    return accounts, opened, {k: t for k, t in risk.recent.items() if t > 0}
+    account_of_row = {row: account for account, row in table.rows.items()}
+    opened = {oid: (account_of_row[b[0]], *b[1:]) for oid, b in risk.open_orders.items()}
+    return accounts, opened, risk.recent
 
 
 @settings(max_examples=250, deadline=None)

@@ -1,0 +1,144 @@
+"""Order entry round trip (client -> order -> risk -> ack) under open-loop load, beside a bare echo server.
+
+Starts the five services and the echo server (`tradeplane-svc echo`: the same loopback TCP, uvloop and
+asyncio protocol, no work) on a loopback address of their own, then alternates runs at the same offered
+rate against each: latency from each order's intended send time to its acknowledgement, HdrHistogram.
+Prints every run, the medians, and the ratio order p99 / echo p99 (goal <= 3). Then steps the offered rate
+up to find the highest rate the stack sustains: every order acknowledged (none refused, e.g. for a risk
+timeout), at least 98% of the offered rate achieved, p99 under --sustain-p99-ms.
+
+    python bench/services_order_entry.py                      # 10k/s, 3 runs of 5 s each
+    python bench/services_order_entry.py --rate 10000 --runs 5 --seconds 10
+    python bench/services_order_entry.py --skip-ramp
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tradeplane_services.config import Address
+from tradeplane_services.loadgen import LoadResult, run_load
+from tradeplane_services.stack import Stack
+
+HOST = "127.77.250.1"
+ECHO_PORT = 7000
+RAMP = (10_000, 15_000, 20_000, 30_000, 40_000, 60_000, 80_000, 100_000)
+SETTINGS = {
+    # Generated load is spread over 100 accounts; lift credit so long runs never reach it.
+    "risk": {"creditLimit": 1e13},
+    "market-data": {"ticksPerSecond": 1000},
+}
+
+
+def describe(label: str, result: LoadResult) -> str:
+    latency = result.percentiles_us
+    return (
+        f"  {label:<6} offered {result.offered_rate:>7.0f}/s achieved {result.achieved_rate:>7.0f}/s "
+        f"p50 {latency['p50']:>8.1f}us p99 {latency['p99']:>8.1f}us p99.9 {latency['p99.9']:>8.1f}us "
+        f"max {result.max_us:>9.1f}us unanswered {result.unanswered} rejects {dict(result.rejects)}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=10_000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--ramp-seconds", type=float, default=3.0)
+    parser.add_argument("--sustain-p99-ms", type=float, default=10.0)
+    parser.add_argument("--skip-ramp", action="store_true")
+    arguments = parser.parse_args()
+    print("$ python " + " ".join(shlex.quote(a) for a in sys.argv), flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as scratch:
+        stack = Stack(HOST, Path(scratch), SETTINGS)
+        echo = subprocess.Popen(
+            [sys.executable, "-m", "tradeplane_services", "echo", "--bind", HOST, "--port", str(ECHO_PORT)],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            stack.start()
+            stack.wait_ready()
+            time.sleep(0.5)
+            next_id = 1
+            pairs: list[tuple[LoadResult, LoadResult]] = []
+            print(
+                f"order entry round trip at {arguments.rate:.0f}/s offered, {arguments.seconds:.0f} s a run:"
+            )
+            for run in range(arguments.runs):
+                echo_result = run_load(
+                    Address(HOST, ECHO_PORT), arguments.rate, arguments.seconds, arguments.warmup, echo=True
+                )
+                order_result = run_load(
+                    stack.address("order"),
+                    arguments.rate,
+                    arguments.seconds,
+                    arguments.warmup,
+                    first_client_order_id=next_id,
+                )
+                next_id += order_result.sent
+                pairs.append((echo_result, order_result))
+                print(f" run {run + 1}")
+                print(describe("echo", echo_result))
+                print(describe("order", order_result), flush=True)
+            ratios = [o.percentiles_us["p99"] / e.percentiles_us["p99"] for e, o in pairs]
+            print("medians:")
+            for label, index in (("echo", 0), ("order", 1)):
+                values = {
+                    key: statistics.median(pair[index].percentiles_us[key] for pair in pairs)
+                    for key in ("p50", "p99", "p99.9")
+                }
+                print(f"  {label:<6} " + " ".join(f"{k} {v:.1f}us" for k, v in values.items()))
+            print(
+                f"  order p99 / echo p99: {statistics.median(ratios):.2f} (runs: "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+                + "; goal <= 3)"
+            )
+
+            if not arguments.skip_ramp:
+                print(
+                    f"highest sustained rate ({arguments.ramp_seconds:.0f} s steps, "
+                    f"p99 < {arguments.sustain_p99_ms} ms, >= 98% achieved, all answered):"
+                )
+                sustained = 0
+                for rate in RAMP:
+                    result = run_load(
+                        stack.address("order"),
+                        rate,
+                        arguments.ramp_seconds,
+                        1.0,
+                        first_client_order_id=next_id,
+                    )
+                    next_id += result.sent
+                    ok = (
+                        result.unanswered == 0
+                        and not result.rejects
+                        and result.achieved_rate >= 0.98 * rate
+                        and result.percentiles_us["p99"] < arguments.sustain_p99_ms * 1000
+                    )
+                    print(
+                        describe("order", result) + ("  sustained" if ok else "  NOT sustained"), flush=True
+                    )
+                    if not ok:
+                        break
+                    sustained = rate
+                print(f"  highest sustained: {sustained}/s (design target 100000/s)")
+        finally:
+            stack.stop()
+            echo.terminate()
+            echo.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
