@@ -90,7 +90,7 @@ def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manife
 def operator_container(manifests: list[Manifest]) -> Manifest:
     statefulset = one(manifests, "StatefulSet")
     (container,) = statefulset["spec"]["template"]["spec"]["containers"]
-    return container  # type: ignore[no-any-return]
+    return container
 
 
 def checkov() -> Path:

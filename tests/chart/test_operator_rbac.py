@@ -1,8 +1,10 @@
-"""The chart's RBAC is enough: the operator, run with nothing but a token of the chart's ServiceAccount and
-the chart's own command line, reconciles a TradingService end to end and is never refused.
+"""The chart's operator pods, run as they would run: on nothing but a token of the chart's ServiceAccount,
+with the chart's own command line. Its RBAC is enough to reconcile a TradingService end to end, and of two
+peered replicas exactly one is active until it goes.
 
-Pods do not really run on the local control plane, so the operator runs here as a process, exactly as the
-StatefulSet would start it: same arguments, POD_ID and POD_INDEX filled in as the kubelet would.
+Pods do not really run on the local control plane, so each operator pod runs here as a process, started as
+the StatefulSet would start it: the container's args with POD_INDEX and POD_ID filled in as the kubelet
+would, only the ports moved so that two pods can share this host.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,95 +46,169 @@ def answers(url: str) -> bool:
         return False
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    """The sum of a metric's samples that carry these labels, from a /metrics page; 0 when there are none."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        page = response.read().decode()
-    total = 0.0
-    for sample in re.finditer(rf"^{name}\{{(.*)\}} (\S+)$", page, re.MULTILINE):
-        found = dict(re.findall(r'(\w+)="([^"]*)"', sample[1]))
-        if labels.items() <= found.items():
-            total += float(sample[2])
-    return total
+@dataclass
+class OperatorPod:
+    name: str
+    health: int
+    metrics: int
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of a metric that carry these labels; 0 when there are none."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics}/metrics", timeout=5) as response:
+            page = response.read().decode()
+        total = 0.0
+        for sample in re.finditer(rf"^{name}\{{(.*)\}} (\S+)$", page, re.MULTILINE):
+            if labels.items() <= dict(re.findall(r'(\w+)="([^"]*)"', sample[1])).items():
+                total += float(sample[2])
+        return total
+
+    def writes(self) -> float:
+        return self.metric("tradeplane_writes_total")
+
+    def refusals(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if any(word in line for word in REFUSALS)]
+
+    def stop(self) -> None:
+        """SIGTERM, as the kubelet stops a pod: kopf takes its record out of the peering on the way out."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
 
 
-def trading_service(namespace: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "tradeplane.io/v1alpha1",
-        "kind": "TradingService",
-        "metadata": {"name": "risk", "namespace": namespace},
-        "spec": {
-            "component": "risk",
-            "image": "registry.example/tradeplane-services:0.1.0",
-            "replicas": 2,
-            "resources": {"cpus": 2, "memory": "2Gi", "hugepages": {"pageSize": "1Gi", "amount": "1Gi"}},
-        },
-    }
+@dataclass
+class ChartOperator:
+    release: Release
+    start: Callable[[int], OperatorPod]
+
+    def peers(self, kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+        """The records in the chart's KopfPeering of a watched namespace."""
+        (peering,) = (
+            p["metadata"]["name"]
+            for p in find(self.release.manifests, "KopfPeering")
+            if p["metadata"]["namespace"] == namespace
+        )
+        return get_json(kubectl, "kopfpeering", "-n", namespace, peering).get("status", {})
 
 
 @pytest.fixture
-def operator_process(
+def chart_operator(
     install: Install, kubectl: Kubectl, kube_env: Path, watched: list[str], tmp_path: Path
-) -> Iterator[tuple[Release, str, str, Path]]:
-    """The chart installed for the watched namespaces; its operator runs on the ServiceAccount's token."""
-    health, metrics = free_port(), free_port()
-    release = install({"watchNamespaces": watched, "health": {"port": health}, "metrics": {"port": metrics}})
+) -> Iterator[ChartOperator]:
+    """The chart installed for the watched namespaces (2 peered replicas); `start(i)` runs pod i."""
+    release = install({"watchNamespaces": watched})
     account = one(release.manifests, "ServiceAccount")["metadata"]["name"]
     token = kubectl("create", "token", account, f"--namespace={release.namespace}", "--duration=15m").stdout
+    # The only credential in reach: no client certificate, no in-cluster account, no ~/.kube/config.
     kubeconfig = token_kubeconfig(kube_env, token.strip(), tmp_path / "token.kubeconfig")
-    args = [arg.replace("$(POD_INDEX)", "0") for arg in operator_container(release.manifests)["args"]]
-    pod = f"{one(release.manifests, 'StatefulSet')['metadata']['name']}-0"
-    # The token kubeconfig is the only credential in reach: no client certificate, no in-cluster account.
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_ID": pod}
-    log = tmp_path / "operator.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("tradeplane")), *args],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    container = operator_container(release.manifests)
+    statefulset = one(release.manifests, "StatefulSet")["metadata"]["name"]
+    started: list[OperatorPod] = []
+
+    def start(index: int) -> OperatorPod:
+        name, health, metrics = f"{statefulset}-{index}", free_port(), free_port()
+        ports = {"health": str(health), "metrics": str(metrics)}
+        defaults = {p["name"]: str(p["containerPort"]) for p in container["ports"]}
+        args = [
+            arg.replace("$(POD_INDEX)", str(index))
+            .replace(f":{defaults['health']}/", f":{ports['health']}/")
+            .replace(f"--metrics-port={defaults['metrics']}", f"--metrics-port={ports['metrics']}")
+            for arg in container["args"]
+        ]
+        log = tmp_path / f"{name}.log"
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                [str(Path(sys.executable).with_name("tradeplane")), *args],
+                env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_ID": name},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        pod = OperatorPod(name, health, metrics, log, process)
+        started.append(pod)
+        wait_for(lambda: answers(f"http://127.0.0.1:{health}/healthz"), timeout=30, what=f"{name} liveness")
+        return pod
+
+    yield ChartOperator(release, start)
+    for pod in started:
+        pod.stop()
+
+
+def trading_service(namespace: str, replicas: int = 2) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "tradeplane.io/v1alpha1",
+            "kind": "TradingService",
+            "metadata": {"name": "risk", "namespace": namespace},
+            "spec": {
+                "component": "risk",
+                "image": "registry.example/tradeplane-services:0.1.0",
+                "replicas": replicas,
+                "resources": {"cpus": 2, "memory": "2Gi", "hugepages": {"pageSize": "1Gi", "amount": "1Gi"}},
+            },
+        }
+    )
+
+
+def wait_ready(kubectl: Kubectl, namespace: str, replicas: int, pods: list[OperatorPod]) -> None:
+    def ready() -> bool:
+        status = get_json(kubectl, "tradingservice", "risk", "-n", namespace).get("status", {})
+        return status.get("phase") == "Ready" and status.get("readyReplicas") == replicas
+
     try:
-        wait_for(lambda: answers(f"http://127.0.0.1:{health}/healthz"), timeout=30, what="kopf's liveness")
-        yield release, pod, f"http://127.0.0.1:{metrics}/metrics", log
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+        wait_for(ready, timeout=60, what=f"TradingService risk Ready with {replicas} replicas")
+    except AssertionError as error:
+        logs = "\n".join(f"{pod.name}:\n{pod.log.read_text()[-2000:]}" for pod in pods)
+        raise AssertionError(f"{error}; the operators' logs end:\n{logs}") from None
 
 
 def test_operator_reconciles_with_only_the_service_accounts_token(
-    operator_process: tuple[Release, str, str, Path], kubectl: Kubectl, watched: list[str]
+    chart_operator: ChartOperator, kubectl: Kubectl, watched: list[str]
 ) -> None:
-    release, operator_pod, metrics, log = operator_process
+    operator = chart_operator.start(0)
     namespace = watched[0]
-    kubectl("apply", "-f", "-", input=json.dumps(trading_service(namespace)))
+    kubectl("apply", "-f", "-", input=trading_service(namespace))
+    wait_ready(kubectl, namespace, 2, [operator])
 
-    def ready() -> bool:
-        status = get_json(kubectl, "tradingservice", "risk", "-n", namespace).get("status", {})
-        return status.get("phase") == "Ready" and status.get("readyReplicas") == 2
-
-    try:
-        wait_for(ready, timeout=60, what="TradingService risk Ready")
-    except AssertionError as error:
-        raise AssertionError(f"{error}; the operator's log ends:\n{log.read_text()[-3000:]}") from None
     managed = ("-n", namespace, "-l", "app.kubernetes.io/managed-by=tradeplane")
     for kind in ("deployments", "services", "poddisruptionbudgets", "controllerrevisions", "configmaps"):
         assert get_json(kubectl, kind, *managed)["items"], f"no {kind} applied in {namespace}"
     pool = get_json(kubectl, "nodes", "-l", "tradeplane.io/pool=trading")["items"]
     pods = get_json(kubectl, "pods", *managed)["items"]
     assert {p["spec"]["nodeName"] for p in pods} <= {n["metadata"]["name"] for n in pool}
-
-    # This process did the writing, on its token: its own counters say so, and nothing was refused.
-    assert metric(metrics, "tradeplane_writes_total", verb="apply", kind="Deployment") >= 1
-    assert metric(metrics, "tradeplane_writes_total", verb="patch", kind="TradingService/status") >= 1
-    assert metric(metrics, "tradeplane_reconcile_errors_total", reason="api403") == 0
     events = get_json(kubectl, "events", "-n", namespace, "--field-selector=involvedObject.name=risk")
     assert events["items"], "the operator posted no Event"
+
+    # This process did the writing, on its token: its own counters say so, and nothing was refused.
+    assert operator.metric("tradeplane_writes_total", verb="apply", kind="Deployment") >= 1
+    assert operator.metric("tradeplane_writes_total", verb="patch", kind="TradingService/status") >= 1
+    assert operator.metric("tradeplane_reconcile_errors_total") == 0
     # kopf peering ran on the chart's KopfPeering, which the Role lets it patch by name only.
-    (peering,) = (
-        p for p in find(release.manifests, "KopfPeering") if p["metadata"]["namespace"] == namespace
-    )
-    peers = get_json(kubectl, "kopfpeering", "-n", namespace, peering["metadata"]["name"])["status"]
-    assert list(peers) == [operator_pod]
-    refusals = [line for line in log.read_text().splitlines() if any(word in line for word in REFUSALS)]
-    assert refusals == [], "\n".join(refusals)
+    assert list(chart_operator.peers(kubectl, namespace)) == [operator.name]
+    assert operator.refusals() == []
+
+
+def test_of_two_peered_replicas_one_is_active_until_it_goes(
+    chart_operator: ChartOperator, kubectl: Kubectl, watched: list[str]
+) -> None:
+    active, standby = chart_operator.start(0), chart_operator.start(1)
+    namespace = watched[0]
+
+    def peers() -> dict[str, Any]:
+        return chart_operator.peers(kubectl, namespace)
+
+    wait_for(lambda: len(peers()) == 2, timeout=20, what="both peers recorded")
+    assert {name: peer["priority"] for name, peer in peers().items()} == {active.name: 0, standby.name: -1}
+
+    kubectl("apply", "-f", "-", input=trading_service(namespace))
+    wait_ready(kubectl, namespace, 2, [active, standby])
+    assert active.writes() >= 1
+    assert standby.writes() == 0, "the standby wrote while the active replica ran"
+
+    # The active pod goes (a rolling update, a drained node): the standby takes over at once.
+    active.stop()
+    wait_for(lambda: list(peers()) == [standby.name], timeout=10, what="the active pod's record gone")
+    kubectl("apply", "-f", "-", input=trading_service(namespace, replicas=1))
+    wait_ready(kubectl, namespace, 1, [active, standby])
+    assert standby.writes() >= 1
+    assert active.refusals() == [] and standby.refusals() == []
