@@ -148,7 +148,7 @@ class PoolCache:
     async def _read(self, pool: str) -> PoolSnapshot:
         nodes = [
             NodeView.from_manifest(node)
-            for node in await self.kube.list("v1", "Node", label_selector=f"{POOL_LABEL}={pool}")
+            for node in await self.kube.list("v1", "Node", label_selector=f"{POOL_LABEL}={pool}", cached=True)
         ]
         pages = await asyncio.gather(*(self._pods_on(node.name) for node in nodes))
         requested = {}
@@ -165,13 +165,13 @@ class PoolCache:
         """Non-terminal pods on a node: all namespaces if allowed, else the watched ones (incomplete)."""
         selector = f"spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed"
         try:
-            return await self.kube.list("v1", "Pod", field_selector=selector), True
+            return await self.kube.list("v1", "Pod", field_selector=selector, cached=True), True
         except ApiError as error:
             if error.status != 403 or not self.namespaces:
                 raise
         pages = await asyncio.gather(
             *(
-                self.kube.list("v1", "Pod", namespace, field_selector=selector)
+                self.kube.list("v1", "Pod", namespace, field_selector=selector, cached=True)
                 for namespace in self.namespaces
             )
         )

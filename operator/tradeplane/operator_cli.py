@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from tradeplane import api, rendering, runner
+from tradeplane import api, rendering
 from tradeplane.kube import ApiError, Kube
 from tradeplane.revision import template_revision
 
@@ -143,6 +143,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Imported here: the operator's dependencies (kopf, the rollout's calendars) slow every other command.
+    from tradeplane import runner
+
     options = runner.Options(
         namespaces=() if args.all_namespaces else tuple(args.namespace or ()),
         peering=args.peering,
