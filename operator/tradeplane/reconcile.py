@@ -72,6 +72,8 @@ class DeploymentState:
     updated: int = 0
     settled: bool = False
     stalled: bool = False
+    failure: str | None = None
+    """Why its ReplicaSet cannot create pods (admission refused them: quota, RuntimeClass, policy)."""
 
     @classmethod
     def read(cls, manifest: Mapping[str, Any] | None) -> DeploymentState:
@@ -81,9 +83,9 @@ class DeploymentState:
         current = status.get("observedGeneration", 0) >= metadata.get("generation", 0)
         replicas = spec.get("replicas", 1)
         updated = status.get("updatedReplicas", 0) if current else 0
-        progressing: Mapping[str, Any] = next(
-            (c for c in status.get("conditions", []) if c.get("type") == "Progressing"), {}
-        )
+        conditions = {condition.get("type"): condition for condition in status.get("conditions", [])}
+        progressing: Mapping[str, Any] = conditions.get("Progressing", {})
+        replica_failure: Mapping[str, Any] = conditions.get("ReplicaFailure", {})
         return cls(
             exists=True,
             revision=spec.get("template", {})
@@ -98,6 +100,7 @@ class DeploymentState:
             and status.get("replicas", 0) == replicas
             and status.get("availableReplicas", 0) == replicas,
             stalled=progressing.get("reason") == "ProgressDeadlineExceeded",
+            failure=replica_failure.get("message") if replica_failure.get("status") == "True" else None,
         )
 
 
@@ -475,6 +478,8 @@ def _degradation(view: View, stable: DeploymentState, route_missing: str | None)
     if failed:
         pod = failed[0]
         return "AdmissionFailed", f"kubelet on {pod.node} refused pod {pod.name}: {pod.reason}: {pod.message}"
+    if stable.failure is not None:
+        return "ReplicaFailure", f"Deployment {view.owner.name} cannot create pods: {stable.failure}"
     if stable.stalled:
         return "ProgressDeadlineExceeded", (
             f"Deployment {view.owner.name} made no progress for {rendering.PROGRESS_DEADLINE_SECONDS}s"

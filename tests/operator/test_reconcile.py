@@ -253,6 +253,22 @@ def test_a_pod_made_burstable_outside_the_operator_is_degraded() -> None:
     assert condition(cluster.status, "Degraded")["reason"] == "NotGuaranteed"
 
 
+def test_pods_the_api_server_refuses_to_create_are_degraded() -> None:
+    cluster = Cluster({**SPEC, "placement": {"runtimeClassName": "performance"}})
+    cluster.reconcile()
+    refused = 'pods "order-5d8f" is forbidden: pod rejected: RuntimeClass "performance" not found'
+    cluster.children[("Deployment", "order")]["status"] = {
+        "conditions": [
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refused}
+        ]
+    }
+    decision = cluster.reconcile()
+    degraded = condition(cluster.status, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ReplicaFailure")
+    assert refused in degraded["message"]
+    assert "ReplicaFailure" in reasons(decision)
+
+
 def test_a_new_revision_starts_a_canary_beside_the_stable_rendered_from_its_snapshot() -> None:
     cluster = Cluster(dict(SPEC))
     cluster.converge()
