@@ -123,6 +123,7 @@ class Publisher:
         self.retained: deque[bytes] = deque(maxlen=settings.retainPackets)
         self.unicast: dict[Connection, tuple[str, int]] = {}
         self.ticks_published = 0
+        self.ticks_skipped = 0  # due but never generated: the feed fell behind its rate
         self.send_failures = 0
         self.last_send_ns = 0
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -225,7 +226,13 @@ class MarketDataService(Service):
             if settings.ticksPerSecond != rate:
                 started, due_total, rate = now, 0, settings.ticksPerSecond
             due = int((now - started) * rate) - due_total
+            if due > rate // 20 + publisher.per_packet:
+                # More than 50 ms behind: the feed cannot go this fast here; skip rather than stall.
+                publisher.ticks_skipped += due - rate // 100
+                due_total += due - rate // 100
+                due = rate // 100
             if due >= publisher.per_packet or (due > 0 and now - sent_at >= settings.batchMillis / 1000):
+                due = min(due, max(publisher.per_packet, rate // 100))  # at most 10 ms of ticks a round
                 self.inject_latency()
                 publisher.publish(self.feed.take(due, time.time_ns()))
                 due_total += due
@@ -259,6 +266,7 @@ class MarketDataService(Service):
         return {
             "sequence": publisher.sequence,
             "ticksPublished": publisher.ticks_published,
+            "ticksSkipped": publisher.ticks_skipped,
             "sendFailures": publisher.send_failures,
             "multicast": str(publisher.group) if publisher.group else None,
             "unicastSubscribers": len(publisher.unicast),
