@@ -352,14 +352,10 @@ def _apply_if_changed(view: View, manifest: dict[str, Any], decision: Decision) 
     live = view.children.get(key)
     what = f"{manifest['kind']} {manifest['metadata']['name']}"
     if live is None:
-        reconciled_before = view.status.observedGeneration is not None
         reason, message = (
             ("Restored", f"{what} was missing; recreated")
-            if reconciled_before
-            else (
-                "Created",
-                f"created {what}",
-            )
+            if _existed(view, manifest)
+            else ("Created", f"created {what}")
         )
     elif _annotation(live) != _annotation(manifest):
         reason, message = "Updated", f"updated {what}"
@@ -369,6 +365,18 @@ def _apply_if_changed(view: View, manifest: dict[str, Any], decision: Decision) 
         return
     decision.apply.append(manifest)
     decision.events.append(EventNote("Normal", reason, message))
+
+
+def _existed(view: View, manifest: Mapping[str, Any]) -> bool:
+    """Was this object made by an earlier reconcile? A revision's objects, once their revision was
+    recorded in the status; the others, once any reconcile recorded a status."""
+    labels: Mapping[str, str] = manifest["metadata"]["labels"]
+    revision = labels.get(rendering.REVISION_LABEL)
+    if revision is None:
+        return view.status.observedGeneration is not None
+    if labels.get(rendering.ROLE_LABEL) == "canary":
+        return revision == view.status.canaryRevision
+    return revision in (view.status.stableRevision, view.status.canaryRevision)
 
 
 def _annotation(manifest: Mapping[str, Any]) -> str | None:

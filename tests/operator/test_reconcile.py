@@ -279,6 +279,8 @@ def test_a_new_revision_starts_a_canary_beside_the_stable_rendered_from_its_snap
     decision = cluster.reconcile()
     new = template_revision(TradingServiceSpec.model_validate(cluster.spec))
     assert cluster.status["canaryRevision"] == new
+    assert {event.reason for event in decision.events if event.message.startswith("created")} == {"Created"}
+    assert "Restored" not in reasons(decision)
     applied = {(m["kind"], m["metadata"]["name"]) for m in decision.apply}
     assert applied == {
         ("Deployment", "order-canary"),
