@@ -5,21 +5,23 @@ ControllerRevisions, ServiceMonitors: whatever a TradingService controls by owne
 child's labels does not hide it) and their pods (labelled app.kubernetes.io/managed-by=tradeplane), keeps
 them in in-memory indexes, and on every event queues the owning TradingService. Each TradingService is
 also reconciled at least every RESYNC_SECONDS, the net under edits no watch reports (a child whose
-ownerReference was removed). kopf calls no
-handler before every index is filled, so the first reconciles after a start see the whole picture and
-write nothing when everything is right. Only `on.event` and index handlers are used: kopf itself writes
-nothing to the resources (no finalizer, no progress annotations). Children carry ownerReferences, so the
-garbage collector deletes them with their TradingService.
+ownerReference was removed). kopf calls no handler before every index is filled, so the first reconciles
+after a start see the whole picture and write nothing when everything is right. Only `on.event` and
+index handlers are used: kopf itself writes nothing to the resources (no finalizer, no progress
+annotations). Children carry ownerReferences, so the garbage collector deletes them with their owner.
 
 The reconcile of one TradingService: read it and what it owns from the indexes, read the pool when pods
 still need a place, measure the canary when the rollout says so, `reconcile.decide`, then do exactly that:
 status first (with a resourceVersion precondition: a reconcile from a stale view is refused, and retried
 once the watch caught up), then applies under the one field manager `tradeplane`, deletions, Events.
 
-Permissions it uses: tradingservices get/list/watch, tradingservices/status patch; deployments,
-services, configmaps, poddisruptionbudgets, controllerrevisions, servicemonitors: get/list/watch/patch/
-delete (apply creates through patch); pods: list/watch/delete; nodes: list; events: create. Reading the
-pool's pods needs pods list across namespaces; without it preflight counts the watched namespaces only.
+Permissions it uses: tradingservices list/watch, tradingservices/status patch; deployments, services,
+configmaps, poddisruptionbudgets, controllerrevisions, servicemonitors list/watch/create/patch/delete
+(server-side apply creates through patch); pods list/watch/delete; nodes list; events create;
+httproutes get/patch (only the route a spec names). Preflight lists the pool's pods across namespaces;
+where that is forbidden it counts the watched namespaces' pods and says so. Clusters that enforce
+OwnerReferencesPermissionEnforcement (OpenShift) also need update on tradingservices/finalizers, for
+the children's blockOwnerDeletion.
 """
 
 from __future__ import annotations
