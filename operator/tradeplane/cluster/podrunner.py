@@ -95,9 +95,12 @@ def _environment(pod: Any, mounts: dict[str, Path]) -> dict[str, str]:
     for variable in pod.spec.containers[0].env or []:
         if variable.value is not None:
             value = variable.value
-            for mount_path, local in mounts.items():
-                if value.startswith(mount_path):
-                    value = str(local) + value[len(mount_path) :]
+            # Mapped once, by the deepest mount holding the path: a mapped path may lie under another
+            # mount's path (the local directories live in /tmp, and pods mount an emptyDir at /tmp).
+            holding = [path for path in mounts if value == path or value.startswith(path.rstrip("/") + "/")]
+            if holding:
+                mount_path = max(holding, key=len)
+                value = str(mounts[mount_path]) + value[len(mount_path) :]
             env[variable.name] = value
         elif variable.value_from is not None and variable.value_from.field_ref is not None:
             env[variable.name] = fields.get(variable.value_from.field_ref.field_path) or ""
