@@ -37,6 +37,8 @@ from tradeplane.revision import template_revision
 
 ChildKey = tuple[str, str]
 """(kind, name) of a child."""
+Problem = tuple[str, str]
+"""(reason, message) of what degrades a service."""
 # While a rollout is live its clock (steps, analysis) needs a tick even when nothing else changes.
 ROLLOUT_TICK_SECONDS = 1.0
 # Unplaced pods: look at the pool again, capacity may have been freed.
@@ -147,10 +149,6 @@ class View:
             pods=pods,
         )
 
-    @property
-    def revision(self) -> str | None:
-        return template_revision(self.spec) if self.spec else None
-
     def deployment(self, role: rendering.Role) -> DeploymentState:
         return DeploymentState.read(
             self.children.get(("Deployment", rendering.deployment_name(self.owner, role)))
@@ -226,7 +224,7 @@ def decide(
     decision.rollback_reason = plan.rollback_reason
     decision.events += [EventNote(event.type, event.reason, event.message) for event in plan.events]
 
-    desired = _workloads(view, spec, revision, plan, decision)
+    desired, problem = _workloads(view, spec, revision, plan, decision)
     desired += _services(view, spec, revision, plan, decision)
     desired.append(rendering.disruption_budget(view.owner, spec))
     if monitoring:
@@ -250,7 +248,13 @@ def decide(
             )
         )
 
-    status = _status(view, spec, plan, pool, now, decision, route_missing=_route_missing(spec, route))
+    named_route = spec.rollout.httpRoute
+    if problem is None and named_route is not None and route is None:
+        problem = (
+            "RouteNotFound",
+            f"HTTPRoute {named_route.name} named by spec.rollout.httpRoute does not exist",
+        )
+    status = _status(view, spec, plan, pool, now, decision, problem)
     if _status_changed(view.raw_status, status):
         decision.status = status.model_dump(mode="json")
     live_rollout = plan.status.canaryRevision is not None or plan.status.phase in ROLLOUT_HELD_PHASES
@@ -263,21 +267,20 @@ def decide(
 
 def _workloads(
     view: View, spec: TradingServiceSpec, revision: str, plan: rollout.Plan, decision: Decision
-) -> list[dict[str, Any]]:
-    """Deployments, their ConfigMaps and revision snapshots, as the rollout plan decided."""
+) -> tuple[list[dict[str, Any]], Problem | None]:
+    """Deployments, their ConfigMaps and revision snapshots, as the rollout plan decided; and why the
+    stable Deployment cannot be rendered, if it cannot."""
     owner = view.owner
     desired: list[dict[str, Any]] = []
+    problem = None
     live_revisions = {plan.stable_revision}
     stable_spec = spec if plan.stable_revision == revision else _stored_spec(view, plan.stable_revision, spec)
     if stable_spec is None:
-        decision.events.append(
-            EventNote(
-                "Warning",
-                "RevisionMissing",
-                f"ControllerRevision {rendering.revision_object_name(owner, plan.stable_revision)} is gone: "
-                f"the stable Deployment keeps its live template until revision {plan.stable_revision} is "
-                "replaced",
-            )
+        problem = (
+            "RevisionMissing",
+            f"ControllerRevision {rendering.revision_object_name(owner, plan.stable_revision)} is gone: "
+            f"the stable Deployment keeps its live template until revision {plan.stable_revision} is "
+            "replaced",
         )
     else:
         desired.append(
@@ -307,7 +310,7 @@ def _workloads(
             if stale:
                 api_version = "v1" if kind == "ConfigMap" else "apps/v1"
                 decision.delete.append(Deletion(api_version, kind, name, live["metadata"].get("uid")))
-    return desired
+    return desired, problem
 
 
 def _services(
@@ -322,11 +325,6 @@ def _services(
     elif (live := view.children.get(("Service", canary_name))) is not None:
         decision.delete.append(Deletion("v1", "Service", canary_name, live["metadata"].get("uid")))
     return desired
-
-
-def _route_missing(spec: TradingServiceSpec, route: Mapping[str, Any] | None) -> str | None:
-    named = spec.rollout.httpRoute
-    return named.name if named is not None and route is None else None
 
 
 def _stored_spec(view: View, revision: str, current: TradingServiceSpec) -> TradingServiceSpec | None:
@@ -410,7 +408,7 @@ def _status(
     pool: PoolSnapshot | None,
     now: datetime,
     decision: Decision,
-    route_missing: str | None,
+    problem: Problem | None,
 ) -> TradingServiceStatus:
     status = plan.status.model_copy(deep=True)
     stable, canary = view.deployment("stable"), view.deployment("canary")
@@ -437,7 +435,7 @@ def _status(
     elif verdict.fits and was.status == "False":
         notes.append(EventNote("Normal", "Placed", verdict.message))
 
-    degraded = _degradation(view, stable, route_missing)
+    degraded = _degradation(view, stable) or problem
     reason, message = degraded or ("AsExpected", "")
     was = _set(view, status, now, "Degraded", degraded is not None, reason, message)
     if degraded is not None and (was.status != "True" or was.reason != reason):
@@ -480,8 +478,8 @@ def _placement(
     return Verdict(True, "Scheduling", f"{len(scheduled)}/{desired} pod(s) scheduled, the pool has room")
 
 
-def _degradation(view: View, stable: DeploymentState, route_missing: str | None) -> tuple[str, str] | None:
-    """Something wrong with running pods or the route (placement has its own condition)."""
+def _degradation(view: View, stable: DeploymentState) -> Problem | None:
+    """Something wrong with the pods (placement has its own condition)."""
     failed = placement.admission_failures(view.pods)
     if failed:
         pod = failed[0]
@@ -492,8 +490,6 @@ def _degradation(view: View, stable: DeploymentState, route_missing: str | None)
         return "ProgressDeadlineExceeded", (
             f"Deployment {view.owner.name} made no progress for {rendering.PROGRESS_DEADLINE_SECONDS}s"
         )
-    if route_missing is not None:
-        return "RouteNotFound", f"HTTPRoute {route_missing} named by spec.rollout.httpRoute does not exist"
     burstable = next(
         (pod for pod in view.pods if pod.active and pod.qos_class not in (None, "Guaranteed")), None
     )

@@ -296,6 +296,21 @@ def test_a_new_revision_starts_a_canary_beside_the_stable_rendered_from_its_snap
     assert restored.apply[0]["spec"]["template"]["spec"]["containers"][0]["image"] == "svc:1"
 
 
+def test_a_lost_stable_revision_leaves_the_stable_deployment_alone_and_says_so() -> None:
+    cluster = Cluster(dict(SPEC))
+    cluster.converge()
+    old = cluster.status["stableRevision"]
+    cluster.spec = {**SPEC, "image": "svc:2"}
+    cluster.reconcile()
+    del cluster.children[("ControllerRevision", f"order-{old}")]
+    cluster.children[("Deployment", "order")]["spec"]["replicas"] = 9
+    decision = cluster.reconcile()
+    assert "order" not in [m["metadata"]["name"] for m in decision.apply]
+    degraded = condition(cluster.status, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RevisionMissing")
+    assert cluster.reconcile().events == [], "reported once, not on every tick"
+
+
 def test_abandoning_a_canary_removes_it_and_its_revision_objects() -> None:
     cluster = Cluster(dict(SPEC))
     cluster.converge()
