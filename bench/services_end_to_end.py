@@ -14,6 +14,7 @@ reports the client received. Nothing acknowledged may be lost: any difference is
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -40,6 +41,7 @@ def main() -> int:
     parser.add_argument("--fsync", default="always", choices=["always", "interval", "never"])
     arguments = parser.parse_args()
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv), flush=True)
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
     seconds = arguments.orders / arguments.rate
 
     with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as scratch:
@@ -108,6 +110,7 @@ def main() -> int:
             else " -- positions equal the sum of fills"
         )
     )
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 1 if differences or execution["fills"] != position["fills"] else 0
 
 

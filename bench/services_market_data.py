@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import statistics
 import sys
@@ -129,6 +130,7 @@ def main() -> int:
     arguments = parser.parse_args()
     sizes = arguments.packet_bytes or [65000, 1472]
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv), flush=True)
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
 
     print("codec, in process (median of 3):")
     for size in sizes:
@@ -163,6 +165,7 @@ def main() -> int:
             f"  {ticks_per_packet(size):>5} ticks/packet median: {median / 1e6:.2f}M ticks/s published and "
             f"decoded; ticks lost without detection, per run: {[undetected(r) for r in runs]} (goal 10M/s, 0)"
         )
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
 

@@ -15,6 +15,7 @@ timeout), at least 98% of the offered rate achieved, p99 under --sustain-p99-ms.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import statistics
 import subprocess
@@ -59,6 +60,7 @@ def main() -> int:
     parser.add_argument("--skip-ramp", action="store_true")
     arguments = parser.parse_args()
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv), flush=True)
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
 
     with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as scratch:
         stack = Stack(HOST, Path(scratch), SETTINGS)
@@ -137,6 +139,7 @@ def main() -> int:
             stack.stop()
             echo.terminate()
             echo.wait(10)
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
 

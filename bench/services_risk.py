@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import shlex
 import statistics
 import sys
@@ -101,6 +102,7 @@ def main() -> int:
     arguments = parser.parse_args()
     batches = arguments.batch or [64, 1024, 8192]
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv), flush=True)
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
     gc.freeze()
 
     percentiles, single_rates, batch_rates = [], [], {b: [] for b in batches}
@@ -132,6 +134,7 @@ def main() -> int:
     for batch in batches:
         rate = statistics.median(batch_rates[batch])
         print(f"  batched x{batch}: {rate_text(rate)} = {rate / single_median:.1f}x single (goal 1M/s)")
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
 

@@ -128,7 +128,7 @@ class ExecutionService(Service):
                 )
                 self.unacked.append(fill)
                 if self.position is not None:
-                    self.position.send(fill)
+                    self.position.send_later(fill)
 
     def on_fill_ack(self, connection: Connection, ack: FillAck) -> None:
         if ack.source != self.source:

@@ -46,6 +46,7 @@ from tradeplane_services.protocol import (
     price_units,
     symbol_bytes,
 )
+from tradeplane_services.runtime import quiet_garbage_collector
 
 NEW_ORDER = layout_of(NewOrder)
 REPORT = layout_of(ExecutionReport)
@@ -141,6 +142,7 @@ def run_load(
     so that trade reports still under way are counted too.
     """
     lower_timer_slack()
+    quiet_garbage_collector()
     plan = plan or default_plan()
     total = int(rate * seconds)
     result = LoadResult(str(target), rate, seconds)

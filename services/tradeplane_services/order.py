@@ -312,9 +312,23 @@ class OrderManager:
             order.status = FILLED if done else PARTIALLY_FILLED
             self.to_risk(RiskUpdate(order.order_id, message.last_quantity, message.last_price, int(done)))
             if order.session is not None:
-                report = self._execution_report(order, E_TRADE)
-                report = report._replace(last_quantity=message.last_quantity, last_price=message.last_price)
-                self.report(order.session, report)
+                self.report(
+                    order.session,
+                    ExecutionReport(
+                        order.client_order_id,
+                        order.order_id,
+                        E_TRADE,
+                        order.status,
+                        0,
+                        order.symbol,
+                        order.side,
+                        message.last_quantity,
+                        message.last_price,
+                        order.filled,
+                        order.quantity - order.filled,
+                        order.price,
+                    ),
+                )
             if done:
                 self._retire(order)
         elif exec_type == E_CANCELED:
@@ -486,7 +500,7 @@ class OrderService(Service):
         )
         self.manager = OrderManager(
             self.report,
-            self.risk.send,
+            self.to_risk,
             self.execution.send,
             self.metrics,
             settings.riskTimeoutMillis * 1_000_000,
@@ -524,6 +538,12 @@ class OrderService(Service):
     @staticmethod
     def report(session: Session, report: ExecutionReport) -> None:
         session.connection.send(report)
+
+    def to_risk(self, message: RiskCheck | RiskUpdate) -> bool:
+        # A check holds an order up; an exposure update can share the next write.
+        if type(message) is RiskUpdate:
+            return self.risk.send_later(message)
+        return self.risk.send(message)
 
     def on_new_order(self, connection: Connection, message: NewOrder) -> None:
         self.inject_latency()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ LATENCY_BUCKETS_SECONDS = tuple(
     )
 )
 MAX_OUTBOUND_BUFFER = 64 * 1024 * 1024
+DEFERRED_FLUSH_SECONDS = 0.001
 
 log = logging.getLogger("tradeplane")
 
@@ -138,6 +140,15 @@ class RequestMetrics(Collector):
         yield requests
 
 
+def quiet_garbage_collector() -> None:
+    """Keep the cyclic collector out of the request path: what exists at startup is frozen out of its
+    scans, and collections come every 100k allocations instead of every 700. The services' hot objects
+    (orders, bookings, frames) hold no reference cycles, so little is left for it to find anyway."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
 def spin_for(micros: int) -> None:
     """Busy-wait: sleeping cannot add a few microseconds precisely, spinning can."""
     deadline = time.perf_counter_ns() + micros * 1000
@@ -158,6 +169,8 @@ class Connection(asyncio.Protocol):
         self.sequence = 0
         self.session: Any = None  # the owner's per-connection state
         self._outbox: list[bytes] = []
+        self._flush_soon = False  # a flush is queued for the end of this loop iteration
+        self._flush_later = False  # a flush is queued DEFERRED_FLUSH_SECONDS from now
         self._loop = asyncio.get_running_loop()
         self.closed = asyncio.Event()
 
@@ -211,15 +224,27 @@ class Connection(asyncio.Protocol):
             self.close()
 
     def send(self, message: Any) -> None:
+        """Send at the end of this loop iteration, together with everything else queued by then."""
         self.sequence += 1
         self.send_raw(encode(message, self.sequence))
 
     def send_raw(self, frame: bytes) -> None:
-        if not self._outbox:
+        if not self._flush_soon:
+            self._flush_soon = True
             self._loop.call_soon(self.flush)
         self._outbox.append(frame)
 
+    def send_later(self, message: Any) -> None:
+        """Not latency-critical (a fill for the books, an exposure update): leaves with the next urgent
+        write or within DEFERRED_FLUSH_SECONDS, so bursts share a write and a wakeup of the peer."""
+        self.sequence += 1
+        self._outbox.append(encode(message, self.sequence))
+        if not self._flush_soon and not self._flush_later:
+            self._flush_later = True
+            self._loop.call_later(DEFERRED_FLUSH_SECONDS, self.flush)
+
     def flush(self) -> None:
+        self._flush_soon = self._flush_later = False
         if not self._outbox:
             return
         data = b"".join(self._outbox)
@@ -339,6 +364,13 @@ class PeerLink(ConnectionOwner):
         if connection is None or not connection.connected:
             return False
         connection.send(message)
+        return True
+
+    def send_later(self, message: Any) -> bool:
+        connection = self.connection
+        if connection is None or not connection.connected:
+            return False
+        connection.send_later(message)
         return True
 
     async def stop(self) -> None:
@@ -548,6 +580,7 @@ async def serve_service(service: Service, started: Callable[[], None] | None = N
         service.accept, environment.bind, environment.port, reuse_address=True, backlog=1024
     )
     watch_task = loop.create_task(watcher.watch())
+    quiet_garbage_collector()
     log.info(
         "listening",
         extra=fields(wire=f"{environment.bind}:{environment.port}", metrics=environment.metrics_port),
