@@ -84,7 +84,8 @@ class _Authorization(httpx.Auth):
         self.configuration = configuration
 
     def auth_flow(self, request: httpx.Request) -> Any:
-        token = self.configuration.get_api_key_with_prefix("authorization")
+        # The kubernetes package files kubeconfig and in-cluster tokens under "BearerToken".
+        token = self.configuration.get_api_key_with_prefix("BearerToken")
         if token:
             request.headers["Authorization"] = token
         yield request
