@@ -21,6 +21,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,8 @@ class Publisher:
             return [self.snapshot_frame()]
         last = min(request.last_sequence, self.sequence)
         base = self.first_retained
-        return [self.retained[sequence - base] for sequence in range(request.first_sequence, last + 1)]
+        # One pass over the deque (indexing a deque in the middle walks it every time).
+        return list(islice(self.retained, request.first_sequence - base, last - base + 1))
 
     def _send(self, frame: bytes) -> None:
         self.last_send_ns = time.perf_counter_ns()

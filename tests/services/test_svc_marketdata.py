@@ -6,6 +6,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from tradeplane_services.marketdata import MarketDataSubscriber
-from tradeplane_services.protocol import HEADER, HEADER_SIZE
+from tradeplane_services.protocol import HEADER, HEADER_SIZE, TICK_DTYPE
 from tradeplane_services.runtime import RequestMetrics
 from tradeplane_services.stack import Stack, multicast_group_for
 
@@ -62,8 +63,10 @@ def _run_feed(stack: Stack, subscriber: Recorder, seconds: float) -> dict[str, A
     async def scenario() -> dict[str, Any]:
         await subscriber.start()
         stack.start(("market-data",))
+        await _until(lambda: stack.ready("market-data"), 30, "market-data to start")
         await asyncio.sleep(seconds)
-        (stack.workdir / "market-data.yaml").write_text(yaml.safe_dump({"ticksPerSecond": 0}))
+        stopped = {**stack.settings["market-data"], "ticksPerSecond": 0}
+        (stack.workdir / "market-data.yaml").write_text(yaml.safe_dump(stopped))
         await _until(
             lambda: stack.status("market-data")["ticksPublished"] == _published_twice(stack), 5, "feed stop"
         )
@@ -145,3 +148,20 @@ def test_garbage_datagrams_are_counted_and_ignored(make_stack: StackFactory) -> 
     malformed, gaps = asyncio.run(scenario())
     assert malformed == 4
     assert gaps == 0
+
+
+def test_a_replay_file_is_published_as_recorded(make_stack: StackFactory, tmp_path: Path) -> None:
+    recorded = np.zeros(50, dtype=TICK_DTYPE)
+    recorded["symbol"] = [b"AAPL", b"MSFT"] * 25
+    recorded["last_price"] = np.arange(1, 51) * 10_000
+    replay_file = tmp_path / "ticks.bin"
+    recorded.tofile(replay_file)
+    stack = make_stack(
+        {"market-data": {"ticksPerSecond": 5_000, "replayFile": str(replay_file)}}, components=()
+    )
+    subscriber = Recorder(stack, group=True)
+    _run_feed(stack, subscriber, 0.5)
+    delivered = np.concatenate(subscriber.ticks)
+    assert len(delivered) > 100
+    assert np.array_equal(delivered[:50], recorded), "the file's ticks, in the file's order"
+    assert np.array_equal(delivered[50:100], recorded), "and round again"

@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from support import wait_for
 from tradeplane_services.client import OrderSession, WireClient, positions, set_kill_switch
+from tradeplane_services.loadgen import run_load
 from tradeplane_services.protocol import (
     HEADER,
     PROTOCOL_VERSION,
@@ -292,3 +295,55 @@ def test_a_bad_config_file_stops_the_service_with_the_key_named(tmp_path: Any) -
     )
     assert result.returncode == 2
     assert "maxOrderQuantity" in result.stderr and "colar" in result.stderr
+
+
+@settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck))
+@given(garbage=st.lists(st.binary(min_size=1, max_size=120), min_size=150, max_size=150))
+def test_every_service_survives_random_bytes(make_stack: StackFactory, garbage: list[bytes]) -> None:
+    stack = make_stack()
+    for component in ("order", "risk", "market-data", "execution", "position"):
+        with socket.create_connection((stack.host, stack.address(component).port), timeout=5) as sock:
+            for chunk in garbage:
+                try:
+                    sock.sendall(chunk)
+                except OSError:
+                    break  # a length that cannot be trusted closes the connection: that is the answer
+        assert http(stack, component, "/healthz")[0] == 200, f"{component} died of random bytes"
+    with OrderSession(stack.address("order")) as session:
+        assert (
+            session.report_for(session.new_order(Side.BUY, "META", 3, price_units(500))).exec_type
+            == ExecType.NEW
+        )
+    assert len(positions(stack.address("position"))) >= 0
+    assert all(process.poll() is None for process in stack.processes.values())
+
+
+def test_the_client_demo_and_the_load_generator_run_against_the_stack(stack: Stack) -> None:
+    import subprocess
+    import sys
+
+    demo = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tradeplane_services",
+            "client",
+            "--order",
+            str(stack.address("order")),
+            "--position",
+            str(stack.address("position")),
+            "demo",
+            "--orders",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stdout.count("TRADE") == 4 and "positions:" in demo.stdout
+    result = run_load(stack.address("order"), rate=2000, seconds=1.0, warmup=0.2, settle_seconds=0.5)
+    assert (result.sent, result.answered, result.unanswered) == (2000, 2000, 0)
+    assert result.trades == 2000 and not result.rejects
+    assert sum(result.net_fills.values()) == 0, "every buy met a sell"
+    assert result.percentiles_us["p50"] > 0 and result.measured == 1600
