@@ -30,6 +30,7 @@ from tradeplane.api import SLO, Analysis, AnalysisResult, Verdict, now_iso, pars
 
 LATENCY_METRIC = "tradeplane_request_duration_seconds"
 REQUESTS_METRIC = "tradeplane_requests_total"
+PROCESS_START_METRIC = "process_start_time_seconds"
 ERROR_OUTCOME = "error"
 QUANTILE = 0.99
 PLACEHOLDERS = ("service", "namespace", "revision", "window")
@@ -171,10 +172,12 @@ class PrometheusProvider:
 
 @dataclass(frozen=True)
 class Counts:
-    """Cumulative counters of one revision in one scrape."""
+    """Cumulative counters of one revision in one scrape, and when the process counting them started."""
 
     buckets: dict[float, float]
     requests: dict[str, float]
+    started: float | None = None
+    """process_start_time_seconds when the page has it: the counters were zero then."""
 
     @property
     def samples(self) -> float:
@@ -209,9 +212,13 @@ def parse_counts(text: str, service: str, revision: str) -> Counts:
     """The latency histogram and request counters of one service revision in a /metrics page."""
     buckets: dict[float, float] = {}
     requests: dict[str, float] = {}
+    started = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
+            if sample.name == PROCESS_START_METRIC:
+                started = sample.value
+                continue
             if labels.get("service") != service or labels.get("revision") != revision:
                 continue
             if sample.name == f"{LATENCY_METRIC}_bucket":
@@ -220,19 +227,27 @@ def parse_counts(text: str, service: str, revision: str) -> Counts:
             elif sample.name == REQUESTS_METRIC:
                 outcome = labels.get("outcome", "")
                 requests[outcome] = requests.get(outcome, 0.0) + sample.value
-    return Counts(buckets, requests)
+    return Counts(buckets, requests, started)
 
 
 class ScrapeProvider:
     """Figures straight from the pods' /metrics: bucket deltas between now and a scrape a window ago.
 
-    It keeps each pod's scrapes of the last window in memory. After an operator restart the first
-    interval has nothing to subtract from and is Inconclusive, which is safe: it never passes.
+    It keeps each pod's scrapes of the last window in memory. A pod seen for the first time has nothing
+    to subtract from, unless its page says (process_start_time_seconds) that its process started inside
+    the window: then its counters started at zero inside the window, and all of them count. Otherwise
+    that interval is Inconclusive, which is safe: it never passes (after an operator restart, say).
     """
 
-    def __init__(self, timeout: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        timeout: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.timeout = timeout
         self.clock = clock
+        self.wall_clock = wall_clock
         self._histories: dict[tuple[str, str, str, str], deque[tuple[float, Counts]]] = {}
 
     async def measure(self, target: Target, window: str) -> Measurement:
@@ -282,7 +297,12 @@ class ScrapeProvider:
         scrapes = self._histories.setdefault(key, deque())
         while len(scrapes) > 1 and scrapes[1][0] <= now - span:
             scrapes.popleft()
-        baseline = scrapes[0][1] if scrapes else counts
+        if scrapes:
+            baseline = scrapes[0][1]
+        elif counts.started is not None and counts.started >= self.wall_clock() - span:
+            baseline = Counts({}, {})
+        else:
+            baseline = counts
         scrapes.append((now, counts))
         return counts.minus(baseline)
 

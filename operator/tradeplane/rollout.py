@@ -432,7 +432,11 @@ class _Machine:
             status=state,
             reason=reason,
             message=message,
-            lastTransitionTime=previous.lastTransitionTime if unchanged and previous else now_iso(self.now),
+            lastTransitionTime=(
+                previous.lastTransitionTime
+                if unchanged and previous
+                else now_iso(self.now.replace(microsecond=0))  # seconds, as Kubernetes stamps conditions
+            ),
         )
         self.status.conditions = [c for c in conditions if c.type != "Progressing"] + [condition]
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from tradeplane.analysis import LATENCY_METRIC, REQUESTS_METRIC
 
@@ -40,8 +40,13 @@ class LatencyServer:
 
 
 @contextmanager
-def latency_server(service: str, revision: str, address: str = "127.0.0.1") -> Iterator[LatencyServer]:
+def latency_server(
+    service: str, revision: str, address: str = "127.0.0.1", started: float | None = None
+) -> Iterator[LatencyServer]:
+    """`started`: the process start time the page reports (process_start_time_seconds), if any."""
     registry = CollectorRegistry()
+    if started is not None:
+        Gauge("process_start_time_seconds", "Process start", registry=registry).set(started)
     latency = Histogram(
         LATENCY_METRIC,
         "Request latency",

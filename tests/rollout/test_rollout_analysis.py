@@ -6,6 +6,7 @@ import asyncio
 import math
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -150,6 +151,24 @@ def test_scrape_provider_measures_bucket_deltas_over_the_window() -> None:
         slow = asyncio.run(provider.measure(target, "30s"))
         assert slow.samples == 300 and slow.errors == 0
         assert slow.p99_seconds is not None and 2e-3 < slow.p99_seconds <= 5e-3
+
+
+def test_a_process_started_inside_the_window_counts_from_zero() -> None:
+    with latency_server("order", "rev1", started=time.time() - 5) as server:
+        server.observe(30e-6, count=250)
+        measured = asyncio.run(
+            ScrapeProvider().measure(Target("t", "order", "rev1", (server.endpoint,)), "30s")
+        )
+    assert measured.samples == 250
+
+
+def test_a_process_older_than_the_window_needs_a_first_scrape() -> None:
+    with latency_server("order", "rev1", started=time.time() - 3600) as server:
+        server.observe(30e-6, count=250)
+        measured = asyncio.run(
+            ScrapeProvider().measure(Target("t", "order", "rev1", (server.endpoint,)), "30s")
+        )
+    assert measured.samples == 0
 
 
 def test_scrape_provider_sums_the_revision_pods() -> None:
