@@ -24,7 +24,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import uvloop
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -394,6 +394,8 @@ class Service(ConnectionOwner):
         self.environment = environment
         self.settings = settings
         self.registry = CollectorRegistry()
+        # process_start_time_seconds among them: a canary analysis counts a young process from zero.
+        ProcessCollector(registry=self.registry)
         self.metrics = RequestMetrics(self.registry, self.name, environment.revision)
         self.handlers = {}
         self.sessions: set[Connection] = set()
