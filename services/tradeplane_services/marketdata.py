@@ -51,6 +51,7 @@ from tradeplane_services.runtime import (
 )
 
 SNAPSHOT_REQUEST = ReplayRequest(0, 0)
+PACKETS_PER_ROUND = 64
 SNAPSHOT_LIMIT = (0xFFFF - BATCH_PREFIX) // TICK_DTYPE.itemsize  # a snapshot travels over TCP: one frame
 TickHandler = Callable[[np.ndarray[Any, Any]], None]
 
@@ -228,13 +229,14 @@ class MarketDataService(Service):
             if settings.ticksPerSecond != rate:
                 started, due_total, rate = now, 0, settings.ticksPerSecond
             due = int((now - started) * rate) - due_total
-            if due > rate // 20 + publisher.per_packet:
+            most = publisher.per_packet * PACKETS_PER_ROUND
+            if due > rate // 20 + most:
                 # More than 50 ms behind: the feed cannot go this fast here; skip rather than stall.
-                publisher.ticks_skipped += due - rate // 100
-                due_total += due - rate // 100
-                due = rate // 100
+                publisher.ticks_skipped += due - most
+                due_total += due - most
+                due = most
             if due >= publisher.per_packet or (due > 0 and now - sent_at >= settings.batchMillis / 1000):
-                due = min(due, max(publisher.per_packet, rate // 100))  # at most 10 ms of ticks a round
+                due = min(due, most)  # a bounded round keeps the loop answering replays and /status
                 self.inject_latency()
                 publisher.publish(self.feed.take(due, time.time_ns()))
                 due_total += due

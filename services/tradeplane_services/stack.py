@@ -127,7 +127,7 @@ class Stack:
                 time.sleep(0.05)
 
     def status(self, component: str) -> dict[str, Any]:
-        with urllib.request.urlopen(self.metrics_url(component, "/status"), timeout=2) as response:
+        with urllib.request.urlopen(self.metrics_url(component, "/status"), timeout=10) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
 
     def log_tail(self, component: str, lines: int = 30) -> str:
