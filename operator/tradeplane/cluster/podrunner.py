@@ -128,9 +128,15 @@ class PodRunner:
         if not command or shutil.which(command[0], path=_local_path()) is None:
             self.skipped[pod.metadata.uid] = f"{pod.metadata.name}: {command[:1]} is not a local command"
             return
+        try:
+            config_maps = _config_maps(self.api, self.namespace, pod)
+        except client.ApiException as error:
+            if error.status == 404:
+                return  # as a kubelet does: the container waits for its ConfigMap, tried again next sync
+            raise
         workdir = Path(tempfile.mkdtemp(prefix=f"pod-{pod.metadata.name}-"))
         mounts: dict[str, Path] = {}
-        for index, (mount_path, files) in enumerate(_config_maps(self.api, self.namespace, pod).items()):
+        for index, (mount_path, files) in enumerate(config_maps.items()):
             local = workdir / f"volume-{index}"
             local.mkdir()
             for file_name, text in files.items():
