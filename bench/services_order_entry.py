@@ -4,9 +4,10 @@ Starts the five services and the echo server (`tradeplane-svc echo`: the same lo
 asyncio protocol, no work) on a loopback address of their own, then alternates runs at the same offered
 rate against each: latency from each order's intended send time to its acknowledgement, HdrHistogram.
 Prints every run, the medians, and the ratio order p99 / echo p99 (goal <= 3 at 10k/s; 1k/s shows the
-unsaturated path). Then steps the offered rate
-up to find the highest rate the stack sustains: every order acknowledged (none refused, e.g. for a risk
-timeout), at least 98% of the offered rate achieved, p99 under --sustain-p99-ms.
+unsaturated path). Then steps the offered rate up to find the highest rate the stack sustains: every
+order acknowledged (none refused, e.g. for a risk timeout), at least 98% of the offered rate achieved, and
+the median latency under --sustain-p50-ms. The median, not p99: past saturation the queue grows and the
+median with it, while a single scheduling stall of a shared machine moves p99 but not the median.
 
     python bench/services_order_entry.py                      # 1k/s and 10k/s, 3 runs of 5 s each
     python bench/services_order_entry.py --rate 10000 --runs 5 --seconds 10
@@ -88,7 +89,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--ramp-seconds", type=float, default=3.0)
-    parser.add_argument("--sustain-p99-ms", type=float, default=10.0)
+    parser.add_argument("--sustain-p50-ms", type=float, default=5.0)
     parser.add_argument("--skip-ramp", action="store_true")
     arguments = parser.parse_args()
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv), flush=True)
@@ -111,7 +112,7 @@ def main() -> int:
             if not arguments.skip_ramp:
                 print(
                     f"highest sustained rate ({arguments.ramp_seconds:.0f} s steps, "
-                    f"p99 < {arguments.sustain_p99_ms} ms, >= 98% achieved, all answered):"
+                    f"p50 < {arguments.sustain_p50_ms} ms, >= 98% achieved, all acknowledged):"
                 )
                 sustained = 0
                 for rate in RAMP:
@@ -127,7 +128,7 @@ def main() -> int:
                         result.unanswered == 0
                         and not result.rejects
                         and result.achieved_rate >= 0.98 * rate
-                        and result.percentiles_us["p99"] < arguments.sustain_p99_ms * 1000
+                        and result.percentiles_us["p50"] < arguments.sustain_p50_ms * 1000
                     )
                     print(
                         describe("order", result) + ("  sustained" if ok else "  NOT sustained"), flush=True
