@@ -230,8 +230,18 @@ class Controller:
                 [f"{pod.ip}:{view.spec.metricsPort}" for pod in view.ready_pods(stable)],
                 now,
             )
+        route = None
+        if view.spec is not None and view.spec.rollout.httpRoute is not None:
+            route = await self.kube.get(
+                ROUTE_API, "HTTPRoute", view.owner.namespace, view.spec.rollout.httpRoute.name
+            )
         decision = decide(
-            view, now=now, pool=pool, monitoring=await self._monitoring_served(), analysis=analysis
+            view,
+            now=now,
+            pool=pool,
+            monitoring=await self._monitoring_served(),
+            analysis=analysis,
+            route=route,
         )
         again = await self._execute(view, body, decision)
         RECONCILE_SECONDS.observe(time.perf_counter() - started)
