@@ -1,9 +1,7 @@
 """A real Prometheus (Debian's `prometheus` binary) on loopback, with a generated configuration.
 
 `run_prometheus` starts it with the given scrape configs and a 1 s scrape interval, waits until it is
-ready, and stops it afterwards. `pod_scrape_config` discovers the pods of a namespace through the
-Kubernetes API (kubernetes_sd_configs, role pod) as a cluster's Prometheus would, keeping the containers'
-`metrics` ports and labelling the series with namespace and pod.
+ready, and stops it afterwards. `PodDiscovery` finds a namespace's pods through the API server for it.
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -19,11 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client, config
 
 SCRAPE_INTERVAL = "1s"
 
@@ -65,23 +66,64 @@ def static_scrape_config(job: str, endpoints: list[str]) -> dict[str, Any]:
     return {"job_name": job, "static_configs": [{"targets": endpoints}]}
 
 
-def pod_scrape_config(kubeconfig: Path, namespace: str) -> dict[str, Any]:
-    return {
-        "job_name": f"pods-{namespace}",
-        "kubernetes_sd_configs": [
-            {"role": "pod", "kubeconfig_file": str(kubeconfig), "namespaces": {"names": [namespace]}}
-        ],
-        "relabel_configs": [
-            {
-                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                "regex": "metrics",
-                "action": "keep",
-            },
-            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running", "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-        ],
-    }
+class PodDiscovery:
+    """Prometheus HTTP service discovery of a namespace's pods, read from the API server per request.
+
+    Debian builds Prometheus without its Kubernetes discovery, so this answers what `kubernetes_sd_configs`
+    (role pod, keeping the containers' `metrics` ports) would: one target per Running pod at its pod IP,
+    labelled with namespace and pod.
+    """
+
+    def __init__(self, kubeconfig: Path, namespace: str) -> None:
+        api_client = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+        self.api = client.CoreV1Api(api_client)
+        self.namespace = namespace
+        discovery = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps(discovery.target_groups()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/targets"
+
+    def target_groups(self) -> list[dict[str, Any]]:
+        groups = []
+        for pod in self.api.list_namespaced_pod(self.namespace).items:
+            if pod.status.phase != "Running" or not pod.status.pod_ip:
+                continue
+            for container in pod.spec.containers:
+                for port in container.ports or []:
+                    if port.name == "metrics":
+                        groups.append(
+                            {
+                                "targets": [f"{pod.status.pod_ip}:{port.container_port}"],
+                                "labels": {"namespace": self.namespace, "pod": pod.metadata.name},
+                            }
+                        )
+        return groups
+
+    def __enter__(self) -> PodDiscovery:
+        threading.Thread(target=self.server.serve_forever, name="pod-discovery", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def scrape_config(self) -> dict[str, Any]:
+        return {
+            "job_name": f"pods-{self.namespace}",
+            "http_sd_configs": [{"url": self.url, "refresh_interval": SCRAPE_INTERVAL}],
+        }
 
 
 @contextmanager

@@ -1,0 +1,121 @@
+"""End-to-end fixtures: the operator as a process, a real Prometheus discovering the namespace's pods."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from e2e.prometheus import PodDiscovery, Prometheus, free_port, run_prometheus
+from rollout.conftest import tradingservice_crd  # noqa: F401  (a shared fixture)
+
+from support import Kubectl, wait_for
+
+
+@dataclass(frozen=True)
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    metrics_url: str
+    log: Path
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """A sample of the operator's own metrics, None when absent."""
+        with urllib.request.urlopen(self.metrics_url, timeout=2) as response:
+            text = response.read().decode()
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
+        for line in text.splitlines():
+            if line.startswith(name + "{") and all(label in line for label in wanted):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+
+def _metrics_up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def operator_process(
+    kube_env: Path, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[OperatorProcess]:
+    """`tradeplane operator run` watching the test's namespace, stopped (SIGTERM) after the test."""
+    request.getfixturevalue("tradingservice_crd")
+    port = free_port()
+    log = tmp_path / "operator.log"
+    environment = {**os.environ, "KUBECONFIG": str(kube_env)}
+    command = [
+        sys.executable,
+        "-m",
+        "tradeplane.cli",
+        "operator",
+        "run",
+        "-n",
+        namespace,
+        "--metrics-port",
+        str(port),
+    ]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
+    operator = OperatorProcess(process, f"http://127.0.0.1:{port}/metrics", log)
+    try:
+        wait_for(
+            lambda: _metrics_up(operator.metrics_url), timeout=30, what="the operator's metrics endpoint"
+        )
+        yield operator
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def prometheus(kube_env: Path, namespace: str, tmp_path: Path) -> Iterator[Prometheus]:
+    """A real Prometheus discovering the namespace's pods through the API server, scraping every second."""
+    with (
+        PodDiscovery(kube_env, namespace) as discovery,
+        run_prometheus(tmp_path / "prometheus", [discovery.scrape_config()]) as server,
+    ):
+        yield server
+
+
+GATEWAY_API = "sigs.k8s.io/gateway-api@v1.2.1"
+
+
+@pytest.fixture(scope="session")
+def gateway_api_crds(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The Gateway API's HTTPRoute CRD (standard channel), from its Go module, installed on the cluster."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail(
+            "go is not installed: the local control plane and the Gateway API CRDs come from Go modules"
+        )
+    download = subprocess.run(
+        [go, "mod", "download", "-json", GATEWAY_API],
+        cwd=tmp_path_factory.mktemp("gateway-api"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    crd = (
+        Path(json.loads(download.stdout)["Dir"])
+        / "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml"
+    )
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", "crd/httproutes.gateway.networking.k8s.io"
+    )
+    return "httproutes.gateway.networking.k8s.io"

@@ -1,0 +1,89 @@
+"""The risk service as a TradingService under test: its manifest, its status as it moves, its pods."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from e2e.traffic import RiskTraffic
+
+from support import Kubectl, get_json, wait_for
+from tradeplane.api import BUNDLED_PORTS
+
+NAME = "risk"
+SLO_MICROS = 10_000  # loose: the whole control plane shares two cores with these services
+SLOW_MICROS = 20_000
+STEPS = [{"weight": 25, "pause": "2s"}, {"weight": 50, "pause": "2s"}]
+ANALYSIS = {"interval": "1s", "window": "5s", "minSamples": 50}
+
+
+def manifest(namespace: str, config: dict[str, Any], rollout: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "tradeplane.io/v1alpha1",
+        "kind": "TradingService",
+        "metadata": {"name": NAME, "namespace": namespace},
+        "spec": {
+            "component": "risk",
+            "image": "registry.example/tradeplane-services:0.1.0",
+            "replicas": 2,
+            "resources": {"cpus": 1, "memory": "256Mi"},
+            "config": config,
+            "slo": {"p99LatencyMicros": SLO_MICROS, "maxErrorRate": 0.01},
+            "rollout": {"steps": STEPS, **rollout},
+        },
+    }
+
+
+@dataclass
+class Rollout:
+    """One TradingService; every status read is kept, so a test can check what it went through."""
+
+    kubectl: Kubectl
+    namespace: str
+    rollout: dict[str, Any]
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def apply(self, config: dict[str, Any], **analysis: Any) -> None:
+        rollout = {**self.rollout, "analysis": {**ANALYSIS, **self.rollout.get("analysis", {}), **analysis}}
+        document = yaml.safe_dump(manifest(self.namespace, config, rollout))
+        self.kubectl("apply", "-f", "-", input=document)
+
+    def status(self) -> dict[str, Any]:
+        found = get_json(self.kubectl, "tradingservice", NAME, "-n", self.namespace)
+        status: dict[str, Any] = found.get("status") or {}  # type: ignore[assignment]
+        if not self.seen or self.seen[-1] != status:
+            self.seen.append(status)
+        return status
+
+    def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
+        try:
+            wait_for(lambda: predicate(self.status()), timeout=timeout, interval=0.2, what=what)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; last status: {json.dumps(self.seen[-1:], indent=1)}") from None
+        return self.seen[-1]
+
+    def wait_ready(self, revision: str | None = None, timeout: float = 60) -> dict[str, Any]:
+        def ready(status: dict[str, Any]) -> bool:
+            stable = status.get("stableRevision")
+            return status.get("phase") == "Ready" and bool(stable) and revision in (None, stable)
+
+        return self.wait(ready, timeout, f"revision {revision or 'one'} Ready")
+
+    def pods(self) -> list[dict[str, Any]]:
+        found = get_json(self.kubectl, "pods", "-n", self.namespace, "-l", f"app.kubernetes.io/name={NAME}")
+        items: list[dict[str, Any]] = found["items"]  # type: ignore[assignment]
+        return [pod for pod in items if not pod["metadata"].get("deletionTimestamp")]
+
+    def warning_reasons(self) -> list[str]:
+        """Warnings the operator posted about the TradingService."""
+        found = get_json(self.kubectl, "events", "-n", self.namespace, "--field-selector", "type=Warning")
+        items: list[dict[str, Any]] = found["items"]  # type: ignore[assignment]
+        return [event["reason"] for event in items if event["involvedObject"]["kind"] == "TradingService"]
+
+
+def traffic(kubeconfig: Path, namespace: str) -> RiskTraffic:
+    return RiskTraffic(kubeconfig, namespace, NAME, BUNDLED_PORTS["risk"], rate=100)
