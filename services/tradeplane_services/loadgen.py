@@ -68,9 +68,11 @@ class OrderPlan:
     symbols: tuple[bytes, ...]
     prices: tuple[int, ...]
     accounts: int = 100
+    crossing: bool = True  # False: buys 1% under and sells 1% over the reference rest in the book
 
     def order(self, index: int) -> tuple[int, bytes, int, int, int]:
-        """(account, symbol, side, quantity, price). Pair j = index // 2 is a buy and a sell that cross."""
+        """(account, symbol, side, quantity, price). Pair j = index // 2 is a buy and a sell at the same
+        price (they trade) or, with crossing off, 2% apart (both rest)."""
         pair, sell = divmod(index, 2)
         symbols = len(self.symbols)
         symbol = pair % symbols
@@ -80,14 +82,18 @@ class OrderPlan:
         buyer = 1 + (pair // symbols) % self.accounts
         quantity = 1 + (pair // (symbols * self.accounts)) % 100
         account = buyer % self.accounts + 1 if sell else buyer
-        return account, self.symbols[symbol], 2 if sell else 1, quantity, self.prices[symbol]
+        price = self.prices[symbol]
+        if not self.crossing:
+            price += (price // 100 // 100 * 100) * (1 if sell else -1)  # 1%, whole cents
+        return account, self.symbols[symbol], 2 if sell else 1, quantity, price
 
 
-def default_plan(accounts: int = 100) -> OrderPlan:
+def default_plan(accounts: int = 100, crossing: bool = True) -> OrderPlan:
     return OrderPlan(
         tuple(symbol_bytes(s) for s in DEFAULT_SYMBOLS),
         tuple(price_units(p) for p in DEFAULT_SYMBOLS.values()),
         accounts,
+        crossing,
     )
 
 
@@ -309,6 +315,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="leading seconds left out of the figures")
     parser.add_argument("--accounts", type=int, default=100)
     parser.add_argument("--echo", action="store_true", help="the target is the echo server")
+    parser.add_argument("--passive", action="store_true", help="orders rest in the book instead of trading")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -319,7 +326,7 @@ def main(arguments: argparse.Namespace) -> int:
         arguments.rate,
         arguments.seconds,
         arguments.warmup,
-        default_plan(arguments.accounts),
+        default_plan(arguments.accounts, crossing=not arguments.passive),
         echo=arguments.echo,
     )
     summary = result.summary()
