@@ -10,7 +10,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -20,11 +20,41 @@ from rollout.conftest import tradingservice_crd  # noqa: F401  (a shared fixture
 from support import Kubectl, wait_for
 
 
-@dataclass(frozen=True)
+@dataclass
 class OperatorProcess:
-    process: subprocess.Popen[bytes]
-    metrics_url: str
+    """`tradeplane operator run` as a process watching one namespace; killable and restartable."""
+
+    kubeconfig: Path
+    namespace: str
     log: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "tradeplane.cli", "operator", "run", "-n", self.namespace]
+        environment = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [*command, "--metrics-port", str(self.port)],
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: _metrics_up(self.metrics_url), timeout=30, what="the operator's metrics endpoint")
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM and wait; SIGKILL (no chance to finish anything) when `kill`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def metric(self, name: str, **labels: str) -> float | None:
         """A sample of the operator's own metrics, None when absent."""
@@ -49,37 +79,14 @@ def _metrics_up(url: str) -> bool:
 def operator_process(
     kube_env: Path, namespace: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[OperatorProcess]:
-    """`tradeplane operator run` watching the test's namespace, stopped (SIGTERM) after the test."""
+    """The operator watching the test's namespace, stopped (SIGTERM) after the test."""
     request.getfixturevalue("tradingservice_crd")
-    port = free_port()
-    log = tmp_path / "operator.log"
-    environment = {**os.environ, "KUBECONFIG": str(kube_env)}
-    command = [
-        sys.executable,
-        "-m",
-        "tradeplane.cli",
-        "operator",
-        "run",
-        "-n",
-        namespace,
-        "--metrics-port",
-        str(port),
-    ]
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
-    operator = OperatorProcess(process, f"http://127.0.0.1:{port}/metrics", log)
+    operator = OperatorProcess(kube_env, namespace, tmp_path / "operator.log")
+    operator.start()
     try:
-        wait_for(
-            lambda: _metrics_up(operator.metrics_url), timeout=30, what="the operator's metrics endpoint"
-        )
         yield operator
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        operator.stop()
 
 
 @pytest.fixture

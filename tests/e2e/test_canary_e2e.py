@@ -117,3 +117,38 @@ def test_a_canary_without_traffic_stays_inconclusive_and_is_not_promoted(stable:
     assert status["lastAnalysis"]["verdict"] == "Inconclusive" and status["lastAnalysis"]["gate"] == "samples"
     assert status["inconclusiveIntervals"] >= 5
     assert not any(s.get("phase") == "Promoting" for s in stable.seen)
+
+
+def test_a_killed_operator_resumes_the_same_step(
+    kube_env: Path, kubectl: Kubectl, stable: Rollout, operator_process: OperatorProcess
+) -> None:
+    stable.rollout = {
+        **stable.rollout,
+        "steps": [{"weight": 25, "pause": "2s"}, {"weight": 50, "pause": "12s"}],
+    }
+    with traffic(kube_env, stable.namespace):
+        stable.apply({"maxOrderQuantity": 60_000})
+        before = stable.wait(
+            lambda s: s.get("step") == 2 and bool(s.get("stepStartedAt")), 60, "step 2 analysed"
+        )
+        canary = before["canaryRevision"]
+        deployment = get_json(kubectl, "deployment", f"{NAME}-canary", "-n", stable.namespace)
+        operator_process.stop(kill=True)
+        killed_at = len(stable.seen)
+        operator_process.start()
+        resumed = stable.wait(
+            lambda s: s.get("lastAnalysisAt", "") > before["lastAnalysisAt"] and s.get("step") == 2,
+            30,
+            "an analysis by the restarted operator at step 2",
+        )
+        same = get_json(kubectl, "deployment", f"{NAME}-canary", "-n", stable.namespace)
+        done = stable.wait(
+            lambda s: s.get("phase") == "Ready" and s.get("stableRevision") == canary,
+            60,
+            "the canary promoted",
+        )
+    # The same rollout went on: same canary, same step and step clock, same Deployment, no step 1 again.
+    assert (resumed["canaryRevision"], resumed["stepStartedAt"]) == (canary, before["stepStartedAt"])
+    assert same["metadata"]["uid"] == deployment["metadata"]["uid"]  # type: ignore[index]
+    assert all(s.get("step") in (2, None) for s in stable.seen[killed_at:])
+    assert done["lastAnalysis"]["verdict"] == "Pass"
