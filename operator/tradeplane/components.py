@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from tradeplane.api import BUNDLED_PORTS, Component, TradingServiceSpec
 
@@ -34,14 +34,15 @@ PEER_VARIABLES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class ComponentDefaults:
-    protocol: Literal["TCP", "UDP"] = "TCP"
     config: Mapping[str, Any] = field(default_factory=dict)
 
 
 BUNDLED: dict[str, ComponentDefaults] = {
     Component.ORDER: ComponentDefaults(config={"riskTimeoutMillis": 500}),
     Component.RISK: ComponentDefaults(config={"killSwitch": "ACTIVE"}),
-    Component.MARKET_DATA: ComponentDefaults(protocol="UDP", config={"ticksPerSecond": 10_000}),
+    # Subscriptions and replay requests are TCP on the wire port; the UDP feed itself goes to the multicast
+    # group or each subscriber's own port, so it needs no Service port.
+    Component.MARKET_DATA: ComponentDefaults(config={"ticksPerSecond": 10_000}),
     Component.EXECUTION: ComponentDefaults(config={"venue": "simulated"}),
     Component.POSITION: ComponentDefaults(config={"fsync": "always"}),
 }

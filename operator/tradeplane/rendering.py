@@ -169,7 +169,7 @@ def pod_template(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[
         "image": spec.image,
         "command": components.command(spec),
         "ports": [
-            {"name": "wire", "containerPort": spec.wire_port, "protocol": components.defaults(spec).protocol},
+            {"name": "wire", "containerPort": spec.wire_port, "protocol": "TCP"},
             {"name": "metrics", "containerPort": spec.metricsPort, "protocol": "TCP"},
         ],
         "env": components.environment(spec, owner.namespace, revision, owner.name),
@@ -248,7 +248,6 @@ def service(
 ) -> dict[str, Any]:
     """Service `<name>` (or `<name>-canary`); with a revision it selects that revision's pods only, as a
     Gateway API route split needs, else every pod of the service (the replica-ratio split)."""
-    protocol = components.defaults(spec).protocol
     pods = {**selector(owner), REVISION_LABEL: revision} if revision else selector(owner)
     return _stamped(
         {
@@ -258,7 +257,7 @@ def service(
             "spec": {
                 "selector": pods,
                 "ports": [
-                    {"name": "wire", "port": spec.wire_port, "targetPort": "wire", "protocol": protocol},
+                    {"name": "wire", "port": spec.wire_port, "targetPort": "wire", "protocol": "TCP"},
                     {"name": "metrics", "port": spec.metricsPort, "targetPort": "metrics", "protocol": "TCP"},
                 ],
             },

@@ -149,10 +149,11 @@ def test_config_merges_component_defaults_with_the_spec() -> None:
     assert config_map["metadata"]["name"] == "order-r1"
 
 
-def test_market_data_speaks_udp() -> None:
+def test_market_data_serves_subscriptions_over_tcp() -> None:
+    # Subscribers subscribe and ask for replays over TCP; the UDP feed needs no Service port.
     market_data = spec(component="market-data")
     ports = rendering.service(OWNER, market_data)["spec"]["ports"]
-    assert ports[0] == {"name": "wire", "port": 7003, "targetPort": "wire", "protocol": "UDP"}
+    assert ports[0] == {"name": "wire", "port": 7003, "targetPort": "wire", "protocol": "TCP"}
     assert ports[1]["protocol"] == "TCP"
 
 
