@@ -16,7 +16,7 @@ from e2e.conftest import OperatorProcess
 from e2e.prometheus import Prometheus
 from e2e.scenario import NAME, SLO_MICROS, SLOW_MICROS, Rollout, traffic
 
-from support import Kubectl, get_json
+from support import Kubectl, get_json, wait_for
 from tradeplane.cluster.podrunner import PodRunner
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
@@ -69,9 +69,8 @@ def test_a_good_canary_walks_every_step_and_its_pods_become_stable(kube_env: Pat
     assert len(canary_pods) == 2
     after = stable.pods()
     assert {pod["metadata"]["uid"] for pod in after} == canary_pods
-    assert stable.kubectl(
-        "get", "deployment", f"{NAME}-canary", "-n", stable.namespace, check=False
-    ).returncode
+    gone = ("get", "deployment", f"{NAME}-canary", "-n", stable.namespace)
+    wait_for(lambda: stable.kubectl(*gone, check=False).returncode, 10, what="the canary Deployment gone")
     assert stable.warning_reasons() == []
 
 

@@ -16,7 +16,7 @@ import yaml
 from e2e.conftest import OperatorProcess
 from e2e.scenario import NAME, SLOW_MICROS, Rollout, traffic
 
-from support import Kubectl, get_json
+from support import Kubectl, get_json, wait_for
 from tradeplane.api import BUNDLED_PORTS
 from tradeplane.cluster.podrunner import PodRunner
 from tradeplane.rendering import REVISION_LABEL
@@ -34,6 +34,9 @@ def weights(kubectl: Kubectl, namespace: str) -> dict[str, int]:
 
 
 def selected_revision(kubectl: Kubectl, namespace: str, service: str) -> str | None:
+    """The revision a Service selects; None when it selects every revision or does not exist."""
+    if kubectl("get", "service", service, "-n", namespace, check=False).returncode != 0:
+        return None
     found = get_json(kubectl, "service", service, "-n", namespace)
     selector: dict[str, str] = found["spec"]["selector"]  # type: ignore[index]
     return selector.get(REVISION_LABEL)
@@ -86,14 +89,19 @@ def test_route_weights_follow_the_steps_and_the_stable_service_follows_the_promo
     with traffic(kube_env, namespace):
         routed.apply({"maxOrderQuantity": 60_000})
         canary = routed.wait(lambda s: bool(s.get("canaryRevision")), 30, "a canary")["canaryRevision"]
-        assert selected_revision(kubectl, namespace, CANARY) == canary
+        # The status is recorded before the objects are applied: the canary Service follows it.
+        wait_for(
+            lambda: selected_revision(kubectl, namespace, CANARY) == canary, 10, what="the canary Service"
+        )
         done = routed.wait(note_weights, 90, "the canary promoted")
     assert {NAME: 75, CANARY: 25} in seen and {NAME: 50, CANARY: 50} in seen
     assert seen[-1] == {NAME: 100}
     assert done["stableRevision"] == canary
     # The stable Service now selects the promoted revision, whose pods were the canary's.
     assert selected_revision(kubectl, namespace, NAME) == canary
-    assert kubectl("get", "service", CANARY, "-n", namespace, check=False).returncode != 0
+    wait_for(
+        lambda: selected_revision(kubectl, namespace, CANARY) is None, 10, what="the canary Service gone"
+    )
     steps = [s for s in routed.seen if s.get("canaryRevision") == canary and s.get("step") == 1]
     assert any(s.get("actualWeight") == 25 for s in steps), "the actual weight is read back from the route"
 
