@@ -2,7 +2,8 @@
 behind the kwok pods, a real Prometheus discovering and scraping them, and steady traffic.
 
 A good canary walks every step and its pods become the stable ones; a canary with injected latency is
-rolled back on its own; a canary that gets no traffic stays Inconclusive and is never promoted.
+rolled back on its own; a canary that gets no traffic stays Inconclusive and is never promoted; a killed
+operator resumes the same step; `tradeplane abort` and `tradeplane promote` act at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from e2e.prometheus import Prometheus
 from e2e.scenario import NAME, SLO_MICROS, SLOW_MICROS, Rollout, traffic
 
 from support import Kubectl, get_json, wait_for
+from tradeplane.cli import main as tradeplane
 from tradeplane.cluster.podrunner import PodRunner
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
@@ -151,3 +153,34 @@ def test_a_killed_operator_resumes_the_same_step(
     assert same["metadata"]["uid"] == deployment["metadata"]["uid"]  # type: ignore[index]
     assert all(s.get("step") in (2, None) for s in stable.seen[killed_at:])
     assert done["lastAnalysis"]["verdict"] == "Pass"
+
+
+LONG_STEPS = [{"weight": 25, "pause": "1m"}, {"weight": 50, "pause": "1m"}]
+
+
+def test_abort_rolls_back_at_once_mid_analysis(kube_env: Path, stable: Rollout) -> None:
+    stable.rollout = {**stable.rollout, "steps": LONG_STEPS}
+    with traffic(kube_env, stable.namespace):
+        stable.apply({"maxOrderQuantity": 60_000})
+        analysed = stable.wait(lambda s: bool(s.get("lastAnalysis")), 30, "the canary analysed")
+        requested = time.monotonic()
+        assert tradeplane(["abort", NAME, "-n", stable.namespace]) == 0
+        rolled_back = stable.wait(lambda s: s.get("phase") == "RolledBack", 10, "the abort")
+        took = time.monotonic() - requested
+    assert took < 5, f"abort took {took:.1f} s"
+    assert rolled_back["failedRevision"] == analysed["canaryRevision"] and rolled_back["weight"] == 0
+    assert "aborted on request" in rolled_back["message"]
+    assert "Aborted" in stable.warning_reasons()
+
+
+def test_promote_skips_the_remaining_steps(kube_env: Path, stable: Rollout) -> None:
+    stable.rollout = {**stable.rollout, "steps": LONG_STEPS}
+    with traffic(kube_env, stable.namespace):
+        stable.apply({"maxOrderQuantity": 60_000})
+        canary = stable.wait(lambda s: s.get("step") == 1, 30, "the canary at step 1")["canaryRevision"]
+        assert tradeplane(["promote", NAME, "-n", stable.namespace]) == 0
+        done = stable.wait(
+            lambda s: s.get("phase") == "Ready" and s.get("stableRevision") == canary, 30, "the promotion"
+        )
+    assert not any(s.get("step") == 2 for s in stable.seen)
+    assert done.get("canaryRevision") is None
