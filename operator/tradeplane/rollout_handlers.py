@@ -116,6 +116,9 @@ def record(namespace: str, name: str, status: TradingServiceStatus, rollback_rea
     ROLLOUT_WEIGHT.labels(namespace, name).set(status.weight)
     ROLLOUT_ACTUAL_WEIGHT.labels(namespace, name).set(status.actualWeight)
     ROLLOUT_STEP.labels(namespace, name).set(status.step or 0)
+    # One series per service: the gate that decided the last analysis, not every gate ever seen.
+    ANALYSIS_VALUE.remove_by_labels({"namespace": namespace, "name": name})
+    ANALYSIS_THRESHOLD.remove_by_labels({"namespace": namespace, "name": name})
     last = status.lastAnalysis
     if last is not None and last.gate is not None:
         if last.value is not None:
