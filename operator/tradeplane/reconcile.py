@@ -217,6 +217,7 @@ def decide(
         if live_rules is None
         else rollout.route_canary_weight(live_rules, stable_service, canary_service),
         analysis=analysis,
+        generation=view.generation,
         promote=view.annotations.get(rollout.PROMOTE_ANNOTATION),
         abort=view.annotations.get(rollout.ABORT_ANNOTATION),
     )

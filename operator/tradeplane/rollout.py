@@ -73,10 +73,12 @@ class Observed:
     """The canary's weight on the HTTPRoute, None when no route is named or it is missing."""
     analysis: AnalysisResult | None = None
     """A verdict measured just now, when `analysis_due` said so."""
+    generation: int | None = None
+    """The resource's metadata.generation: a manual request holds for the spec it was made against."""
     promote: str | None = None
-    """The revision named by the promote annotation."""
+    """The promote annotation's value, a `request(revision, generation)`."""
     abort: str | None = None
-    """The revision named by the abort annotation."""
+    """The abort annotation's value, a `request(revision, generation)`."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,15 @@ class Plan:
     events: tuple[Event, ...] = ()
     rollback_reason: str | None = None
     """Set when this plan starts a rollback: the failing gate, inconclusive, abort or progressDeadline."""
+
+
+def request(revision: str, generation: int) -> str:
+    """The value of a promote or abort annotation: which canary, seen in which spec generation.
+
+    Bound to the generation, a request left on the resource never applies to a later attempt of the same
+    revision (a retry after a rollback needs a spec change, which bumps the generation).
+    """
+    return f"{revision}@{generation}"
 
 
 def spec_fingerprint(spec: TradingServiceSpec) -> str:
@@ -242,7 +253,7 @@ class _Machine:
         status, observed = self.status, self.observed
         steps = self.spec.rollout.steps
         status.step = min(max(status.step or 1, 1), len(steps))
-        if observed.abort == self.revision:
+        if self._requested(observed.abort):
             return self._roll_back("abort", f"canary {self.revision} aborted on request")
         if observed.canary_stalled:
             return self._roll_back(
@@ -255,7 +266,7 @@ class _Machine:
         if failure is not None:
             return failure
         freeze = self._freeze()
-        if status.phase == Phase.PROMOTING or (observed.promote == self.revision and freeze is None):
+        if status.phase == Phase.PROMOTING or (self._requested(observed.promote) and freeze is None):
             return self._promote(freeze)
         return self._walk_steps(freeze)
 
@@ -298,7 +309,7 @@ class _Machine:
         status.actualWeight = actual_weight(self.spec, observed)
         route_weight = weight if observed.canary_ready > 0 else 0
         where = f"step {status.step}/{len(steps)} ({weight}%)"
-        if observed.promote == self.revision and freeze is not None:
+        if self._requested(observed.promote) and freeze is not None:
             where += f", promotion requested but held by {freeze.description} until {now_iso(freeze.until)}"
         if self.spec.paused:
             status.phase = Phase.PAUSED
@@ -358,7 +369,7 @@ class _Machine:
         full = self.spec.replicas
         if status.phase != Phase.PROMOTING:
             status.phase = Phase.PROMOTING
-            how = "on request" if observed.promote == self.revision else "after the last step"
+            how = "on request" if self._requested(observed.promote) else "after the last step"
             self._note("Normal", "Promoting", f"canary {self.revision} promoted {how}")
         status.weight = 100
         status.actualWeight = actual_weight(self.spec, observed)
@@ -399,6 +410,10 @@ class _Machine:
         return replace(self._plan(self._stable(), canary_replicas=0), rollback_reason=reason)
 
     # -- helpers -----------------------------------------------------------------------------------------
+
+    def _requested(self, annotation: str | None) -> bool:
+        generation = self.observed.generation
+        return generation is not None and annotation == request(self.revision, generation)
 
     def _stable(self) -> str:
         assert self.status.stableRevision is not None

@@ -1,9 +1,9 @@
 """`tradeplane pause|resume|promote|abort NAME`: manual control of a canary rollout.
 
 The commands record intent on the resource; the operator acts on it. pause and resume set `spec.paused`.
-promote and abort annotate the resource with the canary revision they mean, so a request never applies
-to a later revision than the one the person saw, and the operator acts on it at once (abort mid-analysis
-included) rather than at its next analysis tick.
+promote and abort annotate the resource with the canary revision they mean and the spec generation it
+was seen in, so a request never applies to another revision, nor to a later attempt of the same one; the
+operator acts on it at once (abort mid-analysis included) rather than at its next analysis tick.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from tradeplane.api import GROUP, PLURAL, VERSION
-from tradeplane.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION
+from tradeplane.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, request
 
 
 class CommandError(Exception):
@@ -75,14 +75,16 @@ def _set_paused(args: argparse.Namespace, paused: bool) -> str:
 
 
 def _request(args: argparse.Namespace, annotation: str, verb: str) -> str:
-    """Annotate the resource with the canary revision the request means."""
+    """Annotate the resource with the canary revision the request means, in this spec generation."""
     api, namespace = _api(args), _namespace(args)
-    status = _get(api, namespace, args.name).get("status") or {}
+    found = _get(api, namespace, args.name)
+    status = found.get("status") or {}
     canary = status.get("canaryRevision")
     if not canary:
         phase = status.get("phase", "Pending")
         raise CommandError(f"tradingservice {namespace}/{args.name} has no canary to {verb} (phase {phase})")
-    _patch(api, namespace, args.name, {"metadata": {"annotations": {annotation: canary}}})
+    value = request(canary, found["metadata"]["generation"])
+    _patch(api, namespace, args.name, {"metadata": {"annotations": {annotation: value}}})
     return f"tradingservice {namespace}/{args.name}: {verb} canary revision {canary} requested"
 
 

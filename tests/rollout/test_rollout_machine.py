@@ -250,7 +250,7 @@ def test_a_failed_revision_is_not_retried_until_the_spec_changes() -> None:
     world.verdict = Verdict.FAIL
     world.run_until(lambda world: world.state.phase == Phase.ROLLED_BACK)
     world.verdict = Verdict.PASS
-    world.spec = world.spec.model_copy(update={"paused": True})  # pausing is not a change
+    world.change_spec(world.spec.model_copy(update={"paused": True}))  # not a change of what runs
     for _ in range(30):
         world.tick()
     assert world.state.phase == Phase.ROLLED_BACK and world.state.canaryRevision is None
@@ -258,7 +258,7 @@ def test_a_failed_revision_is_not_retried_until_the_spec_changes() -> None:
     relaxed = world.spec.model_dump(mode="json", exclude_none=True)
     relaxed["slo"]["p99LatencyMicros"] = 500
     relaxed["paused"] = False
-    world.spec = make_spec(**relaxed)
+    world.change_spec(make_spec(**relaxed))
     world.tick()
     assert (world.state.phase, world.state.canaryRevision, world.state.step) == (Phase.PROGRESSING, "v2", 1)
 
@@ -329,7 +329,7 @@ def test_a_newer_revision_mid_canary_restarts_at_the_first_step() -> None:
 def test_abort_acts_at_once_mid_analysis() -> None:
     world = canary(deployed(rollout=with_rollout(freezeWindows=[ALWAYS_FROZEN])))
     world.tick()
-    world.abort = "v2"
+    world.abort = world.request()
     plan = world.tick()
     assert (plan.rollback_reason, plan.canary_replicas) == ("abort", 0)
     assert world.events[-1].reason == "Aborted" and world.state.failedRevision == "v2"
@@ -337,15 +337,30 @@ def test_abort_acts_at_once_mid_analysis() -> None:
 
 def test_an_abort_naming_another_revision_does_nothing() -> None:
     world = canary(deployed())
-    world.abort = "v1"
+    world.abort = world.request("v1")
     world.tick()
     assert world.rollbacks == [] and world.state.canaryRevision == "v2"
+
+
+def test_a_request_left_from_an_earlier_attempt_does_not_apply_to_a_retry() -> None:
+    world = canary(deployed(rollout=with_rollout(freezeWindows=[ALWAYS_FROZEN])))
+    world.promote = world.request()  # held by the freeze window, never acted on
+    world.verdict = Verdict.FAIL
+    world.run_until(lambda world: world.state.phase == Phase.ROLLED_BACK)
+    relaxed = world.spec.model_dump(mode="json", exclude_none=True)
+    relaxed["slo"]["p99LatencyMicros"] = 500
+    relaxed["rollout"]["freezeWindows"] = []
+    world.change_spec(make_spec(**relaxed))
+    world.verdict = None
+    for _ in range(60):
+        world.tick()
+    assert (world.state.canaryRevision, world.state.stableRevision, world.state.step) == ("v2", "v1", 1)
 
 
 def test_promote_on_request_skips_the_remaining_steps() -> None:
     world = canary(deployed())
     world.verdict = None  # no data: a person decided
-    world.promote = "v2"
+    world.promote = world.request()
     world.run_until(lambda world: world.state.stableRevision == "v2")
     assert world.adopted_canary_pods
     assert "promoted on request" in next(
@@ -360,7 +375,7 @@ def test_pause_holds_the_step_and_resume_continues() -> None:
     state = world.state
     assert (state.phase, state.step) == (Phase.PAUSED, 1)
     assert state.lastAnalysis is not None, "a paused canary is still analysed, so it can still roll back"
-    world.spec = world.spec.model_copy(update={"paused": False})
+    world.change_spec(world.spec.model_copy(update={"paused": False}))
     world.run_until(lambda world: world.state.stableRevision == "v2")
 
 
@@ -394,7 +409,7 @@ def test_a_promote_request_waits_for_the_window_to_close() -> None:
     end = (START + timedelta(minutes=2)).strftime("%H:%M")
     window = {"start": start, "end": end, "timezone": "UTC"}
     world = canary(deployed(rollout=with_rollout(freezeWindows=[window])))
-    world.promote = "v2"
+    world.promote = world.request()
     world.tick()
     assert "promotion requested but held by daily freeze" in world.state.message
     world.run_until(lambda world: world.state.stableRevision == "v2")
@@ -475,12 +490,16 @@ def test_invariants_hold_and_a_restarted_operator_makes_the_same_plan(script: li
             "fail": Verdict.FAIL,
             "inconclusive": Verdict.INCONCLUSIVE,
         }.get(action)
-        world.promote = world.state.canaryRevision if action == "promote" else None
-        world.abort = world.state.canaryRevision if action == "abort" else None
+        # Annotations stay on the resource until overwritten, as they do in a cluster.
+        if action == "promote" and world.state.canaryRevision:
+            world.promote = world.request()
+        if action == "abort" and world.state.canaryRevision:
+            world.abort = world.request()
         if action in ("pause", "resume"):
-            world.spec = world.spec.model_copy(update={"paused": action == "pause"})
+            world.change_spec(world.spec.model_copy(update={"paused": action == "pause"}))
         if action == "new":
             world.revision = next(revisions)
+            world.generation += 1
         for _ in range(ticks):
             before = world.state
             observed = world.observe()
@@ -489,6 +508,7 @@ def test_invariants_hold_and_a_restarted_operator_makes_the_same_plan(script: li
             assert plan_workloads(world.spec, restarted, observed, world.now) == plan_workloads(
                 world.spec, before, observed, world.now
             )
+            requested = before.canaryRevision is not None and world.promote == world.request()
             plan = world.tick()
             after = plan.status
             if plan.canary_replicas is not None:
@@ -499,11 +519,11 @@ def test_invariants_hold_and_a_restarted_operator_makes_the_same_plan(script: li
                 # Promoted: after a pass taken on the last step, or on request.
                 last = before.lastAnalysis
                 assert (
-                    world.promote == before.canaryRevision
+                    requested
                     or (last is not None and last.verdict == Verdict.PASS and before.step == 3)
                     or before.phase == Phase.PROMOTING
                 )
             if after.phase == Phase.PROMOTING and before.phase != Phase.PROMOTING:
-                assert world.promote == before.canaryRevision or (
+                assert requested or (
                     before.lastAnalysis is not None and before.lastAnalysis.verdict == Verdict.PASS
                 )

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tradeplane.api import AnalysisResult, TradingServiceSpec, TradingServiceStatus, Verdict, now_iso
-from tradeplane.rollout import Event, Observed, Plan, analysis_due, plan_workloads
+from tradeplane.rollout import Event, Observed, Plan, analysis_due, plan_workloads, request
 
 START = datetime(2025, 6, 7, 12, 0, tzinfo=UTC)  # a Saturday: no exchange session
 
@@ -72,6 +72,7 @@ class World:
     canary_ready: int = 0
     canary_stalled: bool = False
     route_weight: int | None = None
+    generation: int = 1
     promote: str | None = None
     abort: str | None = None
     verdict: Verdict | None = Verdict.PASS
@@ -101,6 +102,7 @@ class World:
             stable_settled=self.stable_template is not None and self.stable_ready == self.spec.replicas,
             route_weight=self.route_weight,
             analysis=analysis,
+            generation=self.generation,
             promote=self.promote,
             abort=self.abort,
         )
@@ -134,6 +136,16 @@ class World:
         self.stable_paused = plan.stable_paused
         self.stable_ready = self.spec.replicas
         self.route_weight = plan.route_weight
+
+    def change_spec(self, spec: TradingServiceSpec) -> None:
+        self.spec = spec
+        self.generation += 1
+
+    def request(self, revision: str | None = None) -> str:
+        """A promote or abort annotation for the canary (or `revision`) in the current generation."""
+        target = revision or self.state.canaryRevision
+        assert target is not None
+        return request(target, self.generation)
 
     def run_until(self, predicate: Any, limit: int = 600) -> None:
         for _ in range(limit):
