@@ -6,9 +6,10 @@ that the program reads back (a launch template's version, a cluster's endpoint a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import runpy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,16 @@ class Graph:
 
     def names(self) -> list[tuple[str, str]]:
         return [(d.type, d.name) for d in self.declared]
+
+
+@pytest.fixture(autouse=True)
+def event_loop_for_pulumi() -> Iterator[None]:
+    """pulumi's mock engine runs on the thread's current event loop; an earlier asyncio.run() leaves none."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 def declare(settings: Settings) -> Graph:
