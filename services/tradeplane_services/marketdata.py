@@ -480,3 +480,13 @@ class MarketDataSubscriber:
         if self._transport is not None:
             self._transport.close()
         await self.link.stop()
+
+
+def subscribe_if_published(
+    environment: Environment, on_ticks: TickHandler, metrics: RequestMetrics
+) -> MarketDataSubscriber | None:
+    """A subscriber to the environment's market-data publisher; None when the component has none."""
+    publisher = environment.peer("market-data")
+    if publisher is None:
+        return None
+    return MarketDataSubscriber(on_ticks, publisher, environment.market_data_group, environment.bind, metrics)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tradeplane_services.config import Environment, PositionSettings, Settings
-from tradeplane_services.marketdata import MarketDataSubscriber
+from tradeplane_services.marketdata import subscribe_if_published
 from tradeplane_services.protocol import (
     Fill,
     FillAck,
@@ -246,12 +246,7 @@ class PositionService(Service):
         self.pending: list[tuple[Connection, Fill, int]] = []  # with the time each arrived
         self.replayed = False
         self._tasks: list[asyncio.Task[None]] = []
-        self.market_data: MarketDataSubscriber | None = None
-        publisher = environment.peer("market-data")
-        if publisher is not None:
-            self.market_data = MarketDataSubscriber(
-                self.on_ticks, publisher, environment.market_data_group, environment.bind, self.metrics
-            )
+        self.market_data = subscribe_if_published(environment, self.on_ticks, self.metrics)
 
     async def start(self) -> None:
         started = time.perf_counter()

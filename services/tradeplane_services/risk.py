@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tradeplane_services.config import Environment, RiskSettings, Settings
-from tradeplane_services.marketdata import MarketDataSubscriber
+from tradeplane_services.marketdata import subscribe_if_published
 from tradeplane_services.protocol import (
     PRICE_SCALE,
     PROTOCOL_VERSION,
@@ -524,12 +524,7 @@ class RiskService(Service):
             SetKillSwitch: self.on_kill_switch,
         }
         self.batch_types = {layout_of(RiskCheck).type_id: settings.batchThreshold}
-        self.market_data: MarketDataSubscriber | None = None
-        publisher = environment.peer("market-data")
-        if publisher is not None:
-            self.market_data = MarketDataSubscriber(
-                self.on_ticks, publisher, environment.market_data_group, environment.bind, self.metrics
-            )
+        self.market_data = subscribe_if_published(environment, self.on_ticks, self.metrics)
 
     async def start(self) -> None:
         if self.market_data is not None:
