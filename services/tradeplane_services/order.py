@@ -107,6 +107,13 @@ class Order:
 Sink = Callable[[Any], bool]
 
 
+def _risk_check(order: Order, quantity: int, price: int, is_replace: int) -> RiskCheck:
+    """What risk is asked about `order`: a new order, or a replace (quantity: what may still trade)."""
+    return RiskCheck(
+        order.order_id, order.account, order.symbol, order.side, order.order_type, quantity, price, is_replace
+    )
+
+
 class OrderManager:
     """Order state and rules. `report(session, ExecutionReport)`, `to_risk(msg)`, `to_venue(msg)` do I/O;
     the latter two return False when their peer is unreachable."""
@@ -146,17 +153,7 @@ class OrderManager:
             return
         self.next_order_id += 1
         order = Order(self.next_order_id, session, message, received_ns)
-        check = RiskCheck(
-            order.order_id,
-            order.account,
-            order.symbol,
-            order.side,
-            order.order_type,
-            order.quantity,
-            order.price,
-            0,
-        )
-        if not self.to_risk(check):
+        if not self.to_risk(_risk_check(order, order.quantity, order.price, is_replace=0)):
             self._refuse(session, message, Reason.RISK_UNAVAILABLE, received_ns, ok=False)
             return
         self.orders[order.order_id] = order
@@ -180,17 +177,7 @@ class OrderManager:
             # Down to what already traded: only less exposure, nothing for risk to check.
             self._route_replace(order)
             return
-        check = RiskCheck(
-            order.order_id,
-            order.account,
-            order.symbol,
-            order.side,
-            order.order_type,
-            message.quantity - order.filled,
-            message.price,
-            1,
-        )
-        if not self.to_risk(check):
+        if not self.to_risk(_risk_check(order, message.quantity - order.filled, message.price, is_replace=1)):
             self._reject_change(order, Reason.RISK_UNAVAILABLE)
             self.metrics.record(received_ns, ok=False)
 
