@@ -15,6 +15,7 @@ import pytest
 
 from support import Kubectl, wait_for
 from tradeplane import crd as crd_generator
+from tradeplane.cluster.podrunner import stop_process
 
 CRD_NAME = "tradingservices.tradeplane.io"
 
@@ -73,12 +74,7 @@ class OperatorProcess:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, signal.SIGINT, timeout=15)
 
     def restart(self) -> OperatorProcess:
         self.stop()

@@ -42,6 +42,16 @@ class RunningPod:
     workdir: Path
 
 
+def stop_process(process: subprocess.Popen[bytes], signum: int, timeout: float) -> None:
+    """Send `signum` and wait up to `timeout` seconds for the process to finish; SIGKILL it if it does not."""
+    process.send_signal(signum)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _local_path() -> str:
     """PATH with this interpreter's bin dir first, so the project's console scripts are found."""
     return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
@@ -168,12 +178,7 @@ class PodRunner:
     def _stop_pod(self, uid: str) -> None:
         running = self.running.pop(uid)
         if running.process.poll() is None:
-            running.process.send_signal(signal.SIGTERM)
-            try:
-                running.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                running.process.kill()
-                running.process.wait()
+            stop_process(running.process, signal.SIGTERM, timeout=10)
         shutil.rmtree(running.workdir, ignore_errors=True)
 
     def sync(self) -> None:
