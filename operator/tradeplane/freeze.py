@@ -16,9 +16,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import exchange_calendars
-import pandas as pd
-
 from tradeplane.api import FreezeWindow
 
 BELL_MARGIN = timedelta(minutes=15)
@@ -86,6 +83,11 @@ def _local(day: date, clock: time, zone: ZoneInfo) -> datetime:
 
 
 def _session_freeze(code: str, session: str, path: str, now: datetime) -> Freeze | None:
+    # Imported on first use: exchange-calendars brings pandas (~50 MiB, ~0.7 s), which only exchange
+    # sessions need, not every `tradeplane` command nor an operator without calendar freezes.
+    import exchange_calendars
+    import pandas as pd
+
     try:
         calendar = exchange_calendars.get_calendar(code)
     except exchange_calendars.errors.InvalidCalendarName as error:
