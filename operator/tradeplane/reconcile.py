@@ -284,12 +284,13 @@ def _workloads(
             "replaced",
         )
     else:
+        # A revision's ConfigMap goes first, so its pods never wait for their config volume.
+        desired += _revision_objects(view, stable_spec, plan.stable_revision)
         desired.append(
             rendering.deployment(
                 owner, stable_spec, plan.stable_revision, "stable", spec.replicas, paused=plan.stable_paused
             )
         )
-        desired += _revision_objects(view, stable_spec, plan.stable_revision)
     canary_name = rendering.deployment_name(owner, "canary")
     if plan.canary_replicas is None:
         live = view.children.get(("Deployment", canary_name))
@@ -302,9 +303,9 @@ def _workloads(
             )
     else:
         live_revisions.add(revision)
-        desired.append(rendering.deployment(owner, spec, revision, "canary", plan.canary_replicas))
         if revision != plan.stable_revision:
             desired += _revision_objects(view, spec, revision)
+        desired.append(rendering.deployment(owner, spec, revision, "canary", plan.canary_replicas))
     for (kind, name), live in view.children.items():
         if kind in ("ConfigMap", "ControllerRevision"):
             stale = live["metadata"].get("labels", {}).get(rendering.REVISION_LABEL) not in live_revisions
