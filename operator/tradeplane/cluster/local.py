@@ -114,7 +114,10 @@ def _components(state: Path) -> list[Component]:
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 "--secure-port=0",
-                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+                # Pod IPs here are loopback addresses, which Endpoints and EndpointSlices refuse by
+                # validation; those controllers would only log refusals (the pod runner resolves Services).
+                "--controllers=*,-node-ipam-controller,-cloud-node-lifecycle-controller,-service-lb-controller,"
+                "-node-route-controller,-endpoints-controller,-endpointslice-controller",
                 "--v=1",
             ],
         ),
