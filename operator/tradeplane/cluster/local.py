@@ -204,11 +204,13 @@ def _alive(pid: int) -> bool:
 
 
 def _running_pid(state: Path, name: str) -> int | None:
+    """The component's pid if that process still runs our binary (a pid left by a reboot may be reused)."""
     try:
         pid = int(_pid_file(state, name).read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if _alive(pid) and os.path.basename(command).decode().startswith(name) else None
 
 
 def _port_free(port: int) -> bool:
