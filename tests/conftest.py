@@ -23,9 +23,13 @@ def kube_env() -> Iterator[Path]:
     if preset:
         yield Path(preset)
         return
+    # A cluster that was already up (e.g. `tradeplane cluster up` for quick re-runs) is left running.
+    started_here = not all(local.running_components().values())
     path = local.up(log=lambda message: print(message, flush=True))
     os.environ["KUBECONFIG"] = str(path)
     yield path
+    if started_here:
+        local.down(log=lambda message: None)
 
 
 @pytest.fixture(scope="session")
