@@ -42,8 +42,9 @@ from tradeplane import rollout_handlers
 from tradeplane.api import API_VERSION, GROUP, KIND, PLURAL, POOL_LABEL, VERSION, now_iso
 from tradeplane.kube import ApiError, Kube
 from tradeplane.placement import Amounts, NodeView, PodView, PoolSnapshot, pod_requests
-from tradeplane.reconcile import ChildKey, Decision, EventNote, View, decide
+from tradeplane.reconcile import ChildKey, Decision, View, decide
 from tradeplane.rendering import MANAGED_BY_LABEL, MANAGER, NAME_LABEL, REVISION_LABEL
+from tradeplane.rollout import Event
 from tradeplane.workqueue import WorkQueue
 
 logger = logging.getLogger("tradeplane")
@@ -301,7 +302,7 @@ class Controller:
         rollout_handlers.record(owner.namespace, owner.name, status, decision.rollback_reason)
         return decision.requeue_after
 
-    async def _post_event(self, body: Mapping[str, Any], note: EventNote) -> None:
+    async def _post_event(self, body: Mapping[str, Any], note: Event) -> None:
         metadata = body["metadata"]
         now = now_iso(datetime.now(UTC).replace(microsecond=0))
         event = {

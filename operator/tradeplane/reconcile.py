@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -34,6 +34,7 @@ from tradeplane.api import (
 from tradeplane.placement import PodView, PoolSnapshot, Verdict
 from tradeplane.rendering import Owner
 from tradeplane.revision import template_revision
+from tradeplane.rollout import Event
 
 ChildKey = tuple[str, str]
 """(kind, name) of a child."""
@@ -45,13 +46,6 @@ ROLLOUT_TICK_SECONDS = 1.0
 PLACEMENT_RETRY_SECONDS = 10.0
 # The phases the rollout state machine sets and this module leaves alone.
 ROLLOUT_HELD_PHASES = frozenset({Phase.PAUSED, Phase.PROMOTING, Phase.ROLLING_BACK, Phase.ROLLED_BACK})
-
-
-@dataclass(frozen=True)
-class EventNote:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -177,7 +171,7 @@ class Decision:
     delete_pods: list[PodView] = field(default_factory=list)
     status: dict[str, Any] | None = None
     """The whole new status (nulls clear fields), or None when it is unchanged."""
-    events: list[EventNote] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     route_rules: list[dict[str, Any]] | None = None
     """New rules for the HTTPRoute the spec names (its weights changed), or None to leave it."""
     requeue_after: float | None = None
@@ -223,7 +217,7 @@ def decide(
     )
     plan = rollout.plan_workloads(spec, view.status, observed, now)
     decision.rollback_reason = plan.rollback_reason
-    decision.events += [EventNote(event.type, event.reason, event.message) for event in plan.events]
+    decision.events += plan.events
 
     desired, problem = _workloads(view, spec, revision, plan, decision)
     desired += _services(view, spec, revision, plan, decision)
@@ -241,7 +235,7 @@ def decide(
     for pod in placement.admission_failures(view.pods):
         decision.delete_pods.append(pod)
         decision.events.append(
-            EventNote(
+            Event(
                 "Warning",
                 "AdmissionFailed",
                 f"kubelet on {pod.node} refused pod {pod.name} ({pod.reason}: {pod.message}); "
@@ -364,7 +358,7 @@ def _apply_if_changed(view: View, manifest: dict[str, Any], decision: Decision) 
     else:
         return
     decision.apply.append(manifest)
-    decision.events.append(EventNote("Normal", reason, message))
+    decision.events.append(Event("Normal", reason, message))
 
 
 def _existed(view: View, manifest: Mapping[str, Any]) -> bool:
@@ -426,24 +420,24 @@ def _status(
     message = f"{stable.ready}/{spec.replicas} pods ready{where}"
     was = _set(view, status, now, "Ready", serving, "PodsReady" if serving else "PodsNotReady", message)
     if serving and was.status != "True":
-        notes.append(EventNote("Normal", "Ready", message))
+        notes.append(Event("Normal", "Ready", message))
     elif not serving and was.status == "True":
-        notes.append(EventNote("Warning", "NotReady", message))
+        notes.append(Event("Warning", "NotReady", message))
 
     verdict = _placement(spec, pool, active, status.replicas)
     was = _set(view, status, now, "Placed", verdict.fits, verdict.reason, verdict.message)
     if not verdict.fits and (was.status != "False" or was.reason != verdict.reason):
-        notes.append(EventNote("Warning", verdict.reason, verdict.message))
+        notes.append(Event("Warning", verdict.reason, verdict.message))
     elif verdict.fits and was.status == "False":
-        notes.append(EventNote("Normal", "Placed", verdict.message))
+        notes.append(Event("Normal", "Placed", verdict.message))
 
     degraded = _degradation(view, stable) or problem
     reason, message = degraded or ("AsExpected", "")
     was = _set(view, status, now, "Degraded", degraded is not None, reason, message)
     if degraded is not None and (was.status != "True" or was.reason != reason):
-        notes.append(EventNote("Warning", reason, message))
+        notes.append(Event("Warning", reason, message))
     elif degraded is None and was.status == "True":
-        notes.append(EventNote("Normal", "Recovered", f"no longer {was.reason}"))
+        notes.append(Event("Normal", "Recovered", f"no longer {was.reason}"))
 
     if status.canaryRevision is None and status.phase not in ROLLOUT_HELD_PHASES:
         if degraded is not None or not verdict.fits:
@@ -555,7 +549,7 @@ def _invalid_spec(view: View, decision: Decision, now: datetime) -> Decision:
     message = view.spec_error or "invalid spec"
     was = _set(view, status, now, "Degraded", True, "InvalidSpec", message)
     if was.status != "True" or was.reason != "InvalidSpec":
-        decision.events.append(EventNote("Warning", "InvalidSpec", message))
+        decision.events.append(Event("Warning", "InvalidSpec", message))
     status.phase = Phase.DEGRADED
     if _status_changed(view.raw_status, status):
         decision.status = status.model_dump(mode="json")
