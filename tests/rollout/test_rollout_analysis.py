@@ -153,22 +153,20 @@ def test_scrape_provider_measures_bucket_deltas_over_the_window() -> None:
         assert slow.p99_seconds is not None and 2e-3 < slow.p99_seconds <= 5e-3
 
 
-def test_a_process_started_inside_the_window_counts_from_zero() -> None:
-    with latency_server("order", "rev1", started=time.time() - 5) as server:
+@pytest.mark.parametrize(
+    ("started_seconds_ago", "samples"),
+    [
+        pytest.param(5, 250, id="started-inside-the-window-counts-from-zero"),
+        pytest.param(3600, 0, id="older-than-the-window-needs-a-first-scrape"),
+    ],
+)
+def test_a_first_scrape_counts_a_process_by_its_start_time(started_seconds_ago: int, samples: int) -> None:
+    with latency_server("order", "rev1", started=time.time() - started_seconds_ago) as server:
         server.observe(30e-6, count=250)
         measured = asyncio.run(
             ScrapeProvider().measure(Target("t", "order", "rev1", (server.endpoint,)), "30s")
         )
-    assert measured.samples == 250
-
-
-def test_a_process_older_than_the_window_needs_a_first_scrape() -> None:
-    with latency_server("order", "rev1", started=time.time() - 3600) as server:
-        server.observe(30e-6, count=250)
-        measured = asyncio.run(
-            ScrapeProvider().measure(Target("t", "order", "rev1", (server.endpoint,)), "30s")
-        )
-    assert measured.samples == 0
+    assert measured.samples == samples
 
 
 def test_scrape_provider_sums_the_revision_pods() -> None:
