@@ -37,8 +37,9 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 
-# The end-to-end tests' traffic, shared rather than copied.
+# The end-to-end tests' subject and traffic, shared rather than copied.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from e2e.scenario import NAME, risk_spec
 from e2e.traffic import RiskTraffic
 
 from tradeplane.api import BUNDLED_PORTS, TradingServiceSpec
@@ -48,27 +49,14 @@ from tradeplane.cluster.podrunner import PodRunner
 from tradeplane.rendering import NAME_LABEL, REVISION_LABEL
 from tradeplane.revision import template_revision
 
-NAME = "risk"
 SLO_MICROS = 5_000
 INJECTED_MICROS = 8_000
 POLL_SECONDS = 0.05
 REPO = Path(__file__).resolve().parents[1]
 
 
-def spec(config: dict[str, Any]) -> dict[str, Any]:
-    """Default rollout and analysis settings: only the SLO is set."""
-    return {
-        "component": "risk",
-        "image": "registry.example/tradeplane-services:0.1.0",
-        "replicas": 2,
-        "resources": {"cpus": 1, "memory": "256Mi"},
-        "config": config,
-        "slo": {"p99LatencyMicros": SLO_MICROS, "maxErrorRate": 0.01},
-    }
-
-
 def revision_of(config: dict[str, Any]) -> str:
-    return template_revision(TradingServiceSpec.model_validate(spec(config)))
+    return template_revision(TradingServiceSpec.model_validate(risk_spec(config, SLO_MICROS)))
 
 
 @dataclass
@@ -93,7 +81,7 @@ class Cluster:
             "apiVersion": "tradeplane.io/v1alpha1",
             "kind": "TradingService",
             "metadata": {"name": NAME, "namespace": namespace},
-            "spec": spec(config),
+            "spec": risk_spec(config, SLO_MICROS),
         }
         self.run("apply", "-f", "-", input=yaml.safe_dump(manifest))
 

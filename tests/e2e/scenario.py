@@ -21,20 +21,24 @@ STEPS = [{"weight": 25, "pause": "2s"}, {"weight": 50, "pause": "2s"}]
 ANALYSIS = {"interval": "1s", "window": "5s", "minSamples": 50}
 
 
+def risk_spec(config: dict[str, Any], slo_micros: int) -> dict[str, Any]:
+    """The risk service's spec; no rollout settings, so the defaults apply unless a caller adds them."""
+    return {
+        "component": "risk",
+        "image": "registry.example/tradeplane-services:0.1.0",
+        "replicas": 2,
+        "resources": {"cpus": 1, "memory": "256Mi"},
+        "config": config,
+        "slo": {"p99LatencyMicros": slo_micros, "maxErrorRate": 0.01},
+    }
+
+
 def manifest(namespace: str, config: dict[str, Any], rollout: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "tradeplane.io/v1alpha1",
         "kind": "TradingService",
         "metadata": {"name": NAME, "namespace": namespace},
-        "spec": {
-            "component": "risk",
-            "image": "registry.example/tradeplane-services:0.1.0",
-            "replicas": 2,
-            "resources": {"cpus": 1, "memory": "256Mi"},
-            "config": config,
-            "slo": {"p99LatencyMicros": SLO_MICROS, "maxErrorRate": 0.01},
-            "rollout": {"steps": STEPS, **rollout},
-        },
+        "spec": {**risk_spec(config, SLO_MICROS), "rollout": {"steps": STEPS, **rollout}},
     }
 
 
