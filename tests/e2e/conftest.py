@@ -18,6 +18,7 @@ from e2e.prometheus import PodDiscovery, Prometheus, free_port, run_prometheus
 from rollout.conftest import tradingservice_crd  # noqa: F401  (a shared fixture)
 
 from support import Kubectl, wait_for
+from tradeplane.cluster.podrunner import stop_process
 
 
 @dataclass
@@ -49,12 +50,7 @@ class OperatorProcess:
     def stop(self, kill: bool = False) -> None:
         """SIGTERM and wait; SIGKILL (no chance to finish anything) when `kill`."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, signal.SIGKILL if kill else signal.SIGTERM, timeout=15)
 
     def metric(self, name: str, **labels: str) -> float | None:
         """A sample of the operator's own metrics, None when absent."""

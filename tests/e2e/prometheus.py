@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -25,6 +26,8 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client, config
+
+from tradeplane.cluster.podrunner import stop_process
 
 SCRAPE_INTERVAL = "1s"
 
@@ -160,12 +163,7 @@ def run_prometheus(workdir: Path, scrape_configs: list[dict[str, Any]]) -> Itera
         _wait_ready(prometheus, process)
         yield prometheus
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, signal.SIGTERM, timeout=10)
 
 
 def _wait_ready(prometheus: Prometheus, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
