@@ -45,7 +45,7 @@ from e2e.traffic import RiskTraffic
 from tradeplane.api import BUNDLED_PORTS, TradingServiceSpec
 from tradeplane.cli import main as tradeplane
 from tradeplane.cluster import local, toolchain
-from tradeplane.cluster.podrunner import PodRunner
+from tradeplane.cluster.podrunner import PodRunner, stop_process
 from tradeplane.rendering import NAME_LABEL, REVISION_LABEL
 from tradeplane.revision import template_revision
 
@@ -140,8 +140,7 @@ def stable_service(cluster: Cluster, rate: float, log_dir: Path) -> Iterator[tup
             yield namespace, traffic
     finally:
         runner.stop()
-        operator.send_signal(signal.SIGTERM)
-        operator.wait(timeout=15)
+        stop_process(operator, signal.SIGTERM, timeout=15)
         cluster.run("delete", "namespace", namespace, "--wait=false")
 
 
