@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ["KUBECONFIG"] = str(kubeconfig)
     _say("installing the TradingService CRD")
     local.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump(crd.crd()))
-    local.kubectl("wait", "--for=condition=Established", "crd/tradingservices.tradeplane.io", "--timeout=30s")
+    local.wait_established(local.kubectl, "tradingservices.tradeplane.io")
     operator = _start_operator(kubeconfig)
     runner = PodRunner(NAMESPACE, kubeconfig=str(kubeconfig))
     try:

@@ -18,6 +18,7 @@ from e2e.prometheus import PodDiscovery, Prometheus, free_port, run_prometheus
 from rollout.conftest import tradingservice_crd  # noqa: F401  (a shared fixture)
 
 from support import Kubectl, wait_for
+from tradeplane.cluster import local
 from tradeplane.cluster.podrunner import stop_process
 
 
@@ -118,7 +119,5 @@ def gateway_api_crds(kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory)
         / "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml"
     )
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd/httproutes.gateway.networking.k8s.io"
-    )
+    local.wait_established(kubectl, "httproutes.gateway.networking.k8s.io")
     return "httproutes.gateway.networking.k8s.io"

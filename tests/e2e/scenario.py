@@ -82,9 +82,9 @@ class Rollout:
         items: list[dict[str, Any]] = found["items"]  # type: ignore[assignment]
         return [pod for pod in items if not pod["metadata"].get("deletionTimestamp")]
 
-    def warning_reasons(self) -> list[str]:
-        """Warnings the operator posted about the TradingService."""
-        found = get_json(self.kubectl, "events", "-n", self.namespace, "--field-selector", "type=Warning")
+    def event_reasons(self, kind: str = "Warning") -> list[str]:
+        """Reasons of the Events of this type the operator posted about the TradingService."""
+        found = get_json(self.kubectl, "events", "-n", self.namespace, "--field-selector", f"type={kind}")
         items: list[dict[str, Any]] = found["items"]  # type: ignore[assignment]
         return [event["reason"] for event in items if event["involvedObject"]["kind"] == "TradingService"]
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from support import Kubectl, get_json
+from tradeplane.cluster import local
 
 pytestmark = pytest.mark.cluster
 
@@ -34,7 +35,7 @@ def as_sent(value: Any) -> Any:
 def crd_installed(kubectl: Kubectl) -> None:
     if kubectl("get", "crd", CRD_NAME, check=False).returncode != 0:
         kubectl("apply", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    local.wait_established(kubectl, CRD_NAME)
 
 
 @pytest.mark.parametrize("stack", ["local", "aws", "gcp"])

@@ -15,6 +15,7 @@ import pytest
 
 from support import Kubectl, wait_for
 from tradeplane import crd as crd_generator
+from tradeplane.cluster import local
 from tradeplane.cluster.podrunner import stop_process
 
 CRD_NAME = "tradingservices.tradeplane.io"
@@ -24,7 +25,7 @@ CRD_NAME = "tradingservices.tradeplane.io"
 def crd(kubectl: Kubectl) -> None:
     """The TradingService CRD of this checkout, installed and established."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_generator.CRD_PATHS[0]))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    local.wait_established(kubectl, CRD_NAME)
 
 
 def free_port() -> int:

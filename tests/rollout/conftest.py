@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from support import Kubectl
+from tradeplane.cluster import local
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "tradingservice.yaml"
 
@@ -14,5 +15,5 @@ CRD = Path(__file__).resolve().parents[2] / "crds" / "tradingservice.yaml"
 @pytest.fixture(scope="session")
 def tradingservice_crd(kubectl: Kubectl) -> str:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/tradingservices.tradeplane.io")
+    local.wait_established(kubectl, "tradingservices.tradeplane.io")
     return "tradingservices.tradeplane.io"

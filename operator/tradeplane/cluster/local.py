@@ -297,6 +297,18 @@ def kubectl(*args: str, input: str | None = None, check: bool = True) -> subproc
     )
 
 
+def wait_established(
+    run_kubectl: Callable[..., subprocess.CompletedProcess[str]], crd: str, timeout: float = 60.0
+) -> None:
+    """Wait until a CRD serves. `kubectl wait` cannot: it fails while the new CRD has no conditions yet."""
+    condition = '{.status.conditions[?(@.type=="Established")].status}'
+    deadline = time.monotonic() + timeout
+    while run_kubectl("get", f"crd/{crd}", "-o", f"jsonpath={condition}", check=False).stdout != "True":
+        if time.monotonic() > deadline:
+            raise ClusterError(f"CRD {crd} was not Established within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
 def load_node_pools(path: Path | None = None) -> dict[str, Any]:
     if path is None:
         text = resources.files("tradeplane.cluster").joinpath("nodes.yaml").read_text()
