@@ -171,9 +171,10 @@ def build(name: str, log: Callable[[str], None] | None = None) -> Path:
 
 def ensure(names: tuple[str, ...] = CLUSTER_BINARIES) -> dict[str, Path]:
     """Build what is missing, one at a time: the Go build is already parallel inside."""
-    if shutil.which("go") is None:
+    missing = [name for name in names if not binary_path(name).exists()]
+    if missing and shutil.which("go") is None:
         raise ToolchainError(
-            "the Go toolchain is not on PATH; it is needed once to build the cluster binaries"
+            f"the Go toolchain is not on PATH; it is needed once to build {', '.join(missing)}"
         )
     return {name: build(name) for name in names}
 
