@@ -225,7 +225,7 @@ def main() -> int:
     )
     subprocess.run(
         [
-            str(toolchain.build("kubectl")),
+            str(toolchain.require("kubectl")),
             f"--kubeconfig={kubeconfig}",
             "apply",
             "--server-side",

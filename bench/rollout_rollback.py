@@ -197,7 +197,7 @@ def main() -> int:
     api_client = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     cluster = Cluster(
         kubeconfig,
-        str(toolchain.build("kubectl")),
+        str(toolchain.require("kubectl")),
         client.AppsV1Api(api_client),
         client.CoreV1Api(api_client),
         client.CustomObjectsApi(api_client),

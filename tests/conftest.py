@@ -25,6 +25,9 @@ def kube_env() -> Iterator[Path]:
         return
     # A cluster that was already up (e.g. `tradeplane cluster up` for quick re-runs) is left running.
     started_here = not all(local.running_components().values())
+    absent = toolchain.missing(toolchain.CLUSTER_BINARIES)
+    if absent:
+        pytest.fail(f"{', '.join(absent)} not built: run scripts/bootstrap before the tests", pytrace=False)
     path = local.up(log=lambda message: print(message, flush=True))
     os.environ["KUBECONFIG"] = str(path)
     yield path
@@ -34,7 +37,7 @@ def kube_env() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def kubectl(kube_env: Path) -> Kubectl:
-    binary = str(toolchain.build("kubectl"))
+    binary = str(toolchain.require("kubectl"))
 
     def run(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(

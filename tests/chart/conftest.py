@@ -17,7 +17,7 @@ from tradeplane.cluster import toolchain
 
 @pytest.fixture(scope="session")
 def helm() -> Helm:
-    return Helm(toolchain.build("helm"))
+    return Helm(toolchain.require("helm"))
 
 
 @pytest.fixture(scope="session")

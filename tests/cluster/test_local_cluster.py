@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from support import Kubectl, get_json, token_kubeconfig, wait_for
+from tradeplane.cluster import local
 
 pytestmark = pytest.mark.cluster
 
@@ -82,7 +83,9 @@ def test_guaranteed_hugepage_pod_runs_on_a_trading_node(kubectl: Kubectl, namesp
     assert isinstance(current, dict)
     assert current["status"]["qosClass"] == "Guaranteed"
     assert current["spec"]["nodeName"].startswith("trading-")
-    assert current["status"]["podIP"].startswith("127.1."), "pods get loopback IPs from their node's podCIDR"
+    assert current["status"]["podIP"].startswith(local.pod_prefix("127.1") + "."), (
+        "pods get loopback IPs from their node's podCIDR"
+    )
 
 
 def test_pod_asking_more_hugepages_than_any_node_stays_pending(kubectl: Kubectl, namespace: str) -> None:

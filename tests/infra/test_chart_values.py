@@ -23,7 +23,7 @@ def test_chart_renders_with_the_release_values(stack: str, declared: Graphs, tmp
     values.write_text(json.dumps(release["values"]))
     rendered = subprocess.run(
         [
-            str(toolchain.build("helm")),
+            str(toolchain.require("helm")),
             "template",
             release["name"],
             release["chart"],

@@ -108,7 +108,7 @@ def test_the_commands_work_as_a_kubectl_plugin(
         "KUBECONFIG": str(kube_env),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
     }
-    binary = str(toolchain.build("kubectl"))
+    binary = str(toolchain.require("kubectl"))
     result = subprocess.run(
         [binary, "tradeplane", "pause", service, "-n", namespace],
         env=environment,

@@ -31,6 +31,8 @@ _PORT_OFFSET = int(os.environ.get("TRADEPLANE_PORT_OFFSET", "0"))
 ETCD_CLIENT_PORT = 23790 + _PORT_OFFSET
 ETCD_PEER_PORT = 23800 + _PORT_OFFSET
 APISERVER_PORT = 26443 + _PORT_OFFSET
+# ... and moves pod addresses to other loopback /16s, so two clusters' pods never share an address.
+_POD_OCTET_SHIFT = _PORT_OFFSET // 100
 SERVICE_CIDR = "10.96.0.0/16"
 READY_TIMEOUT_SECONDS = 90.0
 
@@ -143,7 +145,7 @@ def _components(state: Path) -> list[Component]:
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--node-lease-duration-seconds=40",
                 "--server-address=127.0.0.1:0",
-                "--cidr=127.3.0.1/16",
+                f"--cidr=127.{3 + _POD_OCTET_SHIFT}.0.1/16",
                 "--node-ip=127.0.0.1",
             ],
         ),
@@ -287,7 +289,7 @@ def _etcd_ready() -> bool:
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the cached kubectl of the pinned version against the local control plane."""
-    binary = toolchain.build("kubectl")
+    binary = toolchain.require("kubectl")
     return subprocess.run(
         [str(binary), f"--kubeconfig={kubeconfig_path()}", *args],
         input=input,
@@ -324,13 +326,20 @@ def load_node_pools(path: Path | None = None) -> dict[str, Any]:
     return pools
 
 
+def pod_prefix(prefix: str) -> str:
+    """A pool's podCIDR prefix ("127.1") as this cluster uses it, moved by TRADEPLANE_PORT_OFFSET."""
+    first, second = prefix.split(".")
+    return f"{first}.{int(second) + _POD_OCTET_SHIFT}"
+
+
 def node_manifests(pools: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Node objects for kwok to manage; each node gets a /24 of loopback addresses for its pods."""
     for pool in pools.values():
         for index in range(int(pool["count"])):
             name = f"{pool['namePrefix']}-{index}"
-            cidr = f"{pool['podCIDRPrefix']}.{index}.0/24"
-            node_ip = f"{pool['podCIDRPrefix']}.{index}.1"
+            prefix = pod_prefix(str(pool["podCIDRPrefix"]))
+            cidr = f"{prefix}.{index}.0/24"
+            node_ip = f"{prefix}.{index}.1"
             capacity = {key: str(value) for key, value in pool["capacity"].items()}
             yield {
                 "apiVersion": "v1",

@@ -1,21 +1,31 @@
-"""Build the real Kubernetes components from the Go module proxy and cache them by version.
+"""Build the real Kubernetes components (and helm, etcd, kwok) from the Go module proxy, cached by version.
 
 kind needs Docker; these machines have Go and the module proxy instead. `k8s.io/kubernetes` replaces
-its `k8s.io/*` staging modules with local paths, which `go build` of the module refuses, so each binary
-is built through a small wrapper module that pins the published `v0.X` staging versions instead.
+its `k8s.io/*` staging modules with local paths, which `go build` of the module refuses, so binaries are
+built through small wrapper modules that pin the published `v0.X` staging versions instead.
+
+Binaries that share a dependency graph are one `BuildGroup`: one `go build` compiles the shared packages
+once and links every binary of the group. The set-up command (`scripts/bootstrap`) builds everything
+before any test runs; tests only `require` what is cached and fail with a clear message otherwise.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from tradeplane.cluster.progress import BuildProgress
 
 KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.6"
@@ -34,15 +44,27 @@ STAGING_MODULES = [
 
 
 @dataclass(frozen=True)
-class GoBinary:
-    """One binary: the module that provides it, its version and the package path of its main."""
+class BuildGroup:
+    """Binaries built by one `go build` of one wrapper module, sharing its compiled packages."""
 
     name: str
     module: str
     version: str
-    package: str
+    binaries: dict[str, str]  # binary name -> package path of its main
     ldflags: str = ""
-    pins_kubernetes_staging: bool = False
+    replaces: tuple[str, ...] = field(default=())  # go.mod replace lines, "old => new version"
+
+    def go_mod(self) -> str:
+        lines = [
+            "module tradeplane.local/build",
+            "",
+            "go 1.25.0",
+            "",
+            f"require {self.module} {self.version}",
+        ]
+        if self.replaces:
+            lines += ["", "replace (", *(f"\t{line}" for line in self.replaces), ")"]
+        return "\n".join(lines) + "\n"
 
 
 def _kubernetes_ldflags() -> str:
@@ -60,31 +82,31 @@ def _kubernetes_ldflags() -> str:
     )
 
 
-def _kubernetes_binary(name: str) -> GoBinary:
-    return GoBinary(
-        name=name,
-        module="k8s.io/kubernetes",
-        version=KUBERNETES_VERSION,
-        package=f"k8s.io/kubernetes/cmd/{name}",
+_STAGING_VERSION = KUBERNETES_VERSION.replace("v1.", "v0.", 1)
+
+GROUPS: tuple[BuildGroup, ...] = (
+    BuildGroup(
+        "kubernetes",
+        "k8s.io/kubernetes",
+        KUBERNETES_VERSION,
+        {
+            name: f"k8s.io/kubernetes/cmd/{name}"
+            for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+        },
         ldflags=_kubernetes_ldflags(),
-        pins_kubernetes_staging=True,
-    )
-
-
-BINARIES: dict[str, GoBinary] = {
-    **{
-        name: _kubernetes_binary(name)
-        for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-    },
-    "etcd": GoBinary("etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, "go.etcd.io/etcd/server/v3"),
-    "kwok": GoBinary("kwok", "sigs.k8s.io/kwok", KWOK_VERSION, "sigs.k8s.io/kwok/cmd/kwok"),
+        replaces=tuple(
+            f"k8s.io/{module} => k8s.io/{module} {_STAGING_VERSION}" for module in STAGING_MODULES
+        ),
+    ),
+    BuildGroup("etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, {"etcd": "go.etcd.io/etcd/server/v3"}),
+    BuildGroup("kwok", "sigs.k8s.io/kwok", KWOK_VERSION, {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
     # Stamped as helm's own Makefile does: without it `helm version` says v3.19 and `helm template`
     # renders for Kubernetes v1.20 (its client-go is v0.34).
-    "helm": GoBinary(
+    BuildGroup(
         "helm",
         "helm.sh/helm/v3",
         HELM_VERSION,
-        "helm.sh/helm/v3/cmd/helm",
+        {"helm": "helm.sh/helm/v3/cmd/helm"},
         ldflags=" ".join(
             [
                 f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
@@ -97,13 +119,15 @@ BINARIES: dict[str, GoBinary] = {
             ]
         ),
     ),
-}
+)
 
+GROUP_OF: dict[str, BuildGroup] = {binary: group for group in GROUPS for binary in group.binaries}
+ALL_BINARIES = tuple(GROUP_OF)
 CLUSTER_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
 
 
 class ToolchainError(RuntimeError):
-    """A binary could not be built; the message carries the failing command's output tail."""
+    """A binary could not be built, or is needed but not built; the message says what to run."""
 
 
 def cache_dir() -> Path:
@@ -114,71 +138,123 @@ def cache_dir() -> Path:
 
 
 def binary_path(name: str) -> Path:
-    binary = BINARIES[name]
-    return cache_dir() / f"{binary.name}-{binary.version}"
+    return cache_dir() / f"{name}-{GROUP_OF[name].version}"
 
 
-def _wrapper_go_mod(binary: GoBinary) -> str:
-    lines = [
-        "module tradeplane.local/build",
-        "",
-        "go 1.25.0",
-        "",
-        f"require {binary.module} {binary.version}",
-    ]
-    if binary.pins_kubernetes_staging:
-        staging = KUBERNETES_VERSION.replace("v1.", "v0.", 1)
-        lines += ["", "replace ("]
-        lines += [f"\tk8s.io/{module} => k8s.io/{module} {staging}" for module in STAGING_MODULES]
-        lines.append(")")
-    return "\n".join(lines) + "\n"
+def require(name: str) -> Path:
+    """The cached binary; never builds (tests call this: a build inside a test's timeout is a defect)."""
+    path = binary_path(name)
+    if not path.exists():
+        raise ToolchainError(f"{name} {GROUP_OF[name].version} is not built yet: run scripts/bootstrap first")
+    return path
 
 
-def _run(command: list[str], cwd: Path, what: str) -> None:
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+def missing(names: tuple[str, ...] = ALL_BINARIES) -> list[str]:
+    return [name for name in names if not binary_path(name).exists()]
+
+
+@contextmanager
+def _cache_lock() -> Iterator[None]:
+    # Two set-up runs at once (two checkouts on one machine) would build the same binaries twice.
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _go_env() -> dict[str, str]:
+    return {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
+
+
+def _run(command: list[str], cwd: Path, what: str) -> str:
+    result = subprocess.run(command, cwd=cwd, env=_go_env(), capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-30:])
         raise ToolchainError(f"building {what} failed: {' '.join(command)}\n{tail}")
+    return result.stdout
 
 
-def build(name: str, log: Callable[[str], None] | None = None) -> Path:
-    """Return the cached binary, building it first when this version is not cached yet."""
-    target = binary_path(name)
-    if target.exists():
-        return target
-    binary = BINARIES[name]
-    say = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    say(f"building {name} {binary.version} from the Go module proxy (first time only; minutes on 2 cores)")
-    started = time.monotonic()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"tradeplane-build-{name}-") as workdir:
-        work = Path(workdir)
-        (work / "go.mod").write_text(_wrapper_go_mod(binary))
-        (work / "tools.go").write_text(f'//go:build tools\n\npackage tools\n\nimport _ "{binary.package}"\n')
-        _run(["go", "mod", "tidy"], work, name)
-        partial = target.with_suffix(".partial")
-        command = ["go", "build", "-trimpath", "-o", str(partial)]
-        if binary.ldflags:
-            command += ["-ldflags", f"-s -w {binary.ldflags}"]
-        else:
-            command += ["-ldflags", "-s -w"]
-        _run([*command, binary.package], work, name)
-        partial.rename(target)
-    say(f"built {name} in {time.monotonic() - started:.0f}s -> {target}")
-    return target
+def _prepare(group: BuildGroup, work: Path) -> int:
+    """Write the wrapper module, fetch its modules; return how many packages the build compiles."""
+    (work / "go.mod").write_text(group.go_mod())
+    imports = "\n".join(f'import _ "{package}"' for package in group.binaries.values())
+    (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\n{imports}\n")
+    _run(["go", "mod", "tidy"], work, group.name)
+    listed = _run(["go", "list", "-deps", *group.binaries.values()], work, group.name)
+    return len(listed.split())
 
 
-def ensure(names: tuple[str, ...] = CLUSTER_BINARIES) -> dict[str, Path]:
-    """Build what is missing, one at a time: the Go build is already parallel inside."""
-    missing = [name for name in names if not binary_path(name).exists()]
-    if missing and shutil.which("go") is None:
-        raise ToolchainError(
-            f"the Go toolchain is not on PATH; it is needed once to build {', '.join(missing)}"
-        )
-    return {name: build(name) for name in names}
+def _compile(group: BuildGroup, work: Path, progress: BuildProgress) -> None:
+    out = work / "out"
+    out.mkdir()
+    command = [
+        "go", "build", "-v", "-trimpath", "-ldflags", f"-s -w {group.ldflags}".strip(),
+        "-o", f"{out}{os.sep}", *group.binaries.values(),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=work, env=_go_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    tail: list[str] = []
+    for line in process.stderr or ():
+        tail = [*tail[-29:], line.rstrip()]
+        progress.compiled(group.name, line.strip())
+    if process.wait() != 0:
+        raise ToolchainError(f"building {group.name} failed: {' '.join(command)}\n" + "\n".join(tail))
+    for binary in group.binaries:
+        target = binary_path(binary)
+        shutil.move(out / binary, target.with_suffix(".partial"))
+        target.with_suffix(".partial").rename(target)
+
+
+def ensure(
+    names: tuple[str, ...] = CLUSTER_BINARIES, progress: BuildProgress | None = None
+) -> dict[str, Path]:
+    """Build what is missing, then return every named binary's path.
+
+    Fetching is network-bound, so every group's modules download at once; compiling is CPU-bound and
+    `go build` is already parallel inside, so groups compile one after another.
+    """
+    if missing(names):
+        with _cache_lock():
+            _build_missing(names, progress or BuildProgress.for_terminal(sys.stderr))
+    return {name: binary_path(name) for name in names}
+
+
+def _build_missing(names: tuple[str, ...], progress: BuildProgress) -> None:
+    todo = missing(names)
+    if not todo:
+        return
+    if shutil.which("go") is None:
+        raise ToolchainError(f"the Go toolchain is not on PATH; it is needed once to build {', '.join(todo)}")
+    groups = [group for group in GROUPS if any(binary in group.binaries for binary in todo)]
+    with tempfile.TemporaryDirectory(prefix="tradeplane-build-") as scratch, progress:
+        progress.start([(group.name, group.version, list(group.binaries)) for group in groups])
+        works = {group.name: Path(scratch) / group.name for group in groups}
+        for work in works.values():
+            work.mkdir()
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def prepare(group: BuildGroup) -> None:
+            try:
+                progress.fetching(group.name)
+                total = _prepare(group, works[group.name])
+                progress.fetched(group.name, total)
+            except BaseException as error:
+                with lock:
+                    errors.append(error)
+
+        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+            list(pool.map(prepare, groups))
+        if errors:
+            raise errors[0]
+        for group in groups:
+            started = time.monotonic()
+            progress.compiling(group.name)
+            _compile(group, works[group.name], progress)
+            progress.built(group.name, time.monotonic() - started)
 
 
 if __name__ == "__main__":
-    for built in ensure(tuple(sys.argv[1:]) or CLUSTER_BINARIES).values():
+    for built in ensure(tuple(sys.argv[1:]) or ALL_BINARIES).values():
         print(built)
