@@ -40,12 +40,12 @@ from kubernetes import client, config
 # The end-to-end tests' subject and traffic, shared rather than copied.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from e2e.scenario import NAME, risk_spec
-from e2e.traffic import RiskTraffic
 
 from tradeplane.api import BUNDLED_PORTS, TradingServiceSpec
 from tradeplane.cli import main as tradeplane
 from tradeplane.cluster import local, toolchain
 from tradeplane.cluster.podrunner import PodRunner, stop_process
+from tradeplane.demo.traffic import RiskTraffic
 from tradeplane.rendering import NAME_LABEL, REVISION_LABEL
 from tradeplane.revision import template_revision
 

@@ -178,8 +178,8 @@ def request(address: Address, message: Any, until: type, timeout: float = 5.0) -
         raise TimeoutError(f"{address} did not answer {type(message).__name__} within {timeout}s")
 
 
-def positions(address: Address, account: int = 0) -> list[PositionReport]:
-    answers = request(address, PositionQuery(account), PositionQueryEnd)
+def positions(address: Address, account: int = 0, timeout: float = 5.0) -> list[PositionReport]:
+    answers = request(address, PositionQuery(account), PositionQueryEnd, timeout)
     return [answer for answer in answers if isinstance(answer, PositionReport)]
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from e2e.traffic import RiskTraffic
 
 from support import Kubectl, get_json, wait_for
 from tradeplane.api import BUNDLED_PORTS
+from tradeplane.demo.traffic import RiskTraffic
 
 NAME = "risk"
 SLO_MICROS = 10_000  # loose: the whole control plane shares two cores with these services

@@ -2,7 +2,8 @@
 
 There is no kube-proxy on the local control plane, so the client does the spreading: it lists the
 service's pods every half second and sends checks to each pod IP in turn, which is the replica-ratio split
-a ClusterIP Service gives. It notes when each revision first answered.
+a ClusterIP Service gives to many sessions. It notes when each revision first answered. The demo drives
+its risk canaries with it, and so do the end-to-end tests and the rollback benchmark.
 """
 
 from __future__ import annotations
