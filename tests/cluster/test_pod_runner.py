@@ -136,6 +136,19 @@ def test_pod_processes_serve_on_their_pod_ips(
     )
     assert str(relayed).startswith("hello from greeter-")
 
+    # The greeter's pods are replaced (new names, new IPs); the caller, started before, reaches the new ones
+    # through the Service's stand-in address, as it would through kube-proxy.
+    old = {pod.name for pod in pods}
+    kubectl("delete", "pod", "-l", "app=greeter", "-n", namespace, "--wait=false")
+
+    def relayed_by_new_pod() -> str | None:
+        answer = _get(f"http://{caller_pod.ip}:8080/")
+        return answer if answer and answer.removeprefix("hello from ") not in old else None
+
+    assert str(wait_for(relayed_by_new_pod, what="the caller to reach a replacement greeter")).startswith(
+        "hello from greeter-"
+    )
+
     kubectl("delete", "pod", "caller", "-n", namespace, "--wait=false")
     kubectl("scale", "deployment", "greeter", "--replicas=0", "-n", namespace)
     wait_for(lambda: not runner.running, what="the processes of deleted pods to stop")

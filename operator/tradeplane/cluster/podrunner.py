@@ -8,8 +8,9 @@ and the operator's direct scrape then reach real processes exactly as in a clust
 has its process stopped (SIGTERM, so the service drains).
 
 There is no kube-proxy or cluster DNS here, so env values of the form
-`<service>[.<namespace>[.svc[.cluster.local]]]:<port>` are resolved to a Running pod IP behind that Service
-(and its target port) before the process starts.
+`<service>[.<namespace>[.svc[.cluster.local]]]:<port>` are resolved before the process starts: a ClusterIP
+Service to its stand-in address on the runner's ServiceProxy (which follows the Service's pods, so a
+reconnect after a pod was replaced reaches its replacement), a headless one to a Running pod behind it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
+
+from tradeplane.cluster.serviceproxy import ServiceProxy
 
 DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=tradeplane"
 _SERVICE_ADDRESS = re.compile(r"^([a-z0-9-]+)(?:\.([a-z0-9-]+))?(?:\.svc(?:\.cluster\.local)?)?:([0-9]+)$")
@@ -68,8 +71,17 @@ def _config_maps(api: client.CoreV1Api, namespace: str, pod: Any) -> dict[str, d
     return mounted
 
 
-def _service_endpoint(api: client.CoreV1Api, namespace: str, value: str) -> str | None:
-    """`host:port` of a Running pod behind the Service a cluster address names, or None if it names none."""
+def running_pod_ips(api: client.CoreV1Api, namespace: str, selector: str) -> list[str]:
+    pods: list[Any] = api.list_namespaced_pod(namespace, label_selector=selector).items
+    return sorted(
+        p.status.pod_ip
+        for p in pods
+        if p.status.phase == "Running" and p.status.pod_ip and p.metadata.deletion_timestamp is None
+    )
+
+
+def _service_endpoint(api: client.CoreV1Api, proxy: ServiceProxy, namespace: str, value: str) -> str | None:
+    """`host:port` that reaches the Service a cluster address names, or None if it names none."""
     match = _SERVICE_ADDRESS.match(value)
     if match is None:
         return None
@@ -86,9 +98,10 @@ def _service_endpoint(api: client.CoreV1Api, namespace: str, value: str) -> str 
         ),
         port,
     )
+    if service.spec.cluster_ip not in (None, "", "None"):
+        return proxy.address(service, port, target)
     selector = ",".join(f"{key}={val}" for key, val in (service.spec.selector or {}).items())
-    pods: list[Any] = api.list_namespaced_pod(service_namespace, label_selector=selector).items
-    ips = sorted(p.status.pod_ip for p in pods if p.status.phase == "Running" and p.status.pod_ip)
+    ips = running_pod_ips(api, service_namespace, selector)
     return f"{ips[0]}:{target}" if ips else None
 
 
@@ -127,6 +140,7 @@ class PodRunner:
         self.api = client.CoreV1Api(api_client)
         self.namespace = namespace
         self.selector = selector
+        self.proxy = ServiceProxy(lambda namespace, selector: running_pod_ips(self.api, namespace, selector))
         self.running: dict[str, RunningPod] = {}
         self.skipped: dict[str, str] = {}
         self._stop = threading.Event()
@@ -160,7 +174,7 @@ class PodRunner:
                 mounts[mount.mount_path] = local
         env = _environment(pod, mounts)
         for key, value in env.items():
-            env[key] = _service_endpoint(self.api, self.namespace, value) or value
+            env[key] = _service_endpoint(self.api, self.proxy, self.namespace, value) or value
         log = (workdir / "output.log").open("ab")
         process = subprocess.Popen(
             command,
@@ -210,6 +224,7 @@ class PodRunner:
             self._thread.join(timeout=5)
         for uid in list(self.running):
             self._stop_pod(uid)
+        self.proxy.stop()
 
     def wait_running(self, count: int, timeout: float = 30.0) -> list[RunningPod]:
         """Block until `count` local processes run; return them."""
