@@ -1,0 +1,59 @@
+"""The binaries' build: grouped wrapper modules, a cache that tests only read, progress a log can follow."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tradeplane.cluster import toolchain
+from tradeplane.cluster.progress import BuildProgress
+
+
+def test_kubernetes_components_share_one_build_pinned_to_published_staging_modules() -> None:
+    group = toolchain.GROUP_OF["kube-apiserver"]
+    assert {
+        toolchain.GROUP_OF[name] for name in ("kube-controller-manager", "kube-scheduler", "kubectl")
+    } == {group}
+    go_mod = group.go_mod()
+    assert f"require k8s.io/kubernetes {toolchain.KUBERNETES_VERSION}" in go_mod
+    assert "\tk8s.io/client-go => k8s.io/client-go v0.34.4\n" in go_mod
+    assert len(toolchain.ALL_BINARIES) == len(set(toolchain.ALL_BINARIES))
+    assert set(toolchain.CLUSTER_BINARIES) <= set(toolchain.ALL_BINARIES)
+
+
+def test_a_test_never_builds_it_is_told_to_run_set_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRADEPLANE_CACHE", str(tmp_path))
+    with pytest.raises(
+        toolchain.ToolchainError, match=r"kubectl v1\.34\.4 is not built yet: run scripts/bootstrap"
+    ):
+        toolchain.require("kubectl")
+    assert toolchain.missing(("kubectl", "helm")) == ["kubectl", "helm"]
+    built = toolchain.binary_path("helm")
+    built.parent.mkdir(parents=True)
+    built.write_text("")
+    assert toolchain.require("helm") == built
+    # Nothing missing: no Go toolchain is asked for, nothing is built.
+    monkeypatch.setenv("PATH", "")
+    assert toolchain.ensure(("helm",)) == {"helm": built}
+
+
+def test_a_log_without_a_terminal_gets_timed_lines_per_group() -> None:
+    out = io.StringIO()
+    progress = BuildProgress(Console(file=out, force_terminal=False, width=200))
+    with progress:
+        progress.start([("etcd", "v3.6.6", ["etcd"])])
+        progress.fetching("etcd")
+        progress.fetched("etcd", 3)
+        progress.compiling("etcd")
+        for package in ("a", "b", "c"):
+            progress.compiled("etcd", package)
+        progress.built("etcd", 12.0)
+    lines = out.getvalue().splitlines()
+    assert "building 1 binaries" in lines[0]
+    assert lines[1].endswith("etcd v3.6.6: modules fetched, 3 packages to compile")
+    assert lines[-1].endswith("etcd v3.6.6: built in 12s")
