@@ -14,9 +14,8 @@ from tradeplane.cluster.progress import BuildProgress
 
 def test_kubernetes_components_share_one_build_pinned_to_published_staging_modules() -> None:
     group = toolchain.GROUP_OF["kube-apiserver"]
-    assert {
-        toolchain.GROUP_OF[name] for name in ("kube-controller-manager", "kube-scheduler", "kubectl")
-    } == {group}
+    others = ("kube-controller-manager", "kube-scheduler", "kubectl")
+    assert all(toolchain.GROUP_OF[name] is group for name in others)
     go_mod = group.go_mod()
     assert f"require k8s.io/kubernetes {toolchain.KUBERNETES_VERSION}" in go_mod
     assert "\tk8s.io/client-go => k8s.io/client-go v0.34.4\n" in go_mod
