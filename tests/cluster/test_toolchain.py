@@ -56,3 +56,13 @@ def test_a_log_without_a_terminal_gets_timed_lines_per_group() -> None:
     assert "building 1 binaries" in lines[0]
     assert lines[1].endswith("etcd v3.6.6: modules fetched, 3 packages to compile")
     assert lines[-1].endswith("etcd v3.6.6: built in 12s")
+
+
+def test_each_binary_is_found_where_go_build_writes_it() -> None:
+    # `go build -o DIR/` names a main package after its last element, or the one before a /vN suffix.
+    names = {
+        name: toolchain.output_name(toolchain.GROUP_OF[name].binaries[name])
+        for name in toolchain.ALL_BINARIES
+    }
+    assert names["etcd"] == "server"
+    assert all(names[name] == name for name in toolchain.ALL_BINARIES if name != "etcd")

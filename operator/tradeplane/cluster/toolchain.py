@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -184,6 +185,12 @@ def _prepare(group: BuildGroup, work: Path) -> int:
     return len(listed.split())
 
 
+def output_name(package: str) -> str:
+    """The file `go build -o DIR/` writes for a main package: its last path element, skipping a /vN."""
+    elements = package.split("/")
+    return elements[-2] if re.fullmatch(r"v[0-9]+", elements[-1]) else elements[-1]
+
+
 def _compile(group: BuildGroup, work: Path, progress: BuildProgress) -> None:
     out = work / "out"
     out.mkdir()
@@ -200,9 +207,9 @@ def _compile(group: BuildGroup, work: Path, progress: BuildProgress) -> None:
         progress.compiled(group.name, line.strip())
     if process.wait() != 0:
         raise ToolchainError(f"building {group.name} failed: {' '.join(command)}\n" + "\n".join(tail))
-    for binary in group.binaries:
+    for binary, package in group.binaries.items():
         target = binary_path(binary)
-        shutil.move(out / binary, target.with_suffix(".partial"))
+        shutil.move(out / output_name(package), target.with_suffix(".partial"))
         target.with_suffix(".partial").rename(target)
 
 
