@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 from rich.live import Live
+from urllib3.exceptions import HTTPError
 
 from tradeplane import crd
 from tradeplane.api import BUNDLED_PORTS
@@ -258,6 +260,15 @@ def _bring_up(args: argparse.Namespace, kubeconfig: Path, runner: PodRunner) -> 
     return 0
 
 
+def _observe(observer: Observer) -> Snapshot | None:
+    """A snapshot, or None when the API server did not answer this tick (the next tick asks again)."""
+    try:
+        return observer.snapshot()
+    except (ApiException, HTTPError, OSError) as error:
+        _say(f"reading the cluster failed this tick: {error}")
+        return None
+
+
 def _play(args: argparse.Namespace, kubeconfig: Path, operator: subprocess.Popen[bytes]) -> int:
     observer = Observer(kubeconfig, NAMESPACE)
     # A log (--once) has no terminal width; wide enough that no table column is folded.
@@ -271,16 +282,17 @@ def _play(args: argparse.Namespace, kubeconfig: Path, operator: subprocess.Popen
             while not (story.finished or story.failure):
                 if operator.poll() is not None:
                     raise StoryFailed(f"the operator exited with {operator.returncode}; see its log")
-                story.step(observer.snapshot())
+                if snapshot := _observe(observer):
+                    story.step(snapshot)
                 time.sleep(TICK_SECONDS)
             console.print(render(observer.snapshot(), flow, story.lines, title))
             return 0 if story.finished else 1
         story = Story(flow, checks, tell=lambda line: None)
         with Live(console=console, screen=True, auto_refresh=False) as live:
             while True:
-                snapshot = observer.snapshot()
-                story.step(snapshot)
-                live.update(render(snapshot, flow, story.lines, title), refresh=True)
+                if snapshot := _observe(observer):
+                    story.step(snapshot)
+                    live.update(render(snapshot, flow, story.lines, title), refresh=True)
                 time.sleep(TICK_SECONDS)
 
 
