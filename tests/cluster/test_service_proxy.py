@@ -1,0 +1,64 @@
+"""The Service stand-in: a connection reaches a live pod, a replaced pod's successor, with the caller's address."""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from tradeplane.cluster.serviceproxy import ServiceProxy, service_host
+
+PORT = 7444
+
+
+class _Hello(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        # Answers with its own address and the caller's host, so the test sees both ends.
+        self.request.sendall(f"{self.server.server_address[0]} {self.client_address[0]}".encode())
+
+
+@pytest.fixture
+def pods() -> Iterator[dict[str, socketserver.TCPServer]]:
+    servers: dict[str, socketserver.TCPServer] = {}
+    for ip in ("127.78.0.1", "127.78.0.2"):
+        server = socketserver.TCPServer((ip, PORT), _Hello)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers[ip] = server
+    yield servers
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
+
+
+def _ask(address: str, source: str) -> str:
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=2, source_address=(source, 0)) as connection:
+        return connection.recv(100).decode()
+
+
+def test_connections_follow_the_services_pods(pods: dict[str, socketserver.TCPServer]) -> None:
+    live = dict(pods)
+    proxy = ServiceProxy(lambda namespace, selector: sorted(live) if selector == "app=hello" else [])
+    service = SimpleNamespace(
+        metadata=SimpleNamespace(namespace="ns"),
+        spec=SimpleNamespace(cluster_ip="10.96.201.9", selector={"app": "hello"}),
+    )
+    try:
+        address = proxy.address(service, 80, PORT)
+        assert address == f"{service_host('10.96.201.9')}:80"
+        answers = {_ask(address, "127.79.0.5") for _ in range(4)}
+        # One pod per connection, in turn; each pod saw the caller's own address, not the proxy's.
+        assert answers == {"127.78.0.1 127.79.0.5", "127.78.0.2 127.79.0.5"}
+        # A pod that is gone (its IP still listed for a moment, as a stale read would) is skipped.
+        pods["127.78.0.1"].shutdown()
+        pods["127.78.0.1"].server_close()
+        assert {_ask(address, "127.79.0.5") for _ in range(3)} == {"127.78.0.2 127.79.0.5"}
+        # No pod at all: the connection is closed unanswered, and the caller's reconnect logic takes over.
+        live.clear()
+        assert _ask(address, "127.79.0.5") == ""
+    finally:
+        proxy.stop()
