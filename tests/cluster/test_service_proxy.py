@@ -1,4 +1,4 @@
-"""The Service stand-in: a connection reaches a live pod, a replaced pod's successor, with the caller's address."""
+"""The Service stand-in: each connection reaches a live pod, keeping the caller's address."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ from tradeplane.cluster.serviceproxy import ServiceProxy, service_host
 PORT = 7444
 
 
+class _Server(socketserver.TCPServer):
+    allow_reuse_address = True
+
+
 class _Hello(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         # Answers with its own address and the caller's host, so the test sees both ends.
@@ -22,10 +26,10 @@ class _Hello(socketserver.BaseRequestHandler):
 
 
 @pytest.fixture
-def pods() -> Iterator[dict[str, socketserver.TCPServer]]:
-    servers: dict[str, socketserver.TCPServer] = {}
+def pods() -> Iterator[dict[str, _Server]]:
+    servers: dict[str, _Server] = {}
     for ip in ("127.78.0.1", "127.78.0.2"):
-        server = socketserver.TCPServer((ip, PORT), _Hello)
+        server = _Server((ip, PORT), _Hello)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers[ip] = server
     yield servers
@@ -40,7 +44,7 @@ def _ask(address: str, source: str) -> str:
         return connection.recv(100).decode()
 
 
-def test_connections_follow_the_services_pods(pods: dict[str, socketserver.TCPServer]) -> None:
+def test_connections_follow_the_services_pods(pods: dict[str, _Server]) -> None:
     live = dict(pods)
     proxy = ServiceProxy(lambda namespace, selector: sorted(live) if selector == "app=hello" else [])
     service = SimpleNamespace(
