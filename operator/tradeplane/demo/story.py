@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -242,7 +243,6 @@ def _order_address(observer: Observer) -> Callable[[], Address | None]:
 
 
 def _bring_up(args: argparse.Namespace, kubeconfig: Path, runner: PodRunner) -> int:
-    _fresh_namespace()
     samples = sorted(SAMPLES_DIR.glob("*.yaml"))
     _say(f"applying {len(samples)} sample manifests from {SAMPLES_DIR}")
     for sample in samples:
@@ -296,13 +296,20 @@ def _play(args: argparse.Namespace, kubeconfig: Path, operator: subprocess.Popen
                 time.sleep(TICK_SECONDS)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # `kill` stops what the demo started, as Ctrl-C does
+
+
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     _say("starting the local control plane")
     kubeconfig = local.up(log=_say)
     os.environ["KUBECONFIG"] = str(kubeconfig)
     _say("installing the TradingService CRD")
     local.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump(crd.crd()))
     local.wait_established(local.kubectl, "tradingservices.tradeplane.io")
+    # Before the operator starts: its watch of a namespace being deleted would miss the new one.
+    _fresh_namespace()
     operator = _start_operator(kubeconfig)
     runner = PodRunner(NAMESPACE, kubeconfig=str(kubeconfig))
     try:
