@@ -88,7 +88,8 @@ class OrderFlow:
                 self.sent += 2
                 pair += 1
                 next_send += 2 / self.rate
-            for message in session.receive(max(0.0, min(0.05, next_send - time.monotonic()))):
+            # Never 0: a zero timeout would put the socket in non-blocking mode.
+            for message in session.receive(max(0.001, min(0.05, next_send - time.monotonic()))):
                 self._count(message)
             self._history = [*self._history[-200:], (time.monotonic(), self.acknowledged)]
         return 2 * pair
