@@ -126,9 +126,14 @@ def test_pod_processes_serve_on_their_pod_ips(
             ]
         },
     }
-    kubectl(
-        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [service, caller]})
+    # The caller's Service comes second: its process waits for it, as it would for a ConfigMap.
+    kubectl("apply", "-f", "-", input=json.dumps(caller))
+    wait_for(
+        lambda: any("greeter does not exist yet" in reason for reason in runner.waiting.values()),
+        what="the caller to wait for its Service",
     )
+    assert not any(pod.name == "caller" for pod in runner.running.values())
+    kubectl("apply", "-f", "-", input=json.dumps(service))
     (caller_pod,) = [pod for pod in runner.wait_running(3) if pod.name == "caller"]
     relayed = wait_for(
         lambda: _get(f"http://{caller_pod.ip}:8080/"),

@@ -36,6 +36,10 @@ DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=tradeplane"
 _SERVICE_ADDRESS = re.compile(r"^([a-z0-9-]+)(?:\.([a-z0-9-]+))?(?:\.svc(?:\.cluster\.local)?)?:([0-9]+)$")
 
 
+class ServiceMissing(Exception):
+    """A pod's env names a Service that does not exist yet; its process waits, as for a ConfigMap."""
+
+
 @dataclass
 class RunningPod:
     uid: str
@@ -88,8 +92,11 @@ def _service_endpoint(api: client.CoreV1Api, proxy: ServiceProxy, namespace: str
     name, service_namespace, port = match.group(1), match.group(2) or namespace, int(match.group(3))
     try:
         service: Any = api.read_namespaced_service(name, service_namespace)
-    except client.ApiException:
-        return None
+    except client.ApiException as error:
+        if error.status == 404:
+            # Resolved once, at start (no cluster DNS): start the process once the Service exists.
+            raise ServiceMissing(f"Service {service_namespace}/{name} does not exist yet") from error
+        raise
     target = next(
         (
             p.target_port
@@ -143,6 +150,7 @@ class PodRunner:
         self.proxy = ServiceProxy(lambda namespace, selector: running_pod_ips(self.api, namespace, selector))
         self.running: dict[str, RunningPod] = {}
         self.skipped: dict[str, str] = {}
+        self.waiting: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -173,8 +181,14 @@ class PodRunner:
                 local.mkdir(exist_ok=True)
                 mounts[mount.mount_path] = local
         env = _environment(pod, mounts)
-        for key, value in env.items():
-            env[key] = _service_endpoint(self.api, self.proxy, self.namespace, value) or value
+        try:
+            for key, value in env.items():
+                env[key] = _service_endpoint(self.api, self.proxy, self.namespace, value) or value
+        except ServiceMissing as missing:
+            self.waiting[pod.metadata.uid] = f"{pod.metadata.name}: {missing}"
+            shutil.rmtree(workdir, ignore_errors=True)
+            return
+        self.waiting.pop(pod.metadata.uid, None)
         log = (workdir / "output.log").open("ab")
         process = subprocess.Popen(
             command,
@@ -236,5 +250,5 @@ class PodRunner:
             time.sleep(0.1)
         raise TimeoutError(
             f"{len(self.running)} of {count} pod processes running after {timeout:.0f}s; "
-            f"skipped: {list(self.skipped.values())}"
+            f"skipped: {list(self.skipped.values())}; waiting: {list(self.waiting.values())}"
         )
