@@ -15,6 +15,7 @@ reconnect after a pod was replaced reaches its replacement), a headless one to a
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from kubernetes import client, config
 from tradeplane.cluster.serviceproxy import ServiceProxy
 
 DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=tradeplane"
+_PR_SET_PDEATHSIG = 1
 _SERVICE_ADDRESS = re.compile(r"^([a-z0-9-]+)(?:\.([a-z0-9-]+))?(?:\.svc(?:\.cluster\.local)?)?:([0-9]+)$")
 
 
@@ -47,6 +49,12 @@ class RunningPod:
     ip: str
     process: subprocess.Popen[bytes]
     workdir: Path
+
+
+def _die_with_runner() -> None:
+    """In the child: SIGTERM when the runner's thread dies, so a runner killed outright leaves no process
+    holding a pod's address (a kubelet's containers do not outlive it either)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_process(process: subprocess.Popen[bytes], signum: int, timeout: float) -> None:
@@ -198,6 +206,7 @@ class PodRunner:
             stdin=subprocess.DEVNULL,
             cwd=workdir,
             start_new_session=True,
+            preexec_fn=_die_with_runner,
         )
         self.running[pod.metadata.uid] = RunningPod(
             pod.metadata.uid, pod.metadata.name, pod.status.pod_ip, process, workdir

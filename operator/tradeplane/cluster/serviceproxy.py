@@ -65,6 +65,11 @@ class ServiceProxy:
             for server in self.servers.values():
                 if server is not None:
                     server.close()
+            # Connections being forwarded end with the proxy, as they would with their node.
+            forwarding = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in forwarding:
+                task.cancel()
+            await asyncio.gather(*forwarding, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=5)
         self.loop.call_soon_threadsafe(self.loop.stop)

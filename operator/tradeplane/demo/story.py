@@ -299,11 +299,12 @@ def _play(args: argparse.Namespace, kubeconfig: Path, operator: subprocess.Popen
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # `kill` stops what the demo started, as Ctrl-C does
+    raise KeyboardInterrupt  # `kill` or a closed terminal stops what the demo started, as Ctrl-C does
 
 
 def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     _say("starting the local control plane")
     kubeconfig = local.up(log=_say)
     os.environ["KUBECONFIG"] = str(kubeconfig)
