@@ -35,6 +35,7 @@ from tradeplane.cluster.serviceproxy import ServiceProxy
 
 DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=tradeplane"
 _PR_SET_PDEATHSIG = 1
+RESTART_BACKOFF_MAX_SECONDS = 10.0
 _SERVICE_ADDRESS = re.compile(r"^([a-z0-9-]+)(?:\.([a-z0-9-]+))?(?:\.svc(?:\.cluster\.local)?)?:([0-9]+)$")
 
 
@@ -159,6 +160,10 @@ class PodRunner:
         self.running: dict[str, RunningPod] = {}
         self.skipped: dict[str, str] = {}
         self.waiting: dict[str, str] = {}
+        self.exits: dict[str, str] = {}
+        """Pod name -> how its process last exited, with its last log line."""
+        self.restarts: dict[str, int] = {}
+        self.restart_after: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -227,8 +232,18 @@ class PodRunner:
         }
         for uid in [uid for uid in self.running if uid not in wanted]:
             self._stop_pod(uid)
+        now = time.monotonic()
+        for uid, running in list(self.running.items()):
+            if running.process.poll() is not None:
+                # As a kubelet restarts a container that exited: again after a growing back-off.
+                lines = (running.workdir / "output.log").read_text(errors="replace").splitlines()
+                self.exits[running.name] = f"exited {running.process.returncode}: {(lines or [''])[-1]}"
+                restarts = self.restarts.get(uid, 0) + 1
+                self.restarts[uid] = restarts
+                self.restart_after[uid] = now + min(RESTART_BACKOFF_MAX_SECONDS, 0.5 * 2 ** (restarts - 1))
+                self._stop_pod(uid)
         for uid, pod in wanted.items():
-            if uid not in self.running and uid not in self.skipped:
+            if uid not in self.running and uid not in self.skipped and now >= self.restart_after.get(uid, 0):
                 self._start(pod)
 
     def run(self, interval: float = 0.5) -> None:
@@ -259,5 +274,6 @@ class PodRunner:
             time.sleep(0.1)
         raise TimeoutError(
             f"{len(self.running)} of {count} pod processes running after {timeout:.0f}s; "
-            f"skipped: {list(self.skipped.values())}; waiting: {list(self.waiting.values())}"
+            f"skipped: {list(self.skipped.values())}; waiting: {list(self.waiting.values())}; "
+            f"exited: {self.exits}"
         )
