@@ -82,7 +82,8 @@ class OrderFlow:
                 price = price_units(SYMBOLS[symbol])
                 buyer = ACCOUNTS[pair % len(ACCOUNTS)]
                 seller = ACCOUNTS[(pair + 1) % len(ACCOUNTS)]
-                quantity = 1 + pair % 5
+                # Changes once every (account, symbol) pair traded: risk's duplicate-order check never fires.
+                quantity = 1 + (pair // 12) % 97
                 session.new_order(Side.BUY, symbol, quantity, price, account=buyer)
                 session.new_order(Side.SELL, symbol, quantity, price, account=seller)
                 self.sent += 2

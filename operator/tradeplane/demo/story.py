@@ -109,6 +109,16 @@ def _patch_risk(spec: dict[str, Any]) -> int:
     return generation
 
 
+def _verdict(status: dict[str, Any]) -> str:
+    analysis = status.get("lastAnalysis") or {}
+    if analysis.get("value") is None:
+        return f"{analysis.get('verdict')} ({analysis.get('message')})"
+    return (
+        f"{analysis['verdict']}: p99 {analysis['value']} µs against {analysis['threshold']} µs "
+        f"on {analysis['samples']} samples"
+    )
+
+
 class Story:
     """The demo's script, stepped once per tick against the latest Snapshot; lines tell what happened."""
 
@@ -214,11 +224,7 @@ class Story:
         good = self.risk["canaryRevision"]
         self.say(f"canary {good} started (step 1, {self.risk.get('weight')}%)")
         yield from self._until("the good canary at its last step", lambda: self.risk.get("step") == 2, 90)
-        verdict = self.risk.get("lastAnalysis") or {}
-        self.say(
-            f"step 2 ({self.risk.get('weight')}%): last verdict {verdict.get('verdict')}, p99 "
-            f"{verdict.get('value')} µs <= {verdict.get('threshold')} µs on {verdict.get('samples')} samples"
-        )
+        self.say(f"step 2 ({self.risk.get('weight')}%): last analysis {_verdict(self.risk)}")
         canary_pods = self._pods(good)
         yield from self._until(
             "the good canary promoted",
@@ -274,7 +280,9 @@ def _observe(observer: Observer) -> Snapshot | None:
         return None
 
 
-def _play(args: argparse.Namespace, kubeconfig: Path, operator: subprocess.Popen[bytes]) -> int:
+def _play(
+    args: argparse.Namespace, kubeconfig: Path, operator: subprocess.Popen[bytes], runner: PodRunner
+) -> int:
     observer = Observer(kubeconfig, NAMESPACE)
     # A log (--once) has no terminal width; wide enough that no table column is folded.
     console = Console() if not args.once else Console(width=180)
@@ -291,6 +299,8 @@ def _play(args: argparse.Namespace, kubeconfig: Path, operator: subprocess.Popen
                     story.step(snapshot)
                 time.sleep(TICK_SECONDS)
             console.print(render(observer.snapshot(), flow, story.lines, title))
+            for pod, exit in runner.exits.items():
+                print(f"pod process restarted: {pod} {exit}")
             return 0 if story.finished else 1
         story = Story(flow, checks, tell=lambda line: None)
         with Live(console=console, screen=True, auto_refresh=False) as live:
@@ -321,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if _bring_up(args, kubeconfig, runner):
             return 1
-        return _play(args, kubeconfig, operator)
+        return _play(args, kubeconfig, operator, runner)
     except StoryFailed as error:
         _say(str(error))
         return 1
