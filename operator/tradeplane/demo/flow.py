@@ -7,12 +7,12 @@ pod when that pod is replaced (a new session on the new address).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tradeplane.demo.background import BackgroundLoop
 from tradeplane_services.client import OrderSession
 from tradeplane_services.config import Address
 from tradeplane_services.protocol import ExecType, ExecutionReport, Reason, Side, price_units
@@ -22,7 +22,7 @@ ACCOUNTS = (101, 102, 103, 104)
 
 
 @dataclass
-class OrderFlow:
+class OrderFlow(BackgroundLoop):
     """Send `rate` orders/s to the order service found by `locate` until stopped."""
 
     locate: Callable[[], Address | None]
@@ -32,19 +32,9 @@ class OrderFlow:
     fills: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
     _history: list[tuple[float, int]] = field(default_factory=list)
 
-    def __enter__(self) -> OrderFlow:
-        self._thread = threading.Thread(target=self._run, name="order-flow", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    thread_name = "order-flow"
 
     def orders_per_second(self, over: float = 3.0) -> float:
         """Acknowledged orders per second over the last `over` seconds."""

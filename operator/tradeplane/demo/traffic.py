@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from kubernetes import client, config
 
+from tradeplane.demo.background import BackgroundLoop
 from tradeplane.rendering import NAME_LABEL, REVISION_LABEL
 from tradeplane_services.protocol import OrderType, RiskCheck, Side, encode, price_units, symbol_bytes
 
@@ -31,7 +31,7 @@ class _Pod:
 
 
 @dataclass
-class RiskTraffic:
+class RiskTraffic(BackgroundLoop):
     kubeconfig: Path
     namespace: str
     name: str
@@ -42,20 +42,13 @@ class RiskTraffic:
     answered: dict[str, int] = field(default_factory=dict)
     """Revision -> bytes answered."""
     _pods: dict[str, _Pod] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    thread_name = "risk-traffic"
 
-    def __enter__(self) -> RiskTraffic:
+    def __post_init__(self) -> None:
         api_client = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
         self._api = client.CoreV1Api(api_client)
-        self._thread = threading.Thread(target=self._run, name="risk-traffic", daemon=True)
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def _closed(self) -> None:
         for pod in self._pods.values():
             pod.socket.close()
 
