@@ -126,15 +126,10 @@ def test_pod_processes_serve_on_their_pod_ips(
             ]
         },
     }
-    # The caller's Service comes second: its process waits for it, as it would for a ConfigMap.
+    # The caller starts before its Service exists; it reaches the greeter once the Service is there.
     kubectl("apply", "-f", "-", input=json.dumps(caller))
-    wait_for(
-        lambda: any("greeter does not exist yet" in reason for reason in runner.waiting.values()),
-        what="the caller to wait for its Service",
-    )
-    assert not any(pod.name == "caller" for pod in runner.running.values())
-    kubectl("apply", "-f", "-", input=json.dumps(service))
     (caller_pod,) = [pod for pod in runner.wait_running(3) if pod.name == "caller"]
+    kubectl("apply", "-f", "-", input=json.dumps(service))
     relayed = wait_for(
         lambda: _get(f"http://{caller_pod.ip}:8080/"),
         what="the caller to reach the greeter through its Service",

@@ -6,7 +6,6 @@ import socket
 import socketserver
 import threading
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 
@@ -46,14 +45,21 @@ def _ask(address: str, source: str) -> str:
 
 def test_connections_follow_the_services_pods(pods: dict[str, _Server]) -> None:
     live = dict(pods)
-    proxy = ServiceProxy(lambda namespace, selector: sorted(live) if selector == "app=hello" else [])
-    service = SimpleNamespace(
-        metadata=SimpleNamespace(namespace="ns"),
-        spec=SimpleNamespace(cluster_ip="10.96.201.9", selector={"app": "hello"}),
-    )
+    services = {("ns", "hello", 80): PORT}
+
+    def resolve(namespace: str, name: str, port: int) -> tuple[int, list[str]] | None:
+        target = services.get((namespace, name, port))
+        return None if target is None else (target, sorted(live))
+
+    proxy = ServiceProxy(resolve)
     try:
-        address = proxy.address(service, 80, PORT)
-        assert address == f"{service_host('10.96.201.9')}:80"
+        # The address exists before the Service does, as a DNS name would; connections then find nothing.
+        late = proxy.address("ns", "later", 80)
+        assert _ask(late, "127.79.0.5") == ""
+        services[("ns", "later", 80)] = PORT
+        assert _ask(late, "127.79.0.5").endswith(" 127.79.0.5")
+        address = proxy.address("ns", "hello", 80)
+        assert address == f"{service_host('ns', 'hello')}:80" and address != late
         answers = {_ask(address, "127.79.0.5") for _ in range(4)}
         # One pod per connection, in turn; each pod saw the caller's own address, not the proxy's.
         assert answers == {"127.78.0.1 127.79.0.5", "127.78.0.2 127.79.0.5"}

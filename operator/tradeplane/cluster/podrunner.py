@@ -8,9 +8,9 @@ and the operator's direct scrape then reach real processes exactly as in a clust
 has its process stopped (SIGTERM, so the service drains).
 
 There is no kube-proxy or cluster DNS here, so env values of the form
-`<service>[.<namespace>[.svc[.cluster.local]]]:<port>` are resolved before the process starts: a ClusterIP
-Service to its stand-in address on the runner's ServiceProxy (which follows the Service's pods, so a
-reconnect after a pod was replaced reaches its replacement), a headless one to a Running pod behind it.
+`<service>[.<namespace>[.svc[.cluster.local]]]:<port>` are replaced before the process starts by the
+Service's stand-in address on the runner's ServiceProxy, which looks the Service and its pods up at each
+connection (so a Service created later, or a pod replaced since, is found, as through DNS and kube-proxy).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,6 @@ DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=tradeplane"
 _PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_MAX_SECONDS = 10.0
 _SERVICE_ADDRESS = re.compile(r"^([a-z0-9-]+)(?:\.([a-z0-9-]+))?(?:\.svc(?:\.cluster\.local)?)?:([0-9]+)$")
-
-
-class ServiceMissing(Exception):
-    """A pod's env names a Service that does not exist yet; its process waits, as for a ConfigMap."""
 
 
 @dataclass
@@ -84,27 +81,15 @@ def _config_maps(api: client.CoreV1Api, namespace: str, pod: Any) -> dict[str, d
     return mounted
 
 
-def running_pod_ips(api: client.CoreV1Api, namespace: str, selector: str) -> list[str]:
-    pods: list[Any] = api.list_namespaced_pod(namespace, label_selector=selector).items
-    return sorted(
-        p.status.pod_ip
-        for p in pods
-        if p.status.phase == "Running" and p.status.pod_ip and p.metadata.deletion_timestamp is None
-    )
-
-
-def _service_endpoint(api: client.CoreV1Api, proxy: ServiceProxy, namespace: str, value: str) -> str | None:
-    """`host:port` that reaches the Service a cluster address names, or None if it names none."""
-    match = _SERVICE_ADDRESS.match(value)
-    if match is None:
-        return None
-    name, service_namespace, port = match.group(1), match.group(2) or namespace, int(match.group(3))
+def resolve_service(
+    api: client.CoreV1Api, namespace: str, name: str, port: int
+) -> tuple[int, list[str]] | None:
+    """The target port of a Service's `port` and its Running pods' IPs; None without such a Service."""
     try:
-        service: Any = api.read_namespaced_service(name, service_namespace)
+        service: Any = api.read_namespaced_service(name, namespace)
     except client.ApiException as error:
         if error.status == 404:
-            # Resolved once, at start (no cluster DNS): start the process once the Service exists.
-            raise ServiceMissing(f"Service {service_namespace}/{name} does not exist yet") from error
+            return None
         raise
     target = next(
         (
@@ -114,11 +99,23 @@ def _service_endpoint(api: client.CoreV1Api, proxy: ServiceProxy, namespace: str
         ),
         port,
     )
-    if service.spec.cluster_ip not in (None, "", "None"):
-        return proxy.address(service, port, target)
     selector = ",".join(f"{key}={val}" for key, val in (service.spec.selector or {}).items())
-    ips = running_pod_ips(api, service_namespace, selector)
-    return f"{ips[0]}:{target}" if ips else None
+    pods: list[Any] = api.list_namespaced_pod(namespace, label_selector=selector).items
+    ips = sorted(
+        p.status.pod_ip
+        for p in pods
+        if p.status.phase == "Running" and p.status.pod_ip and p.metadata.deletion_timestamp is None
+    )
+    return target, ips
+
+
+def _service_address(proxy: ServiceProxy, namespace: str, value: str) -> str | None:
+    """The stand-in address of the Service a cluster address (`name[.namespace[.svc...]]:port`) names."""
+    match = _SERVICE_ADDRESS.match(value)
+    if match is None:
+        return None
+    name, service_namespace, port = match.group(1), match.group(2) or namespace, int(match.group(3))
+    return proxy.address(service_namespace, name, port)
 
 
 def _environment(pod: Any, mounts: dict[str, Path]) -> dict[str, str]:
@@ -156,10 +153,9 @@ class PodRunner:
         self.api = client.CoreV1Api(api_client)
         self.namespace = namespace
         self.selector = selector
-        self.proxy = ServiceProxy(lambda namespace, selector: running_pod_ips(self.api, namespace, selector))
+        self.proxy = ServiceProxy(partial(resolve_service, self.api))
         self.running: dict[str, RunningPod] = {}
         self.skipped: dict[str, str] = {}
-        self.waiting: dict[str, str] = {}
         self.exits: dict[str, str] = {}
         """Pod name -> how its process last exited, with its last log line."""
         self.restarts: dict[str, int] = {}
@@ -194,14 +190,8 @@ class PodRunner:
                 local.mkdir(exist_ok=True)
                 mounts[mount.mount_path] = local
         env = _environment(pod, mounts)
-        try:
-            for key, value in env.items():
-                env[key] = _service_endpoint(self.api, self.proxy, self.namespace, value) or value
-        except ServiceMissing as missing:
-            self.waiting[pod.metadata.uid] = f"{pod.metadata.name}: {missing}"
-            shutil.rmtree(workdir, ignore_errors=True)
-            return
-        self.waiting.pop(pod.metadata.uid, None)
+        for key, value in env.items():
+            env[key] = _service_address(self.proxy, self.namespace, value) or value
         log = (workdir / "output.log").open("ab")
         process = subprocess.Popen(
             command,
@@ -274,6 +264,6 @@ class PodRunner:
             time.sleep(0.1)
         raise TimeoutError(
             f"{len(self.running)} of {count} pod processes running after {timeout:.0f}s; "
-            f"skipped: {list(self.skipped.values())}; waiting: {list(self.waiting.values())}; "
+            f"skipped: {list(self.skipped.values())}; "
             f"exited: {self.exits}"
         )
