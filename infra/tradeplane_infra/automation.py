@@ -1,8 +1,8 @@
 """Run the program through the real Pulumi CLI and engine without the Python language host.
 
 A Pulumi installation ships `pulumi-language-python`, the plugin that starts `__main__.py`. That host is
-not published as a Go module, so the set-up command cannot build it, while it does build the CLI, the
-Kubernetes provider and the Python policy pack launcher (`tradeplane.cluster.toolchain`). The Automation
+not published as a Go module, so the set-up command cannot build it, while it does build the CLI and the
+Kubernetes provider (`tradeplane.cluster.toolchain`). The Automation
 API's inline programs need no host: this process serves the language runtime and the CLI connects to it
 (`pulumi up --client=...`); the engine, the providers and the policy packs run as they always do.
 
@@ -10,6 +10,7 @@ API's inline programs need no host: this process serves the language runtime and
 
 The engine runs a policy pack directory through the language host too, so the pack is given as its
 executable (see policy/__main__.py).
+
 The backend and the passphrase come from the environment as for `pulumi` itself (`pulumi login`,
 `PULUMI_BACKEND_URL`, `PULUMI_CONFIG_PASSPHRASE`). The last line printed is the engine's summary of
 resource operations as JSON, e.g. `{"create": 9}`.
