@@ -22,15 +22,19 @@ import argparse
 import importlib
 import json
 import os
+import shutil
+import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pulumi import automation as auto
 
 from tradeplane.cluster import toolchain
-from tradeplane_infra.settings import INFRA_DIR
+from tradeplane_infra.settings import INFRA_DIR, NAMESPACE
 
 COMMANDS = ("preview", "up", "destroy")
 DEFAULT_PROGRAM = "tradeplane_infra.program:main"
@@ -88,6 +92,54 @@ def run(
     else:
         result = stack.destroy(on_output=print, config_file=config_file)
     return dict(result.summary.resource_changes or {})
+
+
+@dataclass(frozen=True)
+class ScratchProject:
+    """infra/'s project copied into a folder of its own, logged in to a file backend inside it: stacks
+    that touch neither the checkout's stack files nor ~/.pulumi. Commands run in a child process."""
+
+    directory: Path
+    env: dict[str, str]
+
+    @classmethod
+    def create(cls, directory: Path, passphrase: str, env: Mapping[str, str]) -> ScratchProject:
+        (directory / "state").mkdir(parents=True)
+        shutil.copy(INFRA_DIR / "Pulumi.yaml", directory)
+        project = cls(
+            directory,
+            {
+                **env,
+                "PULUMI_HOME": str(directory / "home"),
+                "PULUMI_CONFIG_PASSPHRASE": passphrase,
+                "PULUMI_SKIP_UPDATE_CHECK": "true",
+            },
+        )
+        login = [str(toolchain.pulumi_root() / "bin" / "pulumi"), "login", f"file://{directory / 'state'}"]
+        subprocess.run(login, env=project.env, check=True, capture_output=True)
+        return project
+
+    def configure(self, stack: str, **values: Any) -> None:
+        """Stack config: infra/Pulumi.<stack>.yaml with these `tradeplane:*` values over it."""
+        document = yaml.safe_load((INFRA_DIR / f"Pulumi.{stack}.yaml").read_text())
+        document["config"].update({f"{NAMESPACE}:{key}": value for key, value in values.items()})
+        (self.directory / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(document))
+
+    def __call__(self, command: str, *args: str, stack: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", __name__, command, "--stack", stack, "--cwd", str(self.directory), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
+
+    def run(self, command: str, *args: str, stack: str) -> dict[str, int]:
+        """Runs a command that must succeed; returns its counts of resource operations."""
+        result = self(command, *args, stack=stack)
+        if result.returncode != 0:
+            raise RuntimeError(f"{command} failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}")
+        changes: dict[str, int] = json.loads(result.stdout.strip().splitlines()[-1])
+        return changes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
