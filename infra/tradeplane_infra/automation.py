@@ -75,23 +75,26 @@ def run(
 ) -> dict[str, int]:
     """Runs one CLI command, streaming its output; returns the counts of resource operations."""
     if command == "preview":
-        preview = stack.preview(
+        changes = stack.preview(
             on_output=print,
             policy_packs=list(policy_packs),
             config_file=config_file,
             expect_no_changes=expect_no_changes,
-        )
-        return dict(preview.change_summary)
-    if command == "up":
-        result = stack.up(
-            on_output=print,
-            policy_packs=list(policy_packs),
-            config_file=config_file,
-            expect_no_changes=expect_no_changes,
+        ).change_summary
+    elif command == "up":
+        changes = (
+            stack.up(
+                on_output=print,
+                policy_packs=list(policy_packs),
+                config_file=config_file,
+                expect_no_changes=expect_no_changes,
+            ).summary.resource_changes
+            or {}
         )
     else:
-        result = stack.destroy(on_output=print, config_file=config_file)
-    return dict(result.summary.resource_changes or {})
+        changes = stack.destroy(on_output=print, config_file=config_file).summary.resource_changes or {}
+    # Typed as OpType, but parsed from the engine's JSON events: plain strings.
+    return {str(operation): count for operation, count in changes.items()}
 
 
 @dataclass(frozen=True)
