@@ -45,7 +45,7 @@ class Installation:
         )
 
     def run(self, command: str, *args: str) -> dict[str, int]:
-        return self.installation.run(command, "--policy-pack", str(POLICY_PACK), *args, stack="local")
+        return self.project.run(command, "--policy-pack", str(POLICY_PACK), *args, stack="local")
 
 
 @pytest.fixture
