@@ -295,7 +295,7 @@ def _compile(group: BuildGroup, work: Path, progress: BuildProgress) -> None:
         progress.compiled(group.name, line.strip())
     if process.wait() != 0:
         raise ToolchainError(f"building {group.name} failed: {' '.join(command)}\n" + "\n".join(tail))
-    for binary, package in group.binaries.items():
+    for binary, package in group.packages().items():
         target = binary_path(binary)
         shutil.move(out / output_name(package), target.with_suffix(".partial"))
         target.with_suffix(".partial").rename(target)
