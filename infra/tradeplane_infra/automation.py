@@ -45,7 +45,10 @@ def load_program(reference: str) -> Callable[[], None]:
     module, _, function = reference.partition(":")
     if not module or not function:
         raise ValueError(f"--program: {reference!r} is not of the form module:function")
-    program: Callable[[], None] = getattr(importlib.import_module(module), function)
+    try:
+        program: Callable[[], None] = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"--program: {reference!r}: {error}") from None
     return program
 
 
@@ -160,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_file = str(Path(args.config_file).resolve()) if args.config_file else None
     try:
         program = load_program(args.program)
-    except (ValueError, ImportError, AttributeError) as error:
+    except ValueError as error:
         parser.error(str(error))
     # The providers run in the project directory and resolve the program's relative paths (the chart)
     # from there, as under `pulumi up`; an inline program runs in this process, so it must run there too.
