@@ -35,7 +35,7 @@ class Installation:
     operator_namespace: str
     kubeconfig: Path
 
-    def configure(self, **values: str) -> None:
+    def configure(self, **values: Any) -> None:
         self.project.configure(
             "local",
             namespace=self.namespace,
