@@ -5,7 +5,7 @@ from __future__ import annotations
 import pulumi
 
 from tradeplane_infra.cluster import TradingCluster
-from tradeplane_infra.settings import Settings
+from tradeplane_infra.settings import NAMESPACE, ConfigError, Settings, parse_settings, read_config
 from tradeplane_infra.stack import TradeplaneStack
 
 
@@ -20,3 +20,13 @@ def deploy(settings: Settings) -> dict[str, pulumi.Input[object]]:
         "tradingNodes": {"type": nodes.name, "count": nodes.count, "hugepages1Gi": nodes.hugepages_1gi},
         "tradingServices": sorted(stack.trading_services),
     }
+
+
+def main() -> None:
+    """The program as the engine runs it: read and check the stack config, then declare everything."""
+    try:
+        settings = parse_settings(read_config(pulumi.Config(NAMESPACE).get))
+    except ConfigError as error:
+        raise pulumi.RunError(f"invalid stack configuration:\n{error}") from None
+    for name, value in deploy(settings).items():
+        pulumi.export(name, value)

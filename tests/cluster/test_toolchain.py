@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,43 @@ def test_each_binary_is_found_where_go_build_writes_it() -> None:
     }
     assert names["etcd"] == "server"
     assert all(names[name] == name for name in toolchain.ALL_BINARIES if name != "etcd")
+
+
+def test_pulumi_cli_pins_its_sdk_and_the_provider_is_built_from_a_completed_copy(tmp_path: Path) -> None:
+    cli = toolchain.GROUP_OF["pulumi"]
+    go_mod = cli.go_mod()
+    assert f"require github.com/pulumi/pulumi/pkg/v3 {toolchain.PULUMI_VERSION}" in go_mod
+    assert (
+        f"github.com/pulumi/pulumi/sdk/v3 => github.com/pulumi/pulumi/sdk/v3 {toolchain.PULUMI_VERSION}"
+        in go_mod
+    )
+    assert "github.com/atotto/clipboard => github.com/tgummerer/clipboard" in go_mod
+    provider = toolchain.GROUP_OF["pulumi-resource-kubernetes"]
+    assert provider.packages() == {
+        "pulumi-resource-kubernetes": f"{toolchain.WRAPPER_MODULE}/pulumi-resource-kubernetes"
+    }
+    # The module ships schema.json and terraform-mapping.json; main.go embeds their generated forms.
+    (tmp_path / "schema.json").write_text('{"name": "kubernetes", "resources": {"a": {}}}')
+    (tmp_path / "terraform-mapping.json").write_text('{"x": [1, 2]}')
+    provider.completions["pulumi-resource-kubernetes"](tmp_path)
+    assert json.loads((tmp_path / "schema-embed.json").read_text()) == {
+        "name": "kubernetes",
+        "resources": {"a": {}},
+        "version": toolchain.PULUMI_KUBERNETES_VERSION.removeprefix("v"),
+    }
+    assert (tmp_path / "terraform-mapping-embed.json").read_text() == '{"x":[1,2]}'
+
+
+def test_pulumi_root_names_the_cached_binaries_as_the_cli_looks_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRADEPLANE_CACHE", str(tmp_path))
+    with pytest.raises(toolchain.ToolchainError, match=r"pulumi v3\S+ is not built yet"):
+        toolchain.pulumi_root()
+    for name in toolchain.PULUMI_TOOLS:
+        toolchain.binary_path(name).parent.mkdir(parents=True, exist_ok=True)
+        toolchain.binary_path(name).write_text(name)
+    root = toolchain.pulumi_root()
+    assert sorted(path.name for path in (root / "bin").iterdir()) == sorted(toolchain.PULUMI_TOOLS)
+    assert all((root / "bin" / name).read_text() == name for name in toolchain.PULUMI_TOOLS)
+    assert toolchain.pulumi_root() == root

@@ -1,4 +1,4 @@
-"""Build the real Kubernetes components (and helm, etcd, kwok) from the Go module proxy, cached by version.
+"""Build the real Kubernetes components, helm, etcd, kwok and pulumi from the Go module proxy, by version.
 
 kind needs Docker; these machines have Go and the module proxy instead. `k8s.io/kubernetes` replaces
 its `k8s.io/*` staging modules with local paths, which `go build` of the module refuses, so binaries are
@@ -12,6 +12,7 @@ before any test runs; tests only `require` what is cached and fail with a clear 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.6"
 KWOK_VERSION = "v0.7.0"
 HELM_VERSION = "v3.19.2"
+PULUMI_VERSION = "v3.274.1"
+# The provider's module is tagged v4.x.y at the repository's root only, so the proxy serves it by commit.
+PULUMI_KUBERNETES_VERSION = "v4.0.0-20260115033456-f47bc2d6f199"
+WRAPPER_MODULE = "tradeplane.local/build"
 
 # The staging modules k8s.io/kubernetes replaces with local paths in its own go.mod.
 STAGING_MODULES = [
@@ -54,10 +59,20 @@ class BuildGroup:
     binaries: dict[str, str]  # binary name -> package path of its main
     ldflags: str = ""
     replaces: tuple[str, ...] = field(default=())  # go.mod replace lines, "old => new version"
+    # Main packages whose module leaves out generated go:embed inputs: each is copied into the wrapper
+    # module, where its function writes the missing files into the copy's directory.
+    completions: dict[str, Callable[[Path], None]] = field(default_factory=dict)
+
+    def packages(self) -> dict[str, str]:
+        """Binary name -> the package `go build` compiles: the module's own, or the completed copy."""
+        return {
+            binary: f"{WRAPPER_MODULE}/{binary}" if binary in self.completions else package
+            for binary, package in self.binaries.items()
+        }
 
     def go_mod(self) -> str:
         lines = [
-            "module tradeplane.local/build",
+            f"module {WRAPPER_MODULE}",
             "",
             "go 1.25.0",
             "",
@@ -84,6 +99,18 @@ def _kubernetes_ldflags() -> str:
 
 
 _STAGING_VERSION = KUBERNETES_VERSION.replace("v1.", "v0.", 1)
+
+
+def _complete_kubernetes_provider(directory: Path) -> None:
+    """Write what the provider's `go generate` (generate.go) would: its schema stamped with the version,
+    and both JSON documents compacted. Running generate.go itself compiles pulumi's codegen packages,
+    about five minutes of CPU for two JSON rewrites."""
+    schema = json.loads((directory / "schema.json").read_text())
+    schema["version"] = PULUMI_KUBERNETES_VERSION.removeprefix("v")
+    (directory / "schema-embed.json").write_text(json.dumps(schema, separators=(",", ":")))
+    mapping = json.loads((directory / "terraform-mapping.json").read_text())
+    (directory / "terraform-mapping-embed.json").write_text(json.dumps(mapping, separators=(",", ":")))
+
 
 GROUPS: tuple[BuildGroup, ...] = (
     BuildGroup(
@@ -120,10 +147,39 @@ GROUPS: tuple[BuildGroup, ...] = (
             ]
         ),
     ),
+    # pkg/v3's go.mod points sdk/v3 at its sibling directory and swaps in a clipboard fork; replaces only
+    # apply inside their own module, so both are restated here (sdk/v3 at pkg's version).
+    BuildGroup(
+        "pulumi",
+        "github.com/pulumi/pulumi/pkg/v3",
+        PULUMI_VERSION,
+        {"pulumi": "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"},
+        ldflags=f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={PULUMI_VERSION}",
+        replaces=(
+            f"github.com/pulumi/pulumi/sdk/v3 => github.com/pulumi/pulumi/sdk/v3 {PULUMI_VERSION}",
+            "github.com/atotto/clipboard => "
+            "github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e",
+        ),
+    ),
+    BuildGroup(
+        "pulumi-kubernetes",
+        "github.com/pulumi/pulumi-kubernetes/provider/v4",
+        PULUMI_KUBERNETES_VERSION,
+        {
+            "pulumi-resource-kubernetes": (
+                "github.com/pulumi/pulumi-kubernetes/provider/v4/cmd/pulumi-resource-kubernetes"
+            )
+        },
+        ldflags="-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version="
+        + PULUMI_KUBERNETES_VERSION.removeprefix("v"),
+        completions={"pulumi-resource-kubernetes": _complete_kubernetes_provider},
+    ),
 )
 
-GROUP_OF: dict[str, BuildGroup] = {binary: group for group in GROUPS for binary in group.binaries}
+GROUP_OF: dict[str, BuildGroup] = {name: group for group in GROUPS for name in group.binaries}
 ALL_BINARIES = tuple(GROUP_OF)
+# The CLI and the plugin the engine needs for the local target.
+PULUMI_TOOLS = ("pulumi", "pulumi-resource-kubernetes")
 CLUSTER_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok")
 
 
@@ -148,6 +204,24 @@ def require(name: str) -> Path:
     if not path.exists():
         raise ToolchainError(f"{name} {GROUP_OF[name].version} is not built yet: run scripts/bootstrap first")
     return path
+
+
+def pulumi_root() -> Path:
+    """A Pulumi installation made of the cached binaries (never builds): `bin/` has each of PULUMI_TOOLS
+    under the name the CLI looks for. The engine looks for plugins on PATH before its plugin cache, so a
+    CLI run with this `bin/` first on PATH uses exactly these."""
+    root = cache_dir().parent / f"pulumi-{PULUMI_VERSION}"
+    (root / "bin").mkdir(parents=True, exist_ok=True)
+    for name in PULUMI_TOOLS:
+        target, link = require(name), root / "bin" / name
+        if link.is_symlink() and link.readlink() == target:
+            continue
+        # Replaced atomically: another process may be running this CLI right now.
+        partial = link.with_name(f".{name}.{os.getpid()}")
+        partial.unlink(missing_ok=True)
+        partial.symlink_to(target)
+        partial.replace(link)
+    return root
 
 
 def missing(names: tuple[str, ...] = ALL_BINARIES) -> list[str]:
@@ -175,13 +249,27 @@ def _run(command: list[str], cwd: Path, what: str) -> str:
     return result.stdout
 
 
+def _module_dir(group: BuildGroup, work: Path) -> Path:
+    listed = _run(["go", "mod", "download", "-json", f"{group.module}@{group.version}"], work, group.name)
+    return Path(json.loads(listed)["Dir"])
+
+
 def _prepare(group: BuildGroup, work: Path) -> int:
     """Write the wrapper module, fetch its modules; return how many packages the build compiles."""
     (work / "go.mod").write_text(group.go_mod())
-    imports = "\n".join(f'import _ "{package}"' for package in group.binaries.values())
+    if group.completions:
+        source = _module_dir(group, work)
+        for binary, complete in group.completions.items():
+            copy = work / binary
+            shutil.copytree(source / group.binaries[binary].removeprefix(f"{group.module}/"), copy)
+            # The module cache is read-only, and so is what copytree copied from it.
+            for path in (copy, *copy.rglob("*")):
+                path.chmod(path.stat().st_mode | 0o200)
+            complete(copy)
+    imports = "\n".join(f'import _ "{package}"' for package in group.packages().values())
     (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\n{imports}\n")
     _run(["go", "mod", "tidy"], work, group.name)
-    listed = _run(["go", "list", "-deps", *group.binaries.values()], work, group.name)
+    listed = _run(["go", "list", "-deps", *group.packages().values()], work, group.name)
     return len(listed.split())
 
 
@@ -196,7 +284,7 @@ def _compile(group: BuildGroup, work: Path, progress: BuildProgress) -> None:
     out.mkdir()
     command = [
         "go", "build", "-v", "-trimpath", "-ldflags", f"-s -w {group.ldflags}".strip(),
-        "-o", f"{out}{os.sep}", *group.binaries.values(),
+        "-o", f"{out}{os.sep}", *group.packages().values(),
     ]  # fmt: skip
     process = subprocess.Popen(
         command, cwd=work, env=_go_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
@@ -207,7 +295,7 @@ def _compile(group: BuildGroup, work: Path, progress: BuildProgress) -> None:
         progress.compiled(group.name, line.strip())
     if process.wait() != 0:
         raise ToolchainError(f"building {group.name} failed: {' '.join(command)}\n" + "\n".join(tail))
-    for binary, package in group.binaries.items():
+    for binary, package in group.packages().items():
         target = binary_path(binary)
         shutil.move(out / output_name(package), target.with_suffix(".partial"))
         target.with_suffix(".partial").rename(target)
