@@ -350,6 +350,11 @@ def _build_missing(names: tuple[str, ...], progress: BuildProgress) -> None:
             progress.built(group.name, time.monotonic() - started)
 
 
+# What `python -m tradeplane.cluster.toolchain [NAME|cluster ...]` builds: "cluster" names what the local
+# control plane needs (all the demo needs); no name, everything the tests need too.
+NAMED_SETS = {"cluster": CLUSTER_BINARIES}
+
 if __name__ == "__main__":
-    for built in ensure(tuple(sys.argv[1:]) or ALL_BINARIES).values():
+    wanted = tuple(name for arg in sys.argv[1:] for name in NAMED_SETS.get(arg, (arg,)))
+    for built in ensure(wanted or ALL_BINARIES).values():
         print(built)
