@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +155,53 @@ def test_pod_processes_serve_on_their_pod_ips(
     kubectl("delete", "pod", "caller", "-n", namespace, "--wait=false")
     kubectl("scale", "deployment", "greeter", "--replicas=0", "-n", namespace)
     wait_for(lambda: not runner.running, what="the processes of deleted pods to stop")
+
+
+LONE_SERVER = """
+import http.server, os
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"alive")
+http.server.HTTPServer((os.environ["TRADEPLANE_BIND"], 8080), Handler).serve_forever()
+"""
+
+RUNNER = """
+import sys, time
+from tradeplane.cluster.podrunner import PodRunner
+PodRunner(sys.argv[1], kubeconfig=sys.argv[2]).start()
+time.sleep(600)
+"""
+
+
+def test_a_runner_killed_outright_leaves_no_process_on_a_pod_address(
+    kubectl: Kubectl, namespace: str, kube_env: Path
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "lone",
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "tradeplane"},
+        },
+        "spec": {
+            "containers": [
+                {"name": "app", "image": "registry.example/lone:1", "command": ["python", "-c", LONE_SERVER]}
+            ]
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(pod))
+    ip = wait_for(
+        lambda: json.loads(kubectl("get", "pod", "lone", "-n", namespace, "-o", "json").stdout)["status"].get(
+            "podIP"
+        ),
+        what="the pod's IP",
+    )
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, namespace, str(kube_env)])
+    try:
+        wait_for(lambda: _get(f"http://{ip}:8080/"), what="the pod's process to serve")
+        runner.kill()  # SIGKILL: no cleanup of its own runs
+        runner.wait()
+        wait_for(lambda: _get(f"http://{ip}:8080/") is None, timeout=10, what="the pod's process to end")
+    finally:
+        runner.kill()
