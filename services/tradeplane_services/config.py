@@ -108,12 +108,9 @@ class ExecutionSettings(Settings):
 
 
 class PositionSettings(Settings):
-    fsync: Literal["always", "interval", "never"] = Field(
-        "always",
-        description="always: fills are fsynced before they are acknowledged (group commit); "
-        "interval: acknowledged once written, fsynced every fsyncIntervalMillis; never: left to the OS.",
+    snapshotEveryEvents: int = Field(
+        1000, ge=1, description="A snapshot of the positions goes to the event log's KV store this often."
     )
-    fsyncIntervalMillis: int = Field(10, ge=1)
 
 
 class MarketDataSettings(Settings):
@@ -200,6 +197,7 @@ class Environment:
     state_dir: Path
     peers: dict[str, Address] = field(default_factory=dict)
     market_data_group: Address | None = None
+    event_log: list[str] = field(default_factory=list)  # nats:// URLs of the event log's servers
 
     def peer(self, name: str) -> Address | None:
         return self.peers.get(name)
@@ -211,6 +209,15 @@ PEER_VARIABLES = {
     "position": "TRADEPLANE_POSITION_ADDR",
     "market-data": "TRADEPLANE_MARKET_DATA_ADDR",
 }
+
+
+def parse_event_log(text: str) -> list[str]:
+    """TRADEPLANE_EVENT_LOG: comma-separated nats:// (or tls://) URLs of the event log's servers."""
+    servers = [part.strip() for part in text.split(",") if part.strip()]
+    for server in servers:
+        if not server.startswith(("nats://", "tls://")):
+            raise ConfigError(f"TRADEPLANE_EVENT_LOG={text!r}: {server!r} is not a nats:// or tls:// URL")
+    return servers
 
 
 def _port(variable: str, default: int, env: dict[str, str]) -> int:
@@ -242,4 +249,5 @@ def read_environment(component: str, config: str | None, env: dict[str, str] | N
         state_dir=Path(env.get("TRADEPLANE_STATE_DIR") or "/var/lib/tradeplane"),
         peers=peers,
         market_data_group=group,
+        event_log=parse_event_log(env.get("TRADEPLANE_EVENT_LOG") or ""),
     )

@@ -1,32 +1,39 @@
-"""Execution: routes orders to a venue behind the `Venue` interface and hands every fill to position.
+"""Execution: routes orders to a venue behind the `Venue` interface and appends every fill to the event log.
 
 The shipped venue is simulated (`matching.MatchingEngine`, price-time priority), so the stack trades end
 to end. Orders are scoped by the order-service connection that routed them; when that connection drops,
 its resting orders are canceled. Fills carry (source, fill_sequence): source is this process's start
-time, the sequence counts its fills. A fill stays buffered until position acknowledges it as durable and is
-sent again after a reconnect, so a position restart loses nothing (position ignores what it already has).
+time, the sequence counts its fills.
+
+A trade is reported to the order service only once the event log has its fills: the fills of one loop
+turn are appended as one event per partition (group commit), and every report to the same order
+connection queued after them waits too, so reports keep their order. Retries carry the same event id, so
+a lost acknowledgement never stores a fill twice. Without TRADEPLANE_EVENT_LOG, fills are reported at once
+and kept nowhere.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections import deque
+from collections import defaultdict
 from collections.abc import Hashable
 from typing import Any, Protocol
 
 from tradeplane_services.config import Environment, ExecutionSettings, Settings
+from tradeplane_services.eventlog import Append, EventLog, partition_of
 from tradeplane_services.matching import MatchingEngine, VenueEvent
 from tradeplane_services.protocol import (
     CancelRoute,
     ExecType,
     Fill,
-    FillAck,
     Reason,
     ReplaceRoute,
     RouteOrder,
     VenueReport,
 )
-from tradeplane_services.runtime import Connection, PeerLink, Service, fields, log, wait_until
+from tradeplane_services.runtime import Connection, Service, fields, log, wait_until
 
 NEW, TRADE = int(ExecType.NEW), int(ExecType.TRADE)
 
@@ -71,15 +78,22 @@ class ExecutionService(Service):
         }
         self.source = time.time_ns()
         self.fill_sequence = 0
-        self.unacked: deque[Fill] = deque()
-        self.position: PeerLink | None = None
-        if environment.peer("position") is not None:
-            self.position = self.link("position", {FillAck: self.on_fill_ack}, on_up=self.on_position_up)
+        self.stored_fills = 0
+        self.event_log: EventLog | None = None
+        self.fills: list[Fill] = []  # this turn's fills, not yet handed to the log
+        self.held: list[tuple[Connection, VenueReport]] = []  # reports waiting for fills before them
+        self.committing: asyncio.Task[None] | None = None
+        if environment.event_log:
+            self.event_log = EventLog(environment.event_log, name="execution")
         else:
-            log.warning("TRADEPLANE_POSITION_ADDR is not set: fills go to order sessions only")
+            log.warning("TRADEPLANE_EVENT_LOG is not set: fills are reported but kept nowhere")
+
+    async def start(self) -> None:
+        if self.event_log is not None:
+            await self.event_log.open()
 
     def ready(self) -> bool:
-        return self.position is None or self.position.connected
+        return self.event_log is None or self.event_log.connected
 
     def on_route(self, connection: Connection, message: RouteOrder) -> None:
         self.inject_latency()
@@ -101,47 +115,67 @@ class ExecutionService(Service):
         for event in events:
             if event.exec_type == NEW:
                 continue  # order acknowledged its client already; the venue's ack adds nothing
-            owner = event.owner
-            if isinstance(owner, Connection) and owner.connected:
-                owner.send(
-                    VenueReport(
-                        event.order_id,
-                        event.exec_type,
-                        event.reason,
-                        event.last_quantity,
-                        event.last_price,
-                        event.leaves_quantity,
-                    )
-                )
             if event.exec_type == TRADE:
                 self.fill_sequence += 1
-                fill = Fill(
-                    self.source,
-                    self.fill_sequence,
-                    event.account,
-                    event.symbol,
-                    event.side,
-                    event.last_quantity,
-                    event.last_price,
-                    event.order_id,
-                    now,
-                )
-                self.unacked.append(fill)
-                if self.position is not None:
-                    self.position.send_later(fill)
+                if self.event_log is not None:
+                    self.fills.append(
+                        Fill(
+                            self.source,
+                            self.fill_sequence,
+                            event.account,
+                            event.symbol,
+                            event.side,
+                            event.last_quantity,
+                            event.last_price,
+                            event.order_id,
+                            now,
+                        )
+                    )
+            owner = event.owner
+            if not isinstance(owner, Connection):
+                continue
+            report = VenueReport(
+                event.order_id,
+                event.exec_type,
+                event.reason,
+                event.last_quantity,
+                event.last_price,
+                event.leaves_quantity,
+            )
+            if self.fills or self.held:
+                self.held.append((owner, report))
+            elif owner.connected:
+                owner.send(report)
+        if self.fills and self.committing is None:
+            self.committing = asyncio.get_running_loop().create_task(self._commit())
 
-    def on_fill_ack(self, connection: Connection, ack: FillAck) -> None:
-        if ack.source != self.source:
-            return
-        unacked = self.unacked
-        while unacked and unacked[0].fill_sequence <= ack.fill_sequence:
-            unacked.popleft()
+    async def _commit(self) -> None:
+        """Append the fills queued so far, then release the reports queued with them; again while more
+        came in meanwhile."""
+        assert self.event_log is not None
+        while self.fills:
+            fills, self.fills = self.fills, []
+            reports, self.held = self.held, []
+            await self.event_log.append(self._events(fills))
+            self.stored_fills += len(fills)
+            for owner, report in reports:
+                if owner.connected:
+                    owner.send(report)
+        reports, self.held = self.held, []
+        for owner, report in reports:
+            if owner.connected:
+                owner.send(report)
+        self.committing = None
 
-    def on_position_up(self, connection: Connection) -> None:
-        if self.unacked:
-            log.info("resending unacknowledged fills", extra=fields(fills=len(self.unacked)))
-        for fill in self.unacked:
-            connection.send(fill)
+    def _events(self, fills: list[Fill]) -> list[Append]:
+        """One event per partition; its id names the source and its first fill, which no other event has."""
+        by_partition: dict[int, list[Fill]] = defaultdict(list)
+        for fill in fills:
+            by_partition[partition_of(fill.account)].append(fill)
+        return [
+            Append("fill", partition, group, f"fill-{self.source}-{group[0].fill_sequence}")
+            for partition, group in by_partition.items()
+        ]
 
     def session_lost(self, connection: Connection) -> None:
         events = self.venue.cancel_owner(connection, int(Reason.CANCELED_ON_DISCONNECT))
@@ -151,12 +185,21 @@ class ExecutionService(Service):
     async def drain(self) -> None:
         for session in list(self.sessions):
             self.publish(self.venue.cancel_owner(session, int(Reason.CANCELED_ON_DISCONNECT)))
-        if self.position is not None:
-            await wait_until(lambda: not self.unacked, self.settings.drainTimeoutSeconds)
-            if self.unacked:
-                log.error(
-                    "stopping with fills position has not acknowledged", extra=fields(fills=len(self.unacked))
-                )
+        await wait_until(lambda: self.committing is None, self.settings.drainTimeoutSeconds)
+        if self.committing is not None:
+            log.error("stopping with fills the event log has not stored", extra=fields(fills=self.unstored))
+
+    async def stop(self) -> None:
+        if self.committing is not None:
+            self.committing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.committing
+        if self.event_log is not None:
+            await self.event_log.close()
+
+    @property
+    def unstored(self) -> int:
+        return self.fill_sequence - self.stored_fills if self.event_log is not None else 0
 
     def status(self) -> dict[str, Any]:
-        return {"fills": self.fill_sequence, "unackedFills": len(self.unacked), "source": self.source}
+        return {"fills": self.fill_sequence, "unstoredFills": self.unstored, "source": self.source}

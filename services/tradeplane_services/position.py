@@ -1,19 +1,19 @@
-"""Position: event-sourced positions and PnL from fills, with a durable append-only log and a read API.
+"""Position: positions and PnL as a projection of the event log, and a read API.
 
-Write side: every fill is appended to `fills.log` (a header, then fixed records: CRC32 + the Fill body)
-before it is acknowledged. fsync policy: `always` fsyncs each group of fills before acknowledging it
-(group commit per event-loop turn); `interval` acknowledges once written (safe against a process crash)
-and fsyncs every fsyncIntervalMillis; `never` leaves flushing to the OS. Fills are identified by
-(source, fill_sequence): one already applied is acknowledged again, never applied twice.
+Nothing that matters lives in the pod: fills are events in the log (execution appends them before any
+client hears of them), and any number of position replicas each read the log. On start a replica loads
+the latest snapshot from the log's key-value store and replays the events after it, then follows the
+log; it becomes ready once it has caught up with the log as it was at start. Every
+`snapshotEveryEvents` events (and on SIGTERM) it stores a snapshot, unless one of a later sequence is
+there already, so replay time stays bounded. Fills are identified by (source, fill_sequence): one the
+projection has applied is never applied again, whatever the log delivers twice.
 
 Projection: per (account, symbol) the signed quantity, bought and sold volume, open cost (signed quantity
 times price of the open position, average-cost method), realized PnL, and unrealized PnL marked to the
-last market-data trade (or the last fill). Amounts are in price units (1/10000). Replaying the log on start
-rebuilds exactly the same state; a torn last record (crash mid-write) is cut off, damage anywhere else
-stops the service with the byte offset.
+last market-data trade (or the last fill). Amounts are in price units (1/10000).
 
 Read side (CQRS): PositionQuery over the wire answers PositionReport frames and a PositionQueryEnd;
-GET /positions[?account=N] on the metrics port answers JSON.
+GET /positions[?account=N] on the metrics port answers JSON with the log `sequence` it reflects.
 """
 
 from __future__ import annotations
@@ -21,40 +21,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import struct
 import time
-import zlib
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
 
 from tradeplane_services.config import Environment, PositionSettings, Settings
+from tradeplane_services.eventlog import Event, EventLog, Snapshots, subject_filter
 from tradeplane_services.marketdata import subscribe_if_published
 from tradeplane_services.protocol import (
     Fill,
-    FillAck,
     PositionQuery,
     PositionQueryEnd,
     PositionReport,
     Side,
-    layout_of,
+    symbol_bytes,
     symbol_text,
 )
 from tradeplane_services.runtime import Connection, Service, fields, log
 
-LOG_MAGIC = b"TPFILLOG"
-LOG_VERSION = 1
-LOG_HEADER = struct.Struct("<8sII")  # magic, version, record size
-FILL_BODY = struct.Struct("<" + layout_of(Fill).frame.format[len("<HBBQ") :])
-RECORD = struct.Struct("<I" + FILL_BODY.format[1:])
 BUY = int(Side.BUY)
-
-
-class LogCorruption(Exception):
-    """The fill log is damaged somewhere other than its last record."""
+FILLS = subject_filter("fill")
+SNAPSHOT_KEY = "position"
+SNAPSHOT_FIELDS = ("quantity", "bought", "sold", "open_cost", "realized")
 
 
 class Position:
@@ -99,6 +89,33 @@ class PositionBook:
         self.last_fill_price: dict[bytes, int] = {}
         self.applied: dict[int, int] = {}
         self.fills = 0
+        self.sequence = 0  # the last event log sequence applied
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """Everything but the marks (market data refreshes those): JSON for the snapshot store."""
+        return {
+            "sequence": self.sequence,
+            "fills": self.fills,
+            "applied": {str(source): sequence for source, sequence in self.applied.items()},
+            "lastFillPrice": {symbol_text(symbol): price for symbol, price in self.last_fill_price.items()},
+            "positions": [
+                [account, symbol_text(symbol), *(getattr(position, name) for name in SNAPSHOT_FIELDS)]
+                for (account, symbol), position in self.positions.items()
+            ],
+        }
+
+    @classmethod
+    def from_snapshot(cls, document: dict[str, Any]) -> PositionBook:
+        book = cls()
+        book.sequence = document["sequence"]
+        book.fills = document["fills"]
+        book.applied = {int(source): sequence for source, sequence in document["applied"].items()}
+        book.last_fill_price = {symbol_bytes(s): price for s, price in document["lastFillPrice"].items()}
+        for account, symbol, *values in document["positions"]:
+            position = book.positions[account, symbol_bytes(symbol)] = Position()
+            for name, value in zip(SNAPSHOT_FIELDS, values, strict=True):
+                setattr(position, name, value)
+        return book
 
     def apply(self, fill: Fill) -> bool:
         """Apply a fill unless it was applied before; whether it was new."""
@@ -144,95 +161,6 @@ class PositionBook:
                 yield self.report(key_account, symbol)
 
 
-class FillLog:
-    """fills.log: an append-only file of CRC-protected fill records."""
-
-    def __init__(self, directory: Path, fsync: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / "fills.log"
-        self.fsync_policy = fsync
-        self.dirty = False
-        self.records = 0
-        self._fd = -1
-
-    def replay(self) -> Iterator[Fill]:
-        """Every intact record in order; cuts a torn last record off the file."""
-        header = LOG_HEADER.pack(LOG_MAGIC, LOG_VERSION, RECORD.size)
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            self.path.write_bytes(header)
-            _fsync_path(self.path)
-            return
-        data = self.path.read_bytes()
-        if len(data) < LOG_HEADER.size or data[: LOG_HEADER.size] != header:
-            raise LogCorruption(f"{self.path}: byte 0: not a version {LOG_VERSION} fill log of this layout")
-        size = RECORD.size
-        end = len(data)
-        offset = LOG_HEADER.size
-        while offset < end:
-            if end - offset < size:
-                self._truncate(offset, f"{end - offset} bytes of a torn last record")
-                return
-            crc = struct.unpack_from("<I", data, offset)[0]
-            if zlib.crc32(data[offset + 4 : offset + size]) != crc:
-                if end - offset == size:
-                    self._truncate(offset, "a last record with a bad checksum")
-                    return
-                raise LogCorruption(f"{self.path}: byte {offset}: record checksum mismatch")
-            self.records += 1
-            yield Fill._make(FILL_BODY.unpack_from(data, offset + 4))
-            offset += size
-
-    def _truncate(self, offset: int, what: str) -> None:
-        log.warning("cutting the fill log", extra=fields(path=str(self.path), offset=offset, found=what))
-        with open(self.path, "r+b") as file:
-            file.truncate(offset)
-            os.fsync(file.fileno())
-
-    def open(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-
-    def append(self, fills: list[Fill]) -> None:
-        """Write a group of fills; with fsync=always they are on disk when this returns."""
-        chunks = []
-        for fill in fills:
-            body = FILL_BODY.pack(*fill)
-            chunks.append(struct.pack("<I", zlib.crc32(body)) + body)
-        data = b"".join(chunks)
-        written = os.write(self._fd, data)
-        while written < len(data):
-            written += os.write(self._fd, data[written:])
-        self.records += len(fills)
-        if self.fsync_policy == "always":
-            os.fsync(self._fd)
-        else:
-            self.dirty = True
-
-    def sync(self) -> None:
-        if self.dirty and self._fd >= 0:
-            os.fsync(self._fd)
-            self.dirty = False
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            if self.fsync_policy != "never":
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 class PositionService(Service):
     name = "position"
 
@@ -240,70 +168,71 @@ class PositionService(Service):
         super().__init__(environment, settings)
         assert isinstance(settings, PositionSettings)
         self.book = PositionBook()
-        self.log = FillLog(environment.state_dir, settings.fsync)
-        self.handlers = {Fill: self.on_fill, PositionQuery: self.on_query}
+        self.handlers = {PositionQuery: self.on_query}
         self.routes["/positions"] = self.positions_route
-        self.pending: list[tuple[Connection, Fill, int]] = []  # with the time each arrived
         self.replayed = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self.snapshot_sequence = 0
+        self.snapshots: Snapshots | None = None
+        self._projection: asyncio.Task[None] | None = None
+        self.event_log: EventLog | None = None
+        if environment.event_log:
+            self.event_log = EventLog(environment.event_log, name="position")
+        else:
+            log.warning("TRADEPLANE_EVENT_LOG is not set: no fills to project")
         self.market_data = subscribe_if_published(environment, self.on_ticks, self.metrics)
 
     async def start(self) -> None:
+        if self.market_data is not None:
+            await self.market_data.start()
+        if self.event_log is None:
+            self.replayed = True
+            return
         started = time.perf_counter()
-        for fill in self.log.replay():
-            self.book.apply(fill)
-        self.log.open()
+        await self.event_log.open()
+        self.snapshots = await self.event_log.snapshots()
+        document = await self.snapshots.load(SNAPSHOT_KEY)
+        if document is not None:
+            self.book = PositionBook.from_snapshot(document)
+            self.snapshot_sequence = self.book.sequence
+        from_snapshot = self.book.fills
+        await self._project(self.event_log.read(FILLS, self.book.sequence + 1))
         self.replayed = True
         log.info(
-            "fill log replayed",
+            "event log replayed",
             extra=fields(
-                fills=self.log.records,
-                positions=len(self.book.positions),
+                snapshotSequence=self.snapshot_sequence,
+                fillsFromSnapshot=from_snapshot,
+                fillsReplayed=self.book.fills - from_snapshot,
+                sequence=self.book.sequence,
                 seconds=round(time.perf_counter() - started, 3),
             ),
         )
-        loop = asyncio.get_running_loop()
+        self._projection = asyncio.get_running_loop().create_task(
+            self._project(self.event_log.read(FILLS, self.book.sequence + 1, follow=True))
+        )
+
+    async def _project(self, events: AsyncIterator[Event]) -> None:
         settings = self.settings
         assert isinstance(settings, PositionSettings)
-        if settings.fsync == "interval":
-            self._tasks.append(loop.create_task(self._sync_every(settings.fsyncIntervalMillis / 1000)))
-        if self.market_data is not None:
-            await self.market_data.start()
+        async for event in events:
+            for fill in event.messages:
+                self.book.apply(fill)
+            self.book.sequence = event.sequence
+            if event.sequence - self.snapshot_sequence >= settings.snapshotEveryEvents:
+                await self.snapshot()
 
-    async def _sync_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            self.log.sync()
+    async def snapshot(self) -> None:
+        """Replay starts here next time; a replica that finds a later snapshot stored leaves it."""
+        if self.snapshots is None or self.book.sequence <= self.snapshot_sequence:
+            return
+        self.snapshot_sequence = self.book.sequence
+        await self.snapshots.save(SNAPSHOT_KEY, self.book.to_snapshot())
 
     def ready(self) -> bool:
         return self.replayed
 
     def on_ticks(self, ticks: np.ndarray[Any, Any]) -> None:
         self.book.mark(ticks["symbol"], ticks["last_price"])
-
-    def on_fill(self, connection: Connection, fill: Fill) -> None:
-        self.inject_latency()
-        if not self.pending:
-            asyncio.get_running_loop().call_soon(self.commit)
-        self.pending.append((connection, fill, connection.received_ns))
-
-    def commit(self) -> None:
-        """Make this turn's new fills durable, then acknowledge everything received (group commit)."""
-        pending, self.pending = self.pending, []
-        if not pending:
-            return
-        new = [fill for _, fill, _ in pending if self.book.apply(fill)]
-        if new:
-            self.log.append(new)
-        acks: dict[tuple[Connection, int], int] = {}
-        for connection, fill, _ in pending:
-            key = (connection, fill.source)
-            acks[key] = max(acks.get(key, 0), fill.fill_sequence)
-        for (connection, source), sequence in acks.items():
-            if connection.connected:
-                connection.send(FillAck(source, sequence))
-        for _, _, received_ns in pending:
-            self.metrics.record(received_ns)
 
     def on_query(self, connection: Connection, query: PositionQuery) -> None:
         count = 0
@@ -321,24 +250,26 @@ class PositionService(Service):
             {**report._asdict(), "symbol": symbol_text(report.symbol)}
             for report in self.book.reports(int(account_text))
         ]
-        return 200, "application/json", json.dumps({"fills": self.book.fills, "positions": reports}).encode()
+        document = {"sequence": self.book.sequence, "fills": self.book.fills, "positions": reports}
+        return 200, "application/json", json.dumps(document).encode()
 
     async def drain(self) -> None:
-        self.commit()
+        await self.snapshot()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        if self._projection is not None:
+            self._projection.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._projection
         if self.market_data is not None:
             await self.market_data.stop()
-        self.log.close()
+        if self.event_log is not None:
+            await self.event_log.close()
 
     def status(self) -> dict[str, Any]:
         return {
             "fills": self.book.fills,
             "positions": len(self.book.positions),
-            "logRecords": self.log.records,
-            "fsync": self.log.fsync_policy,
+            "sequence": self.book.sequence,
+            "snapshotSequence": self.snapshot_sequence,
         }

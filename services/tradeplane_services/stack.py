@@ -1,8 +1,9 @@
 """The whole stack as local processes: `tradeplane-svc stack`, and the same for tests and benchmarks.
 
 Each component runs as its own `python -m tradeplane_services <component>` process on one host address,
-wired through TRADEPLANE_* variables exactly as the operator wires pods. Market data goes to a multicast
-group derived from the host address (so stacks on different loopback addresses stay apart).
+wired through TRADEPLANE_* variables exactly as the operator wires pods, beside a nats-server with
+JetStream (the event log) on the same address. Market data goes to a multicast group derived from the
+host address (so stacks on different loopback addresses stay apart).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import yaml
 
 from tradeplane_services.config import COMPONENTS, DEFAULT_PORTS, Address, ConfigError, parse_settings
+from tradeplane_services.eventlog import STREAM
+from tradeplane_services.natsserver import NatsServers
 
 START_ORDER = ("market-data", "position", "risk", "execution", "order")
 METRICS_PORTS = {"order": 9101, "risk": 9102, "market-data": 9103, "execution": 9104, "position": 9105}
@@ -52,7 +55,8 @@ def load_stack_config(path: Path | None) -> dict[str, dict[str, Any]]:
 
 @dataclass
 class Stack:
-    """Five service processes on `host`; start(), wait_ready(), kill()/restart() one, stop()."""
+    """Five service processes and the event log on `host`; start(), wait_ready(), kill()/restart() one,
+    stop(). `events` is the event log's nats-server(s): kill and restart them through it."""
 
     host: str
     workdir: Path
@@ -61,6 +65,10 @@ class Stack:
     multicast: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    event_log_servers: int = 1
+
+    def __post_init__(self) -> None:
+        self.events = NatsServers(self.host, self.workdir / "eventlog", self.event_log_servers)
 
     def address(self, component: str) -> Address:
         return Address(self.host, DEFAULT_PORTS[component])
@@ -83,6 +91,7 @@ class Stack:
             "TRADEPLANE_EXECUTION_ADDR": str(self.address("execution")),
             "TRADEPLANE_POSITION_ADDR": str(self.address("position")),
             "TRADEPLANE_MARKET_DATA_ADDR": str(self.address("market-data")),
+            "TRADEPLANE_EVENT_LOG": self.events.url,
             **self.extra_env,
         }
         if self.multicast:
@@ -93,6 +102,9 @@ class Stack:
 
     def start(self, components: tuple[str, ...] = START_ORDER) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.events.processes:
+            self.events.start()
+            self.events.wait_ready()
         for component in components:
             self.start_one(component)
 
@@ -149,6 +161,7 @@ class Stack:
         for component in reversed(START_ORDER):
             if component in self.processes:
                 codes[component] = self.kill(component, signal.SIGTERM)
+        self.events.stop()
         return codes
 
 
@@ -176,6 +189,7 @@ def run_stack(host: str, config: Path | None, workdir: Path, revision: str) -> i
         stack.stop()
         return 1
     print(f"stack up on {host} (logs and state in {workdir}):")
+    print(f"  {'event log':<12} {stack.events.url}   stream {STREAM}")
     for component in START_ORDER:
         print(f"  {component:<12} wire {stack.address(component)}   http {stack.metrics_url(component, '/')}")
     print(f"send orders:  tradeplane-svc client --order {stack.address('order')}")

@@ -1,15 +1,14 @@
-"""Event-sourced positions: PnL arithmetic, exactly-once fills, and the durable log's replay."""
+"""Positions as a projection: PnL arithmetic, exactly-once fills, snapshots that replay to the same state."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tradeplane_services.position import LOG_HEADER, RECORD, FillLog, LogCorruption, Position, PositionBook
+from tradeplane_services.position import Position, PositionBook
 from tradeplane_services.protocol import Fill
 
 AAPL, MSFT = b"AAPL\0\0\0\0", b"MSFT\0\0\0\0"
@@ -59,84 +58,27 @@ FILLS = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None)
-@given(fills=FILLS)
-def test_replaying_the_log_rebuilds_the_same_state(
-    tmp_path_factory: pytest.TempPathFactory, fills: list
-) -> None:
-    directory = tmp_path_factory.mktemp("log")
-    live, written = PositionBook(), FillLog(directory, "never")
-    list(written.replay())
-    written.open()
+@settings(max_examples=60, deadline=None)
+@given(fills=FILLS, cut=st.integers(0, 60))
+def test_a_snapshot_plus_the_tail_rebuilds_the_same_state(fills: list, cut: int) -> None:
     batch = [fill(n, side, qty, price, account) for n, (side, qty, price, account) in enumerate(fills, 1)]
-    for start in range(0, len(batch), 7):
-        group = [f for f in batch[start : start + 7] if live.apply(f)]
-        written.append(group)
-    written.close()
-    replayed = PositionBook()
-    for record in FillLog(directory, "never").replay():
-        replayed.apply(record)
-    assert {k: vars_of(p) for k, p in replayed.positions.items()} == {
+    live = PositionBook()
+    for record in batch:
+        live.apply(record)
+    before = PositionBook()
+    for record in batch[:cut]:
+        before.apply(record)
+    before.sequence = cut
+    restored = PositionBook.from_snapshot(json.loads(json.dumps(before.to_snapshot())))
+    for record in batch:  # the log delivers what the snapshot holds again: applied once all the same
+        restored.apply(record)
+    assert {k: vars_of(p) for k, p in restored.positions.items()} == {
         k: vars_of(p) for k, p in live.positions.items()
     }
+    assert (restored.fills, restored.last_fill_price) == (live.fills, live.last_fill_price)
     net = sum((qty if side == BUY else -qty) for side, qty, _, _ in fills)
-    assert sum(p.quantity for p in replayed.positions.values()) == net
+    assert sum(p.quantity for p in restored.positions.values()) == net
 
 
 def vars_of(position: Position) -> tuple[int, ...]:
     return (position.quantity, position.bought, position.sold, position.open_cost, position.realized)
-
-
-def _log_with(directory: Path, count: int, policy: str = "always") -> FillLog:
-    log = FillLog(directory, policy)
-    list(log.replay())
-    log.open()
-    log.append([fill(n, BUY, n, 100) for n in range(1, count + 1)])
-    log.close()
-    return log
-
-
-def test_a_torn_last_record_is_cut_off(tmp_path: Path) -> None:
-    log = _log_with(tmp_path, 3)
-    with open(log.path, "ab") as file:
-        file.write(b"\x01\x02\x03")  # a crash in the middle of a write
-    assert [f.fill_sequence for f in FillLog(tmp_path, "always").replay()] == [1, 2, 3]
-    assert log.path.stat().st_size == LOG_HEADER.size + 3 * RECORD.size
-
-
-def test_a_last_record_with_a_bad_checksum_is_cut_off(tmp_path: Path) -> None:
-    log = _log_with(tmp_path, 3)
-    data = bytearray(log.path.read_bytes())
-    data[-1] ^= 0xFF
-    log.path.write_bytes(bytes(data))
-    assert [f.fill_sequence for f in FillLog(tmp_path, "always").replay()] == [1, 2]
-
-
-def test_damage_before_the_end_stops_replay_naming_the_byte(tmp_path: Path) -> None:
-    log = _log_with(tmp_path, 3)
-    data = bytearray(log.path.read_bytes())
-    second = LOG_HEADER.size + RECORD.size
-    data[second + 10] ^= 0xFF
-    log.path.write_bytes(bytes(data))
-    with pytest.raises(LogCorruption, match=f"byte {second}: record checksum mismatch"):
-        list(FillLog(tmp_path, "always").replay())
-
-
-def test_a_file_that_is_not_a_fill_log_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "fills.log").write_bytes(b"something else entirely")
-    with pytest.raises(LogCorruption, match="byte 0"):
-        list(FillLog(tmp_path, "always").replay())
-
-
-@pytest.mark.parametrize("policy", ["always", "interval", "never"])
-def test_every_fsync_policy_writes_before_acknowledging(tmp_path: Path, policy: str) -> None:
-    log = FillLog(tmp_path, policy)
-    list(log.replay())
-    log.open()
-    log.append([fill(1, SELL, 3, 100)])
-    # Acknowledged means at least in the page cache: visible to a fresh reader right away.
-    assert [f.quantity for f in FillLog(tmp_path, policy).replay()] == [3]
-    assert log.dirty is (policy != "always")
-    log.sync()
-    assert not log.dirty
-    log.close()

@@ -1,0 +1,291 @@
+"""The event log: a NATS JetStream stream every state change that matters is appended to.
+
+Subjects carry the accounts' partition: `tradeplane.events.<partition>.<kind>` (kind `fill`, ...), so a
+consumer can read one partition, one kind, or everything. An event holds one or more wire-protocol frames
+(the same versioned little-endian layouts as on the wire, header sequence 0) of one partition: a writer
+commits what one turn of its loop produced as one event per partition, because a durable append costs an
+fsync on the server, and one fsync per message would cap the log at the disk's sync rate.
+
+Durability is explicit at each step:
+- the servers tradeplane starts fsync every write before acknowledging it (`sync_interval: always`,
+  natsserver.py); on real clusters the stream is replicated (`replicas`, R3);
+- every append carries a `Nats-Msg-Id`, so a retry after a lost acknowledgement is stored once
+  (the stream's duplicate window), and the caller waits for the acknowledgement, retrying until it comes;
+- every consumer acknowledges explicitly what it has applied.
+
+Snapshots of projections live in a JetStream key-value bucket; a snapshot is replaced only by one that
+reflects a later sequence, with revision-checked updates so two replicas never overwrite each other
+blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+
+from tradeplane_services.protocol import HEADER_SIZE, ProtocolError, Reason, decode, encode
+from tradeplane_services.runtime import fields, log
+
+STREAM = "TRADEPLANE_EVENTS"
+SUBJECT_ROOT = "tradeplane.events"
+PARTITIONS = 16
+SNAPSHOT_BUCKET = "tradeplane-snapshots"
+DUPLICATE_WINDOW_SECONDS = 120.0
+APPEND_TIMEOUT_SECONDS = 2.0
+FETCH_BATCH = 512
+FRAME_LENGTH = struct.Struct("<H")
+
+
+def partition_of(account: int) -> int:
+    return account % PARTITIONS
+
+
+def subject(kind: str, partition: int) -> str:
+    return f"{SUBJECT_ROOT}.{partition}.{kind}"
+
+
+def subject_filter(kind: str = "*", partition: int | None = None) -> str:
+    return f"{SUBJECT_ROOT}.{'*' if partition is None else partition}.{kind}"
+
+
+class Event(NamedTuple):
+    sequence: int  # the stream sequence: a position in the log
+    subject: str
+    messages: list[Any]
+
+
+class Append(NamedTuple):
+    kind: str
+    partition: int
+    messages: list[Any]
+    event_id: str  # Nats-Msg-Id: the same event appended twice is stored once
+
+
+def encode_event(messages: list[Any]) -> bytes:
+    return b"".join(encode(message) for message in messages)
+
+
+def decode_event(data: bytes, where: str) -> list[Any]:
+    """The frames of one event; a damaged one is a ProtocolError naming the event and the byte."""
+    messages, offset = [], 0
+    while offset < len(data):
+        if len(data) - offset < HEADER_SIZE:
+            left = len(data) - offset
+            raise ProtocolError(Reason.TRUNCATED, offset, f"{where}: {left} bytes after the last frame")
+        (length,) = FRAME_LENGTH.unpack_from(data, offset)
+        try:
+            message, _ = decode(data[offset : offset + length])
+        except ProtocolError as error:
+            raise ProtocolError(error.reason, offset + error.offset, f"{where}: {error.detail}") from None
+        messages.append(message)
+        offset += length
+    return messages
+
+
+@dataclass
+class EventLog:
+    servers: list[str]
+    replicas: int = 1
+    name: str = "tradeplane"
+    nc: Client | None = None
+    js: JetStreamContext | None = None
+
+    async def open(self) -> None:
+        """Connect and make sure the stream exists, waiting (with a warning each time) until the log
+        answers: a service that needs the log is not ready without it."""
+        while True:
+            try:
+                if self.nc is None:
+                    self.nc = await nats.connect(
+                        self.servers,
+                        name=self.name,
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=0.1,
+                        connect_timeout=2,
+                    )
+                    self.js = self.nc.jetstream(timeout=APPEND_TIMEOUT_SECONDS)
+                await self.ensure_stream()
+                return
+            except (OSError, TimeoutError, nats.errors.Error) as error:
+                log.warning("event log unavailable; retrying", extra=fields(error=repr(error)))
+                await asyncio.sleep(0.5)
+
+    async def ensure_stream(self) -> None:
+        """The stream exists with tradeplane's settings (creating it again is a no-op)."""
+        assert self.js is not None
+        await self.js.add_stream(
+            StreamConfig(
+                name=STREAM,
+                subjects=[f"{SUBJECT_ROOT}.>"],
+                storage=StorageType.FILE,
+                num_replicas=self.replicas,
+                duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            )
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def append(self, events: list[Append]) -> list[int]:
+        """Store every event, in order of their sequences; returns them. Retries until the log has them all:
+        a caller acknowledges nothing before this returns."""
+        assert self.js is not None
+        sequences: dict[int, int] = {}
+        delay = 0.05
+        while len(sequences) < len(events):
+            waiting = [index for index in range(len(events)) if index not in sequences]
+            try:
+                futures = [
+                    await self.js.publish_async(
+                        subject(events[i].kind, events[i].partition),
+                        encode_event(events[i].messages),
+                        headers={"Nats-Msg-Id": events[i].event_id},
+                    )
+                    for i in waiting
+                ]
+                results = await asyncio.wait_for(
+                    asyncio.gather(*futures, return_exceptions=True), APPEND_TIMEOUT_SECONDS
+                )
+            except (TimeoutError, nats.errors.Error) as error:
+                log.warning("event log append failed; retrying", extra=fields(error=repr(error)))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            for index, result in zip(waiting, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("event log refused an append; retrying", extra=fields(error=repr(result)))
+                else:
+                    sequences[index] = result.seq
+            if len(sequences) < len(events):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        return [sequences[index] for index in range(len(events))]
+
+    async def last_sequence(self) -> int:
+        assert self.js is not None
+        info = await self.js.stream_info(STREAM)
+        return int(info.state.last_seq)
+
+    async def read(
+        self, filter_subject: str, start: int = 1, stop: int | None = None, follow: bool = False
+    ) -> AsyncIterator[Event]:
+        """Events on `filter_subject` from sequence `start`: up to `stop` (default: the end of the log as
+        it is now), or for ever with `follow`. Each is acknowledged once the caller has taken it; a lost
+        consumer (a server restart) is recreated from the next sequence."""
+        assert self.js is not None
+        next_sequence = max(1, start)
+        if stop is None and not follow:
+            stop = await self.last_sequence()
+        while stop is None or next_sequence <= stop:
+            try:
+                subscription = await self.js.pull_subscribe(
+                    filter_subject,
+                    stream=STREAM,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                        opt_start_seq=next_sequence,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        max_ack_pending=FETCH_BATCH * 4,
+                        inactive_threshold=30.0,  # a dead reader's consumer goes away by itself
+                    ),
+                )
+            except (TimeoutError, nats.errors.Error) as error:
+                log.warning("event log unavailable; retrying", extra=fields(error=repr(error)))
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                while stop is None or next_sequence <= stop:
+                    try:
+                        messages = await subscription.fetch(FETCH_BATCH, timeout=0.5)
+                    except nats.errors.TimeoutError:
+                        if stop is not None and (await subscription.consumer_info()).num_pending == 0:
+                            return  # nothing more on this subject
+                        continue
+                    for message in messages:
+                        event = self._event(message)
+                        if stop is not None and event.sequence > stop:
+                            return
+                        next_sequence = event.sequence + 1
+                        yield event
+                        await message.ack()
+                        if stop is not None and message.metadata.num_pending == 0:
+                            return
+            except (nats.errors.Error, nats.js.errors.Error) as error:
+                log.warning("event log consumer lost; resuming", extra=fields(error=repr(error)))
+                await asyncio.sleep(0.2)
+            finally:
+                await _quietly_unsubscribe(subscription)
+
+    @staticmethod
+    def _event(message: Msg) -> Event:
+        sequence = int(message.metadata.sequence.stream)
+        where = f"event {sequence} on {message.subject}"
+        return Event(sequence, message.subject, decode_event(message.data, where))
+
+    async def snapshots(self) -> Snapshots:
+        assert self.js is not None
+        try:
+            kv = await self.js.key_value(SNAPSHOT_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await self.js.create_key_value(
+                bucket=SNAPSHOT_BUCKET, history=1, replicas=self.replicas, storage=StorageType.FILE
+            )
+        return Snapshots(kv)
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.drain() if self.nc.is_connected else await self.nc.close()
+
+
+async def _quietly_unsubscribe(subscription: JetStreamContext.PullSubscription) -> None:
+    # The connection or the consumer may be gone already; the server drops it after inactivity then.
+    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+        await subscription.unsubscribe()
+
+
+class Snapshots:
+    """Projections' snapshots by key: JSON documents carrying the log `sequence` they reflect."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.revisions: dict[str, int] = {}
+
+    async def load(self, key: str) -> dict[str, Any] | None:
+        try:
+            entry = await self.kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        self.revisions[key] = entry.revision or 0
+        document: dict[str, Any] = json.loads(entry.value or b"{}")
+        return document
+
+    async def save(self, key: str, document: dict[str, Any]) -> bool:
+        """Store unless the bucket holds a snapshot of the same or a later sequence; whether it stored."""
+        data = json.dumps(document, separators=(",", ":")).encode()
+        while True:
+            revision = self.revisions.get(key)
+            try:
+                if revision is None:
+                    self.revisions[key] = await self.kv.create(key, data)
+                else:
+                    self.revisions[key] = await self.kv.update(key, data, last=revision)
+                return True
+            except nats.js.errors.KeyWrongLastSequenceError:
+                current = await self.load(key)  # another replica wrote one: keep the later
+                if current is not None and current.get("sequence", 0) >= document["sequence"]:
+                    return False
