@@ -103,6 +103,7 @@ class EventLog:
     name: str = "tradeplane"
     nc: Client | None = None
     js: JetStreamContext | None = None
+    reconnects: int = 0
 
     async def open(self) -> None:
         """Connect and make sure the stream exists, waiting (with a warning each time) until the log
@@ -116,6 +117,9 @@ class EventLog:
                         max_reconnect_attempts=-1,
                         reconnect_time_wait=0.1,
                         connect_timeout=2,
+                        error_cb=self._connection_error,
+                        disconnected_cb=self._disconnected,
+                        reconnected_cb=self._reconnected,
                     )
                     self.js = self.nc.jetstream(timeout=APPEND_TIMEOUT_SECONDS)
                 await self.ensure_stream()
@@ -123,6 +127,19 @@ class EventLog:
             except (OSError, TimeoutError, nats.errors.Error) as error:
                 log.warning("event log unavailable; retrying", extra=fields(error=repr(error)))
                 await asyncio.sleep(0.5)
+
+    @staticmethod
+    async def _connection_error(error: Exception) -> None:
+        log.warning("event log connection error", extra=fields(error=repr(error)))
+
+    async def _disconnected(self) -> None:
+        log.warning("event log disconnected", extra=fields(servers=self.servers))
+
+    async def _reconnected(self) -> None:
+        assert self.nc is not None
+        self.reconnects += 1
+        url = self.nc.connected_url
+        log.info("event log reconnected", extra=fields(server=url.netloc if url else None))
 
     async def ensure_stream(self) -> None:
         """The stream exists with tradeplane's settings (creating it again is a no-op)."""
@@ -192,6 +209,8 @@ class EventLog:
         if stop is None and not follow:
             stop = await self.last_sequence()
         while stop is None or next_sequence <= stop:
+            # A consumer from before a reconnect may be stuck on the old server's state: start anew.
+            reconnects = self.reconnects
             try:
                 subscription = await self.js.pull_subscribe(
                     filter_subject,
@@ -209,15 +228,20 @@ class EventLog:
                 await asyncio.sleep(0.2)
                 continue
             try:
-                while stop is None or next_sequence <= stop:
+                while (stop is None or next_sequence <= stop) and reconnects == self.reconnects:
                     try:
                         messages = await subscription.fetch(FETCH_BATCH, timeout=0.5)
                     except nats.errors.TimeoutError:
-                        if stop is not None and (await subscription.consumer_info()).num_pending == 0:
+                        # Quiet, or the consumer is gone (a server restart): asking tells which.
+                        pending = (await subscription.consumer_info()).num_pending
+                        if stop is not None and pending == 0:
                             return  # nothing more on this subject
                         continue
                     for message in messages:
                         event = self._event(message)
+                        if event.sequence < next_sequence:
+                            await message.ack()  # redelivered to a consumer from before a reconnect
+                            continue
                         if stop is not None and event.sequence > stop:
                             return
                         next_sequence = event.sequence + 1

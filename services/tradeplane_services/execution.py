@@ -142,7 +142,7 @@ class ExecutionService(Service):
                 event.last_price,
                 event.leaves_quantity,
             )
-            if self.fills or self.held:
+            if self.committing is not None or self.fills:
                 self.held.append((owner, report))
             elif owner.connected:
                 owner.send(report)

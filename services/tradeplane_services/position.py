@@ -5,8 +5,10 @@ client hears of them), and any number of position replicas each read the log. On
 the latest snapshot from the log's key-value store and replays the events after it, then follows the
 log; it becomes ready once it has caught up with the log as it was at start. Every
 `snapshotEveryEvents` events (and on SIGTERM) it stores a snapshot, unless one of a later sequence is
-there already, so replay time stays bounded. Fills are identified by (source, fill_sequence): one the
-projection has applied is never applied again, whatever the log delivers twice.
+there already, so replay time stays bounded. Fills are identified by (source, fill_sequence) and each
+source appends a partition's fills in sequence order (not across partitions: each partition is its own
+event), so a fill at or below the last applied of its (source, partition) is never applied again,
+whatever the log delivers twice.
 
 Projection: per (account, symbol) the signed quantity, bought and sold volume, open cost (signed quantity
 times price of the open position, average-cost method), realized PnL, and unrealized PnL marked to the
@@ -21,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tradeplane_services.config import Environment, PositionSettings, Settings
-from tradeplane_services.eventlog import Event, EventLog, Snapshots, subject_filter
+from tradeplane_services.eventlog import Event, EventLog, Snapshots, partition_of, subject_filter
 from tradeplane_services.marketdata import subscribe_if_published
 from tradeplane_services.protocol import (
     Fill,
@@ -81,13 +85,14 @@ class Position:
 
 
 class PositionBook:
-    """The projection: positions by (account, symbol), marks, and the last fill applied per source."""
+    """The projection: positions by (account, symbol), marks, and the last fill applied per (source,
+    partition)."""
 
     def __init__(self) -> None:
         self.positions: dict[tuple[int, bytes], Position] = {}
         self.marks: dict[bytes, int] = {}  # last market-data trade
         self.last_fill_price: dict[bytes, int] = {}
-        self.applied: dict[int, int] = {}
+        self.applied: dict[tuple[int, int], int] = {}
         self.fills = 0
         self.sequence = 0  # the last event log sequence applied
 
@@ -96,7 +101,7 @@ class PositionBook:
         return {
             "sequence": self.sequence,
             "fills": self.fills,
-            "applied": {str(source): sequence for source, sequence in self.applied.items()},
+            "applied": [[source, partition, last] for (source, partition), last in self.applied.items()],
             "lastFillPrice": {symbol_text(symbol): price for symbol, price in self.last_fill_price.items()},
             "positions": [
                 [account, symbol_text(symbol), *(getattr(position, name) for name in SNAPSHOT_FIELDS)]
@@ -109,7 +114,7 @@ class PositionBook:
         book = cls()
         book.sequence = document["sequence"]
         book.fills = document["fills"]
-        book.applied = {int(source): sequence for source, sequence in document["applied"].items()}
+        book.applied = {(source, partition): sequence for source, partition, sequence in document["applied"]}
         book.last_fill_price = {symbol_bytes(s): price for s, price in document["lastFillPrice"].items()}
         for account, symbol, *values in document["positions"]:
             position = book.positions[account, symbol_bytes(symbol)] = Position()
@@ -119,9 +124,10 @@ class PositionBook:
 
     def apply(self, fill: Fill) -> bool:
         """Apply a fill unless it was applied before; whether it was new."""
-        if fill.fill_sequence <= self.applied.get(fill.source, 0):
+        stream = (fill.source, partition_of(fill.account))
+        if fill.fill_sequence <= self.applied.get(stream, 0):
             return False
-        self.applied[fill.source] = fill.fill_sequence
+        self.applied[stream] = fill.fill_sequence
         key = (fill.account, fill.symbol)
         position = self.positions.get(key)
         if position is None:
@@ -210,6 +216,15 @@ class PositionService(Service):
         self._projection = asyncio.get_running_loop().create_task(
             self._project(self.event_log.read(FILLS, self.book.sequence + 1, follow=True))
         )
+        self._projection.add_done_callback(self._projection_ended)
+
+    def _projection_ended(self, task: asyncio.Task[None]) -> None:
+        """Following the log only ends with the service; otherwise this replica would answer stale
+        positions as if current: it stops instead, and its replacement replays."""
+        if task.cancelled():
+            return
+        log.error("the projection stopped following the event log", exc_info=task.exception())
+        os.kill(os.getpid(), signal.SIGTERM)
 
     async def _project(self, events: AsyncIterator[Event]) -> None:
         settings = self.settings

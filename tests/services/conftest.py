@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tradeplane_services.natsserver import NatsServers
 from tradeplane_services.stack import Stack
 
 # 127.77.0.0/16 is ours: the local cluster hands pods 127.1/16, 127.2/16 and kwok 127.3/16.
@@ -52,3 +53,13 @@ def make_stack(tmp_path: Path) -> Iterator[StackFactory]:
 @pytest.fixture
 def stack(make_stack: StackFactory) -> Stack:
     return make_stack()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServers]:
+    """One real nats-server with JetStream (sync_interval: always) on a loopback address of its own."""
+    servers = NatsServers(fresh_host(), tmp_path / "eventlog")
+    servers.start()
+    servers.wait_ready()
+    yield servers
+    servers.stop()

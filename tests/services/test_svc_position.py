@@ -8,6 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tradeplane_services.eventlog import PARTITIONS
 from tradeplane_services.position import Position, PositionBook
 from tradeplane_services.protocol import Fill
 
@@ -47,6 +48,16 @@ def test_each_fill_counts_once_per_source() -> None:
     assert not book.apply(fill(1, BUY, 5, 100))
     assert book.apply(fill(1, BUY, 5, 100)._replace(source=7)), "another source, another fill"
     assert book.positions[1, AAPL].quantity == 10
+
+
+def test_a_source_s_fills_are_ordered_within_a_partition_only() -> None:
+    # The log holds one event per partition per commit: fill 3 of partition 2 may come after fill 5 of 1.
+    book = PositionBook()
+    assert book.apply(fill(5, BUY, 1, 100, account=1))
+    assert book.apply(fill(3, BUY, 1, 100, account=2))
+    assert not book.apply(fill(3, BUY, 1, 100, account=2))
+    assert not book.apply(fill(4, BUY, 1, 100, account=1 + PARTITIONS)), "partition 1 is past 4"
+    assert book.fills == 2
 
 
 FILLS = st.lists(

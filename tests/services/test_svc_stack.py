@@ -243,44 +243,6 @@ def test_sigterm_finishes_in_flight_cancels_resting_orders_and_exits_zero(make_s
     del stack.processes["order"]
 
 
-def test_fills_survive_kill_9_of_position_and_positions_equal_the_fills(make_stack: StackFactory) -> None:
-    stack = make_stack()
-    expected: dict[tuple[int, str], int] = {}
-    with OrderSession(stack.address("order")) as session:
-        for pair in range(300):
-            if pair == 100:
-                stack.kill("position", signal.SIGKILL)
-            if pair == 180:
-                stack.start_one("position")
-            symbol = ("AAPL", "MSFT")[pair % 2]
-            price = price_units(190 if symbol == "AAPL" else 420)
-            quantity = 1 + pair  # distinct orders: the duplicate check stays out of the way
-            buyer, seller = 1 + pair % 3, 4 + pair % 2
-            session.new_order(Side.BUY, symbol, quantity, price, account=buyer)
-            session.new_order(Side.SELL, symbol, quantity, price, account=seller)
-            for account, sign in ((buyer, 1), (seller, -1)):
-                expected[account, symbol] = expected.get((account, symbol), 0) + sign * quantity
-            time.sleep(0.002)
-        trades = 0
-        while trades < 600:
-            messages = session.receive(5)
-            assert messages, f"only {trades} of 600 trade reports arrived"
-            trades += sum(isinstance(m, ExecutionReport) and m.exec_type == ExecType.TRADE for m in messages)
-    stack.wait_ready(components=("position",))
-
-    def booked() -> dict[tuple[int, str], int]:
-        reports = positions(stack.address("position"), 0)
-        return {(r.account, r.symbol.rstrip(b"\0").decode()): r.quantity for r in reports}
-
-    wait_for(lambda: booked() == expected, timeout=10, what="positions to equal the sum of the fills")
-    assert stack.status("execution")["unackedFills"] == 0
-    # A clean restart replays the log into the same state.
-    stack.kill("position", signal.SIGTERM)
-    stack.start_one("position")
-    stack.wait_ready(components=("position",))
-    assert booked() == expected
-
-
 def test_a_bad_config_file_stops_the_service_with_the_key_named(tmp_path: Any) -> None:
     import subprocess
     import sys

@@ -1,0 +1,172 @@
+"""The event log on a real nats-server: appends stored once, reads, snapshots, and faults mid-stream.
+
+The fault tests run the whole stack and kill -9 a part of it while two order sessions trade; afterwards
+every fill a client was told of is in positions exactly once, whatever died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from support import wait_for
+from tradeplane_services.client import OrderSession, positions
+from tradeplane_services.eventlog import Append, EventLog, subject, subject_filter
+from tradeplane_services.natsserver import NatsServers
+from tradeplane_services.protocol import (
+    ExecType,
+    ExecutionReport,
+    Fill,
+    ProtocolError,
+    Side,
+    encode,
+    price_units,
+    symbol_bytes,
+)
+from tradeplane_services.stack import Stack
+
+AAPL = symbol_bytes("AAPL")
+StackFactory = Callable[..., Stack]
+
+
+def fill(sequence: int, account: int = 1, quantity: int = 5) -> Fill:
+    return Fill(7, sequence, account, AAPL, int(Side.BUY), quantity, price_units(190), sequence, 0)
+
+
+def with_log(servers: NatsServers, body: Callable[[EventLog], Any]) -> Any:
+    async def run() -> Any:
+        log = EventLog(servers.url.split(","))
+        await log.open()
+        try:
+            return await body(log)
+        finally:
+            await log.close()
+
+    return asyncio.run(run())
+
+
+def test_an_event_appended_twice_is_stored_once_and_read_back_by_partition(nats_server: NatsServers) -> None:
+    async def body(log: EventLog) -> tuple[list[int], list[int], list[Any], list[int]]:
+        one, two = Append("fill", 1, [fill(1, 1), fill(2, 17)], "f-1"), Append("fill", 2, [fill(3, 2)], "f-3")
+        first = await log.append([one, two])
+        again = await log.append([one])
+        everything = [event async for event in log.read(subject_filter("fill"))]
+        partition_two = [event.sequence async for event in log.read(subject_filter("fill", 2))]
+        return first, again, everything, partition_two
+
+    first, again, everything, partition_two = with_log(nats_server, body)
+    assert first == [1, 2] and again == [1], "the retry got the original event's sequence"
+    assert [event.sequence for event in everything] == [1, 2]
+    assert [m.fill_sequence for m in everything[0].messages] == [1, 2]
+    assert everything[0].subject == subject("fill", 1)
+    assert partition_two == [2]
+
+
+def test_reading_stops_at_the_sequence_asked_for(nats_server: NatsServers) -> None:
+    async def body(log: EventLog) -> list[int]:
+        for n in range(1, 6):
+            await log.append([Append("fill", 0, [fill(n)], f"f-{n}")])
+        return [event.sequence async for event in log.read(subject_filter("fill"), start=2, stop=4)]
+
+    assert with_log(nats_server, body) == [2, 3, 4]
+
+
+def test_a_damaged_event_is_refused_naming_the_event_and_the_byte(nats_server: NatsServers) -> None:
+    async def body(log: EventLog) -> None:
+        assert log.js is not None
+        two = encode(fill(1)) + encode(fill(2))
+        await log.js.publish(subject("fill", 0), two[:-3])  # the second frame cut short
+        async for _ in log.read(subject_filter("fill")):
+            pass
+
+    with pytest.raises(ProtocolError, match=r"at byte \d+: event 1 on tradeplane\.events\.0\.fill"):
+        with_log(nats_server, body)
+
+
+def test_a_snapshot_is_replaced_only_by_a_later_one(nats_server: NatsServers) -> None:
+    async def body(log: EventLog) -> tuple[bool, bool, bool, Any]:
+        one, other = await log.snapshots(), await log.snapshots()  # two replicas
+        stored = await one.save("position", {"sequence": 10})
+        later = await other.save("position", {"sequence": 12})
+        stale = await one.save("position", {"sequence": 11})
+        return stored, later, stale, await one.load("position")
+
+    assert with_log(nats_server, body) == (True, True, False, {"sequence": 12})
+
+
+PAIRS = 300
+
+
+Book = dict[tuple[int, bytes], int]
+
+
+def trade_through(stack: Stack, faults: dict[int, Callable[[], None]]) -> tuple[Book, int]:
+    """Two order sessions send crossing pairs (each pair trades in full), running `faults[n]` before pair n.
+    Returns what the clients were told: net quantity per (account, symbol), and the number of fills."""
+    sessions = [OrderSession(stack.address("order")), OrderSession(stack.address("order"))]
+    accounts: list[dict[int, int]] = [{}, {}]
+    for pair in range(PAIRS):
+        if pair in faults:
+            faults[pair]()
+        index = pair % 2
+        symbol = ("AAPL", "MSFT")[pair // 2 % 2]
+        price = price_units(190 if symbol == "AAPL" else 420)
+        quantity = 1 + pair  # distinct orders: the duplicate check stays out of the way
+        buyer, seller = 1 + pair % 3 + 10 * index, 4 + pair % 2 + 10 * index
+        accounts[index][sessions[index].new_order(Side.BUY, symbol, quantity, price, account=buyer)] = buyer
+        accounts[index][sessions[index].new_order(Side.SELL, symbol, quantity, price, account=seller)] = (
+            seller
+        )
+        time.sleep(0.002)
+    told: Counter[tuple[int, bytes]] = Counter()
+    fills = 0
+    for session, by_order in zip(sessions, accounts, strict=True):
+        own = 0  # each session sent PAIRS / 2 pairs: PAIRS fills
+        while own < PAIRS:
+            messages = session.receive(10)
+            assert messages, f"a session was told of {own} of its {PAIRS} fills"
+            for message in messages:
+                if isinstance(message, ExecutionReport) and message.exec_type == ExecType.TRADE:
+                    sign = 1 if message.side == Side.BUY else -1
+                    told[by_order[message.client_order_id], message.symbol] += sign * message.last_quantity
+                    own += 1
+        fills += own
+        session.close()
+    return dict(told), fills
+
+
+def booked(stack: Stack) -> Book:
+    return {(r.account, r.symbol): r.quantity for r in positions(stack.address("position"), 0)}
+
+
+FAULTS: dict[str, tuple[Callable[[Stack], None], Callable[[Stack], None]]] = {
+    "position": (lambda s: s.kill("position", signal.SIGKILL), lambda s: s.start_one("position")),
+    "nats-server": (lambda s: s.events.kill(0), lambda s: s.events.start_one(0)),
+}
+
+
+@pytest.mark.parametrize("victim", sorted(FAULTS))
+def test_every_fill_a_client_was_told_of_is_in_positions_exactly_once_across_a_kill_9(
+    make_stack: StackFactory, victim: str
+) -> None:
+    stack = make_stack({"position": {"snapshotEveryEvents": 25}})
+    kill, restart = FAULTS[victim]
+    told, fills = trade_through(stack, {100: lambda: kill(stack), 180: lambda: restart(stack)})
+    assert fills == PAIRS * 2
+    stack.wait_ready(components=("position",))
+    wait_for(lambda: booked(stack) == told, timeout=15, what="positions to equal the fills the clients got")
+    assert stack.status("position")["fills"] == fills, "a fill was applied twice"
+    assert stack.status("execution")["unstoredFills"] == 0
+    # A fresh replica replays a snapshot and the tail into the same state.
+    stack.kill("position", signal.SIGKILL)
+    stack.start_one("position")
+    stack.wait_ready(components=("position",))
+    status = stack.status("position")
+    assert booked(stack) == told and status["fills"] == fills
+    assert 0 < status["snapshotSequence"] <= status["sequence"]
