@@ -27,7 +27,6 @@ EXIT_MARGIN_SECONDS = 5
 PEER_VARIABLES: dict[str, str] = {
     Component.RISK: "TRADEPLANE_RISK_ADDR",
     Component.EXECUTION: "TRADEPLANE_EXECUTION_ADDR",
-    Component.POSITION: "TRADEPLANE_POSITION_ADDR",
     Component.MARKET_DATA: "TRADEPLANE_MARKET_DATA_ADDR",
 }
 
@@ -44,7 +43,7 @@ BUNDLED: dict[str, ComponentDefaults] = {
     # group or each subscriber's own port, so it needs no Service port.
     Component.MARKET_DATA: ComponentDefaults(config={"ticksPerSecond": 10_000}),
     Component.EXECUTION: ComponentDefaults(config={"venue": "simulated"}),
-    Component.POSITION: ComponentDefaults(config={"fsync": "always"}),
+    Component.POSITION: ComponentDefaults(config={"snapshotEveryEvents": 1000}),
 }
 CUSTOM = ComponentDefaults()
 

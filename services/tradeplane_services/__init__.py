@@ -10,10 +10,10 @@ Environment (the operator renders these into each pod):
     TRADEPLANE_PORT              wire port (order 7001, risk 7002, market-data 7003, execution 7004,
                                  position 7005)
     TRADEPLANE_METRICS_PORT      HTTP: /metrics, /healthz, /readyz, /status (default 9100)
-    TRADEPLANE_STATE_DIR         position's fill log directory (default /var/lib/tradeplane)
     TRADEPLANE_RISK_ADDR         host:port of risk (order needs it)
     TRADEPLANE_EXECUTION_ADDR    host:port of execution (order needs it)
-    TRADEPLANE_POSITION_ADDR     host:port of position (execution sends fills there)
+    TRADEPLANE_EVENT_LOG         nats:// URLs of the event log's servers, comma-separated (execution
+                                 appends fills, position projects them; unset: fills are kept nowhere)
     TRADEPLANE_MARKET_DATA_ADDR  host:port of market-data's TCP port (risk and position subscribe)
     TRADEPLANE_MARKET_DATA_GROUP multicast group:port of the feed (unset: unicast only)
     TRADEPLANE_INJECT_LATENCY_US added latency per request, overrides latencyInjectionMicros

@@ -194,7 +194,6 @@ class Environment:
     bind: str
     port: int
     metrics_port: int
-    state_dir: Path
     peers: dict[str, Address] = field(default_factory=dict)
     market_data_group: Address | None = None
     event_log: list[str] = field(default_factory=list)  # nats:// URLs of the event log's servers
@@ -206,7 +205,6 @@ class Environment:
 PEER_VARIABLES = {
     "risk": "TRADEPLANE_RISK_ADDR",
     "execution": "TRADEPLANE_EXECUTION_ADDR",
-    "position": "TRADEPLANE_POSITION_ADDR",
     "market-data": "TRADEPLANE_MARKET_DATA_ADDR",
 }
 
@@ -246,7 +244,6 @@ def read_environment(component: str, config: str | None, env: dict[str, str] | N
         bind=env.get("TRADEPLANE_BIND") or "0.0.0.0",
         port=_port("TRADEPLANE_PORT", DEFAULT_PORTS.get(component, 7000), env),
         metrics_port=_port("TRADEPLANE_METRICS_PORT", DEFAULT_METRICS_PORT, env),
-        state_dir=Path(env.get("TRADEPLANE_STATE_DIR") or "/var/lib/tradeplane"),
         peers=peers,
         market_data_group=group,
         event_log=parse_event_log(env.get("TRADEPLANE_EVENT_LOG") or ""),

@@ -364,12 +364,13 @@ class VenueReport(NamedTuple):
     leaves_quantity: int
 
 
-# --- execution <-> position -----------------------------------------------------------------------
+# --- fills (event log) and position queries -----------------------------------------------------
 
 
 @layout(40, "QQI8sBIqQQ", {"symbol": SYMBOL, "side": one_of(Side), "quantity": POSITIVE})
 class Fill(NamedTuple):
-    """One side of a trade; (source, fill_sequence) identifies it for exactly-once application."""
+    """One side of a trade, as execution appends it to the event log; (source, fill_sequence) identifies
+    it for exactly-once application."""
 
     source: int
     fill_sequence: int
@@ -380,14 +381,6 @@ class Fill(NamedTuple):
     price: int
     order_id: int
     timestamp_ns: int
-
-
-@layout(41, "QQ")
-class FillAck(NamedTuple):
-    """Position -> execution: every fill of `source` up to `fill_sequence` is durable."""
-
-    source: int
-    fill_sequence: int
 
 
 @layout(42, "I")

@@ -85,8 +85,8 @@ def test_stack_config_sections_are_validated_per_component(tmp_path: Path) -> No
     path.write_text(yaml.safe_dump({"risky": {}}))
     with pytest.raises(ConfigError, match="risky"):
         load_stack_config(path)
-    path.write_text(yaml.safe_dump({"position": {"fsync": "sometimes"}}))
-    with pytest.raises(ConfigError, match="position: fsync"):
+    path.write_text(yaml.safe_dump({"position": {"snapshotEveryEvents": 0}}))
+    with pytest.raises(ConfigError, match="position: snapshotEveryEvents"):
         load_stack_config(path)
 
 
