@@ -14,6 +14,8 @@ Environment (the operator renders these into each pod):
     TRADEPLANE_EXECUTION_ADDR    host:port of execution (order needs it)
     TRADEPLANE_EVENT_LOG         nats:// URLs of the event log's servers, comma-separated (execution
                                  appends fills, position projects them; unset: fills are kept nowhere)
+    TRADEPLANE_EVENT_LOG_REPLICAS replicas of the stream when a service creates it (default 1; 3 on a
+                                 clustered JetStream)
     TRADEPLANE_MARKET_DATA_ADDR  host:port of market-data's TCP port (risk and position subscribe)
     TRADEPLANE_MARKET_DATA_GROUP multicast group:port of the feed (unset: unicast only)
     TRADEPLANE_INJECT_LATENCY_US added latency per request, overrides latencyInjectionMicros

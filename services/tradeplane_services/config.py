@@ -197,6 +197,7 @@ class Environment:
     peers: dict[str, Address] = field(default_factory=dict)
     market_data_group: Address | None = None
     event_log: list[str] = field(default_factory=list)  # nats:// URLs of the event log's servers
+    event_log_replicas: int = 1  # the stream's and snapshot bucket's replicas, when a service creates them
 
     def peer(self, name: str) -> Address | None:
         return self.peers.get(name)
@@ -227,6 +228,15 @@ def _port(variable: str, default: int, env: dict[str, str]) -> int:
     return int(text)
 
 
+def _bounded(variable: str, default: int, low: int, high: int, env: dict[str, str]) -> int:
+    text = env.get(variable)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ConfigError(f"{variable}={text!r}: expected a number {low}-{high}")
+    return int(text)
+
+
 def read_environment(component: str, config: str | None, env: dict[str, str] | None = None) -> Environment:
     env = dict(os.environ) if env is None else env
     config_text = config or env.get("TRADEPLANE_CONFIG") or DEFAULT_CONFIG_PATH
@@ -247,4 +257,5 @@ def read_environment(component: str, config: str | None, env: dict[str, str] | N
         peers=peers,
         market_data_group=group,
         event_log=parse_event_log(env.get("TRADEPLANE_EVENT_LOG") or ""),
+        event_log_replicas=_bounded("TRADEPLANE_EVENT_LOG_REPLICAS", 1, 1, 5, env),
     )

@@ -182,7 +182,7 @@ class PositionService(Service):
         self._projection: asyncio.Task[None] | None = None
         self.event_log: EventLog | None = None
         if environment.event_log:
-            self.event_log = EventLog(environment.event_log, name="position")
+            self.event_log = EventLog(environment.event_log, environment.event_log_replicas, "position")
         else:
             log.warning("TRADEPLANE_EVENT_LOG is not set: no fills to project")
         self.market_data = subscribe_if_published(environment, self.on_ticks, self.metrics)

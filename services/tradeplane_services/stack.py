@@ -90,6 +90,7 @@ class Stack:
             "TRADEPLANE_EXECUTION_ADDR": str(self.address("execution")),
             "TRADEPLANE_MARKET_DATA_ADDR": str(self.address("market-data")),
             "TRADEPLANE_EVENT_LOG": self.events.url,
+            "TRADEPLANE_EVENT_LOG_REPLICAS": str(self.event_log_servers),
             **self.extra_env,
         }
         if self.multicast:

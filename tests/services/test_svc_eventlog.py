@@ -17,7 +17,7 @@ import pytest
 
 from support import wait_for
 from tradeplane_services.client import OrderSession, positions
-from tradeplane_services.eventlog import Append, EventLog, subject, subject_filter
+from tradeplane_services.eventlog import STREAM, Append, EventLog, subject, subject_filter
 from tradeplane_services.natsserver import NatsServers
 from tradeplane_services.protocol import (
     ExecType,
@@ -145,9 +145,11 @@ def booked(stack: Stack) -> Book:
     return {(r.account, r.symbol): r.quantity for r in positions(stack.address("position"), 0)}
 
 
-FAULTS: dict[str, tuple[Callable[[Stack], None], Callable[[Stack], None]]] = {
-    "position": (lambda s: s.kill("position", signal.SIGKILL), lambda s: s.start_one("position")),
-    "nats-server": (lambda s: s.events.kill(0), lambda s: s.events.start_one(0)),
+FAULTS: dict[str, tuple[int, Callable[[Stack], None], Callable[[Stack], None]]] = {
+    # victim: (event log servers, kill, restart)
+    "position": (1, lambda s: s.kill("position", signal.SIGKILL), lambda s: s.start_one("position")),
+    "nats-server": (1, lambda s: s.events.kill(0), lambda s: s.events.start_one(0)),
+    "one of three nats-servers (R3)": (3, lambda s: s.events.kill(1), lambda s: s.events.start_one(1)),
 }
 
 
@@ -155,14 +157,20 @@ FAULTS: dict[str, tuple[Callable[[Stack], None], Callable[[Stack], None]]] = {
 def test_every_fill_a_client_was_told_of_is_in_positions_exactly_once_across_a_kill_9(
     make_stack: StackFactory, victim: str
 ) -> None:
-    stack = make_stack({"position": {"snapshotEveryEvents": 25}})
-    kill, restart = FAULTS[victim]
+    servers, kill, restart = FAULTS[victim]
+    stack = make_stack({"position": {"snapshotEveryEvents": 25}}, event_log_servers=servers)
     told, fills = trade_through(stack, {100: lambda: kill(stack), 180: lambda: restart(stack)})
     assert fills == PAIRS * 2
     stack.wait_ready(components=("position",))
     wait_for(lambda: booked(stack) == told, timeout=15, what="positions to equal the fills the clients got")
     assert stack.status("position")["fills"] == fills, "a fill was applied twice"
     assert stack.status("execution")["unstoredFills"] == 0
+
+    async def replicas(log: EventLog) -> int:
+        assert log.js is not None
+        return int((await log.js.stream_info(STREAM)).config.num_replicas or 1)
+
+    assert with_log(stack.events, replicas) == servers
     # A fresh replica replays a snapshot and the tail into the same state.
     stack.kill("position", signal.SIGKILL)
     stack.start_one("position")
