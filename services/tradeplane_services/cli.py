@@ -9,6 +9,7 @@ tradeplane-svc client kill-switch ACTIVE|REDUCING|HALTED
 tradeplane-svc client md-tail [--seconds S] [--record FILE]
 tradeplane-svc loadgen --rate R --seconds S [--target order|echo]
 tradeplane-svc echo                                       the loadgen's baseline server
+tradeplane-svc log info|dump --account N|replay --to-sequence N    read the event log
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tradeplane_services import loadgen
 
     loadgen.add_arguments(commands.add_parser("loadgen", help="open-loop load at a fixed rate"))
+    from tradeplane_services import desk
+
+    desk.add_arguments(commands.add_parser("log", help="read the event log: info, dump, replay"))
     echo = commands.add_parser("echo", help="a bare echo server over the same transport (baseline)")
     echo.add_argument("--bind", default="127.0.0.1")
     echo.add_argument("--port", type=int, default=7000)
@@ -141,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         from tradeplane_services import loadgen
 
         return loadgen.main(arguments)
+    if command == "log":
+        from tradeplane_services import desk
+
+        return desk.main(arguments)
     from tradeplane_services import loadgen
 
     return loadgen.serve_echo(arguments.bind, arguments.port)

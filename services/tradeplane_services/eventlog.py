@@ -105,23 +105,28 @@ class EventLog:
     js: JetStreamContext | None = None
     reconnects: int = 0
 
+    async def connect(self, attempts: int = -1) -> None:
+        """Connect, trying each server `attempts` times (-1: for ever); connected, the client reconnects
+        by itself after a loss as often."""
+        self.nc = await nats.connect(
+            self.servers,
+            name=self.name,
+            max_reconnect_attempts=attempts,
+            reconnect_time_wait=0.1,
+            connect_timeout=2,
+            error_cb=self._connection_error,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+        )
+        self.js = self.nc.jetstream(timeout=APPEND_TIMEOUT_SECONDS)
+
     async def open(self) -> None:
         """Connect and make sure the stream exists, waiting (with a warning each time) until the log
         answers: a service that needs the log is not ready without it."""
         while True:
             try:
                 if self.nc is None:
-                    self.nc = await nats.connect(
-                        self.servers,
-                        name=self.name,
-                        max_reconnect_attempts=-1,
-                        reconnect_time_wait=0.1,
-                        connect_timeout=2,
-                        error_cb=self._connection_error,
-                        disconnected_cb=self._disconnected,
-                        reconnected_cb=self._reconnected,
-                    )
-                    self.js = self.nc.jetstream(timeout=APPEND_TIMEOUT_SECONDS)
+                    await self.connect()
                 await self.ensure_stream()
                 return
             except (OSError, TimeoutError, nats.errors.Error) as error:
@@ -231,7 +236,7 @@ class EventLog:
                 while (stop is None or next_sequence <= stop) and reconnects == self.reconnects:
                     try:
                         messages = await subscription.fetch(FETCH_BATCH, timeout=0.5)
-                    except nats.errors.TimeoutError:
+                    except TimeoutError:  # nats-py raises its own or asyncio's
                         # Quiet, or the consumer is gone (a server restart): asking tells which.
                         pending = (await subscription.consumer_info()).num_pending
                         if stop is not None and pending == 0:
@@ -249,7 +254,7 @@ class EventLog:
                         await message.ack()
                         if stop is not None and message.metadata.num_pending == 0:
                             return
-            except (nats.errors.Error, nats.js.errors.Error) as error:
+            except (TimeoutError, nats.errors.Error) as error:
                 log.warning("event log consumer lost; resuming", extra=fields(error=repr(error)))
                 await asyncio.sleep(0.2)
             finally:
@@ -278,7 +283,7 @@ class EventLog:
 
 async def _quietly_unsubscribe(subscription: JetStreamContext.PullSubscription) -> None:
     # The connection or the consumer may be gone already; the server drops it after inactivity then.
-    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
+    with contextlib.suppress(TimeoutError, nats.errors.Error):
         await subscription.unsubscribe()
 
 

@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import nats.errors
 import numpy as np
 
 from tradeplane_services.config import Environment, PositionSettings, Settings
@@ -240,8 +241,13 @@ class PositionService(Service):
         """Replay starts here next time; a replica that finds a later snapshot stored leaves it."""
         if self.snapshots is None or self.book.sequence <= self.snapshot_sequence:
             return
-        self.snapshot_sequence = self.book.sequence
-        await self.snapshots.save(SNAPSHOT_KEY, self.book.to_snapshot())
+        sequence, self.snapshot_sequence = self.snapshot_sequence, self.book.sequence
+        try:
+            await self.snapshots.save(SNAPSHOT_KEY, self.book.to_snapshot())
+        except (TimeoutError, nats.errors.Error) as error:
+            # Only replay time depends on it: try again after the next snapshotEveryEvents events.
+            log.warning("snapshot not stored", extra=fields(error=repr(error), sequence=self.book.sequence))
+            self.snapshot_sequence = sequence
 
     def ready(self) -> bool:
         return self.replayed

@@ -107,7 +107,7 @@ Book = dict[tuple[int, bytes], int]
 
 
 def trade_through(stack: Stack, faults: dict[int, Callable[[], None]]) -> tuple[Book, int]:
-    """Two order sessions send crossing pairs (each pair trades in full), running `faults[n]` before pair n.
+    """Two order sessions send crossing pairs (every order trades in full), running `faults[n]` before pair n.
     Returns what the clients were told: net quantity per (account, symbol), and the number of fills."""
     sessions = [OrderSession(stack.address("order")), OrderSession(stack.address("order"))]
     accounts: list[dict[int, int]] = [{}, {}]
@@ -126,17 +126,22 @@ def trade_through(stack: Stack, faults: dict[int, Callable[[], None]]) -> tuple[
         time.sleep(0.002)
     told: Counter[tuple[int, bytes]] = Counter()
     fills = 0
-    for session, by_order in zip(sessions, accounts, strict=True):
-        own = 0  # each session sent PAIRS / 2 pairs: PAIRS fills
-        while own < PAIRS:
-            messages = session.receive(10)
-            assert messages, f"a session was told of {own} of its {PAIRS} fills"
-            for message in messages:
-                if isinstance(message, ExecutionReport) and message.exec_type == ExecType.TRADE:
+    for session, open_orders in zip(sessions, accounts, strict=True):
+        # Every order trades in full in the end (as much is bought as sold at one price), though not
+        # always against its own pair: orders of the two sessions interleave.
+        deadline = time.monotonic() + 60
+        while open_orders:
+            assert time.monotonic() < deadline, f"{len(open_orders)} orders never traded in full"
+            for message in session.receive(1):
+                if not isinstance(message, ExecutionReport):
+                    continue
+                assert message.exec_type in (ExecType.NEW, ExecType.TRADE), f"not traded: {message}"
+                if message.exec_type == ExecType.TRADE:
                     sign = 1 if message.side == Side.BUY else -1
-                    told[by_order[message.client_order_id], message.symbol] += sign * message.last_quantity
-                    own += 1
-        fills += own
+                    told[open_orders[message.client_order_id], message.symbol] += sign * message.last_quantity
+                    fills += 1
+                    if message.leaves_quantity == 0:
+                        del open_orders[message.client_order_id]
         session.close()
     return dict(told), fills
 
@@ -160,7 +165,7 @@ def test_every_fill_a_client_was_told_of_is_in_positions_exactly_once_across_a_k
     servers, kill, restart = FAULTS[victim]
     stack = make_stack({"position": {"snapshotEveryEvents": 25}}, event_log_servers=servers)
     told, fills = trade_through(stack, {100: lambda: kill(stack), 180: lambda: restart(stack)})
-    assert fills == PAIRS * 2
+    assert fills >= PAIRS * 2
     stack.wait_ready(components=("position",))
     wait_for(lambda: booked(stack) == told, timeout=15, what="positions to equal the fills the clients got")
     assert stack.status("position")["fills"] == fills, "a fill was applied twice"
