@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from itertools import pairwise
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -344,6 +344,22 @@ class FreezeWindow(Model):
     )
 
 
+class EventLog(Model):
+    """The NATS JetStream event log the bundled services keep their state in (fills, ...)."""
+
+    servers: list[Annotated[str, Field(pattern=r"^(nats|tls)://[^\s,]+$")]] = Field(
+        min_length=1,
+        max_length=16,
+        description="nats:// or tls:// URLs of the log's servers, e.g. nats://nats.trading.svc:4222.",
+    )
+    replicas: int = Field(
+        default=3,
+        ge=1,
+        le=5,
+        description="Replicas of the stream and snapshot bucket when a service creates them.",
+    )
+
+
 class HTTPRouteRef(Model):
     name: str = Field(min_length=1, description="Gateway API HTTPRoute whose backend weights are split.")
 
@@ -404,6 +420,11 @@ class TradingServiceSpec(Model):
     slo: SLO = Field(default_factory=SLO)
     rollout: Rollout = Field(default_factory=Rollout)
     paused: bool = Field(default=False, description="Hold the rollout at its current step.")
+    eventLog: EventLog | None = Field(
+        default=None,
+        description="Where execution appends fills and position projects them from; unset: fills are "
+        "reported but kept nowhere.",
+    )
 
     rules = (
         Rule(

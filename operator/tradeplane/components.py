@@ -99,6 +99,11 @@ def environment(
             for peer, variable in PEER_VARIABLES.items()
             if peer != spec.component
         ]
+    if spec.component != Component.CUSTOM and spec.eventLog is not None:
+        variables += [
+            {"name": "TRADEPLANE_EVENT_LOG", "value": ",".join(spec.eventLog.servers)},
+            {"name": "TRADEPLANE_EVENT_LOG_REPLICAS", "value": str(spec.eventLog.replicas)},
+        ]
     return variables
 
 

@@ -15,7 +15,18 @@ from typing import Any
 from tradeplane.api import TradingServiceSpec, canonical_quantity
 
 TEMPLATE_FIELDS = frozenset(
-    {"component", "image", "command", "port", "metricsPort", "resources", "placement", "network", "config"}
+    {
+        "component",
+        "image",
+        "command",
+        "port",
+        "metricsPort",
+        "resources",
+        "placement",
+        "network",
+        "config",
+        "eventLog",
+    }
 )
 REVISION_LENGTH = 10
 

@@ -123,6 +123,20 @@ def test_the_environment_tells_the_service_where_it_is_and_where_its_peers_are()
     assert "TRADEPLANE_RISK_ADDR" not in {var["name"] for var in risk}
 
 
+def test_an_event_log_reaches_bundled_components_and_changes_the_revision() -> None:
+    event_log = {"servers": ["nats://nats-0.nats:4222", "nats://nats-1.nats:4222"], "replicas": 3}
+
+    def env(**fields: Any) -> dict[str, str]:
+        container = rendering.pod_template(OWNER, spec(**fields), "r1")["spec"]["containers"][0]
+        return {var["name"]: var.get("value", "") for var in container["env"]}
+
+    position = env(component="position", eventLog=event_log)
+    assert position["TRADEPLANE_EVENT_LOG"] == "nats://nats-0.nats:4222,nats://nats-1.nats:4222"
+    assert position["TRADEPLANE_EVENT_LOG_REPLICAS"] == "3"
+    assert "TRADEPLANE_EVENT_LOG" not in env(component="position")
+    assert template_revision(spec(eventLog=event_log)) != template_revision(spec())
+
+
 def test_a_drain_setting_stretches_the_grace_period() -> None:
     slow = rendering.pod_template(OWNER, spec(config={"drainTimeoutSeconds": 29.5}), "r1")
     assert slow["spec"]["terminationGracePeriodSeconds"] == 5 + 30 + 5
