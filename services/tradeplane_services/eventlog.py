@@ -147,8 +147,14 @@ class EventLog:
         log.info("event log reconnected", extra=fields(server=url.netloc if url else None))
 
     async def ensure_stream(self) -> None:
-        """The stream exists with tradeplane's settings (creating it again is a no-op)."""
+        """The stream exists: one there is used as it is (whoever runs the log may have tuned it),
+        a missing one is created with tradeplane's settings."""
         assert self.js is not None
+        try:
+            await self.js.stream_info(STREAM)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
         await self.js.add_stream(
             StreamConfig(
                 name=STREAM,
