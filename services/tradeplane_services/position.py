@@ -178,7 +178,8 @@ class PositionService(Service):
         self.handlers = {PositionQuery: self.on_query}
         self.routes["/positions"] = self.positions_route
         self.replayed = False
-        self.snapshot_sequence = 0
+        self.snapshot_sequence = 0  # the last snapshot tried
+        self.stored_snapshot = 0  # the last one stored, or loaded at start
         self.snapshots: Snapshots | None = None
         self._projection: asyncio.Task[None] | None = None
         self.event_log: EventLog | None = None
@@ -196,18 +197,17 @@ class PositionService(Service):
             return
         started = time.perf_counter()
         await self.event_log.open()
-        self.snapshots = await self.event_log.snapshots()
-        document = await self.snapshots.load(SNAPSHOT_KEY)
+        document = await self._load_snapshot(self.event_log)
         if document is not None:
             self.book = PositionBook.from_snapshot(document)
-            self.snapshot_sequence = self.book.sequence
+            self.snapshot_sequence = self.stored_snapshot = self.book.sequence
         from_snapshot = self.book.fills
         await self._project(self.event_log.read(FILLS, self.book.sequence + 1))
         self.replayed = True
         log.info(
             "event log replayed",
             extra=fields(
-                snapshotSequence=self.snapshot_sequence,
+                snapshotSequence=self.stored_snapshot,
                 fillsFromSnapshot=from_snapshot,
                 fillsReplayed=self.book.fills - from_snapshot,
                 sequence=self.book.sequence,
@@ -227,6 +227,16 @@ class PositionService(Service):
         log.error("the projection stopped following the event log", exc_info=task.exception())
         os.kill(os.getpid(), signal.SIGTERM)
 
+    async def _load_snapshot(self, event_log: EventLog) -> dict[str, Any] | None:
+        """The latest snapshot, waiting while the log cannot answer (a cluster electing a leader)."""
+        while True:
+            try:
+                self.snapshots = await event_log.snapshots()
+                return await self.snapshots.load(SNAPSHOT_KEY)
+            except (TimeoutError, nats.errors.Error) as error:
+                log.warning("snapshot store unavailable; retrying", extra=fields(error=repr(error)))
+                await asyncio.sleep(0.5)
+
     async def _project(self, events: AsyncIterator[Event]) -> None:
         settings = self.settings
         assert isinstance(settings, PositionSettings)
@@ -241,13 +251,15 @@ class PositionService(Service):
         """Replay starts here next time; a replica that finds a later snapshot stored leaves it."""
         if self.snapshots is None or self.book.sequence <= self.snapshot_sequence:
             return
-        sequence, self.snapshot_sequence = self.snapshot_sequence, self.book.sequence
+        # Set before trying: a failed try is tried again after snapshotEveryEvents more events.
+        self.snapshot_sequence = self.book.sequence
         try:
             await self.snapshots.save(SNAPSHOT_KEY, self.book.to_snapshot())
         except (TimeoutError, nats.errors.Error) as error:
-            # Only replay time depends on it: try again after the next snapshotEveryEvents events.
+            # Only replay time depends on it.
             log.warning("snapshot not stored", extra=fields(error=repr(error), sequence=self.book.sequence))
-            self.snapshot_sequence = sequence
+            return
+        self.stored_snapshot = self.book.sequence
 
     def ready(self) -> bool:
         return self.replayed
@@ -292,5 +304,5 @@ class PositionService(Service):
             "fills": self.book.fills,
             "positions": len(self.book.positions),
             "sequence": self.book.sequence,
-            "snapshotSequence": self.snapshot_sequence,
+            "snapshotSequence": self.stored_snapshot,
         }
