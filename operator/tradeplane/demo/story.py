@@ -36,6 +36,7 @@ from tradeplane.demo.observe import Observer, Snapshot
 from tradeplane.demo.screen import render
 from tradeplane.demo.traffic import RiskTraffic
 from tradeplane_services.config import Address
+from tradeplane_services.natsserver import CLIENT_PORT, NatsServers
 
 NAMESPACE = "trading"
 SAMPLES_DIR = crd.REPO_ROOT / "samples"
@@ -253,11 +254,23 @@ def _order_address(observer: Observer) -> Callable[[], Address | None]:
     return locate
 
 
-def _bring_up(args: argparse.Namespace, kubeconfig: Path, runner: PodRunner) -> int:
+def _event_log() -> NatsServers:
+    """The event log the services keep fills in: one nats-server on loopback, as the pods' processes are
+    (the port moves with TRADEPLANE_PORT_OFFSET, like the cluster's)."""
+    offset = int(os.environ.get("TRADEPLANE_PORT_OFFSET", "0"))
+    servers = NatsServers("127.0.0.1", local.state_dir() / "eventlog", port=CLIENT_PORT + 10_000 + offset)
+    servers.start()
+    servers.wait_ready()
+    return servers
+
+
+def _bring_up(args: argparse.Namespace, kubeconfig: Path, runner: PodRunner, event_log: str) -> int:
     samples = sorted(SAMPLES_DIR.glob("*.yaml"))
-    _say(f"applying {len(samples)} sample manifests from {SAMPLES_DIR}")
+    _say(f"applying {len(samples)} sample manifests from {SAMPLES_DIR}, event log {event_log}")
     for sample in samples:
-        local.kubectl("apply", "-f", str(sample))
+        manifest = yaml.safe_load(sample.read_text())
+        manifest["spec"]["eventLog"] = {"servers": [event_log], "replicas": 1}
+        local.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
     expected = len(_trading_services())
     runner.start()
     deadline = time.monotonic() + args.timeout
@@ -326,10 +339,12 @@ def run(args: argparse.Namespace) -> int:
     local.wait_established(local.kubectl, "tradingservices.tradeplane.io")
     # Before the operator starts: its watch of a namespace being deleted would miss the new one.
     _fresh_namespace()
+    _say("starting the event log (nats-server, JetStream, sync_interval: always)")
+    event_log = _event_log()
     operator = _start_operator(kubeconfig)
     runner = PodRunner(NAMESPACE, kubeconfig=str(kubeconfig))
     try:
-        if _bring_up(args, kubeconfig, runner):
+        if _bring_up(args, kubeconfig, runner, event_log.url):
             return 1
         return _play(args, kubeconfig, operator, runner)
     except StoryFailed as error:
@@ -342,6 +357,7 @@ def run(args: argparse.Namespace) -> int:
         runner.stop()
         operator.terminate()
         operator.wait(timeout=15)
+        event_log.stop()
 
 
 def register(subparsers: Any) -> None:
