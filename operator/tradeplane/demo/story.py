@@ -269,7 +269,8 @@ def _bring_up(args: argparse.Namespace, kubeconfig: Path, runner: PodRunner, eve
     _say(f"applying {len(samples)} sample manifests from {SAMPLES_DIR}, event log {event_log}")
     for sample in samples:
         manifest = yaml.safe_load(sample.read_text())
-        manifest["spec"]["eventLog"] = {"servers": [event_log], "replicas": 1}
+        if manifest["kind"] == "TradingService":
+            manifest["spec"]["eventLog"] = {"servers": [event_log], "replicas": 1}
         local.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
     expected = len(_trading_services())
     runner.start()
