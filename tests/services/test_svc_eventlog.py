@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -183,3 +185,29 @@ def test_every_fill_a_client_was_told_of_is_in_positions_exactly_once_across_a_k
     status = stack.status("position")
     assert booked(stack) == told and status["fills"] == fills
     assert 0 < status["snapshotSequence"] <= status["sequence"]
+
+
+def test_the_desk_dumps_an_account_and_replays_to_a_sequence(nats_server: NatsServers) -> None:
+    async def body(log: EventLog) -> None:
+        await log.append([Append("fill", 1, [fill(1, 1, 5), fill(2, 17, 6)], "d-1")])
+        await log.append([Append("fill", 1, [fill(3, 1, 7)], "d-3")])
+
+    with_log(nats_server, body)
+
+    def desk(*args: str) -> str:
+        command = [sys.executable, "-m", "tradeplane_services", "log", "--event-log", nats_server.url, *args]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "2 events, sequences 1-2" in desk("info")
+    dump = desk("dump", "--account", "1")
+    assert "2 fills of account 1" in dump and "account=17" not in dump
+    assert "qty=       5" in desk("replay", "--to-sequence", "1", "--account", "1")
+    assert "qty=      12" in desk("replay", "--to-sequence", "2", "--account", "1")
+
+
+def test_the_desk_names_a_bad_event_log_address() -> None:
+    command = [sys.executable, "-m", "tradeplane_services", "log", "--event-log", "http://x:4222", "info"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "'http://x:4222' is not a nats:// or tls:// URL" in result.stderr
