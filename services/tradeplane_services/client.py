@@ -35,7 +35,6 @@ from tradeplane_services.protocol import (
     SessionReject,
     SetKillSwitch,
     Side,
-    StreamDecoder,
     TimeInForce,
     encode,
     price_value,

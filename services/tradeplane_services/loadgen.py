@@ -32,7 +32,6 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 
 from tradeplane_services.config import DEFAULT_SYMBOLS, Address, parse_address
-from tradeplane_services.sessions import Credentials, credentials, logon
 from tradeplane_services.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -48,6 +47,7 @@ from tradeplane_services.protocol import (
     symbol_bytes,
 )
 from tradeplane_services.runtime import quiet_garbage_collector
+from tradeplane_services.sessions import Credentials, credentials, logon
 
 NEW_ORDER = layout_of(NewOrder)
 REPORT = layout_of(ExecutionReport)

@@ -41,7 +41,6 @@ from tradeplane_services.protocol import (
     price_units,
     symbol_bytes,
 )
-from tradeplane_services.sessions import Credentials, Keyring
 from tradeplane_services.runtime import (
     Connection,
     PeerLink,
@@ -50,6 +49,7 @@ from tradeplane_services.runtime import (
     fields,
     log,
 )
+from tradeplane_services.sessions import Credentials, Keyring
 
 SNAPSHOT_REQUEST = ReplayRequest(0, 0)
 PACKETS_PER_ROUND = 64

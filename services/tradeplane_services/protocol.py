@@ -424,7 +424,7 @@ class VenueReport(NamedTuple):
 # --- execution <-> position -----------------------------------------------------------------------
 
 
-@layout(40, "QQI8sBIqQQ", {"symbol": SYMBOL, "side": one_of(Side), "quantity": POSITIVE})
+@layout(40, "QQI8sBIqQQ", {"symbol": SYMBOL, "side": one_of(Side), "quantity": POSITIVE, "price": POSITIVE})
 class Fill(NamedTuple):
     """One side of a trade; (source, fill_sequence) identifies it for exactly-once application."""
 
@@ -558,7 +558,8 @@ def _check_fields(spec: Layout, message: tuple[Any, ...]) -> None:
             raise ProtocolError(
                 Reason.INVALID_FIELD,
                 spec.offsets[names[last]],
-                f"{spec.cls.__name__}.{names[last]}={message[last]} is before {names[first]}={message[first]}",
+                f"{spec.cls.__name__}.{names[last]}={message[last]} is before"
+                f" {names[first]}={message[first]}",
             )
 
 
@@ -702,6 +703,15 @@ class StreamDecoder:
 def reject_for(error: ProtocolError, ref_type: int, ref_sequence: int) -> SessionReject:
     text = str(error).encode("ascii", "replace")[:48]
     return SessionReject(ref_sequence, ref_type & 0xFF, int(error.reason), error.offset & 0xFFFF, text)
+
+
+I64 = (-(2**63), 2**63 - 1)
+U64 = (0, 2**64 - 1)
+
+
+def saturate(value: int, bounds: tuple[int, int]) -> int:
+    """`value` clamped into a wire integer's range (a total that outgrew 64 bits reports the limit)."""
+    return min(max(value, bounds[0]), bounds[1])
 
 
 def symbol_bytes(symbol: str) -> bytes:

@@ -254,7 +254,12 @@ class Connection(asyncio.Protocol):
                     self.reject(item)  # type: ignore[arg-type]
             except Exception:  # a bug must cost one frame, never the session and what is queued behind it
                 log.exception("frame handler failed", extra=fields(peer=self.name, identity=self.identity))
-                self.refuse(Reason.INTERNAL_ERROR, 0, self.received_sequence, "the service failed on it")
+                ref_type = (
+                    layout_of(type(item[0])).type_id if type(item) is tuple else getattr(item, "type_id", 0)
+                )
+                self.refuse(
+                    Reason.INTERNAL_ERROR, ref_type, self.received_sequence, "the service failed on it"
+                )
             if self.transport is None or self.transport.is_closing():
                 return
         # A frame left unfinished starts the read timeout; one finished in this read restarts it.
@@ -269,10 +274,18 @@ class Connection(asyncio.Protocol):
         log.warning(
             "session refusal",
             extra=fields(
-                audit=True, peer=self.name, identity=self.identity, reason=reason.name, type=type_id, detail=detail
+                audit=True,
+                peer=self.name,
+                identity=self.identity,
+                reason=reason.name,
+                type=type_id,
+                detail=detail,
             ),
         )
-        self.send(reject_for(ProtocolError(reason, 2, detail), type_id, sequence))
+        # The reason travels in its own field: all 48 bytes of text go to the detail.
+        self.send(
+            SessionReject(sequence, type_id & 0xFF, int(reason), 0, detail.encode("ascii", "replace")[:48])
+        )
         if close:
             self.close()
 
@@ -438,7 +451,9 @@ class PeerLink(ConnectionOwner):
 
     def unexpected(self, connection: Connection, message: Any, sequence: int) -> None:
         if isinstance(message, SessionReject) and connection.identity is None:
-            log.error("peer refused the logon", extra=fields(peer=self.name, reject=message.text.rstrip(b"\0")))
+            log.error(
+                "peer refused the logon", extra=fields(peer=self.name, reject=message.text.rstrip(b"\0"))
+            )
             return
         super().unexpected(connection, message, sequence)
 
@@ -658,7 +673,9 @@ class Service(ConnectionOwner):
                 elif connection.partial_since_ns and (
                     now - connection.partial_since_ns > settings.readTimeoutMillis * 1_000_000
                 ):
-                    detail = f"{connection.decoder.buffered} bytes of a frame for {settings.readTimeoutMillis} ms"
+                    detail = (
+                        f"{connection.decoder.buffered} bytes of a frame for {settings.readTimeoutMillis} ms"
+                    )
                     connection.refuse(Reason.READ_TIMEOUT, 0, 0, detail, close=True)
 
     def logged_on(self, connection: Connection) -> None:

@@ -2,8 +2,9 @@
 
 Each component runs as its own `python -m tradeplane_services <component>` process on one host address,
 wired through TRADEPLANE_* variables exactly as the operator wires pods. Session keys are generated into
-`keys_dir` (default: the workdir's `keys`) unless it holds them already; clients use the same directory. Market data goes to a multicast
-group derived from the host address (so stacks on different loopback addresses stay apart).
+`keys_dir` (default: the workdir's `keys`) unless it holds them already; clients use the same directory.
+Market data goes to a multicast group derived from the host address (so stacks on different loopback
+addresses stay apart).
 """
 
 from __future__ import annotations
