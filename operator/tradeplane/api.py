@@ -246,6 +246,14 @@ class Network(Model):
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Added only when asked; everything else is dropped.",
     )
+    sessionKeys: str = Field(
+        default="tradeplane-session-keys",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret with a session key per identity (`tradeplane session-keys create`); bundled "
+        "components mount their own and their callers' keys, and pick up rotated keys without a restart.",
+    )
 
     @field_validator("capabilities")
     @classmethod

@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tradeplane.api import BUNDLED_PORTS, Component, TradingServiceSpec
+from tradeplane_services.roles import CALLERS
 
 SERVICE_COMMAND = "tradeplane-svc"
 CONFIG_DIR = "/etc/tradeplane"
 CONFIG_FILE = "config.yaml"
 STATE_DIR = "/var/lib/tradeplane"
+# Session keys: a Secret volume of its own (a mount inside the read-only config volume cannot be made).
+KEYS_DIR = "/etc/tradeplane-keys"
 PRESTOP_SLEEP_SECONDS = 5
 DEFAULT_DRAIN_SECONDS = 10
 # Margin past the drain for the process to exit after finishing in-flight work.
@@ -68,6 +71,14 @@ def config(spec: TradingServiceSpec) -> dict[str, Any]:
     return _merge(dict(defaults(spec).config), spec.config)
 
 
+def session_identities(spec: TradingServiceSpec) -> list[str]:
+    """Whose session keys a bundled component's pod holds: its own (to log on to its peers) and its
+    callers' (to check their logons). Custom components hold none."""
+    if spec.component == Component.CUSTOM:
+        return []
+    return [str(spec.component), *CALLERS[spec.component]]
+
+
 def drain_seconds(spec: TradingServiceSpec) -> int:
     """How long the service may take to drain on SIGTERM (its `drainTimeoutSeconds` setting)."""
     value = spec.config.get("drainTimeoutSeconds", DEFAULT_DRAIN_SECONDS)
@@ -95,6 +106,7 @@ def environment(
         {"name": "TRADEPLANE_STATE_DIR", "value": STATE_DIR},
     ]
     if spec.component != Component.CUSTOM:
+        variables.append({"name": "TRADEPLANE_KEYS_DIR", "value": KEYS_DIR})
         variables += [
             {"name": variable, "value": f"{peer}.{namespace}.svc:{BUNDLED_PORTS[peer]}"}
             for peer, variable in PEER_VARIABLES.items()

@@ -160,6 +160,12 @@ def pod_template(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[
         {"name": "state", "mountPath": components.STATE_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    identities = components.session_identities(spec)
+    if identities:
+        keys = {"secretName": spec.network.sessionKeys, "defaultMode": 0o440}
+        keys["items"] = [{"key": identity, "path": identity} for identity in identities]
+        volumes.append({"name": "session-keys", "secret": keys})
+        mounts.append({"name": "session-keys", "mountPath": components.KEYS_DIR, "readOnly": True})
     hugepages = placement.hugepages_volume(spec)
     if hugepages:
         volumes.append(hugepages[0])

@@ -41,7 +41,8 @@ from tradeplane_services.protocol import (
     symbol_bytes,
     symbol_text,
 )
-from tradeplane_services.sessions import ADMIN, Credentials, credentials, logon
+from tradeplane_services.roles import ADMIN
+from tradeplane_services.sessions import Credentials, credentials, logon
 
 
 class WireClient:

@@ -21,7 +21,7 @@ COMPONENTS = ("order", "risk", "market-data", "execution", "position")
 DEFAULT_PORTS = {"order": 7001, "risk": 7002, "market-data": 7003, "execution": 7004, "position": 7005}
 DEFAULT_METRICS_PORT = 9100
 DEFAULT_CONFIG_PATH = "/etc/tradeplane/config.yaml"
-DEFAULT_KEYS_DIR = "/etc/tradeplane/keys"
+DEFAULT_KEYS_DIR = "/etc/tradeplane-keys"
 DEFAULT_SYMBOLS = {
     "AAPL": 190.0,
     "MSFT": 420.0,

@@ -48,8 +48,8 @@ from tradeplane_services.protocol import (
     layout_of,
     reject_for,
 )
+from tradeplane_services.roles import CALLERS
 from tradeplane_services.sessions import (
-    CALLERS,
     NONCE_BYTES,
     AuthenticationError,
     Credentials,

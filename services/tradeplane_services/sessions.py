@@ -35,21 +35,8 @@ from tradeplane_services.protocol import (
     StreamDecoder,
     encode,
 )
+from tradeplane_services.roles import CLIENT, IDENTITIES
 
-ADMIN = "admin"
-CLIENT = "client"
-# Per service: each identity that may log on and the messages it may send (names of protocol classes).
-# Heartbeats are always allowed. Nothing reaches execution except through order, whose orders pass risk.
-CALLERS: dict[str, dict[str, tuple[str, ...]]] = {
-    "order": {CLIENT: ("NewOrder", "CancelOrder", "ReplaceOrder")},
-    "risk": {"order": ("RiskCheck", "RiskUpdate"), ADMIN: ("SetKillSwitch",)},
-    "execution": {"order": ("RouteOrder", "CancelRoute", "ReplaceRoute")},
-    "position": {"execution": ("Fill",), CLIENT: ("PositionQuery",), ADMIN: ("PositionQuery",)},
-    "market-data": {
-        identity: ("Subscribe", "ReplayRequest") for identity in ("risk", "position", CLIENT, ADMIN)
-    },
-}
-IDENTITIES = (*CALLERS, ADMIN, CLIENT)
 KEY_BYTES = 32
 NONCE_BYTES = 16
 _LOGON = b"tradeplane logon\0"

@@ -221,3 +221,38 @@ def test_the_applied_stamp_follows_the_content() -> None:
     assert first["metadata"]["annotations"][stamp] != paused["metadata"]["annotations"][stamp]
     assert paused["spec"]["paused"] is True
     assert "paused" not in first["spec"]
+
+
+@pytest.mark.parametrize(
+    ("component", "identities"),
+    [
+        ("order", ["order", "client"]),
+        ("risk", ["risk", "order", "admin"]),
+        ("execution", ["execution", "order"]),
+        ("position", ["position", "execution", "client", "admin"]),
+        ("market-data", ["market-data", "risk", "position", "client", "admin"]),
+    ],
+)
+def test_a_bundled_pod_holds_its_own_session_key_and_its_callers_only(
+    component: str, identities: list[str]
+) -> None:
+    pod = rendering.pod_template(OWNER, spec(component=component, config={}), "r1")["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "session-keys"]
+    assert volume["secret"]["secretName"] == "tradeplane-session-keys"
+    assert [item["key"] for item in volume["secret"]["items"]] == identities
+    container = pod["containers"][0]
+    assert {"name": "session-keys", "mountPath": "/etc/tradeplane-keys", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert {"name": "TRADEPLANE_KEYS_DIR", "value": "/etc/tradeplane-keys"} in container["env"]
+    named = rendering.pod_template(
+        OWNER, spec(component=component, config={}, network={"sessionKeys": "k"}), "r1"
+    )
+    assert [v["secret"]["secretName"] for v in named["spec"]["volumes"] if "secret" in v] == ["k"]
+
+
+def test_a_custom_component_gets_no_session_keys() -> None:
+    custom = spec(component="custom", command=["serve"], port=8000, config={})
+    pod = rendering.pod_template(OWNER, custom, "r1")["spec"]
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    assert "TRADEPLANE_KEYS_DIR" not in {variable["name"] for variable in pod["containers"][0]["env"]}

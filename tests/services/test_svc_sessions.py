@@ -50,9 +50,8 @@ from tradeplane_services.protocol import (
     price_units,
     symbol_bytes,
 )
+from tradeplane_services.roles import CALLERS, CLIENT
 from tradeplane_services.sessions import (
-    CALLERS,
-    CLIENT,
     AuthenticationError,
     Credentials,
     Keyring,
