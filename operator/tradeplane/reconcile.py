@@ -29,6 +29,7 @@ from tradeplane.api import (
     Phase,
     TradingServiceSpec,
     TradingServiceStatus,
+    field_path,
     now_iso,
 )
 from tradeplane.placement import PodView, PoolSnapshot, Verdict
@@ -128,8 +129,7 @@ class View:
             spec = TradingServiceSpec.model_validate(body.get("spec", {}))
         except ValidationError as invalid:
             error = "; ".join(
-                f"spec.{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}"
-                for issue in invalid.errors()
+                f"{field_path(issue['loc'], 'spec')}: {issue['msg']}" for issue in invalid.errors()
             )
         return cls(
             owner=Owner(metadata["name"], metadata["namespace"], metadata.get("uid")),

@@ -303,6 +303,8 @@ def test_the_api_server_refuses_each_invalid_manifest_naming_the_field(
     for path in CORPUS:
         expected = next(line for line in path.read_text().splitlines() if line.startswith("# error: "))
         refused = kubectl("apply", "-n", namespace, "-f", str(path), check=False)
-        if refused.returncode == 0 or expected.removeprefix("# error: ") not in refused.stderr:
+        # A CEL rule evaluated on a value the schema already refused adds a second, misleading error.
+        noisy = "conversion error" in refused.stderr or "no such overload" in refused.stderr
+        if refused.returncode == 0 or expected.removeprefix("# error: ") not in refused.stderr or noisy:
             wrong.append(f"{path.name}: exit {refused.returncode}: {refused.stderr.strip()}")
     assert not wrong, "\n".join(wrong)
