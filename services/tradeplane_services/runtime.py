@@ -202,6 +202,7 @@ class Connection(asyncio.Protocol):
         self.challenge: Challenge | None = None
         self.opened_ns = time.perf_counter_ns()
         self.partial_since_ns = 0  # when the unfinished frame in the decoder began arriving
+        self.closing = False
         self.received_ns = 0
         self.received_sequence = 0
         self.sequence = 0
@@ -260,7 +261,7 @@ class Connection(asyncio.Protocol):
                 self.refuse(
                     Reason.INTERNAL_ERROR, ref_type, self.received_sequence, "the service failed on it"
                 )
-            if self.transport is None or self.transport.is_closing():
+            if self.closing:  # refused for good: what came behind it is not read
                 return
         # A frame left unfinished starts the read timeout; one finished in this read restarts it.
         if not decoder.buffered:
@@ -334,6 +335,7 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def close(self) -> None:
+        self.closing = True
         self.flush()
         if self.transport is not None:
             self.transport.close()
