@@ -139,8 +139,9 @@ def main() -> int:
                         results[label].append(load(*where, arguments.rate, arguments.seconds))
                         latency = results[label][-1]
                         print(
-                            f"  {label:<8} {arguments.rate:.0f}/s passive orders: p50 {latency['p50']:7.1f}us "
-                            f"p99 {latency['p99']:7.1f}us p99.9 {latency['p99.9']:7.1f}us",
+                            f"  {label:<8} {arguments.rate:.0f}/s passive orders: "
+                            f"p50 {latency['p50']:7.1f}us p99 {latency['p99']:7.1f}us "
+                            f"p99.9 {latency['p99.9']:7.1f}us",
                             flush=True,
                         )
                 for label, latencies in results.items():
