@@ -264,6 +264,61 @@ class Placement(Model):
     isolation: Isolation = Field(default_factory=Isolation)
 
 
+class Peer(Model):
+    """Where traffic may come from: an address block, or pods by labels (namespaces by labels; {} is all)."""
+
+    cidr: str | None = Field(
+        default=None,
+        max_length=43,
+        pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$",
+        description="An IPv4 or IPv6 block, e.g. 10.20.0.0/16.",
+    )
+    namespaceLabels: dict[str, str] | None = Field(
+        default=None, description="Namespaces with these labels ({}: every namespace)."
+    )
+    podLabels: dict[str, str] | None = Field(
+        default=None, description="Pods with these labels (in the namespaces chosen, else this one)."
+    )
+
+    rules = (
+        Rule(
+            "has(self.cidr) != (has(self.namespaceLabels) || has(self.podLabels))",
+            "a peer is either a cidr or namespace/pod labels",
+            lambda peer: (
+                (peer.cidr is not None) != (peer.namespaceLabels is not None or peer.podLabels is not None)
+            ),
+        ),
+    )
+
+
+# Who scrapes /metrics by default: a Prometheus (the Prometheus Operator's and the community chart's pods
+# carry this label) and the operator itself (its direct-scrape provider), in any namespace.
+DEFAULT_METRICS_PEERS = (
+    {"namespaceLabels": {}, "podLabels": {"app.kubernetes.io/name": "prometheus"}},
+    {"namespaceLabels": {}, "podLabels": {"app.kubernetes.io/name": "tradeplane"}},
+)
+
+
+class NetworkPolicySettings(Model):
+    """The NetworkPolicy the operator renders for the service: what may reach it, and whom it may reach."""
+
+    enabled: bool = Field(
+        default=True,
+        description="false renders no NetworkPolicy: the explicit opt-out; traffic is then unrestricted.",
+    )
+    clients: list[Peer] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Where trading clients and admins connect from (client/admin identities); "
+        "the bundled components that call the service are allowed anyway.",
+    )
+    metricsFrom: list[Peer] = Field(
+        default_factory=lambda: [Peer.model_validate(peer) for peer in DEFAULT_METRICS_PEERS],
+        max_length=32,
+        description="Who may scrape the metrics port (default: Prometheus and the operator, any namespace).",
+    )
+
+
 class Network(Model):
     # A list of type set: the API server itself refuses duplicates.
     capabilities: list[Literal["NET_ADMIN", "NET_RAW"]] = Field(
@@ -459,6 +514,8 @@ class TradingServiceSpec(Model):
     resources: Resources
     placement: Placement = Field(default_factory=Placement)
     network: Network = Field(default_factory=Network)
+    # Beside `network`, not in it: the policy shapes no pod, so changing it starts no canary.
+    networkPolicy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
     config: dict[str, Any] = Field(default_factory=dict, description="Component settings.")
     slo: SLO = Field(default_factory=SLO)
     rollout: Rollout = Field(default_factory=Rollout)

@@ -71,6 +71,22 @@ def config(spec: TradingServiceSpec) -> dict[str, Any]:
     return _merge(dict(defaults(spec).config), spec.config)
 
 
+def calling_components(spec: TradingServiceSpec) -> list[str]:
+    """The bundled components that open sessions to this one."""
+    return [caller for caller in CALLERS.get(spec.component, {}) if caller in BUNDLED_PORTS]
+
+
+def called_components(spec: TradingServiceSpec) -> list[str]:
+    """The bundled components this one opens sessions to."""
+    return [callee for callee, callers in CALLERS.items() if spec.component in callers]
+
+
+def takes_clients(spec: TradingServiceSpec) -> bool:
+    """Whether identities from outside the stack (trading clients, admins) log on to this component;
+    a custom component's callers are unknown, so it is treated as taking them."""
+    return spec.component == Component.CUSTOM or any(c not in BUNDLED_PORTS for c in CALLERS[spec.component])
+
+
 def session_identities(spec: TradingServiceSpec) -> list[str]:
     """Whose session keys a bundled component's pod holds: its own (to log on to its peers) and its
     callers' (to check their logons). Custom components hold none."""

@@ -47,6 +47,9 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         return _structural({**variants[0], **rest}, defs)
     result: dict[str, Any] = {}
     for key, value in node.items():
+        if key == "additionalProperties" and isinstance(value, dict) and "type" in value:
+            result[key] = _structural(value, defs)  # a typed map (labels), not extra=forbid's false
+            continue
         if key in _DROPPED_KEYS:
             continue
         if key == "const":
@@ -55,7 +58,7 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             result[key] = {name: _structural(child, defs) for name, child in value.items()}
         else:
             result[key] = _structural(value, defs)
-    if result.get("type") == "object" and "properties" not in result:
+    if result.get("type") == "object" and "properties" not in result and "additionalProperties" not in result:
         result["x-kubernetes-preserve-unknown-fields"] = True
     if "enum" in result and "type" not in result:
         result["type"] = "string"

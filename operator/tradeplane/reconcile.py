@@ -222,6 +222,14 @@ def decide(
     desired, problem = _workloads(view, spec, revision, plan, decision)
     desired += _services(view, spec, revision, plan, decision)
     desired.append(rendering.disruption_budget(view.owner, spec))
+    policy = rendering.network_policy(view.owner, spec)
+    if policy is not None:
+        desired.append(policy)
+    elif (live := view.children.get(("NetworkPolicy", view.owner.name))) is not None:
+        # Opted out after the fact: the policy goes, or it would keep restricting traffic.
+        decision.delete.append(
+            Deletion("networking.k8s.io/v1", "NetworkPolicy", view.owner.name, live["metadata"].get("uid"))
+        )
     if monitoring:
         desired.append(rendering.service_monitor(view.owner, spec))
     for manifest in desired:

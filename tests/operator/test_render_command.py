@@ -25,7 +25,14 @@ def test_every_sample_renders_its_children() -> None:
         result = render("-f", str(path))
         assert result.returncode == 0, result.stderr
         kinds = [child["kind"] for child in yaml.safe_load_all(result.stdout)]
-        assert kinds == ["ControllerRevision", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+        assert kinds == [
+            "ControllerRevision",
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+        ]
 
 
 def test_a_service_monitor_is_rendered_on_request_from_stdin() -> None:
