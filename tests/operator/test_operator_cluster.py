@@ -27,7 +27,7 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((REPO / "samples").glob("*.yaml"))
 CORPUS = sorted((Path(__file__).parent / "invalid").glob("*.yaml"))
-CHILD_KINDS = "deployments,services,configmaps,poddisruptionbudgets,controllerrevisions"
+CHILD_KINDS = "deployments,services,configmaps,poddisruptionbudgets,networkpolicies,controllerrevisions"
 
 
 def samples_in(namespace: str) -> str:
