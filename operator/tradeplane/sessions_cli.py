@@ -24,6 +24,7 @@ from tradeplane.api import Component, Network
 from tradeplane.rendering import COMPONENT_LABEL
 from tradeplane.rollout_cli import CommandError, _api, _namespace
 from tradeplane_services.roles import ADMIN, IDENTITIES
+from tradeplane_services.sessions import Credentials, Keyring
 
 DEFAULT_SECRET = Network().sessionKeys
 KEY_BYTES = 32
@@ -52,8 +53,10 @@ def ensure_secret(api: client.CoreV1Api, namespace: str, name: str = DEFAULT_SEC
     return missing
 
 
-def read_keys(api: client.CoreV1Api, namespace: str, name: str, identity: str, directory: Path) -> None:
-    """Write `identity`'s key file from the Secret into `directory` (a keyring of one)."""
+def secret_credentials(
+    api: client.CoreV1Api, namespace: str, identity: str, directory: Path, name: str = DEFAULT_SECRET
+) -> Credentials:
+    """Log-on credentials of `identity`: its key file, from the Secret, written into `directory`."""
     try:
         found: Any = api.read_namespaced_secret(name, namespace)
     except ApiException as error:
@@ -64,6 +67,7 @@ def read_keys(api: client.CoreV1Api, namespace: str, name: str, identity: str, d
     path = directory / identity
     path.write_bytes(base64.b64decode(encoded))
     path.chmod(0o600)
+    return Credentials(identity, Keyring(directory))
 
 
 def _core(args: argparse.Namespace) -> client.CoreV1Api:
@@ -86,7 +90,6 @@ def _kill_switch(args: argparse.Namespace) -> str:
     from tradeplane_services.client import set_kill_switch
     from tradeplane_services.config import Address
     from tradeplane_services.protocol import KillSwitchState
-    from tradeplane_services.sessions import Credentials, Keyring
 
     api, namespace = _core(args), _namespace(args)
     selector = f"app.kubernetes.io/name={args.name},{COMPONENT_LABEL}={Component.RISK}"
@@ -96,8 +99,7 @@ def _kill_switch(args: argparse.Namespace) -> str:
         raise CommandError(f"no running risk pod of {namespace}/{args.name}")
     lines = []
     with tempfile.TemporaryDirectory(prefix="tradeplane-admin-") as scratch:
-        read_keys(api, namespace, args.secret, ADMIN, Path(scratch))
-        creds = Credentials(ADMIN, Keyring(Path(scratch)))
+        creds = secret_credentials(api, namespace, ADMIN, Path(scratch), args.secret)
         for pod in running:
             port = next(p.container_port for p in pod.spec.containers[0].ports or [] if p.name == "wire")
             try:

@@ -20,9 +20,9 @@ from kubernetes import client, config
 
 from tradeplane.demo.background import BackgroundLoop
 from tradeplane.rendering import NAME_LABEL, REVISION_LABEL
-from tradeplane.sessions_cli import DEFAULT_SECRET, read_keys
+from tradeplane.sessions_cli import secret_credentials
 from tradeplane_services.protocol import OrderType, RiskCheck, Side, encode, price_units, symbol_bytes
-from tradeplane_services.sessions import Credentials, Keyring, logon
+from tradeplane_services.sessions import logon
 
 REFRESH_SECONDS = 0.5
 
@@ -52,8 +52,7 @@ class RiskTraffic(BackgroundLoop):
         self._api = client.CoreV1Api(api_client)
         # Checks come from the order identity, as order's own would: its key from the namespace's Secret.
         self._keys = tempfile.TemporaryDirectory(prefix="risk-traffic-keys-")
-        read_keys(self._api, self.namespace, DEFAULT_SECRET, "order", Path(self._keys.name))
-        self._credentials = Credentials("order", Keyring(Path(self._keys.name)))
+        self._credentials = secret_credentials(self._api, self.namespace, "order", Path(self._keys.name))
 
     def _closed(self) -> None:
         for pod in self._pods.values():
