@@ -308,10 +308,13 @@ def _peer(peer: Peer) -> dict[str, Any]:
     if peer.cidr is not None:
         return {"ipBlock": {"cidr": peer.cidr}}
     selected: dict[str, Any] = {}
+    # An empty selector is stored as {} (no matchLabels): rendered so, it never looks drifted.
     if peer.namespaceLabels is not None:
-        selected["namespaceSelector"] = {"matchLabels": dict(peer.namespaceLabels)}
+        selected["namespaceSelector"] = (
+            {"matchLabels": dict(peer.namespaceLabels)} if peer.namespaceLabels else {}
+        )
     if peer.podLabels is not None:
-        selected["podSelector"] = {"matchLabels": dict(peer.podLabels)}
+        selected["podSelector"] = {"matchLabels": dict(peer.podLabels)} if peer.podLabels else {}
     return selected
 
 
