@@ -6,7 +6,8 @@ LogonAck), beside N bare connects that only read the Challenge; and the HMAC-SHA
 Per message: after the logon a session's handlers are those its identity was granted, so nothing is added
 per message. To show it rather than say it, `--baseline DIR` runs the same open-loop order-entry load
 against the stack of another checkout (e.g. a tree without sessions: its `services/` directory), both as
-processes of their own, alternating runs, and prints both.
+processes of their own, alternating runs, and prints both: latency, and the CPU time the five service
+processes used per order (which a busy machine disturbs far less than latency).
 
     python bench/services_sessions.py
     python bench/services_sessions.py --baseline /path/to/other/checkout/services --rate 10000 --runs 3
@@ -68,6 +69,22 @@ def load(python_path: str, host: str, workdir: Path, rate: float, seconds: float
         raise RuntimeError(f"loadgen against {python_path}: {result.stdout[-500:]} {result.stderr[-2000:]}")
     latency: dict[str, float] = json.loads(result.stdout)["latency_us"]
     return latency
+
+
+def stack_cpu_seconds(stack: subprocess.Popen[bytes]) -> float:
+    """CPU time (user + system) used so far by the service processes of a `tradeplane-svc stack`."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == stack.pid:  # ppid
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 def start_stack(python_path: str, host: str, workdir: Path) -> subprocess.Popen[bytes]:
@@ -134,20 +151,25 @@ def main() -> int:
             try:
                 time.sleep(1.0)
                 results: dict[str, list[dict[str, float]]] = {label: [] for label in stacks}
+                orders = arguments.rate * arguments.seconds
                 for _ in range(arguments.runs):
                     for label, where in stacks.items():
-                        results[label].append(load(*where, arguments.rate, arguments.seconds))
-                        latency = results[label][-1]
+                        # CPU per order, unlike latency, hardly moves with what else the machine runs.
+                        before = stack_cpu_seconds(processes[label])
+                        latency = load(*where, arguments.rate, arguments.seconds)
+                        latency["cpu"] = (stack_cpu_seconds(processes[label]) - before) / orders * 1e6
+                        results[label].append(latency)
                         print(
                             f"  {label:<8} {arguments.rate:.0f}/s passive orders: "
                             f"p50 {latency['p50']:7.1f}us p99 {latency['p99']:7.1f}us "
-                            f"p99.9 {latency['p99.9']:7.1f}us",
+                            f"p99.9 {latency['p99.9']:7.1f}us; stack CPU {latency['cpu']:6.1f}us/order",
                             flush=True,
                         )
                 for label, latencies in results.items():
-                    medians = {p: statistics.median(r[p] for r in latencies) for p in ("p50", "p99")}
+                    medians = {p: statistics.median(r[p] for r in latencies) for p in ("p50", "p99", "cpu")}
                     print(
-                        f"median of runs, {label:<8}: p50 {medians['p50']:.1f}us p99 {medians['p99']:.1f}us"
+                        f"median of runs, {label:<8}: p50 {medians['p50']:.1f}us p99 {medians['p99']:.1f}us "
+                        f"CPU {medians['cpu']:.1f}us/order (all five services, market data included)"
                     )
             finally:
                 for process in processes.values():
