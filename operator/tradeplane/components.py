@@ -124,9 +124,9 @@ def environment(
     if spec.component != Component.CUSTOM:
         variables.append({"name": "TRADEPLANE_KEYS_DIR", "value": KEYS_DIR})
         variables += [
-            {"name": variable, "value": f"{peer}.{namespace}.svc:{BUNDLED_PORTS[peer]}"}
-            for peer, variable in PEER_VARIABLES.items()
-            if peer != spec.component
+            # Only the peers it calls: what its NetworkPolicy lets it reach, and all it needs to find.
+            {"name": PEER_VARIABLES[peer], "value": f"{peer}.{namespace}.svc:{BUNDLED_PORTS[peer]}"}
+            for peer in called_components(spec)
         ]
     return variables
 

@@ -118,10 +118,14 @@ def test_the_environment_tells_the_service_where_it_is_and_where_its_peers_are()
     assert env["TRADEPLANE_PORT"]["value"] == "7001"
     assert env["TRADEPLANE_METRICS_PORT"]["value"] == "9100"
     assert env["TRADEPLANE_BIND"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
-    assert env["TRADEPLANE_RISK_ADDR"]["value"] == "risk.trading.svc:7002"
-    assert env["TRADEPLANE_MARKET_DATA_ADDR"]["value"] == "market-data.trading.svc:7003"
+    # Only the peers it calls: order reaches risk and execution, nothing else.
+    peers = {name: var["value"] for name, var in env.items() if name.endswith("_ADDR")}
+    assert peers == {
+        "TRADEPLANE_RISK_ADDR": "risk.trading.svc:7002",
+        "TRADEPLANE_EXECUTION_ADDR": "execution.trading.svc:7004",
+    }
     risk = rendering.pod_template(OWNER, spec(component="risk"), "r1")["spec"]["containers"][0]["env"]
-    assert "TRADEPLANE_RISK_ADDR" not in {var["name"] for var in risk}
+    assert [var["name"] for var in risk if var["name"].endswith("_ADDR")] == ["TRADEPLANE_MARKET_DATA_ADDR"]
 
 
 def test_a_drain_setting_stretches_the_grace_period() -> None:

@@ -39,16 +39,20 @@ def test_the_kill_switch_is_thrown_by_whoever_may_read_the_keys_and_by_no_one_el
     pod_runner: Callable[..., PodRunner],
     tmp_path: Path,
 ) -> None:
-    risk = yaml.safe_load((REPO / "samples" / "risk.yaml").read_text())
-    risk["metadata"]["namespace"] = namespace
-    risk["spec"]["replicas"] = 1
-    kubectl("apply", "-f", "-", input=yaml.safe_dump(risk))
-    runner = pod_runner(namespace)
+    # Risk with the market data it subscribes to: the pod runner starts a process once the Services its
+    # environment names exist.
+    for component in ("market-data", "risk"):
+        sample = yaml.safe_load((REPO / "samples" / f"{component}.yaml").read_text())
+        sample["metadata"]["namespace"] = namespace
+        sample["spec"]["replicas"] = 1
+        kubectl("apply", "-f", "-", input=yaml.safe_dump(sample))
+    runner = pod_runner(namespace, selector="app.kubernetes.io/name=risk")
     (pod,) = runner.wait_running(1, timeout=60)
     wait_for(
         lambda: "listening" in (pod.workdir / "output.log").read_text(), timeout=30, what="risk to listen"
     )
-    (running,) = get_json(kubectl, "pods", "-n", namespace)["items"]  # type: ignore[misc]
+    risk_pods = get_json(kubectl, "pods", "-n", namespace, "-l", "app.kubernetes.io/name=risk")
+    (running,) = risk_pods["items"]  # type: ignore[misc]
     volumes = {volume["name"]: volume for volume in running["spec"]["volumes"]}
     items = [item["key"] for item in volumes["session-keys"]["secret"]["items"]]
     assert items == ["risk", "order", "admin"]  # its own, and its callers'
