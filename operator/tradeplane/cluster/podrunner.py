@@ -188,13 +188,11 @@ class PodRunner:
             return
         try:
             volume_files = _volume_files(self.api, self.namespace, pod)
-        except LookupError as error:
-            self.waiting[pod.metadata.uid] = f"{pod.metadata.name}: {error}"
-            return  # as a kubelet does: the container waits for its volume, tried again next sync
+        except LookupError:
+            return  # as a kubelet does: the container waits for its Secret's key, tried again next sync
         except client.ApiException as error:
             if error.status == 404:
-                self.waiting[pod.metadata.uid] = f"{pod.metadata.name}: a ConfigMap or Secret is missing"
-                return
+                return  # the container waits for its ConfigMap or Secret, tried again next sync
             raise
         workdir = Path(tempfile.mkdtemp(prefix=f"pod-{pod.metadata.name}-"))
         mounts: dict[str, Path] = {}
