@@ -48,6 +48,7 @@ from tradeplane.cluster.podrunner import PodRunner, stop_process
 from tradeplane.demo.traffic import RiskTraffic
 from tradeplane.rendering import NAME_LABEL, REVISION_LABEL
 from tradeplane.revision import template_revision
+from tradeplane.sessions_cli import ensure_secret
 
 SLO_MICROS = 5_000
 INJECTED_MICROS = 8_000
@@ -122,6 +123,7 @@ def stable_service(cluster: Cluster, rate: float, log_dir: Path) -> Iterator[tup
     """A namespace with its operator, revision one Ready on two running pods, and traffic."""
     namespace = f"bench-rollback-{uuid.uuid4().hex[:6]}"
     cluster.run("create", "namespace", namespace)
+    ensure_secret(cluster.core, namespace)  # the session keys the services and the traffic log on with
     environment = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     with (log_dir / f"{namespace}-operator.log").open("wb") as log:
         operator = subprocess.Popen(

@@ -51,6 +51,7 @@ def main() -> int:
             "market-data": {"ticksPerSecond": 1000},
         }
         stack = Stack(HOST, Path(scratch), settings)
+        os.environ["TRADEPLANE_KEYS_DIR"] = str(stack.keys_dir)  # this process's clients log on
         stack.start()
         stack.wait_ready()
         events: list[str] = []

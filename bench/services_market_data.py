@@ -73,6 +73,7 @@ def feed(stack: Stack, rate: int, seconds: float) -> dict[str, Any]:
         multicast_group_for(stack.host),
         stack.host,
         RequestMetrics(CollectorRegistry(), "bench", "bench"),
+        stack.credentials("client"),
     )
 
     async def run() -> dict[str, Any]:

@@ -146,6 +146,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as scratch:
         stack = Stack(HOST, Path(scratch), SETTINGS)
+        os.environ["TRADEPLANE_KEYS_DIR"] = str(stack.keys_dir)  # this process's clients log on
         echo = subprocess.Popen(
             [sys.executable, "-m", "tradeplane_services", "echo", "--bind", HOST, "--port", str(ECHO_PORT)],
             stdout=subprocess.DEVNULL,

@@ -10,10 +10,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client, config
 
 from support import Kubectl
 from tradeplane.cluster import local, toolchain
 from tradeplane.cluster.podrunner import DEFAULT_SELECTOR, PodRunner
+from tradeplane.sessions_cli import ensure_secret
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +53,12 @@ def kubectl(kube_env: Path) -> Kubectl:
 
 
 @pytest.fixture
-def namespace(kubectl: Kubectl) -> Iterator[str]:
+def namespace(kubectl: Kubectl, kube_env: Path) -> Iterator[str]:
+    """A fresh namespace with its session keys Secret, as `tradeplane session-keys create` makes it."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
+    api_client = config.new_client_from_config(config_file=str(kube_env))  # type: ignore[no-untyped-call]
+    ensure_secret(client.CoreV1Api(api_client), name)
     # Pods are refused until the controller-manager has created the namespace's default ServiceAccount.
     deadline = time.monotonic() + 30
     while kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:

@@ -29,6 +29,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
+from tradeplane.names import CALENDARS, TIMEZONES
+
 GROUP = "tradeplane.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -38,7 +40,9 @@ SINGULAR = "tradingservice"
 SHORT_NAMES = ["ts"]
 
 POOL_LABEL = "tradeplane.io/pool"
-DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
+# At most four parts of at most five digits: 399996h stays inside Go's duration (about 2562047h), so CEL's
+# duration() never fails on a value the pattern let through.
+DURATION_PATTERN = r"^([0-9]{1,5}(ms|s|m|h)){1,4}$"
 QUANTITY_PATTERN = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # Children are named <name>-canary and <name>-<revision>; the Service name is a 63-character DNS label.
@@ -51,6 +55,27 @@ _MULTIPLIERS: dict[str, int] = {
     **{suffix: 1 << (10 * index) for index, suffix in enumerate(_BINARY_SUFFIXES)},
     **{suffix: int(f"1{'000' * index}") for index, suffix in enumerate(_DECIMAL_SUFFIXES) if suffix},
 }
+
+
+def _duration_guard(*fields: str) -> str:
+    """CEL: every named duration matches the pattern (else the pattern alone reports it, once)."""
+    return " && ".join(f"self.{field}.matches('{DURATION_PATTERN}')" for field in fields)
+
+
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{value}'" for value in values) + "]"
+
+
+_TIMEZONE_SET = frozenset(TIMEZONES)
+_CALENDAR_SET = frozenset(CALENDARS)
+
+
+def field_path(location: tuple[int | str, ...], prefix: str = "") -> str:
+    """A pydantic error location written as the API server writes field paths: spec.a[0].b."""
+    path = prefix
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
 
 
 def parse_duration(text: str) -> float:
@@ -239,12 +264,75 @@ class Placement(Model):
     isolation: Isolation = Field(default_factory=Isolation)
 
 
+class Peer(Model):
+    """Where traffic may come from: an address block, or pods by labels (namespaces by labels; {} is all)."""
+
+    cidr: str | None = Field(
+        default=None,
+        max_length=43,
+        pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$",
+        description="An IPv4 or IPv6 block, e.g. 10.20.0.0/16.",
+    )
+    namespaceLabels: dict[str, str] | None = Field(
+        default=None, description="Namespaces with these labels ({}: every namespace)."
+    )
+    podLabels: dict[str, str] | None = Field(
+        default=None, description="Pods with these labels (in the namespaces chosen, else this one)."
+    )
+
+    rules = (
+        Rule(
+            "has(self.cidr) != (has(self.namespaceLabels) || has(self.podLabels))",
+            "a peer is either a cidr or namespace/pod labels",
+            lambda peer: (
+                (peer.cidr is not None) != (peer.namespaceLabels is not None or peer.podLabels is not None)
+            ),
+        ),
+    )
+
+
+# Who scrapes /metrics by default: a Prometheus (the Prometheus Operator's and the community chart's pods
+# carry this label) and the operator itself (its direct-scrape provider), in any namespace.
+DEFAULT_METRICS_PEERS = (
+    {"namespaceLabels": {}, "podLabels": {"app.kubernetes.io/name": "prometheus"}},
+    {"namespaceLabels": {}, "podLabels": {"app.kubernetes.io/name": "tradeplane"}},
+)
+
+
+class NetworkPolicySettings(Model):
+    """The NetworkPolicy the operator renders for the service: what may reach it, and whom it may reach."""
+
+    enabled: bool = Field(
+        default=True,
+        description="false renders no NetworkPolicy: the explicit opt-out; traffic is then unrestricted.",
+    )
+    clients: list[Peer] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Where trading clients and admins connect from (client/admin identities); "
+        "the bundled components that call the service are allowed anyway.",
+    )
+    metricsFrom: list[Peer] = Field(
+        default_factory=lambda: [Peer.model_validate(peer) for peer in DEFAULT_METRICS_PEERS],
+        max_length=32,
+        description="Who may scrape the metrics port (default: Prometheus and the operator, any namespace).",
+    )
+
+
 class Network(Model):
     # A list of type set: the API server itself refuses duplicates.
     capabilities: list[Literal["NET_ADMIN", "NET_RAW"]] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Added only when asked; everything else is dropped.",
+    )
+    sessionKeys: str = Field(
+        default="tradeplane-session-keys",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="Secret with a session key per identity (`tradeplane session-keys create`); bundled "
+        "components mount their own and their callers' keys, and pick up rotated keys without a restart.",
     )
 
     @field_validator("capabilities")
@@ -282,7 +370,10 @@ class Analysis(Model):
         description="prometheus: PromQL over the HTTP API; scrape: the pods' /metrics directly.",
     )
     prometheusUrl: str | None = Field(
-        default=None, description="Prometheus base URL for the prometheus provider."
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s/]+\S*$",
+        description="Prometheus base URL, required by the prometheus provider.",
     )
     query: str | None = Field(
         default=None,
@@ -304,16 +395,24 @@ class Analysis(Model):
     # `has()` guards: the API server also checks the rules against the CRD's own `default: {}`.
     rules = (
         Rule(
-            "!has(self.interval) || duration(self.interval) >= duration('1s')",
+            f"!has(self.interval) || !({_duration_guard('interval')}) || "
+            "duration(self.interval) >= duration('1s')",
             "analysis interval must be at least 1s",
             lambda analysis: parse_duration(analysis.interval) >= 1,
             "interval",
         ),
         Rule(
-            "!has(self.window) || !has(self.interval) || duration(self.window) >= duration(self.interval)",
+            f"!has(self.window) || !has(self.interval) || !({_duration_guard('window', 'interval')}) || "
+            "duration(self.window) >= duration(self.interval)",
             "analysis window must be at least the interval",
             lambda analysis: parse_duration(analysis.window) >= parse_duration(analysis.interval),
             "window",
+        ),
+        Rule(
+            "!has(self.provider) || self.provider != 'prometheus' || has(self.prometheusUrl)",
+            "the prometheus provider needs prometheusUrl",
+            lambda analysis: analysis.provider != "prometheus" or analysis.prometheusUrl is not None,
+            "prometheusUrl",
         ),
     )
 
@@ -321,13 +420,15 @@ class Analysis(Model):
 class FreezeWindow(Model):
     """No promotion inside: an exchange session from a calendar, or a daily time window in a timezone."""
 
-    calendar: str | None = Field(default=None, description="Exchange calendar code, e.g. XNYS, XLON.")
+    calendar: str | None = Field(
+        default=None, max_length=16, description="Exchange calendar code, e.g. XNYS, XLON."
+    )
     session: Literal["regular", "open", "close"] = Field(
         default="regular", description="regular: the whole session; open/close: 15 minutes around the bell."
     )
     start: str | None = Field(default=None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM.")
     end: str | None = Field(default=None, pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="HH:MM.")
-    timezone: str = Field(default="UTC", description="IANA timezone for start and end.")
+    timezone: str = Field(default="UTC", max_length=64, description="IANA timezone for start and end.")
     days: list[Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]] = Field(default_factory=list)
 
     rules = (
@@ -340,6 +441,19 @@ class FreezeWindow(Model):
             "has(self.calendar) != has(self.start)",
             "a freeze window names either a calendar or both start and end",
             lambda window: (window.calendar is None) != (window.start is None),
+        ),
+        # Lists rather than a schema enum: an enum's refusal would list all ~600 timezones.
+        Rule(
+            f"!has(self.timezone) || self.timezone in {_cel_list(TIMEZONES)}",
+            "timezone must be an IANA timezone such as America/New_York",
+            lambda window: window.timezone in _TIMEZONE_SET,
+            "timezone",
+        ),
+        Rule(
+            f"!has(self.calendar) || self.calendar in {_cel_list(CALENDARS)}",
+            "calendar must be an exchange calendar such as XNYS or XLON",
+            lambda window: window.calendar is None or window.calendar in _CALENDAR_SET,
+            "calendar",
         ),
     )
 
@@ -416,6 +530,8 @@ class TradingServiceSpec(Model):
     resources: Resources
     placement: Placement = Field(default_factory=Placement)
     network: Network = Field(default_factory=Network)
+    # Beside `network`, not in it: the policy shapes no pod, so changing it starts no canary.
+    networkPolicy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
     config: dict[str, Any] = Field(default_factory=dict, description="Component settings.")
     slo: SLO = Field(default_factory=SLO)
     rollout: Rollout = Field(default_factory=Rollout)

@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "tradeplane.cluster.commands",
     "tradeplane.operator_cli",
     "tradeplane.rollout_cli",
+    "tradeplane.sessions_cli",
     "tradeplane.demo",
 )
 

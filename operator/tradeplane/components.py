@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tradeplane.api import BUNDLED_PORTS, Component, TradingServiceSpec
+from tradeplane_services.roles import CALLERS
 
 SERVICE_COMMAND = "tradeplane-svc"
 CONFIG_DIR = "/etc/tradeplane"
 CONFIG_FILE = "config.yaml"
 STATE_DIR = "/var/lib/tradeplane"
+# Session keys: a Secret volume of its own (a mount inside the read-only config volume cannot be made).
+KEYS_DIR = "/etc/tradeplane-keys"
 PRESTOP_SLEEP_SECONDS = 5
 DEFAULT_DRAIN_SECONDS = 10
 # Margin past the drain for the process to exit after finishing in-flight work.
@@ -67,6 +70,30 @@ def config(spec: TradingServiceSpec) -> dict[str, Any]:
     return _merge(dict(defaults(spec).config), spec.config)
 
 
+def calling_components(spec: TradingServiceSpec) -> list[str]:
+    """The bundled components that open sessions to this one."""
+    return [caller for caller in CALLERS.get(spec.component, {}) if caller in BUNDLED_PORTS]
+
+
+def called_components(spec: TradingServiceSpec) -> list[str]:
+    """The bundled components this one opens sessions to."""
+    return [callee for callee, callers in CALLERS.items() if spec.component in callers]
+
+
+def takes_clients(spec: TradingServiceSpec) -> bool:
+    """Whether identities from outside the stack (trading clients, admins) log on to this component;
+    a custom component's callers are unknown, so it is treated as taking them."""
+    return spec.component == Component.CUSTOM or any(c not in BUNDLED_PORTS for c in CALLERS[spec.component])
+
+
+def session_identities(spec: TradingServiceSpec) -> list[str]:
+    """Whose session keys a bundled component's pod holds: its own (to log on to its peers) and its
+    callers' (to check their logons). Custom components hold none."""
+    if spec.component == Component.CUSTOM:
+        return []
+    return [str(spec.component), *CALLERS[spec.component]]
+
+
 def drain_seconds(spec: TradingServiceSpec) -> int:
     """How long the service may take to drain on SIGTERM (its `drainTimeoutSeconds` setting)."""
     value = spec.config.get("drainTimeoutSeconds", DEFAULT_DRAIN_SECONDS)
@@ -94,10 +121,11 @@ def environment(
         {"name": "TRADEPLANE_STATE_DIR", "value": STATE_DIR},
     ]
     if spec.component != Component.CUSTOM:
+        variables.append({"name": "TRADEPLANE_KEYS_DIR", "value": KEYS_DIR})
         variables += [
-            {"name": variable, "value": f"{peer}.{namespace}.svc:{BUNDLED_PORTS[peer]}"}
-            for peer, variable in PEER_VARIABLES.items()
-            if peer != spec.component
+            # Only the peers it calls: what its NetworkPolicy lets it reach, and all it needs to find.
+            {"name": PEER_VARIABLES[peer], "value": f"{peer}.{namespace}.svc:{BUNDLED_PORTS[peer]}"}
+            for peer in called_components(spec)
         ]
     if spec.component != Component.CUSTOM and spec.eventLog is not None:
         variables += [

@@ -16,7 +16,8 @@ status first (with a resourceVersion precondition: a reconcile from a stale view
 once the watch caught up), then applies under the one field manager `tradeplane`, deletions, Events.
 
 Permissions it uses: tradingservices list/watch, tradingservices/status patch; deployments, services,
-configmaps, poddisruptionbudgets, controllerrevisions, servicemonitors list/watch/create/patch/delete
+configmaps, poddisruptionbudgets, networkpolicies, controllerrevisions, servicemonitors
+list/watch/create/patch/delete
 (server-side apply creates through patch); pods list/watch/delete; nodes list; events create;
 httproutes get/patch (only the route a spec names). Preflight lists the pool's pods across namespaces;
 where that is forbidden it counts the watched namespaces' pods and says so. Clusters that enforce
@@ -58,6 +59,7 @@ CHILD_RESOURCES = (
     ("", "v1", "services", "Service"),
     ("", "v1", "configmaps", "ConfigMap"),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
     ("apps", "v1", "controllerrevisions", "ControllerRevision"),
     ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor"),
 )

@@ -45,6 +45,7 @@ KINDS: dict[tuple[str, str], Kind] = {
     ("apps/v1", "ControllerRevision"): Kind("apps/v1", "controllerrevisions"),
     ("apps/v1", "ReplicaSet"): Kind("apps/v1", "replicasets"),
     ("policy/v1", "PodDisruptionBudget"): Kind("policy/v1", "poddisruptionbudgets"),
+    ("networking.k8s.io/v1", "NetworkPolicy"): Kind("networking.k8s.io/v1", "networkpolicies"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"): Kind("monitoring.coreos.com/v1", "servicemonitors"),
     ("node.k8s.io/v1", "RuntimeClass"): Kind("node.k8s.io/v1", "runtimeclasses", namespaced=False),
     ("tradeplane.io/v1alpha1", "TradingService"): Kind("tradeplane.io/v1alpha1", "tradingservices"),

@@ -44,7 +44,7 @@ def render_documents(path: str, namespace: str, monitoring: bool) -> list[dict[s
             service = api.TradingService.model_validate(document)
         except ValidationError as error:
             problems = "; ".join(
-                f"{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}" for issue in error.errors()
+                f"{api.field_path(issue['loc'])}: {issue['msg']}" for issue in error.errors()
             )
             raise InputError(f"{where}: {problems}") from None
         owner = rendering.Owner(service.metadata.name, service.metadata.namespace or namespace)

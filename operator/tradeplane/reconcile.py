@@ -29,6 +29,7 @@ from tradeplane.api import (
     Phase,
     TradingServiceSpec,
     TradingServiceStatus,
+    field_path,
     now_iso,
 )
 from tradeplane.placement import PodView, PoolSnapshot, Verdict
@@ -128,8 +129,7 @@ class View:
             spec = TradingServiceSpec.model_validate(body.get("spec", {}))
         except ValidationError as invalid:
             error = "; ".join(
-                f"spec.{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}"
-                for issue in invalid.errors()
+                f"{field_path(issue['loc'], 'spec')}: {issue['msg']}" for issue in invalid.errors()
             )
         return cls(
             owner=Owner(metadata["name"], metadata["namespace"], metadata.get("uid")),
@@ -222,6 +222,14 @@ def decide(
     desired, problem = _workloads(view, spec, revision, plan, decision)
     desired += _services(view, spec, revision, plan, decision)
     desired.append(rendering.disruption_budget(view.owner, spec))
+    policy = rendering.network_policy(view.owner, spec)
+    if policy is not None:
+        desired.append(policy)
+    elif (live := view.children.get(("NetworkPolicy", view.owner.name))) is not None:
+        # Opted out after the fact: the policy goes, or it would keep restricting traffic.
+        decision.delete.append(
+            Deletion("networking.k8s.io/v1", "NetworkPolicy", view.owner.name, live["metadata"].get("uid"))
+        )
     if monitoring:
         desired.append(rendering.service_monitor(view.owner, spec))
     for manifest in desired:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 
 from tradeplane import components, placement
-from tradeplane.api import API_VERSION, KIND, TradingServiceSpec
+from tradeplane.api import API_VERSION, BUNDLED_PORTS, KIND, Component, Peer, TradingServiceSpec
 from tradeplane.revision import template_fields
 
 NAME_LABEL = "app.kubernetes.io/name"
@@ -160,6 +160,12 @@ def pod_template(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[
         {"name": "state", "mountPath": components.STATE_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    identities = components.session_identities(spec)
+    if identities:
+        keys = {"secretName": spec.network.sessionKeys, "defaultMode": 0o440}
+        keys["items"] = [{"key": identity, "path": identity} for identity in identities]
+        volumes.append({"name": "session-keys", "secret": keys})
+        mounts.append({"name": "session-keys", "mountPath": components.KEYS_DIR, "readOnly": True})
     hugepages = placement.hugepages_volume(spec)
     if hugepages:
         volumes.append(hugepages[0])
@@ -295,6 +301,87 @@ def service_monitor(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any]:
     )
 
 
+DNS_PORT = 53
+
+
+def _peer(peer: Peer) -> dict[str, Any]:
+    if peer.cidr is not None:
+        return {"ipBlock": {"cidr": peer.cidr}}
+    selected: dict[str, Any] = {}
+    # An empty selector is stored as {} (no matchLabels): rendered so, it never looks drifted.
+    if peer.namespaceLabels is not None:
+        selected["namespaceSelector"] = (
+            {"matchLabels": dict(peer.namespaceLabels)} if peer.namespaceLabels else {}
+        )
+    if peer.podLabels is not None:
+        selected["podSelector"] = {"matchLabels": dict(peer.podLabels)} if peer.podLabels else {}
+    return selected
+
+
+def _component_pods(component: str) -> dict[str, Any]:
+    """The pods of a bundled component in this namespace (whatever their TradingService is called)."""
+    return {"podSelector": {"matchLabels": {COMPONENT_LABEL: str(component), MANAGED_BY_LABEL: MANAGER}}}
+
+
+def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | None:
+    """What may reach the service's pods and whom they may reach; None when `spec.networkPolicy` opts out.
+
+    Ingress: the wire port from the components that call it (roles.py) and from `clients` when outside
+    identities log on to it; the metrics port from `metricsFrom`; market data's UDP feed from
+    market-data (subscribers listen on ports of their own choosing). Egress: the wire ports of the
+    components it calls, market data's feed to its subscribers, and DNS. A custom component declares no
+    peers: its ingress is restricted, its egress is not.
+    """
+    settings = spec.networkPolicy
+    if not settings.enabled:
+        return None
+    wire = [{"protocol": "TCP", "port": spec.wire_port}]
+    callers = [_component_pods(caller) for caller in components.calling_components(spec)]
+    if components.takes_clients(spec):
+        callers += [_peer(peer) for peer in settings.clients]
+    ingress: list[dict[str, Any]] = []
+    if callers:
+        ingress.append({"from": callers, "ports": wire})
+    if settings.metricsFrom:
+        ingress.append(
+            {
+                "from": [_peer(peer) for peer in settings.metricsFrom],
+                "ports": [{"protocol": "TCP", "port": spec.metricsPort}],
+            }
+        )
+    called = components.called_components(spec)
+    if Component.MARKET_DATA in called:
+        ingress.append({"from": [_component_pods(Component.MARKET_DATA)], "ports": [{"protocol": "UDP"}]})
+    policy_spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": selector(owner)},
+        "policyTypes": ["Ingress"],
+        "ingress": ingress,
+    }
+    if spec.component != Component.CUSTOM:
+        dns = {
+            "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+            "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
+        }
+        egress = [dns]
+        egress += [
+            {"to": [_component_pods(peer)], "ports": [{"protocol": "TCP", "port": BUNDLED_PORTS[peer]}]}
+            for peer in called
+        ]
+        if spec.component == Component.MARKET_DATA:
+            subscribers = [_component_pods(c) for c in components.calling_components(spec)]
+            egress.append({"to": subscribers, "ports": [{"protocol": "UDP"}]})
+        policy_spec["policyTypes"].append("Egress")
+        policy_spec["egress"] = egress
+    return _stamped(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _metadata(owner, owner.name, spec),
+            "spec": policy_spec,
+        }
+    )
+
+
 def stable_children(
     owner: Owner, spec: TradingServiceSpec, revision: str, *, monitoring: bool, number: int = 1
 ) -> list[dict[str, Any]]:
@@ -306,6 +393,9 @@ def stable_children(
         service(owner, spec),
         disruption_budget(owner, spec),
     ]
+    policy = network_policy(owner, spec)
+    if policy is not None:
+        children.append(policy)
     if monitoring:
         children.append(service_monitor(owner, spec))
     return children

@@ -64,14 +64,11 @@ def metric_service(name: str, spec: TradingServiceSpec) -> str:
     return name if spec.component == Component.CUSTOM else str(spec.component)
 
 
-def provider_for(spec: TradingServiceSpec) -> MetricsProvider | ProviderUnavailable:
+def provider_for(spec: TradingServiceSpec) -> MetricsProvider:
     analysis = spec.rollout.analysis
     if analysis.provider == "scrape":
         return SCRAPE
-    if not analysis.prometheusUrl:
-        return ProviderUnavailable(
-            "spec.rollout.analysis.prometheusUrl is not set for the prometheus provider"
-        )
+    assert analysis.prometheusUrl is not None  # the models refuse the prometheus provider without one
     return PrometheusProvider(analysis.prometheusUrl, analysis.query)
 
 
@@ -99,10 +96,8 @@ async def measure(
 
 
 async def _measure(
-    provider: MetricsProvider | ProviderUnavailable, target: Target, window: str
+    provider: MetricsProvider, target: Target, window: str
 ) -> Measurement | ProviderUnavailable:
-    if isinstance(provider, ProviderUnavailable):
-        return provider
     try:
         return await provider.measure(target, window)
     except ProviderUnavailable as unavailable:

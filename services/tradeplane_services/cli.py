@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import threading
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--risk", type=_address, default=_default("risk"))
     client.add_argument("--market-data", type=_address, default=_default("market-data"))
     client.add_argument("--account", type=int, default=1)
+    client.add_argument("--keys", type=Path, help="session keys directory (default $TRADEPLANE_KEYS_DIR)")
     actions = client.add_subparsers(dest="action")
     demo = actions.add_parser("demo", help="send crossing orders and show fills and positions")
     demo.add_argument("--orders", type=int, default=20)
@@ -165,6 +167,8 @@ def _checked_factory(component: str) -> Any:
 
 
 def run_client(arguments: argparse.Namespace) -> int:
+    if arguments.keys is not None:
+        os.environ["TRADEPLANE_KEYS_DIR"] = str(arguments.keys)  # every client call logs on with them
     try:
         if arguments.action == "positions":
             for report in clients.positions(arguments.position, 0):
@@ -288,6 +292,7 @@ async def tail_market_data(arguments: argparse.Namespace) -> int:
 
     from tradeplane_services.marketdata import MarketDataSubscriber
     from tradeplane_services.runtime import RequestMetrics
+    from tradeplane_services.sessions import credentials
 
     record = open(arguments.record, "ab") if arguments.record else None  # noqa: SIM115 - closed below
 
@@ -296,7 +301,9 @@ async def tail_market_data(arguments: argparse.Namespace) -> int:
             record.write(ticks.tobytes())
 
     metrics = RequestMetrics(CollectorRegistry(), "md-tail", "dev")
-    subscriber = MarketDataSubscriber(on_ticks, arguments.market_data, arguments.group, "127.0.0.1", metrics)
+    subscriber = MarketDataSubscriber(
+        on_ticks, arguments.market_data, arguments.group, "127.0.0.1", metrics, credentials()
+    )
     await subscriber.start()
     started = time.monotonic()
     try:

@@ -2,7 +2,9 @@
 
 `OrderSession` is an order-entry session (one TCP connection: client order ids are unique within it and
 its resting orders are canceled when it closes). `request` sends one message to any service and collects
-the answers, e.g. positions from position or the kill switch of risk.
+the answers, e.g. positions from position or the kill switch of risk. Every connection logs on first, as
+TRADEPLANE_IDENTITY (default client; the kill switch needs admin) with the keys in TRADEPLANE_KEYS_DIR,
+unless credentials are given.
 """
 
 from __future__ import annotations
@@ -33,24 +35,28 @@ from tradeplane_services.protocol import (
     SessionReject,
     SetKillSwitch,
     Side,
-    StreamDecoder,
     TimeInForce,
     encode,
     price_value,
     symbol_bytes,
     symbol_text,
 )
+from tradeplane_services.roles import ADMIN
+from tradeplane_services.sessions import Credentials, credentials, logon
 
 
 class WireClient:
-    """A framed, blocking TCP connection: send messages, receive decoded ones."""
+    """A framed, blocking TCP connection, logged on: send messages, receive decoded ones."""
 
-    def __init__(self, address: Address, timeout: float = 5.0) -> None:
+    def __init__(self, address: Address, timeout: float = 5.0, creds: Credentials | None = None) -> None:
         self.socket = socket.create_connection((address.host, address.port), timeout=timeout)
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.decoder = StreamDecoder()
-        self.sequence = 0
-        self.backlog: list[Any] = []
+        try:
+            self.decoder, self.backlog = logon(self.socket, creds or credentials(), timeout)
+        except BaseException:
+            self.socket.close()
+            raise
+        self.sequence = 1  # the Logon
 
     def send(self, message: Any) -> None:
         self.sequence += 1
@@ -109,8 +115,10 @@ class WireClient:
 class OrderSession(WireClient):
     """Order entry: new, cancel, replace; each returns the client order id it used."""
 
-    def __init__(self, address: Address, timeout: float = 5.0, first_id: int = 1) -> None:
-        super().__init__(address, timeout)
+    def __init__(
+        self, address: Address, timeout: float = 5.0, first_id: int = 1, creds: Credentials | None = None
+    ) -> None:
+        super().__init__(address, timeout, creds)
         self._ids = itertools.count(first_id)
 
     def new_order(
@@ -162,9 +170,11 @@ class OrderSession(WireClient):
         return report
 
 
-def request(address: Address, message: Any, until: type, timeout: float = 5.0) -> list[Any]:
+def request(
+    address: Address, message: Any, until: type, timeout: float = 5.0, creds: Credentials | None = None
+) -> list[Any]:
     """Send one message and collect the answers up to and including the first of type `until`."""
-    with WireClient(address, timeout) as connection:
+    with WireClient(address, timeout, creds) as connection:
         connection.send(message)
         answers: list[Any] = []
         deadline = time.monotonic() + timeout
@@ -178,15 +188,19 @@ def request(address: Address, message: Any, until: type, timeout: float = 5.0) -
         raise TimeoutError(f"{address} did not answer {type(message).__name__} within {timeout}s")
 
 
-def positions(address: Address, account: int = 0, timeout: float = 5.0) -> list[PositionReport]:
-    answers = request(address, PositionQuery(account), PositionQueryEnd, timeout)
+def positions(
+    address: Address, account: int = 0, timeout: float = 5.0, creds: Credentials | None = None
+) -> list[PositionReport]:
+    answers = request(address, PositionQuery(account), PositionQueryEnd, timeout, creds)
     return [answer for answer in answers if isinstance(answer, PositionReport)]
 
 
-def set_kill_switch(address: Address, state: KillSwitchState, timeout: float = 5.0) -> KillSwitchState:
-    """Move risk's kill switch; the state risk reports back."""
-    with WireClient(address, timeout) as connection:
-        # Risk greets every connection with the current state; the answer to the request comes after it.
+def set_kill_switch(
+    address: Address, state: KillSwitchState, timeout: float = 5.0, creds: Credentials | None = None
+) -> KillSwitchState:
+    """Move risk's kill switch (an admin identity's privilege); the state risk reports back."""
+    with WireClient(address, timeout, creds or credentials(ADMIN)) as connection:
+        # Risk greets every session with the current state; the answer to the request comes after it.
         connection.wait_for(lambda m: isinstance(m, KillSwitchStatus), timeout)
         connection.send(SetKillSwitch(int(state)))
         answer: KillSwitchStatus = connection.wait_for(lambda m: isinstance(m, KillSwitchStatus), timeout)

@@ -21,6 +21,7 @@ COMPONENTS = ("order", "risk", "market-data", "execution", "position")
 DEFAULT_PORTS = {"order": 7001, "risk": 7002, "market-data": 7003, "execution": 7004, "position": 7005}
 DEFAULT_METRICS_PORT = 9100
 DEFAULT_CONFIG_PATH = "/etc/tradeplane/config.yaml"
+DEFAULT_KEYS_DIR = "/etc/tradeplane-keys"
 DEFAULT_SYMBOLS = {
     "AAPL": 190.0,
     "MSFT": 420.0,
@@ -51,6 +52,15 @@ class Settings(BaseModel):
     )
     drainTimeoutSeconds: float = Field(10.0, gt=0, description="SIGTERM: longest wait for in-flight work.")
     logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    logonTimeoutMillis: int = Field(
+        2000, ge=1, le=60_000, description="A connection that has not logged on by then is closed."
+    )
+    readTimeoutMillis: int = Field(
+        2000, ge=1, le=60_000, description="A frame begun but not completed by then closes its connection."
+    )
+    maxConnectionsPerPeer: int = Field(
+        64, ge=1, le=10_000, description="Open connections from one peer address; more are refused."
+    )
 
     @field_validator("symbols")
     @classmethod
@@ -194,6 +204,7 @@ class Environment:
     bind: str
     port: int
     metrics_port: int
+    keys_dir: Path = Path(DEFAULT_KEYS_DIR)
     peers: dict[str, Address] = field(default_factory=dict)
     market_data_group: Address | None = None
     event_log: list[str] = field(default_factory=list)  # nats:// URLs of the event log's servers
@@ -254,6 +265,7 @@ def read_environment(component: str, config: str | None, env: dict[str, str] | N
         bind=env.get("TRADEPLANE_BIND") or "0.0.0.0",
         port=_port("TRADEPLANE_PORT", DEFAULT_PORTS.get(component, 7000), env),
         metrics_port=_port("TRADEPLANE_METRICS_PORT", DEFAULT_METRICS_PORT, env),
+        keys_dir=Path(env.get("TRADEPLANE_KEYS_DIR") or DEFAULT_KEYS_DIR),
         peers=peers,
         market_data_group=group,
         event_log=parse_event_log(env.get("TRADEPLANE_EVENT_LOG") or ""),

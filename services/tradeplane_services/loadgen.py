@@ -47,6 +47,7 @@ from tradeplane_services.protocol import (
     symbol_bytes,
 )
 from tradeplane_services.runtime import quiet_garbage_collector
+from tradeplane_services.sessions import Credentials, credentials, logon
 
 NEW_ORDER = layout_of(NewOrder)
 REPORT = layout_of(ExecutionReport)
@@ -141,6 +142,7 @@ def run_load(
     drain_seconds: float = 5.0,
     first_client_order_id: int = 1,
     settle_seconds: float = 0.0,
+    creds: Credentials | None = None,
 ) -> LoadResult:
     """Offer `rate` orders/s for `seconds` (the first `warmup` seconds unmeasured) and wait for answers.
 
@@ -154,6 +156,8 @@ def run_load(
     result = LoadResult(str(target), rate, seconds)
     sock = socket.create_connection((target.host, target.port), timeout=5)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if not echo:
+        logon(sock, creds or credentials())  # order says nothing after the LogonAck until orders come
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     sock.setblocking(False)

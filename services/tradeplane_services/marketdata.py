@@ -49,6 +49,7 @@ from tradeplane_services.runtime import (
     fields,
     log,
 )
+from tradeplane_services.sessions import Credentials, Keyring
 
 SNAPSHOT_REQUEST = ReplayRequest(0, 0)
 PACKETS_PER_ROUND = 64
@@ -177,6 +178,8 @@ class Publisher:
         """Retained frames for the request, or a snapshot when part of the range is gone."""
         if request.first_sequence == 0 or request.first_sequence < self.first_retained:
             return [self.snapshot_frame()]
+        if request.first_sequence > self.sequence:
+            return []  # not published yet: the heartbeats will say when it is
         last = min(request.last_sequence, self.sequence)
         base = self.first_retained
         # One pass over the deque (indexing a deque in the middle walks it every time).
@@ -317,6 +320,7 @@ class MarketDataSubscriber:
         group: Address | None,
         interface: str,
         metrics: RequestMetrics,
+        credentials: Credentials,
         silence_seconds: float = 1.0,
         max_held_packets: int = 20_000,
     ) -> None:
@@ -331,6 +335,7 @@ class MarketDataSubscriber:
             publisher,
             {MarketDataBatch: self._on_replayed},
             metrics,
+            credentials,
             on_up=self._resubscribe,
             source=self.interface,
         )
@@ -489,4 +494,7 @@ def subscribe_if_published(
     publisher = environment.peer("market-data")
     if publisher is None:
         return None
-    return MarketDataSubscriber(on_ticks, publisher, environment.market_data_group, environment.bind, metrics)
+    credentials = Credentials(environment.component, Keyring(environment.keys_dir))
+    return MarketDataSubscriber(
+        on_ticks, publisher, environment.market_data_group, environment.bind, metrics, credentials
+    )

@@ -515,8 +515,7 @@ class OrderService(Service):
         assert isinstance(settings, OrderSettings)
         self.manager.risk_timeout_ns = settings.riskTimeoutMillis * 1_000_000
 
-    def connection_made(self, connection: Connection) -> None:
-        super().connection_made(connection)
+    def logged_on(self, connection: Connection) -> None:
         connection.session = Session(connection)
 
     def session_lost(self, connection: Connection) -> None:

@@ -36,11 +36,14 @@ from tradeplane_services.config import Environment, PositionSettings, Settings
 from tradeplane_services.eventlog import Event, EventLog, Snapshots, partition_of, subject_filter
 from tradeplane_services.marketdata import subscribe_if_published
 from tradeplane_services.protocol import (
+    I64,
+    U64,
     Fill,
     PositionQuery,
     PositionQueryEnd,
     PositionReport,
     Side,
+    saturate,
     symbol_bytes,
     symbol_text,
 )
@@ -150,16 +153,17 @@ class PositionBook:
         position = self.positions[account, symbol]
         mark = self.marks.get(symbol) or self.last_fill_price.get(symbol, 0)
         unrealized = position.quantity * mark - position.open_cost if position.quantity else 0
+        # The book's integers are unbounded; the wire's are 64-bit: beyond that a report saturates.
         return PositionReport(
             account,
             symbol,
-            position.quantity,
-            position.bought,
-            position.sold,
-            position.open_cost,
-            position.realized,
+            saturate(position.quantity, I64),
+            saturate(position.bought, U64),
+            saturate(position.sold, U64),
+            saturate(position.open_cost, I64),
+            saturate(position.realized, I64),
             mark,
-            unrealized,
+            saturate(unrealized, I64),
         )
 
     def reports(self, account: int = 0) -> Iterator[PositionReport]:

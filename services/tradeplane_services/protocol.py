@@ -27,7 +27,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+# 2: sessions open with Challenge / Logon / LogonAck (services/README.md, "Sessions").
+PROTOCOL_VERSION = 2
 PRICE_SCALE = 10_000
 HEADER = struct.Struct("<HBBQ")
 HEADER_SIZE = HEADER.size
@@ -71,6 +72,14 @@ class Reason(IntEnum):
     CREDIT_LIMIT = 31
     # Venue
     NO_LIQUIDITY = 40
+    # Sessions
+    LOGON_REQUIRED = 50
+    AUTHENTICATION_FAILED = 51
+    NOT_AUTHORIZED = 52
+    LOGON_TIMEOUT = 53
+    READ_TIMEOUT = 54
+    TOO_MANY_CONNECTIONS = 55
+    INTERNAL_ERROR = 56
 
 
 class Side(IntEnum):
@@ -129,6 +138,7 @@ class ProtocolError(Exception):
 
 _NUMPY_CODES = {"B": "u1", "H": "<u2", "I": "<u4", "Q": "<u8", "b": "i1", "h": "<i2", "i": "<i4", "q": "<i8"}
 _SYMBOL = re.compile(rb"[A-Z0-9][A-Z0-9./-]{0,7}\x00*")
+_IDENTITY = re.compile(rb"[a-z][a-z0-9-]{0,15}\x00*")
 Check = tuple[Callable[[Any], Any], str]  # acceptor (truthy: valid) and what was expected
 
 
@@ -144,6 +154,7 @@ class Layout:
     checks: dict[str, Check]
     record_size: int  # size of each trailing record (market-data ticks); 0 for fixed-size frames
     field_checks: tuple[tuple[int, Callable[[Any], Any]], ...]  # (field index, acceptor)
+    ordered: tuple[tuple[int, int], ...]  # (a, b) field indexes: a <= b
 
     @property
     def size(self) -> int:
@@ -165,8 +176,17 @@ def _dtype_of(names: list[str], codes: list[str]) -> np.dtype[Any]:
     return np.dtype(fields)
 
 
-def layout(type_id: int, fmt: str, checks: dict[str, Check] | None = None, record_size: int = 0) -> Any:
-    """Register a NamedTuple as the body of message `type_id`, packed with struct codes `fmt`."""
+def layout(
+    type_id: int,
+    fmt: str,
+    checks: dict[str, Check] | None = None,
+    record_size: int = 0,
+    ordered: tuple[tuple[str, str], ...] = (),
+) -> Any:
+    """Register a NamedTuple as the body of message `type_id`, packed with struct codes `fmt`.
+
+    `ordered` names pairs of fields (first, last) where last must not be smaller than first.
+    """
 
     def register(cls: type) -> type:
         body_codes = _codes(fmt)
@@ -182,8 +202,17 @@ def layout(type_id: int, fmt: str, checks: dict[str, Check] | None = None, recor
         checks_by_index = tuple(
             (body_names.index(name), accept) for name, (accept, _) in (checks or {}).items()
         )
+        pairs = tuple((body_names.index(a), body_names.index(b)) for a, b in ordered)
         spec = Layout(
-            type_id, cls, frame, _dtype_of(names, codes), offsets, checks or {}, record_size, checks_by_index
+            type_id,
+            cls,
+            frame,
+            _dtype_of(names, codes),
+            offsets,
+            checks or {},
+            record_size,
+            checks_by_index,
+            pairs,
         )
         if type_id in LAYOUTS:
             raise ValueError(f"message type {type_id} registered twice")
@@ -216,6 +245,9 @@ ORDER_CHECKS = {
 }
 
 
+IDENTITY: Check = (_IDENTITY.fullmatch, "expected 1-16 characters [a-z0-9-] starting with a-z, NUL-padded")
+
+
 # --- session --------------------------------------------------------------------------------------
 
 
@@ -233,6 +265,31 @@ class SessionReject(NamedTuple):
     reason: int
     offset: int
     text: bytes
+
+
+@layout(3, "16s16s", {"service": IDENTITY})
+class Challenge(NamedTuple):
+    """Service -> peer, first frame of every session: the nonce the peer's Logon must sign."""
+
+    nonce: bytes
+    service: bytes
+
+
+@layout(4, "16s16s32s", {"identity": IDENTITY})
+class Logon(NamedTuple):
+    """Peer -> service, first frame of every session: HMAC-SHA256 over both nonces and both identities."""
+
+    identity: bytes
+    nonce: bytes
+    proof: bytes
+
+
+@layout(5, "16s32s", {"service": IDENTITY})
+class LogonAck(NamedTuple):
+    """Service -> peer: logged on; `proof` shows the service holds the peer's key too (mutual)."""
+
+    service: bytes
+    proof: bytes
 
 
 # --- order entry (client <-> order) ---------------------------------------------------------------
@@ -367,7 +424,7 @@ class VenueReport(NamedTuple):
 # --- fills (event log) and position queries -----------------------------------------------------
 
 
-@layout(40, "QQI8sBIqQQ", {"symbol": SYMBOL, "side": one_of(Side), "quantity": POSITIVE})
+@layout(40, "QQI8sBIqQQ", {"symbol": SYMBOL, "side": one_of(Side), "quantity": POSITIVE, "price": POSITIVE})
 class Fill(NamedTuple):
     """One side of a trade, as execution appends it to the event log; (source, fill_sequence) identifies
     it for exactly-once application."""
@@ -434,7 +491,7 @@ class MarketDataBatch(NamedTuple):
     ticks: Any = None  # decoded: a zero-copy TICK_DTYPE array over the frame
 
 
-@layout(51, "QQ")
+@layout(51, "QQ", ordered=(("first_sequence", "last_sequence"),))
 class ReplayRequest(NamedTuple):
     """Subscriber -> publisher: resend packets first_sequence..last_sequence (or a snapshot)."""
 
@@ -488,6 +545,15 @@ def _check_fields(spec: Layout, message: tuple[Any, ...]) -> None:
                 spec.offsets[name],
                 f"{spec.cls.__name__}.{name}={message[index]!r}: {spec.checks[name][1]}",
             )
+    for first, last in spec.ordered:
+        if message[last] < message[first]:
+            names = spec.cls._fields  # type: ignore[attr-defined]
+            raise ProtocolError(
+                Reason.INVALID_FIELD,
+                spec.offsets[names[last]],
+                f"{spec.cls.__name__}.{names[last]}={message[last]} is before"
+                f" {names[first]}={message[first]}",
+            )
 
 
 def _check_header(frame: bytes | bytearray | memoryview) -> tuple[int, int, int]:
@@ -524,7 +590,7 @@ def decode_body(
     if spec.record_size:
         return spec.cls(*values[4:], decode_ticks(buffer, values[4], offset))  # type: ignore[no-any-return]
     message = spec.cls._make(values[4:])  # type: ignore[attr-defined]
-    if spec.checks:
+    if spec.checks or spec.ordered:
         _check_fields(spec, message)
     return message  # type: ignore[no-any-return]
 
@@ -564,11 +630,12 @@ class StreamDecoder:
     `batch_types` maps a fixed-size type to the shortest run worth handing over raw as a FrameRun; a
     receiver under load then decodes a whole run with one numpy call instead of frame by frame.
     After a fatal error (a length that cannot be trusted) the decoder refuses further input.
+    `batch_types` may be replaced between feeds (a session gets its batching once it is authorized).
     """
 
     def __init__(self, batch_types: dict[int, int] | None = None) -> None:
         self._pending = b""
-        self._batch_types = batch_types or {}
+        self.batch_types = batch_types or {}
         self.failed = False
 
     @property
@@ -594,7 +661,7 @@ class StreamDecoder:
                 return items
             if end - position < length:
                 break
-            minimum_run = self._batch_types.get(type_id)
+            minimum_run = self.batch_types.get(type_id)
             if minimum_run is not None and version == PROTOCOL_VERSION:
                 run_end = self._run_end(buffer, position, end, length, type_id)
                 count = (run_end - position) // length
@@ -629,6 +696,15 @@ class StreamDecoder:
 def reject_for(error: ProtocolError, ref_type: int, ref_sequence: int) -> SessionReject:
     text = str(error).encode("ascii", "replace")[:48]
     return SessionReject(ref_sequence, ref_type & 0xFF, int(error.reason), error.offset & 0xFFFF, text)
+
+
+I64 = (-(2**63), 2**63 - 1)
+U64 = (0, 2**64 - 1)
+
+
+def saturate(value: int, bounds: tuple[int, int]) -> int:
+    """`value` clamped into a wire integer's range (a total that outgrew 64 bits reports the limit)."""
+    return min(max(value, bounds[0]), bounds[1])
 
 
 def symbol_bytes(symbol: str) -> bytes:

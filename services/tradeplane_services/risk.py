@@ -540,8 +540,7 @@ class RiskService(Service):
     def on_ticks(self, ticks: np.ndarray[Any, Any]) -> None:
         self.engine.update_prices(ticks["symbol"], ticks["last_price"])
 
-    def connection_made(self, connection: Connection) -> None:
-        super().connection_made(connection)
+    def logged_on(self, connection: Connection) -> None:
         connection.send(KillSwitchStatus(self.engine.kill_switch))
 
     def on_check(self, connection: Connection, check: RiskCheck) -> None:

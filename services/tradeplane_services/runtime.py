@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
 import time
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
@@ -30,9 +33,13 @@ from prometheus_client.registry import Collector
 
 from tradeplane_services.config import Address, ConfigError, Environment, Settings, load_settings
 from tradeplane_services.protocol import (
+    LAYOUTS,
+    Challenge,
     FrameError,
     FrameRun,
     Heartbeat,
+    Logon,
+    LogonAck,
     ProtocolError,
     Reason,
     SessionReject,
@@ -40,6 +47,17 @@ from tradeplane_services.protocol import (
     encode,
     layout_of,
     reject_for,
+)
+from tradeplane_services.roles import CALLERS
+from tradeplane_services.sessions import (
+    NONCE_BYTES,
+    AuthenticationError,
+    Credentials,
+    Keyring,
+    accept_proof,
+    identity_bytes,
+    identity_text,
+    logon_proof,
 )
 
 # Microsecond resolution where trading latencies live (5us-2ms), coarse out to 100ms.
@@ -53,6 +71,8 @@ LATENCY_BUCKETS_SECONDS = tuple(
 )
 MAX_OUTBOUND_BUFFER = 64 * 1024 * 1024
 DEFERRED_FLUSH_SECONDS = 0.001
+SESSION_SWEEP_SECONDS = 0.25
+PEER_LOGON_TIMEOUT_SECONDS = 5.0
 
 log = logging.getLogger("tradeplane")
 
@@ -107,6 +127,7 @@ class RequestMetrics(Collector):
         self._sum = 0.0
         self.ok = 0
         self.errors = 0
+        self.refusals: Counter[str] = Counter()  # session refusals by reason name
         registry.register(self)
 
     def record(self, started_ns: int, count: int = 1, ok: bool = True) -> None:
@@ -138,6 +159,14 @@ class RequestMetrics(Collector):
         requests.add_metric([*self.labels.values(), "ok"], self.ok)
         requests.add_metric([*self.labels.values(), "error"], self.errors)
         yield requests
+        refusals = CounterMetricFamily(
+            "tradeplane_session_refusals_total",
+            "Frames and sessions refused for who sent them or how: logon, authorization, timeouts, limits.",
+            labels=[*self.labels, "reason"],
+        )
+        for reason, count in sorted(self.refusals.items()):
+            refusals.add_metric([*self.labels.values(), reason], count)
+        yield refusals
 
 
 def quiet_garbage_collector() -> None:
@@ -157,13 +186,23 @@ def spin_for(micros: int) -> None:
 
 
 class Connection(asyncio.Protocol):
-    """One framed TCP connection: decodes frames, dispatches them, batches writes per loop iteration."""
+    """One framed TCP connection: decodes frames, dispatches them, batches writes per loop iteration.
+
+    `handlers` are this connection's own: before logon only the handshake, after it what the peer's
+    identity may send (authorization costs nothing per message: a message not granted has no handler).
+    """
 
     def __init__(self, owner: ConnectionOwner, name: str) -> None:
         self.owner = owner
         self.name = name
-        self.decoder = StreamDecoder(owner.batch_types)
+        self.decoder = StreamDecoder()
         self.transport: asyncio.Transport | None = None
+        self.handlers: dict[type, Callable[[Connection, Any], None]] = {}
+        self.identity: str | None = None  # set once logged on
+        self.challenge: Challenge | None = None
+        self.opened_ns = time.perf_counter_ns()
+        self.partial_since_ns = 0  # when the unfinished frame in the decoder began arriving
+        self.closing = False
         self.received_ns = 0
         self.received_sequence = 0
         self.sequence = 0
@@ -195,22 +234,61 @@ class Connection(asyncio.Protocol):
         self.closed.set()
 
     def data_received(self, data: bytes) -> None:
-        self.received_ns = time.perf_counter_ns()
+        self.received_ns = now = time.perf_counter_ns()
         owner = self.owner
-        handlers = owner.handlers
-        for item in self.decoder.feed(data):
-            if type(item) is tuple:
-                message, sequence = cast(tuple[Any, int], item)
-                self.received_sequence = sequence
-                handler = handlers.get(type(message))
-                if handler is None:
-                    owner.unexpected(self, message, sequence)
+        handlers = self.handlers
+        decoder = self.decoder
+        items = decoder.feed(data)
+        for item in items:
+            try:
+                if type(item) is tuple:
+                    message, sequence = cast(tuple[Any, int], item)
+                    self.received_sequence = sequence
+                    handler = handlers.get(type(message))
+                    if handler is None:
+                        owner.unexpected(self, message, sequence)
+                    else:
+                        handler(self, message)
+                elif type(item) is FrameRun:
+                    owner.on_run(self, item)  # only granted types are batched (see Service.on_logon)
                 else:
-                    handler(self, message)
-            elif type(item) is FrameRun:
-                owner.on_run(self, item)
-            else:
-                self.reject(item)  # type: ignore[arg-type]
+                    self.reject(item)  # type: ignore[arg-type]
+            except Exception:  # a bug must cost one frame, never the session and what is queued behind it
+                log.exception("frame handler failed", extra=fields(peer=self.name, identity=self.identity))
+                ref_type = (
+                    layout_of(type(item[0])).type_id if type(item) is tuple else getattr(item, "type_id", 0)
+                )
+                self.refuse(
+                    Reason.INTERNAL_ERROR, ref_type, self.received_sequence, "the service failed on it"
+                )
+            if self.closing:  # refused for good: what came behind it is not read
+                return
+        # A frame left unfinished starts the read timeout; one finished in this read restarts it.
+        if not decoder.buffered:
+            self.partial_since_ns = 0
+        elif items or not self.partial_since_ns:
+            self.partial_since_ns = now
+
+    def refuse(self, reason: Reason, type_id: int, sequence: int, detail: str, close: bool = False) -> None:
+        """Refuse a frame or the session for who sent it or how: counted, audited, answered."""
+        self.owner.metrics.refusals[reason.name] += 1
+        log.warning(
+            "session refusal",
+            extra=fields(
+                audit=True,
+                peer=self.name,
+                identity=self.identity,
+                reason=reason.name,
+                type=type_id,
+                detail=detail,
+            ),
+        )
+        # The reason travels in its own field: all 48 bytes of text go to the detail.
+        self.send(
+            SessionReject(sequence, type_id & 0xFF, int(reason), 0, detail.encode("ascii", "replace")[:48])
+        )
+        if close:
+            self.close()
 
     def reject(self, failure: FrameError) -> None:
         self.owner.metrics.record(self.received_ns, ok=False)
@@ -257,6 +335,7 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def close(self) -> None:
+        self.closing = True
         self.flush()
         if self.transport is not None:
             self.transport.close()
@@ -296,7 +375,8 @@ class PeerLink(ConnectionOwner):
     """A connection to another service, re-established with backoff whenever it drops.
 
     It owns its connection: only `handlers` given here apply to what the peer sends, so a client session
-    can never pass for a peer (a client sending RiskResult gets UNEXPECTED_MESSAGE).
+    can never pass for a peer (a client sending RiskResult gets UNEXPECTED_MESSAGE). It logs on with
+    `credentials` and counts as connected only once the peer proved it holds the same key.
     """
 
     def __init__(
@@ -305,11 +385,13 @@ class PeerLink(ConnectionOwner):
         address: Address,
         handlers: dict[type, Callable[[Connection, Any], None]],
         metrics: RequestMetrics,
+        credentials: Credentials,
         on_up: Callable[[Connection], None] | None = None,
         on_down: Callable[[], None] | None = None,
         source: str | None = None,
     ) -> None:
         self.name = name
+        self.credentials = credentials
         # Connect from the address we serve on: peers then see (and answer to) that address.
         self.local_address = (source, 0) if source not in (None, "", "0.0.0.0") else None
         self.address = address
@@ -328,17 +410,54 @@ class PeerLink(ConnectionOwner):
         self._task = asyncio.get_running_loop().create_task(self._maintain(), name=f"link-{self.name}")
 
     def connection_made(self, connection: Connection) -> None:
-        self.connection = connection
-        log.info("peer connected", extra=fields(peer=self.name, address=str(self.address)))
-        if self.on_up is not None:
-            self.on_up(connection)
+        connection.handlers = {Challenge: self._on_challenge}
+        asyncio.get_running_loop().call_later(PEER_LOGON_TIMEOUT_SECONDS, self._logon_expired, connection)
+
+    def _logon_expired(self, connection: Connection) -> None:
+        if connection.identity is None and connection.connected:
+            log.warning("peer did not complete the logon; reconnecting", extra=fields(peer=self.name))
+            connection.close()
+
+    def _on_challenge(self, connection: Connection, challenge: Challenge) -> None:
+        try:
+            logon, key = self.credentials.logon(challenge)
+        except AuthenticationError as error:
+            log.error("cannot log on to a peer", extra=fields(peer=self.name, error=str(error)))
+            connection.close()
+            return
+
+        def on_ack(connection: Connection, ack: LogonAck) -> None:
+            try:
+                self.credentials.check_ack(key, challenge, logon, ack)
+            except AuthenticationError as error:
+                log.error("peer failed to authenticate", extra=fields(peer=self.name, error=str(error)))
+                connection.close()
+                return
+            connection.identity = identity_text(ack.service)
+            connection.handlers = self.handlers
+            self.connection = connection
+            log.info("peer connected", extra=fields(peer=self.name, address=str(self.address)))
+            if self.on_up is not None:
+                self.on_up(connection)
+
+        connection.handlers = {LogonAck: on_ack}
+        connection.send(logon)
 
     def connection_lost(self, connection: Connection) -> None:
-        if self.connection is connection:
-            self.connection = None
+        if self.connection is not connection:
+            return  # never logged on: _maintain retries
+        self.connection = None
         log.warning("peer disconnected", extra=fields(peer=self.name))
         if self.on_down is not None:
             self.on_down()
+
+    def unexpected(self, connection: Connection, message: Any, sequence: int) -> None:
+        if isinstance(message, SessionReject) and connection.identity is None:
+            log.error(
+                "peer refused the logon", extra=fields(peer=self.name, reject=message.text.rstrip(b"\0"))
+            )
+            return
+        super().unexpected(connection, message, sequence)
 
     async def _maintain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -356,8 +475,12 @@ class PeerLink(ConnectionOwner):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            delay = 0.02
             await connection.closed.wait()
+            if connection.identity is not None:
+                delay = 0.02
+            else:  # refused or unanswered logon: back off as for an unreachable peer
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def send(self, message: Any) -> bool:
         connection = self.connection
@@ -398,7 +521,18 @@ class Service(ConnectionOwner):
         ProcessCollector(registry=self.registry)
         self.metrics = RequestMetrics(self.registry, self.name, environment.revision)
         self.handlers = {}
-        self.sessions: set[Connection] = set()
+        if not environment.keys_dir.is_dir():
+            raise ConfigError(
+                f"TRADEPLANE_KEYS_DIR={environment.keys_dir}: no such directory; every session logs on with"
+                " the keys kept there (services/README.md, Sessions)"
+            )
+        self.keyring = Keyring(environment.keys_dir)
+        self.credentials = Credentials(self.name, self.keyring)
+        self.identity = identity_bytes(self.name)
+        self._grants: dict[str, dict[type, Callable[[Connection, Any], None]]] = {}
+        self.connections: set[Connection] = set()  # every open connection, logged on or not
+        self.per_peer: Counter[str] = Counter()
+        self.sessions: set[Connection] = set()  # logged on
         self.draining = False
         self.routes: dict[str, HttpRoute] = {}
         self.links: list[PeerLink] = []
@@ -440,7 +574,9 @@ class Service(ConnectionOwner):
         if address is None:
             variable = f"TRADEPLANE_{peer.upper().replace('-', '_')}_ADDR"
             raise ConfigError(f"{self.name} needs {variable}=host:port")
-        link = PeerLink(peer, address, handlers, self.metrics, on_up, on_down, self.environment.bind)
+        link = PeerLink(
+            peer, address, handlers, self.metrics, self.credentials, on_up, on_down, self.environment.bind
+        )
         self.links.append(link)
         return link
 
@@ -453,16 +589,102 @@ class Service(ConnectionOwner):
         return Connection(self, "client")
 
     def connection_made(self, connection: Connection) -> None:
-        self.sessions.add(connection)
+        """A new connection gets a challenge and LOGON_REQUIRED for anything but the Logon answering it."""
         peer = connection.transport.get_extra_info("peername") if connection.transport else None
-        log.info("session opened", extra=fields(peer=peer))
+        connection.name = host = str(peer[0]) if peer else "unknown"
+        self.connections.add(connection)
+        self.per_peer[host] += 1
+        if self.per_peer[host] > self.settings.maxConnectionsPerPeer:
+            limit = self.settings.maxConnectionsPerPeer
+            connection.refuse(Reason.TOO_MANY_CONNECTIONS, 0, 0, f"{host} has {limit} open", close=True)
+            return
+        connection.handlers = {Logon: self.on_logon}
+        connection.challenge = Challenge(secrets.token_bytes(NONCE_BYTES), self.identity)
+        connection.send(connection.challenge)
+
+    def on_logon(self, connection: Connection, logon: Logon) -> None:
+        identity = identity_text(logon.identity)
+        type_id = layout_of(Logon).type_id
+        sequence = connection.received_sequence
+        grants = CALLERS.get(self.name, {})
+        if identity not in grants:
+            detail = f"{identity} may not log on to {self.name}"
+            connection.refuse(Reason.NOT_AUTHORIZED, type_id, sequence, detail, close=True)
+            return
+        challenge = connection.challenge
+        assert challenge is not None
+        for key in self.keyring.keys(identity):
+            if hmac.compare_digest(logon.proof, logon_proof(key, challenge, logon.identity, logon.nonce)):
+                break
+        else:
+            detail = f"{identity}: no key proves this logon"
+            connection.refuse(Reason.AUTHENTICATION_FAILED, type_id, sequence, detail, close=True)
+            return
+        connection.identity = identity
+        connection.handlers = self._granted(identity)
+        if all(LAYOUTS[type_id].cls in connection.handlers for type_id in self.batch_types):
+            connection.decoder.batch_types = self.batch_types
+        connection.send(LogonAck(self.identity, accept_proof(key, challenge, logon)))
+        self.sessions.add(connection)
+        log.info("session opened", extra=fields(peer=connection.name, identity=identity))
+        self.logged_on(connection)
+
+    def _granted(self, identity: str) -> dict[type, Callable[[Connection, Any], None]]:
+        """The handlers of what `identity` may send here (built once per identity)."""
+        granted = self._grants.get(identity)
+        if granted is None:
+            names = CALLERS[self.name][identity]
+            granted = {cls: handler for cls, handler in self.handlers.items() if cls.__name__ in names}
+            self._grants[identity] = granted
+        return granted
+
+    def unexpected(self, connection: Connection, message: Any, sequence: int) -> None:
+        type_id = layout_of(type(message)).type_id
+        if connection.identity is None:
+            detail = f"{type(message).__name__} before Logon"
+            connection.refuse(Reason.LOGON_REQUIRED, type_id, sequence, detail, close=True)
+        elif type(message) in self.handlers:
+            detail = f"{connection.identity} may not send {type(message).__name__} to {self.name}"
+            connection.refuse(Reason.NOT_AUTHORIZED, type_id, sequence, detail)
+        else:
+            super().unexpected(connection, message, sequence)
 
     def connection_lost(self, connection: Connection) -> None:
-        self.sessions.discard(connection)
-        self.session_lost(connection)
+        if connection not in self.connections:
+            return
+        self.connections.discard(connection)
+        self.per_peer[connection.name] -= 1
+        if not self.per_peer[connection.name]:
+            del self.per_peer[connection.name]
+        if connection in self.sessions:
+            self.sessions.discard(connection)
+            self.session_lost(connection)
+
+    async def supervise_sessions(self) -> None:
+        """Close connections that never log on (idle before logon) or stall inside a frame (slow loris)."""
+        while True:
+            await asyncio.sleep(SESSION_SWEEP_SECONDS)
+            now = time.perf_counter_ns()
+            settings = self.settings
+            for connection in list(self.connections):
+                if connection.identity is None and (
+                    now - connection.opened_ns > settings.logonTimeoutMillis * 1_000_000
+                ):
+                    detail = f"no Logon within {settings.logonTimeoutMillis} ms"
+                    connection.refuse(Reason.LOGON_TIMEOUT, 0, 0, detail, close=True)
+                elif connection.partial_since_ns and (
+                    now - connection.partial_since_ns > settings.readTimeoutMillis * 1_000_000
+                ):
+                    detail = (
+                        f"{connection.decoder.buffered} bytes of a frame for {settings.readTimeoutMillis} ms"
+                    )
+                    connection.refuse(Reason.READ_TIMEOUT, 0, 0, detail, close=True)
+
+    def logged_on(self, connection: Connection) -> None:
+        """A session logged on: it may now be sent anything."""
 
     def session_lost(self, connection: Connection) -> None:
-        """A client session went away (cancel-on-disconnect lives here)."""
+        """A logged-on session went away (cancel-on-disconnect lives here)."""
 
     def status_document(self) -> dict[str, Any]:
         return {
@@ -582,6 +804,7 @@ async def serve_service(service: Service, started: Callable[[], None] | None = N
         service.accept, environment.bind, environment.port, reuse_address=True, backlog=1024
     )
     watch_task = loop.create_task(watcher.watch())
+    sessions_task = loop.create_task(service.supervise_sessions())
     quiet_garbage_collector()
     log.info(
         "listening",
@@ -598,9 +821,10 @@ async def serve_service(service: Service, started: Callable[[], None] | None = N
         await asyncio.wait_for(service.drain(), service.settings.drainTimeoutSeconds)
     except TimeoutError:
         log.error("drain timed out; closing with work in flight")
-    for session in list(service.sessions):
-        session.close()
+    for connection in list(service.connections):
+        connection.close()
     watch_task.cancel()
+    sessions_task.cancel()
     for link in service.links:
         await link.stop()
     await service.stop()

@@ -2,8 +2,9 @@
 
 Each component runs as its own `python -m tradeplane_services <component>` process on one host address,
 wired through TRADEPLANE_* variables exactly as the operator wires pods, beside a nats-server with
-JetStream (the event log) on the same address. Market data goes to a multicast group derived from the
-host address (so stacks on different loopback addresses stay apart).
+JetStream (the event log) on the same address. Session keys are generated into `keys_dir` (default: the
+workdir's `keys`) unless it holds them already; clients use the same directory. Market data goes to a
+multicast group derived from the host address (so stacks on different loopback addresses stay apart).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import yaml
 from tradeplane_services.config import COMPONENTS, DEFAULT_PORTS, Address, ConfigError, parse_settings
 from tradeplane_services.eventlog import STREAM
 from tradeplane_services.natsserver import NatsServers
+from tradeplane_services.sessions import Credentials, Keyring, generate_keyring
 
 START_ORDER = ("market-data", "position", "risk", "execution", "order")
 METRICS_PORTS = {"order": 9101, "risk": 9102, "market-data": 9103, "execution": 9104, "position": 9105}
@@ -64,11 +66,18 @@ class Stack:
     revision: str = "dev"
     multicast: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    keys_dir: Path | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     event_log_servers: int = 1
 
     def __post_init__(self) -> None:
         self.events = NatsServers(self.host, self.workdir / "eventlog", self.event_log_servers)
+        if self.keys_dir is None:
+            self.keys_dir = self.workdir / "keys"
+        self.keyring: Keyring = generate_keyring(self.keys_dir)
+
+    def credentials(self, identity: str) -> Credentials:
+        return Credentials(identity, self.keyring)
 
     def address(self, component: str) -> Address:
         return Address(self.host, DEFAULT_PORTS[component])
@@ -86,6 +95,7 @@ class Stack:
             "TRADEPLANE_BIND": self.host,
             "TRADEPLANE_PORT": str(DEFAULT_PORTS[component]),
             "TRADEPLANE_METRICS_PORT": str(METRICS_PORTS[component]),
+            "TRADEPLANE_KEYS_DIR": str(self.keys_dir),
             "TRADEPLANE_RISK_ADDR": str(self.address("risk")),
             "TRADEPLANE_EXECUTION_ADDR": str(self.address("execution")),
             "TRADEPLANE_MARKET_DATA_ADDR": str(self.address("market-data")),
@@ -191,6 +201,7 @@ def run_stack(host: str, config: Path | None, workdir: Path, revision: str) -> i
     print(f"  {'event log':<12} {stack.events.url}   stream {STREAM}")
     for component in START_ORDER:
         print(f"  {component:<12} wire {stack.address(component)}   http {stack.metrics_url(component, '/')}")
+    print(f"session keys: export TRADEPLANE_KEYS_DIR={stack.keys_dir}")
     print(f"send orders:  tradeplane-svc client --order {stack.address('order')}")
     print(
         f"watch fills:  tradeplane-svc client demo --order {stack.address('order')}"

@@ -171,7 +171,14 @@ def test_operator_reconciles_with_only_the_service_accounts_token(
     wait_ready(kubectl, namespace, 2, [operator])
 
     managed = ("-n", namespace, "-l", "app.kubernetes.io/managed-by=tradeplane")
-    for kind in ("deployments", "services", "poddisruptionbudgets", "controllerrevisions", "configmaps"):
+    for kind in (
+        "deployments",
+        "services",
+        "poddisruptionbudgets",
+        "networkpolicies",
+        "controllerrevisions",
+        "configmaps",
+    ):
         assert get_json(kubectl, kind, *managed)["items"], f"no {kind} applied in {namespace}"
     pool = get_json(kubectl, "nodes", "-l", "tradeplane.io/pool=trading")["items"]
     pods = get_json(kubectl, "pods", *managed)["items"]

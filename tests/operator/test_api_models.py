@@ -29,13 +29,6 @@ def field_of(message: str) -> str:
     return message.split(": ", 1)[0]
 
 
-def pydantic_path(location: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else part
-    return path
-
-
 def test_corpus_is_large_enough() -> None:
     assert len(CORPUS) >= 20
 
@@ -46,7 +39,7 @@ def test_invalid_manifest_is_refused_at_the_same_field(path: Path) -> None:
     with pytest.raises(ValidationError) as refused:
         api.TradingService.model_validate(yaml.safe_load(path.read_text()))
     errors = refused.value.errors()
-    assert field_of(message) in [pydantic_path(error["loc"]) for error in errors]
+    assert field_of(message) in [api.field_path(error["loc"]) for error in errors]
     rule_messages = [error["msg"] for error in errors if error["type"] == "rule"]
     for rule_message in rule_messages:
         assert message.endswith(rule_message)

@@ -12,3 +12,9 @@ def test_committed_crd_is_current(path: object) -> None:
     assert path.read_text() == crd.render_yaml(), (  # type: ignore[attr-defined]
         f"{path} is stale: run `python -m tradeplane.crd` and commit the result"
     )
+
+
+def test_committed_names_match_the_installed_tzdata_and_exchange_calendars() -> None:
+    assert crd.NAMES_PATH.read_text() == crd.render_names(), (
+        f"{crd.NAMES_PATH} is stale: run `python -m tradeplane.crd` and commit the result"
+    )

@@ -152,10 +152,11 @@ def test_a_new_service_gets_its_children_and_a_pending_status() -> None:
         ("ConfigMap", f"order-{revision}"),
         ("ControllerRevision", f"order-{revision}"),
         ("Deployment", "order"),
+        ("NetworkPolicy", "order"),
         ("PodDisruptionBudget", "order"),
         ("Service", "order"),
     ]
-    assert reasons(decision).count("Created") == 5
+    assert reasons(decision).count("Created") == 6
     assert cluster.status["phase"] == "Pending"
     assert cluster.status["stableRevision"] == revision
     assert condition(cluster.status, "Placed")["status"] == "True"
@@ -363,3 +364,15 @@ def test_subset_compares_what_was_applied_with_what_is_stored() -> None:
     assert not is_subset({"a": 1}, {"a": 2})
     assert not is_subset({"b": [{"c": 2}]}, {"b": [{"c": 2}, {"c": 3}]})
     assert not is_subset({"a": {"x": 1}}, {})
+
+
+def test_opting_out_of_the_network_policy_deletes_it_and_nothing_else() -> None:
+    cluster = Cluster(dict(SPEC))
+    cluster.converge()
+    assert ("NetworkPolicy", "order") in cluster.children
+    kept = set(cluster.children) - {("NetworkPolicy", "order")}
+    cluster.spec = {**SPEC, "networkPolicy": {"enabled": False}}
+    cluster.generation += 1
+    decision = cluster.reconcile()
+    assert [(d.kind, d.name) for d in decision.delete] == [("NetworkPolicy", "order")]
+    assert set(cluster.children) == kept

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tradeplane import rendering
-from tradeplane.api import TradingServiceSpec
+from tradeplane.api import BUNDLED_PORTS, TradingServiceSpec
 from tradeplane.placement import qos_violations
 from tradeplane.rendering import Owner
 from tradeplane.revision import template_revision
@@ -40,6 +40,7 @@ def test_a_service_consists_of_its_revision_config_deployment_service_and_budget
         ("Deployment", "order"),
         ("Service", "order"),
         ("PodDisruptionBudget", "order"),
+        ("NetworkPolicy", "order"),
     ]
     monitored = rendering.stable_children(OWNER, spec(), "r1", monitoring=True)
     assert monitored[-1]["kind"] == "ServiceMonitor"
@@ -117,10 +118,14 @@ def test_the_environment_tells_the_service_where_it_is_and_where_its_peers_are()
     assert env["TRADEPLANE_PORT"]["value"] == "7001"
     assert env["TRADEPLANE_METRICS_PORT"]["value"] == "9100"
     assert env["TRADEPLANE_BIND"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
-    assert env["TRADEPLANE_RISK_ADDR"]["value"] == "risk.trading.svc:7002"
-    assert env["TRADEPLANE_MARKET_DATA_ADDR"]["value"] == "market-data.trading.svc:7003"
+    # Only the peers it calls: order reaches risk and execution, nothing else.
+    peers = {name: var["value"] for name, var in env.items() if name.endswith("_ADDR")}
+    assert peers == {
+        "TRADEPLANE_RISK_ADDR": "risk.trading.svc:7002",
+        "TRADEPLANE_EXECUTION_ADDR": "execution.trading.svc:7004",
+    }
     risk = rendering.pod_template(OWNER, spec(component="risk"), "r1")["spec"]["containers"][0]["env"]
-    assert "TRADEPLANE_RISK_ADDR" not in {var["name"] for var in risk}
+    assert [var["name"] for var in risk if var["name"].endswith("_ADDR")] == ["TRADEPLANE_MARKET_DATA_ADDR"]
 
 
 def test_an_event_log_reaches_bundled_components_and_changes_the_revision() -> None:
@@ -235,3 +240,115 @@ def test_the_applied_stamp_follows_the_content() -> None:
     assert first["metadata"]["annotations"][stamp] != paused["metadata"]["annotations"][stamp]
     assert paused["spec"]["paused"] is True
     assert "paused" not in first["spec"]
+
+
+@pytest.mark.parametrize(
+    ("component", "identities"),
+    [
+        ("order", ["order", "client"]),
+        ("risk", ["risk", "order", "admin"]),
+        ("execution", ["execution", "order"]),
+        ("position", ["position", "execution", "client", "admin"]),
+        ("market-data", ["market-data", "risk", "position", "client", "admin"]),
+    ],
+)
+def test_a_bundled_pod_holds_its_own_session_key_and_its_callers_only(
+    component: str, identities: list[str]
+) -> None:
+    pod = rendering.pod_template(OWNER, spec(component=component, config={}), "r1")["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "session-keys"]
+    assert volume["secret"]["secretName"] == "tradeplane-session-keys"
+    assert [item["key"] for item in volume["secret"]["items"]] == identities
+    container = pod["containers"][0]
+    assert {"name": "session-keys", "mountPath": "/etc/tradeplane-keys", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert {"name": "TRADEPLANE_KEYS_DIR", "value": "/etc/tradeplane-keys"} in container["env"]
+    named = rendering.pod_template(
+        OWNER, spec(component=component, config={}, network={"sessionKeys": "k"}), "r1"
+    )
+    assert [v["secret"]["secretName"] for v in named["spec"]["volumes"] if "secret" in v] == ["k"]
+
+
+def test_a_custom_component_gets_no_session_keys() -> None:
+    custom = spec(component="custom", command=["serve"], port=8000, config={})
+    pod = rendering.pod_template(OWNER, custom, "r1")["spec"]
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    assert "TRADEPLANE_KEYS_DIR" not in {variable["name"] for variable in pod["containers"][0]["env"]}
+
+
+def policy_of(component: str, **settings: Any) -> dict[str, Any]:
+    owner = Owner(component, "trading", "uid-1")
+    policy = rendering.network_policy(owner, spec(component=component, config={}, networkPolicy=settings))
+    assert policy is not None and policy["metadata"]["name"] == component
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": component}}
+    return dict(policy["spec"])
+
+
+def components_in(peers: list[dict[str, Any]]) -> list[str]:
+    return [
+        p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers if "podSelector" in p
+    ]
+
+
+DESK = {"clients": [{"cidr": "10.20.0.0/16"}]}
+
+
+@pytest.mark.parametrize(
+    ("component", "callers", "clients", "called"),
+    [
+        ("order", [], True, [("risk", 7002), ("execution", 7004)]),
+        ("risk", ["order"], True, [("market-data", 7003)]),
+        ("execution", ["order"], False, [("position", 7005)]),
+        ("position", ["execution"], True, [("market-data", 7003)]),
+        ("market-data", ["risk", "position"], True, []),
+    ],
+)
+def test_a_policy_lets_in_only_the_callers_and_lets_out_only_to_the_called(
+    component: str, callers: list[str], clients: bool, called: list[tuple[str, int]]
+) -> None:
+    policy = policy_of(component, **DESK)
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    wire, metrics = policy["ingress"][0], policy["ingress"][1]
+    assert wire["ports"] == [{"protocol": "TCP", "port": BUNDLED_PORTS[component]}]
+    assert components_in(wire["from"]) == callers
+    # Execution takes no client, whatever the spec says: nothing reaches it except through order.
+    assert ({"ipBlock": {"cidr": "10.20.0.0/16"}} in wire["from"]) is clients
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 9100}]
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in metrics["from"]] == [
+        "prometheus",
+        "tradeplane",
+    ]
+    dns, *peers = policy["egress"]
+    assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    tcp = [
+        (components_in(rule["to"])[0], rule["ports"][0]["port"])
+        for rule in peers
+        if "port" in rule["ports"][0]
+    ]
+    assert tcp == called
+
+
+def test_market_data_reaches_its_subscribers_by_udp_and_they_let_it_in() -> None:
+    udp = [{"protocol": "UDP"}]
+    feed = policy_of("market-data")["egress"][-1]
+    assert (components_in(feed["to"]), feed["ports"]) == (["risk", "position"], udp)
+    for subscriber in ("risk", "position"):
+        assert {"from": [_pods("market-data")], "ports": udp} in policy_of(subscriber)["ingress"]
+
+
+def _pods(component: str) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": "tradeplane"}
+    return {"podSelector": {"matchLabels": labels}}
+
+
+def test_opting_out_renders_no_policy_and_a_custom_component_keeps_its_egress() -> None:
+    assert rendering.network_policy(OWNER, spec(networkPolicy={"enabled": False})) is None
+    custom = spec(component="custom", command=["serve"], port=8000, config={}, networkPolicy=DESK)
+    policy = rendering.network_policy(OWNER, custom)
+    assert policy is not None
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"][0] == {
+        "from": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+        "ports": [{"protocol": "TCP", "port": 8000}],
+    }

@@ -53,13 +53,6 @@ def test_measure_compares_with_the_stable_when_a_regression_gate_is_set() -> Non
     assert result.value > result.baselineP99Micros * 1.5
 
 
-def test_prometheus_without_a_url_is_inconclusive_and_says_which_field() -> None:
-    spec = with_analysis(provider="prometheus")
-    result = asyncio.run(measure(spec, canary_status(), "trading", "order", ["127.0.0.1:1"], [], NOW))
-    assert (result.verdict, result.gate) == (Verdict.INCONCLUSIVE, "provider")
-    assert "spec.rollout.analysis.prometheusUrl" in result.message
-
-
 def sample(metric: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(metric, labels)
 

@@ -418,16 +418,6 @@ def test_a_promote_request_waits_for_the_window_to_close() -> None:
     assert world.now >= START + timedelta(minutes=2)
 
 
-def test_a_freeze_window_that_cannot_be_evaluated_holds() -> None:
-    world = canary(deployed(rollout=with_rollout(freezeWindows=[{"calendar": "NOPE"}])))
-    for _ in range(120):
-        world.tick()
-    assert world.state.stableRevision == "v1"
-    assert "invalid freeze window (freezeWindows[0].calendar: 'NOPE' is not an exchange calendar" in (
-        world.state.message
-    )
-
-
 # -- the HTTPRoute split ---------------------------------------------------------------------------
 
 

@@ -26,15 +26,20 @@ StackFactory = Callable[..., Stack]
 
 
 @pytest.fixture
-def make_stack(tmp_path: Path) -> Iterator[StackFactory]:
-    """Start a stack (optionally a subset, with settings per component); everything is stopped after."""
+def make_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StackFactory]:
+    """Start a stack (optionally a subset, with settings per component); everything is stopped after.
+
+    The test's stacks share one set of session keys, which the test's own clients log on with."""
     stacks: list[Stack] = []
+    keys = tmp_path / "keys"
+    monkeypatch.setenv("TRADEPLANE_KEYS_DIR", str(keys))
 
     def start(
         settings: dict[str, dict[str, Any]] | None = None,
         components: tuple[str, ...] | None = None,
         **options: Any,
     ) -> Stack:
+        options.setdefault("keys_dir", keys)
         stack = Stack(fresh_host(), tmp_path / f"stack-{len(stacks)}", settings or {}, **options)
         stacks.append(stack)
         if components is None:

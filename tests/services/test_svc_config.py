@@ -96,7 +96,20 @@ def test_order_without_its_peers_says_which_variable_is_missing(tmp_path: Path) 
         capture_output=True,
         text=True,
         timeout=30,
-        env={"PATH": "/usr/bin:/bin", "TRADEPLANE_BIND": "127.77.0.1"},
+        env={"PATH": "/usr/bin:/bin", "TRADEPLANE_BIND": "127.77.0.1", "TRADEPLANE_KEYS_DIR": str(tmp_path)},
     )
     assert result.returncode == 2
     assert "TRADEPLANE_RISK_ADDR" in result.stderr
+
+
+def test_a_service_without_session_keys_refuses_to_start(tmp_path: Path) -> None:
+    missing = tmp_path / "keys"
+    result = subprocess.run(
+        [sys.executable, "-m", "tradeplane_services", "risk", "--config", str(tmp_path / "none.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "TRADEPLANE_BIND": "127.77.0.1", "TRADEPLANE_KEYS_DIR": str(missing)},
+    )
+    assert result.returncode == 2
+    assert f"TRADEPLANE_KEYS_DIR={missing}: no such directory" in result.stderr

@@ -33,6 +33,7 @@ class Recorder(MarketDataSubscriber):
             multicast_group_for(stack.host) if group else None,
             stack.host,
             RequestMetrics(CollectorRegistry(), "test", "test"),
+            stack.credentials("client"),
             silence_seconds=0.5,
         )
         self.lose = lose

@@ -2,9 +2,10 @@
 
 kwok marks pods Running without starting anything. On the local control plane each node's podCIDR is a
 loopback range, so this runner plays the kubelet's part for the commands we ship: for every Running pod
-it selects, it starts the first container's command with the pod's environment, its ConfigMap volumes
-written to a local directory, and TRADEPLANE_BIND set to the pod IP. Prometheus' pod service discovery
-and the operator's direct scrape then reach real processes exactly as in a cluster. A pod that goes away
+it selects, it starts the first container's command with the pod's environment, its ConfigMap and Secret
+volumes written to local directories only the runner's user may read, and TRADEPLANE_BIND set to the pod
+IP. Prometheus' pod service discovery and the operator's direct scrape then reach real processes exactly
+as in a cluster. A pod that goes away
 has its process stopped (SIGTERM, so the service drains).
 
 There is no kube-proxy or cluster DNS here, so env values of the form
@@ -15,6 +16,7 @@ connection (so a Service created later, or a pod replaced since, is found, as th
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import os
 import re
@@ -70,14 +72,29 @@ def _local_path() -> str:
     return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
-def _config_maps(api: client.CoreV1Api, namespace: str, pod: Any) -> dict[str, dict[str, str]]:
-    """mountPath -> files, for each ConfigMap volume the first container mounts."""
-    volumes = {v.name: v.config_map.name for v in pod.spec.volumes or [] if v.config_map is not None}
-    mounted: dict[str, dict[str, str]] = {}
+def _volume_files(api: client.CoreV1Api, namespace: str, pod: Any) -> dict[str, dict[str, bytes]]:
+    """mountPath -> files, for each ConfigMap and Secret volume the first container mounts (only the
+    volume's `items` when it lists some, as the kubelet does)."""
+    volumes = {v.name: v for v in pod.spec.volumes or [] if v.config_map is not None or v.secret is not None}
+    mounted: dict[str, dict[str, bytes]] = {}
     for mount in pod.spec.containers[0].volume_mounts or []:
-        if mount.name in volumes:
-            data = api.read_namespaced_config_map(volumes[mount.name], namespace).data or {}
-            mounted[mount.mount_path] = dict(data)
+        volume = volumes.get(mount.name)
+        if volume is None:
+            continue
+        if volume.config_map is not None:
+            source = volume.config_map
+            text = api.read_namespaced_config_map(source.name, namespace).data or {}
+            data = {key: value.encode() for key, value in text.items()}
+        else:
+            source = volume.secret
+            encoded = api.read_namespaced_secret(source.secret_name, namespace).data or {}
+            data = {key: base64.b64decode(value) for key, value in encoded.items()}
+        if source.items:
+            missing = [item.key for item in source.items if item.key not in data]
+            if missing:
+                raise LookupError(f"{mount.name}: no key {', '.join(missing)}")
+            data = {item.path: data[item.key] for item in source.items}
+        mounted[mount.mount_path] = data
     return mounted
 
 
@@ -170,18 +187,20 @@ class PodRunner:
             self.skipped[pod.metadata.uid] = f"{pod.metadata.name}: {command[:1]} is not a local command"
             return
         try:
-            config_maps = _config_maps(self.api, self.namespace, pod)
+            volume_files = _volume_files(self.api, self.namespace, pod)
+        except LookupError:
+            return  # as a kubelet does: the container waits for its Secret's key, tried again next sync
         except client.ApiException as error:
             if error.status == 404:
-                return  # as a kubelet does: the container waits for its ConfigMap, tried again next sync
+                return  # the container waits for its ConfigMap or Secret, tried again next sync
             raise
         workdir = Path(tempfile.mkdtemp(prefix=f"pod-{pod.metadata.name}-"))
         mounts: dict[str, Path] = {}
-        for index, (mount_path, files) in enumerate(config_maps.items()):
+        for index, (mount_path, files) in enumerate(volume_files.items()):
             local = workdir / f"volume-{index}"
-            local.mkdir()
-            for file_name, text in files.items():
-                (local / file_name).write_text(text)
+            local.mkdir(mode=0o700)
+            for file_name, content in files.items():
+                (local / file_name).write_bytes(content)
             mounts[mount_path] = local
         for mount in container.volume_mounts or []:
             if mount.mount_path not in mounts:

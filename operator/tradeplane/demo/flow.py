@@ -16,6 +16,7 @@ from tradeplane.demo.background import BackgroundLoop
 from tradeplane_services.client import OrderSession
 from tradeplane_services.config import Address
 from tradeplane_services.protocol import ExecType, ExecutionReport, Reason, Side, price_units
+from tradeplane_services.sessions import Credentials
 
 SYMBOLS = {"AAPL": 190.0, "MSFT": 410.0, "NVDA": 120.0}
 ACCOUNTS = (101, 102, 103, 104)
@@ -26,6 +27,7 @@ class OrderFlow(BackgroundLoop):
     """Send `rate` orders/s to the order service found by `locate` until stopped."""
 
     locate: Callable[[], Address | None]
+    creds: Credentials
     rate: float = 40.0
     sent: int = 0
     acknowledged: int = 0
@@ -53,7 +55,7 @@ class OrderFlow(BackgroundLoop):
                 self._stop.wait(0.5)
                 continue
             try:
-                with OrderSession(address, timeout=2.0, first_id=first_id) as session:
+                with OrderSession(address, timeout=2.0, first_id=first_id, creds=self.creds) as session:
                     first_id += self._trade(session)
             except OSError as error:
                 # The order pod went away (rolled, deleted): open a session to its replacement.

@@ -19,6 +19,7 @@ from tradeplane.rendering import NAME_LABEL, REVISION_LABEL
 from tradeplane_services.client import positions
 from tradeplane_services.config import Address
 from tradeplane_services.protocol import price_value, symbol_text
+from tradeplane_services.sessions import Credentials
 
 LATENCY_WINDOW = "5s"
 
@@ -64,11 +65,12 @@ class Snapshot:
 class Observer:
     """Reads one Snapshot of a namespace per call; keeps the scrape history between calls."""
 
-    def __init__(self, kubeconfig: Path, namespace: str) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, creds: Credentials) -> None:
         api_client = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.namespace = namespace
+        self.creds = creds  # a client's, to read positions with
         self.scraper = ScrapeProvider()
 
     def snapshot(self) -> Snapshot:
@@ -133,7 +135,7 @@ class Observer:
             return []
         port = position["spec"].get("port") or BUNDLED_PORTS["position"]
         try:
-            reports = positions(Address(holders[0].ip, port), timeout=1.0)
+            reports = positions(Address(holders[0].ip, port), timeout=1.0, creds=self.creds)
         except (OSError, RuntimeError):
             return []  # position is restarting: the next snapshot asks again
         return sorted(

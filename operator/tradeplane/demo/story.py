@@ -16,12 +16,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 from rich.live import Live
@@ -35,8 +37,11 @@ from tradeplane.demo.flow import OrderFlow
 from tradeplane.demo.observe import Observer, Snapshot
 from tradeplane.demo.screen import render
 from tradeplane.demo.traffic import RiskTraffic
+from tradeplane.sessions_cli import DEFAULT_SECRET, ensure_secret, secret_credentials
 from tradeplane_services.config import Address
 from tradeplane_services.natsserver import CLIENT_PORT, NatsServers
+from tradeplane_services.roles import CLIENT
+from tradeplane_services.sessions import Credentials
 
 NAMESPACE = "trading"
 SAMPLES_DIR = crd.REPO_ROOT / "samples"
@@ -264,7 +269,7 @@ def _event_log() -> NatsServers:
     return servers
 
 
-def _bring_up(args: argparse.Namespace, kubeconfig: Path, runner: PodRunner, event_log: str) -> int:
+def _bring_up(args: argparse.Namespace, api: client.CoreV1Api, runner: PodRunner, event_log: str) -> int:
     samples = sorted(SAMPLES_DIR.glob("*.yaml"))
     _say(f"applying {len(samples)} sample manifests from {SAMPLES_DIR}, event log {event_log}")
     for sample in samples:
@@ -272,6 +277,8 @@ def _bring_up(args: argparse.Namespace, kubeconfig: Path, runner: PodRunner, eve
         if manifest["kind"] == "TradingService":
             manifest["spec"]["eventLog"] = {"servers": [event_log], "replicas": 1}
         local.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    added = ensure_secret(api, NAMESPACE)
+    _say(f"session keys: secret {NAMESPACE}/{DEFAULT_SECRET} ({len(added)} new)")
     expected = len(_trading_services())
     runner.start()
     deadline = time.monotonic() + args.timeout
@@ -295,12 +302,16 @@ def _observe(observer: Observer) -> Snapshot | None:
 
 
 def _play(
-    args: argparse.Namespace, kubeconfig: Path, operator: subprocess.Popen[bytes], runner: PodRunner
+    args: argparse.Namespace,
+    kubeconfig: Path,
+    operator: subprocess.Popen[bytes],
+    runner: PodRunner,
+    creds: Credentials,
 ) -> int:
-    observer = Observer(kubeconfig, NAMESPACE)
+    observer = Observer(kubeconfig, NAMESPACE, creds)
     # A log (--once) has no terminal width; wide enough that no table column is folded.
     console = Console() if not args.once else Console(width=180)
-    flow = OrderFlow(_order_address(observer))
+    flow = OrderFlow(_order_address(observer), creds)
     checks = RiskTraffic(kubeconfig, NAMESPACE, RISK, BUNDLED_PORTS["risk"], rate=RISK_CHECKS_PER_SECOND)
     title = "tradeplane demo: the bundled stack on the local control plane (Ctrl-C stops it)"
     with flow, checks:
@@ -344,10 +355,14 @@ def run(args: argparse.Namespace) -> int:
     event_log = _event_log()
     operator = _start_operator(kubeconfig)
     runner = PodRunner(NAMESPACE, kubeconfig=str(kubeconfig))
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))  # type: ignore[no-untyped-call]
+    keys = tempfile.TemporaryDirectory(prefix="tradeplane-demo-keys-")
     try:
-        if _bring_up(args, kubeconfig, runner, event_log.url):
+        if _bring_up(args, api, runner, event_log.url):
             return 1
-        return _play(args, kubeconfig, operator, runner)
+        # The desk's flow and the position reads log on as a trading client would.
+        creds = secret_credentials(api, NAMESPACE, CLIENT, Path(keys.name))
+        return _play(args, kubeconfig, operator, runner, creds)
     except StoryFailed as error:
         _say(str(error))
         return 1
@@ -359,6 +374,7 @@ def run(args: argparse.Namespace) -> int:
         operator.terminate()
         operator.wait(timeout=15)
         event_log.stop()
+        keys.cleanup()
 
 
 def register(subparsers: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,9 @@ from kubernetes import client, config
 
 from tradeplane.demo.background import BackgroundLoop
 from tradeplane.rendering import NAME_LABEL, REVISION_LABEL
+from tradeplane.sessions_cli import secret_credentials
 from tradeplane_services.protocol import OrderType, RiskCheck, Side, encode, price_units, symbol_bytes
+from tradeplane_services.sessions import logon
 
 REFRESH_SECONDS = 0.5
 
@@ -47,10 +50,14 @@ class RiskTraffic(BackgroundLoop):
     def __post_init__(self) -> None:
         api_client = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
         self._api = client.CoreV1Api(api_client)
+        # Checks come from the order identity, as order's own would: its key from the namespace's Secret.
+        self._keys = tempfile.TemporaryDirectory(prefix="risk-traffic-keys-")
+        self._credentials = secret_credentials(self._api, self.namespace, "order", Path(self._keys.name))
 
     def _closed(self) -> None:
         for pod in self._pods.values():
             pod.socket.close()
+        self._keys.cleanup()
 
     def _run(self) -> None:
         order_ids = itertools.count(1)
@@ -89,6 +96,11 @@ class RiskTraffic(BackgroundLoop):
                     connection = socket.create_connection((ip, self.port), timeout=0.5)
                 except OSError:
                     continue  # its process is not listening yet
+                try:
+                    logon(connection, self._credentials, timeout=2)
+                except OSError:  # AuthenticationError included: not answering the logon yet
+                    connection.close()
+                    continue
                 connection.setblocking(False)
                 self._pods[ip] = _Pod(revision, connection)
 
