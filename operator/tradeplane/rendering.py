@@ -25,6 +25,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -302,6 +303,7 @@ def service_monitor(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any]:
 
 
 DNS_PORT = 53
+NATS_PORT = 4222  # a nats:// URL without a port means NATS' default
 
 
 def _peer(peer: Peer) -> dict[str, Any]:
@@ -329,8 +331,8 @@ def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | N
     Ingress: the wire port from the components that call it (roles.py) and from `clients` when outside
     identities log on to it; the metrics port from `metricsFrom`; market data's UDP feed from
     market-data (subscribers listen on ports of their own choosing). Egress: the wire ports of the
-    components it calls, market data's feed to its subscribers, and DNS. A custom component declares no
-    peers: its ingress is restricted, its egress is not.
+    components it calls, market data's feed to its subscribers, the event log's ports, and DNS. A custom
+    component declares no peers: its ingress is restricted, its egress is not.
     """
     settings = spec.networkPolicy
     if not settings.enabled:
@@ -370,6 +372,11 @@ def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | N
         if spec.component == Component.MARKET_DATA:
             subscribers = [_component_pods(c) for c in components.calling_components(spec)]
             egress.append({"to": subscribers, "ports": [{"protocol": "UDP"}]})
+        if spec.eventLog is not None:
+            # The log may run in another namespace or outside the cluster, where no selector reaches:
+            # its ports, to any destination.
+            ports = sorted({urlsplit(url).port or NATS_PORT for url in spec.eventLog.servers})
+            egress.append({"ports": [{"protocol": "TCP", "port": port} for port in ports]})
         policy_spec["policyTypes"].append("Egress")
         policy_spec["egress"] = egress
     return _stamped(

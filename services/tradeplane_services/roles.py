@@ -13,7 +13,8 @@ CALLERS: dict[str, dict[str, tuple[str, ...]]] = {
     "order": {CLIENT: ("NewOrder", "CancelOrder", "ReplaceOrder")},
     "risk": {"order": ("RiskCheck", "RiskUpdate"), ADMIN: ("SetKillSwitch",)},
     "execution": {"order": ("RouteOrder", "CancelRoute", "ReplaceRoute")},
-    "position": {"execution": ("Fill",), CLIENT: ("PositionQuery",), ADMIN: ("PositionQuery",)},
+    # Fills reach position through the event log, never over a session.
+    "position": {CLIENT: ("PositionQuery",), ADMIN: ("PositionQuery",)},
     "market-data": {
         identity: ("Subscribe", "ReplayRequest") for identity in ("risk", "position", CLIENT, ADMIN)
     },

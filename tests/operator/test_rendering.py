@@ -299,8 +299,8 @@ DESK = {"clients": [{"cidr": "10.20.0.0/16"}]}
     [
         ("order", [], True, [("risk", 7002), ("execution", 7004)]),
         ("risk", ["order"], True, [("market-data", 7003)]),
-        ("execution", ["order"], False, [("position", 7005)]),
-        ("position", ["execution"], True, [("market-data", 7003)]),
+        ("execution", ["order"], False, []),
+        ("position", [], True, [("market-data", 7003)]),
         ("market-data", ["risk", "position"], True, []),
     ],
 )
@@ -327,6 +327,18 @@ def test_a_policy_lets_in_only_the_callers_and_lets_out_only_to_the_called(
         if "port" in rule["ports"][0]
     ]
     assert tcp == called
+
+
+def test_a_service_with_an_event_log_may_reach_its_servers_ports() -> None:
+    owner = Owner("execution", "trading", "uid-1")
+    servers = ["nats://nats.events.svc:4222", "nats://10.1.2.3:4223", "tls://nats-2.events.svc"]
+    policy = rendering.network_policy(
+        owner, spec(component="execution", config={}, eventLog={"servers": servers})
+    )
+    assert policy is not None
+    assert policy["spec"]["egress"][-1] == {"ports": [{"protocol": "TCP", "port": p} for p in (4222, 4223)]}
+    # Without a log, every egress rule names whom it reaches.
+    assert all("to" in rule for rule in policy_of("execution")["egress"])
 
 
 def test_market_data_reaches_its_subscribers_by_udp_and_they_let_it_in() -> None:
