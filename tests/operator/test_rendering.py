@@ -248,7 +248,7 @@ def test_the_applied_stamp_follows_the_content() -> None:
         ("order", ["order", "client"]),
         ("risk", ["risk", "order", "admin"]),
         ("execution", ["execution", "order"]),
-        ("position", ["position", "execution", "client", "admin"]),
+        ("position", ["position", "client", "admin"]),
         ("market-data", ["market-data", "risk", "position", "client", "admin"]),
     ],
 )
