@@ -5,8 +5,8 @@ loopback range, so this runner plays the kubelet's part for the commands we ship
 it selects, it starts the first container's command with the pod's environment, its ConfigMap and Secret
 volumes written to local directories only the runner's user may read, and TRADEPLANE_BIND set to the pod
 IP. Prometheus' pod service discovery and the operator's direct scrape then reach real processes exactly
-as in a cluster. A pod that goes away
-has its process stopped (SIGTERM, so the service drains).
+as in a cluster. A pod that goes away has its process stopped (SIGTERM, so the service drains); a
+process that exits is restarted after a growing back-off, and every process dies with the runner.
 
 There is no kube-proxy or cluster DNS here, so env values of the form
 `<service>[.<namespace>[.svc[.cluster.local]]]:<port>` are replaced before the process starts by the
