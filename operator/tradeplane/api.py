@@ -30,6 +30,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 from tradeplane.names import CALENDARS, TIMEZONES
+from tradeplane_services.catalog import BUNDLED, CUSTOM
 
 GROUP = "tradeplane.io"
 VERSION = "v1alpha1"
@@ -164,23 +165,10 @@ class Model(BaseModel):
         return self
 
 
-class Component(StrEnum):
-    ORDER = "order"
-    RISK = "risk"
-    MARKET_DATA = "market-data"
-    POSITION = "position"
-    EXECUTION = "execution"
-    CUSTOM = "custom"
-
-
+COMPONENTS = (*BUNDLED, CUSTOM)
+"""The API's component names: the catalog's bundled services, and custom for any image."""
 # The wire-protocol port of each bundled component (part of the API: `spec.port` defaults to it).
-BUNDLED_PORTS: dict[str, int] = {
-    Component.ORDER: 7001,
-    Component.RISK: 7002,
-    Component.MARKET_DATA: 7003,
-    Component.EXECUTION: 7004,
-    Component.POSITION: 7005,
-}
+BUNDLED_PORTS: dict[str, int] = {name: entry.port for name, entry in BUNDLED.items()}
 DEFAULT_METRICS_PORT = 9100
 
 
@@ -510,7 +498,10 @@ def _cel_port_defaults() -> str:
 
 
 class TradingServiceSpec(Model):
-    component: Component = Field(description="A bundled service, or custom for any image.")
+    component: str = Field(
+        description="A bundled service, or custom for any image.",
+        json_schema_extra={"enum": list(COMPONENTS)},
+    )
     image: str = Field(min_length=1, pattern=r"^\S+$", description="Container image of the service.")
     replicas: int = Field(default=2, ge=0, le=100)
     command: list[str] = Field(default_factory=list, description="custom only: the container command.")
@@ -546,13 +537,13 @@ class TradingServiceSpec(Model):
         Rule(
             "(self.component == 'custom') == (size(self.command) > 0)",
             "custom components need a command, bundled components take none",
-            lambda spec: (spec.component == Component.CUSTOM) == bool(spec.command),
+            lambda spec: (spec.component == CUSTOM) == bool(spec.command),
             "command",
         ),
         Rule(
             "self.component != 'custom' || has(self.port)",
             "custom components need a port",
-            lambda spec: spec.component != Component.CUSTOM or spec.port is not None,
+            lambda spec: spec.component != CUSTOM or spec.port is not None,
             "port",
         ),
         Rule(
@@ -562,6 +553,13 @@ class TradingServiceSpec(Model):
             "metricsPort",
         ),
     )
+
+    @field_validator("component")
+    @classmethod
+    def _known_component(cls, name: str) -> str:
+        if name not in COMPONENTS:
+            raise ValueError(f"unknown component {name!r}: expected one of {', '.join(COMPONENTS)}")
+        return name
 
     @property
     def wire_port(self) -> int:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from tradeplane.api import BUNDLED_PORTS, Component, TradingServiceSpec
-from tradeplane_services.roles import CALLERS
+from tradeplane.api import TradingServiceSpec
+from tradeplane_services.catalog import BUNDLED, CUSTOM, callees
 
 SERVICE_COMMAND = "tradeplane-svc"
 CONFIG_DIR = "/etc/tradeplane"
@@ -26,72 +25,46 @@ PRESTOP_SLEEP_SECONDS = 5
 DEFAULT_DRAIN_SECONDS = 10
 # Margin past the drain for the process to exit after finishing in-flight work.
 EXIT_MARGIN_SECONDS = 5
-# The components other services call, and the variable each caller reads its address from.
-PEER_VARIABLES: dict[str, str] = {
-    Component.RISK: "TRADEPLANE_RISK_ADDR",
-    Component.EXECUTION: "TRADEPLANE_EXECUTION_ADDR",
-    Component.MARKET_DATA: "TRADEPLANE_MARKET_DATA_ADDR",
-}
-
-
-@dataclass(frozen=True)
-class ComponentDefaults:
-    config: Mapping[str, Any] = field(default_factory=dict)
-
-
-BUNDLED: dict[str, ComponentDefaults] = {
-    Component.ORDER: ComponentDefaults(config={"riskTimeoutMillis": 500}),
-    Component.RISK: ComponentDefaults(config={"killSwitch": "ACTIVE"}),
-    # Subscriptions and replay requests are TCP on the wire port; the UDP feed itself goes to the multicast
-    # group or each subscriber's own port, so it needs no Service port.
-    Component.MARKET_DATA: ComponentDefaults(config={"ticksPerSecond": 10_000}),
-    Component.EXECUTION: ComponentDefaults(config={"venue": "simulated"}),
-    Component.POSITION: ComponentDefaults(config={"snapshotEveryEvents": 1000}),
-}
-CUSTOM = ComponentDefaults()
-
-
-def defaults(spec: TradingServiceSpec) -> ComponentDefaults:
-    return BUNDLED.get(spec.component, CUSTOM)
 
 
 def container_name(spec: TradingServiceSpec) -> str:
-    return "service" if spec.component == Component.CUSTOM else str(spec.component)
+    return "service" if spec.component == CUSTOM else str(spec.component)
 
 
 def command(spec: TradingServiceSpec) -> list[str]:
-    if spec.component == Component.CUSTOM:
+    if spec.component == CUSTOM:
         return list(spec.command)
     return [SERVICE_COMMAND, str(spec.component)]
 
 
 def config(spec: TradingServiceSpec) -> dict[str, Any]:
     """The component's defaults, overridden key by key (deeply) by `spec.config`."""
-    return _merge(dict(defaults(spec).config), spec.config)
+    defaults = BUNDLED[spec.component].rendered_defaults if spec.component in BUNDLED else {}
+    return _merge(dict(defaults), spec.config)
 
 
 def calling_components(spec: TradingServiceSpec) -> list[str]:
     """The bundled components that open sessions to this one."""
-    return [caller for caller in CALLERS.get(spec.component, {}) if caller in BUNDLED_PORTS]
+    return BUNDLED[spec.component].bundled_callers if spec.component in BUNDLED else []
 
 
 def called_components(spec: TradingServiceSpec) -> list[str]:
     """The bundled components this one opens sessions to."""
-    return [callee for callee, callers in CALLERS.items() if spec.component in callers]
+    return callees(spec.component)
 
 
 def takes_clients(spec: TradingServiceSpec) -> bool:
     """Whether identities from outside the stack (trading clients, admins) log on to this component;
     a custom component's callers are unknown, so it is treated as taking them."""
-    return spec.component == Component.CUSTOM or any(c not in BUNDLED_PORTS for c in CALLERS[spec.component])
+    return spec.component == CUSTOM or BUNDLED[spec.component].takes_clients
 
 
 def session_identities(spec: TradingServiceSpec) -> list[str]:
     """Whose session keys a bundled component's pod holds: its own (to log on to its peers) and its
     callers' (to check their logons). Custom components hold none."""
-    if spec.component == Component.CUSTOM:
+    if spec.component == CUSTOM:
         return []
-    return [str(spec.component), *CALLERS[spec.component]]
+    return [spec.component, *BUNDLED[spec.component].callers]
 
 
 def drain_seconds(spec: TradingServiceSpec) -> int:
@@ -120,14 +93,14 @@ def environment(
         {"name": "TRADEPLANE_METRICS_PORT", "value": str(spec.metricsPort)},
         {"name": "TRADEPLANE_STATE_DIR", "value": STATE_DIR},
     ]
-    if spec.component != Component.CUSTOM:
+    if spec.component != CUSTOM:
         variables.append({"name": "TRADEPLANE_KEYS_DIR", "value": KEYS_DIR})
         variables += [
             # Only the peers it calls: what its NetworkPolicy lets it reach, and all it needs to find.
-            {"name": PEER_VARIABLES[peer], "value": f"{peer}.{namespace}.svc:{BUNDLED_PORTS[peer]}"}
+            {"name": BUNDLED[peer].peer_variable, "value": f"{peer}.{namespace}.svc:{BUNDLED[peer].port}"}
             for peer in called_components(spec)
         ]
-    if spec.component != Component.CUSTOM and spec.eventLog is not None:
+    if spec.component != CUSTOM and spec.eventLog is not None:
         variables += [
             {"name": "TRADEPLANE_EVENT_LOG", "value": ",".join(spec.eventLog.servers)},
             {"name": "TRADEPLANE_EVENT_LOG_REPLICAS", "value": str(spec.eventLog.replicas)},

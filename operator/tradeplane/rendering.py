@@ -30,8 +30,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from tradeplane import components, placement
-from tradeplane.api import API_VERSION, BUNDLED_PORTS, KIND, Component, Peer, TradingServiceSpec
+from tradeplane.api import API_VERSION, BUNDLED_PORTS, KIND, Peer, TradingServiceSpec
 from tradeplane.revision import template_fields
+from tradeplane_services.catalog import CUSTOM
 
 NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -328,7 +329,7 @@ def _component_pods(component: str) -> dict[str, Any]:
 def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | None:
     """What may reach the service's pods and whom they may reach; None when `spec.networkPolicy` opts out.
 
-    Ingress: the wire port from the components that call it (roles.py) and from `clients` when outside
+    Ingress: the wire port from the components that call it (the catalog) and from `clients` when outside
     identities log on to it; the metrics port from `metricsFrom`; market data's UDP feed from
     market-data (subscribers listen on ports of their own choosing). Egress: the wire ports of the
     components it calls, market data's feed to its subscribers, the event log's ports, and DNS. A custom
@@ -352,14 +353,14 @@ def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | N
             }
         )
     called = components.called_components(spec)
-    if Component.MARKET_DATA in called:
-        ingress.append({"from": [_component_pods(Component.MARKET_DATA)], "ports": [{"protocol": "UDP"}]})
+    if "market-data" in called:
+        ingress.append({"from": [_component_pods("market-data")], "ports": [{"protocol": "UDP"}]})
     policy_spec: dict[str, Any] = {
         "podSelector": {"matchLabels": selector(owner)},
         "policyTypes": ["Ingress"],
         "ingress": ingress,
     }
-    if spec.component != Component.CUSTOM:
+    if spec.component != CUSTOM:
         dns = {
             "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
             "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
@@ -369,7 +370,7 @@ def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | N
             {"to": [_component_pods(peer)], "ports": [{"protocol": "TCP", "port": BUNDLED_PORTS[peer]}]}
             for peer in called
         ]
-        if spec.component == Component.MARKET_DATA:
+        if spec.component == "market-data":
             subscribers = [_component_pods(c) for c in components.calling_components(spec)]
             egress.append({"to": subscribers, "ports": [{"protocol": "UDP"}]})
         if spec.eventLog is not None:

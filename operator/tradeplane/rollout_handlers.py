@@ -20,7 +20,8 @@ from tradeplane.analysis import (
     Target,
     judge,
 )
-from tradeplane.api import AnalysisResult, Component, Phase, TradingServiceSpec, TradingServiceStatus
+from tradeplane.api import AnalysisResult, Phase, TradingServiceSpec, TradingServiceStatus
+from tradeplane_services.catalog import CUSTOM
 
 # One for the operator's life: it keeps each pod's recent scrapes, the start of every window.
 SCRAPE = ScrapeProvider()
@@ -61,7 +62,7 @@ ROLLOUT_METRICS: tuple[Gauge | Counter, ...] = (
 
 def metric_service(name: str, spec: TradingServiceSpec) -> str:
     """The `service` label the pods export: a bundled component names itself, a custom one by resource."""
-    return name if spec.component == Component.CUSTOM else str(spec.component)
+    return name if spec.component == CUSTOM else str(spec.component)
 
 
 def provider_for(spec: TradingServiceSpec) -> MetricsProvider:

@@ -25,13 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from tradeplane_services import client as clients
+from tradeplane_services.catalog import BUNDLED
 from tradeplane_services.config import (
-    COMPONENTS,
-    DEFAULT_PORTS,
     Address,
     ConfigError,
-    Environment,
-    Settings,
     parse_address,
     read_environment,
 )
@@ -42,30 +39,6 @@ from tradeplane_services.protocol import (
     TimeInForce,
     price_units,
 )
-from tradeplane_services.runtime import Service
-
-
-def service_factory(component: str) -> Any:
-    # Imported on demand: each process loads only its own service.
-    if component == "order":
-        from tradeplane_services.order import OrderService
-
-        return OrderService
-    if component == "risk":
-        from tradeplane_services.risk import RiskService
-
-        return RiskService
-    if component == "market-data":
-        from tradeplane_services.marketdata import MarketDataService
-
-        return MarketDataService
-    if component == "execution":
-        from tradeplane_services.execution import ExecutionService
-
-        return ExecutionService
-    from tradeplane_services.position import PositionService
-
-    return PositionService
 
 
 def _address(text: str) -> Address:
@@ -76,7 +49,7 @@ def _address(text: str) -> Address:
 
 
 def _default(component: str) -> Address:
-    return Address("127.0.0.1", DEFAULT_PORTS[component])
+    return Address("127.0.0.1", BUNDLED[component].port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tradeplane-svc", description="tradeplane's bundled trading services"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for component in COMPONENTS:
+    for component in BUNDLED:
         service = commands.add_parser(component, help=f"run the {component} service")
         service.add_argument("--config", help="settings file (default $TRADEPLANE_CONFIG)")
 
@@ -127,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     command = arguments.command
-    if command in COMPONENTS:
+    if command in BUNDLED:
         from tradeplane_services.runtime import run
 
         try:
@@ -135,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             print(f"tradeplane-svc {command}: {error}", file=sys.stderr)
             return 2
-        return run(_checked_factory(command), environment)
+        return run(BUNDLED[command].service_class(), environment)
     if command == "stack":
         from tradeplane_services.stack import run_stack
 
@@ -154,16 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     from tradeplane_services import loadgen
 
     return loadgen.serve_echo(arguments.bind, arguments.port)
-
-
-def _checked_factory(component: str) -> Any:
-    factory = service_factory(component)
-
-    def build(environment: Environment, settings: Settings) -> Service:
-        service: Service = factory(environment, settings)
-        return service
-
-    return build
 
 
 def run_client(arguments: argparse.Namespace) -> int:

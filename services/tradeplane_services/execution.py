@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Hashable
 from typing import Any, Protocol
 
-from tradeplane_services.config import Environment, ExecutionSettings, Settings
+from tradeplane_services.config import Environment
 from tradeplane_services.eventlog import Append, EventLog, partition_of
 from tradeplane_services.matching import MatchingEngine, VenueEvent
 from tradeplane_services.protocol import (
@@ -34,6 +34,7 @@ from tradeplane_services.protocol import (
     VenueReport,
 )
 from tradeplane_services.runtime import Connection, Service, fields, log, wait_until
+from tradeplane_services.settings import ExecutionSettings, Settings
 
 NEW, TRADE = int(ExecType.NEW), int(ExecType.TRADE)
 

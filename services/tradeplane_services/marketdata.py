@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tradeplane_services.config import Address, Environment, MarketDataSettings, Settings
+from tradeplane_services.config import Address, Environment
 from tradeplane_services.protocol import (
     BATCH_PREFIX,
     TICK_DTYPE,
@@ -50,6 +50,7 @@ from tradeplane_services.runtime import (
     log,
 )
 from tradeplane_services.sessions import Credentials, Keyring
+from tradeplane_services.settings import MarketDataSettings, Settings
 
 SNAPSHOT_REQUEST = ReplayRequest(0, 0)
 PACKETS_PER_ROUND = 64

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from tradeplane_services.config import Environment, OrderSettings, Settings
+from tradeplane_services.config import Environment
 from tradeplane_services.protocol import (
     CancelOrder,
     CancelRoute,
@@ -39,6 +39,7 @@ from tradeplane_services.protocol import (
     VenueReport,
 )
 from tradeplane_services.runtime import Connection, RequestMetrics, Service, fields, log, wait_until
+from tradeplane_services.settings import OrderSettings, Settings
 
 PENDING_NEW, NEW, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED = (int(s) for s in OrderStatus)
 E_NEW, E_REJECTED, E_TRADE, E_CANCELED, E_REPLACED, E_CANCEL_REJECTED = (int(e) for e in ExecType)

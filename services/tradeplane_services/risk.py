@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tradeplane_services.config import Environment, RiskSettings, Settings
+from tradeplane_services.config import Environment
 from tradeplane_services.marketdata import subscribe_if_published
 from tradeplane_services.protocol import (
     PRICE_SCALE,
@@ -46,6 +46,7 @@ from tradeplane_services.protocol import (
     symbol_bytes,
 )
 from tradeplane_services.runtime import Connection, Service, fields, log, spin_for
+from tradeplane_services.settings import RiskSettings, Settings
 
 MASK64 = (1 << 64) - 1
 _MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)

@@ -31,7 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tradeplane_services.config import Address, ConfigError, Environment, Settings, load_settings
+from tradeplane_services.catalog import CALLERS
+from tradeplane_services.config import Address, ConfigError, Environment, load_settings
 from tradeplane_services.protocol import (
     LAYOUTS,
     Challenge,
@@ -48,7 +49,6 @@ from tradeplane_services.protocol import (
     layout_of,
     reject_for,
 )
-from tradeplane_services.roles import CALLERS
 from tradeplane_services.sessions import (
     NONCE_BYTES,
     AuthenticationError,
@@ -59,6 +59,7 @@ from tradeplane_services.sessions import (
     identity_text,
     logon_proof,
 )
+from tradeplane_services.settings import Settings
 
 # Microsecond resolution where trading latencies live (5us-2ms), coarse out to 100ms.
 LATENCY_BUCKETS_SECONDS = tuple(

@@ -22,13 +22,15 @@ from typing import Any
 
 import yaml
 
-from tradeplane_services.config import COMPONENTS, DEFAULT_PORTS, Address, ConfigError, parse_settings
+from tradeplane_services.catalog import BUNDLED, start_order
+from tradeplane_services.config import Address, ConfigError, parse_settings
 from tradeplane_services.eventlog import STREAM
 from tradeplane_services.natsserver import NatsServers
 from tradeplane_services.sessions import Credentials, Keyring, generate_keyring
 
-START_ORDER = ("market-data", "position", "risk", "execution", "order")
-METRICS_PORTS = {"order": 9101, "risk": 9102, "market-data": 9103, "execution": 9104, "position": 9105}
+START_ORDER = start_order()
+# Beside the wire ports: 7001 serves its metrics on 9101, and so on.
+METRICS_PORT_SHIFT = 2100
 
 
 def multicast_group_for(host: str) -> Address:
@@ -39,17 +41,17 @@ def multicast_group_for(host: str) -> Address:
 def load_stack_config(path: Path | None) -> dict[str, dict[str, Any]]:
     """Per-component settings from one file with a section per component; each section is validated."""
     if path is None:
-        return {component: {} for component in COMPONENTS}
+        return {component: {} for component in BUNDLED}
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with a section per component")
-    unknown = sorted(set(data) - set(COMPONENTS))
+    unknown = sorted(set(data) - set(BUNDLED))
     if unknown:
-        raise ConfigError(f"{path}: unknown sections {unknown}; expected some of {list(COMPONENTS)}")
-    sections = {component: data.get(component) or {} for component in COMPONENTS}
+        raise ConfigError(f"{path}: unknown sections {unknown}; expected some of {list(BUNDLED)}")
+    sections = {component: data.get(component) or {} for component in BUNDLED}
     for component, section in sections.items():
         parse_settings(component, section, f"{path}: {component}")
     return sections
@@ -80,10 +82,10 @@ class Stack:
         return Credentials(identity, self.keyring)
 
     def address(self, component: str) -> Address:
-        return Address(self.host, DEFAULT_PORTS[component])
+        return Address(self.host, BUNDLED[component].port)
 
     def metrics_url(self, component: str, path: str = "/metrics") -> str:
-        return f"http://{self.host}:{METRICS_PORTS[component]}{path}"
+        return f"http://{self.host}:{BUNDLED[component].port + METRICS_PORT_SHIFT}{path}"
 
     def environment(self, component: str) -> dict[str, str]:
         config = self.workdir / f"{component}.yaml"
@@ -93,12 +95,10 @@ class Stack:
             "TRADEPLANE_CONFIG": str(config),
             "TRADEPLANE_REVISION": self.revision,
             "TRADEPLANE_BIND": self.host,
-            "TRADEPLANE_PORT": str(DEFAULT_PORTS[component]),
-            "TRADEPLANE_METRICS_PORT": str(METRICS_PORTS[component]),
+            "TRADEPLANE_PORT": str(BUNDLED[component].port),
+            "TRADEPLANE_METRICS_PORT": str(BUNDLED[component].port + METRICS_PORT_SHIFT),
             "TRADEPLANE_KEYS_DIR": str(self.keys_dir),
-            "TRADEPLANE_RISK_ADDR": str(self.address("risk")),
-            "TRADEPLANE_EXECUTION_ADDR": str(self.address("execution")),
-            "TRADEPLANE_MARKET_DATA_ADDR": str(self.address("market-data")),
+            **{peer.peer_variable: str(self.address(peer.name)) for peer in BUNDLED.values()},
             "TRADEPLANE_EVENT_LOG": self.events.url,
             "TRADEPLANE_EVENT_LOG_REPLICAS": str(self.event_log_servers),
             **self.extra_env,
