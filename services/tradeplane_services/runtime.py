@@ -510,7 +510,7 @@ HttpRoute = Callable[[dict[str, list[str]]], tuple[int, str, bytes]]
 
 
 class Service(ConnectionOwner):
-    """Base of the five services; subclasses set `handlers` and override the hooks they need."""
+    """Base of the bundled services; subclasses set `handlers` and override the hooks they need."""
 
     name = "service"
 
