@@ -17,7 +17,8 @@ from pulumi_policy import (
     ResourceValidationPolicy,
 )
 
-from tradeplane.api import API_VERSION, KIND, POOL_LABEL, parse_quantity
+from tradeplane.api import API_VERSION, KIND, parse_quantity
+from tradeplane.labels import POOL_LABEL
 from tradeplane_infra.nodeconfig import parse_node_config
 
 EKS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"

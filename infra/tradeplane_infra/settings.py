@@ -18,7 +18,8 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tradeplane.api import POOL_LABEL, QUANTITY_PATTERN, parse_quantity
+from tradeplane.api import QUANTITY_PATTERN, parse_quantity
+from tradeplane.labels import POOL_LABEL
 from tradeplane_infra.instances import AWS_INSTANCE_TYPES, GCP_MACHINE_TYPES, GIB, InstanceType, NodeShape
 from tradeplane_services.catalog import BUNDLED
 

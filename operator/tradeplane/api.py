@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
+from tradeplane.labels import POOL_LABEL
 from tradeplane.names import CALENDARS, TIMEZONES
 from tradeplane_services.catalog import BUNDLED, CUSTOM
 
@@ -40,7 +41,6 @@ PLURAL = "tradingservices"
 SINGULAR = "tradingservice"
 SHORT_NAMES = ["ts"]
 
-POOL_LABEL = "tradeplane.io/pool"
 # At most four parts of at most five digits: 399996h stays inside Go's duration (about 2562047h), so CEL's
 # duration() never fails on a value the pattern let through.
 DURATION_PATTERN = r"^([0-9]{1,5}(ms|s|m|h)){1,4}$"
@@ -352,21 +352,28 @@ class RolloutStep(Model):
     pause: str = Field(default="30s", pattern=DURATION_PATTERN, description="How long the step is analysed.")
 
 
-class Analysis(Model):
-    provider: Literal["prometheus", "scrape"] = Field(
-        default="scrape",
-        description="prometheus: PromQL over the HTTP API; scrape: the pods' /metrics directly.",
-    )
-    prometheusUrl: str | None = Field(
-        default=None,
-        max_length=2048,
-        pattern=r"^https?://[^\s/]+\S*$",
-        description="Prometheus base URL, required by the prometheus provider.",
-    )
-    query: str | None = Field(
+class PrometheusSettings(Model):
+    url: str = Field(max_length=2048, pattern=r"^https?://[^\s/]+\S*$", description="Prometheus base URL.")
+    p99Query: str | None = Field(
         default=None,
         description="PromQL template for p99 in seconds; {service}, {namespace}, {revision}, {window}.",
     )
+
+
+class ScrapeSettings(Model):
+    timeoutSeconds: float = Field(default=2.0, gt=0, le=30, description="Longest wait for a pod's /metrics.")
+
+
+class Analysis(Model):
+    provider: Literal["prometheus", "scrape"] = Field(
+        default="scrape",
+        description="prometheus: PromQL over the HTTP API; scrape: the pods' /metrics directly. Each "
+        "provider's settings are in the field of its name.",
+    )
+    prometheus: PrometheusSettings | None = Field(
+        default=None, description="Required by the prometheus provider."
+    )
+    scrape: ScrapeSettings = Field(default_factory=ScrapeSettings)
     interval: str = Field(default="5s", pattern=DURATION_PATTERN)
     window: str = Field(default="30s", pattern=DURATION_PATTERN)
     minSamples: int = Field(
@@ -397,10 +404,10 @@ class Analysis(Model):
             "window",
         ),
         Rule(
-            "!has(self.provider) || self.provider != 'prometheus' || has(self.prometheusUrl)",
-            "the prometheus provider needs prometheusUrl",
-            lambda analysis: analysis.provider != "prometheus" or analysis.prometheusUrl is not None,
-            "prometheusUrl",
+            "!has(self.provider) || self.provider != 'prometheus' || has(self.prometheus)",
+            "the prometheus provider needs prometheus.url",
+            lambda analysis: analysis.provider != "prometheus" or analysis.prometheus is not None,
+            "prometheus",
         ),
     )
 
@@ -594,6 +601,7 @@ class Verdict(StrEnum):
 
 ConditionType = Literal["Ready", "Placed", "Progressing", "Degraded"]
 ConditionStatus = Literal["True", "False", "Unknown"]
+CONDITION_ORDER: tuple[ConditionType, ...] = ("Ready", "Placed", "Progressing", "Degraded")
 
 
 class Condition(Model):
@@ -647,6 +655,41 @@ class TradingServiceStatus(Model):
     inconclusiveIntervals: int = 0
     lastAnalysis: AnalysisResult | None = None
     message: str = ""
+
+    def condition(self, kind: ConditionType) -> Condition:
+        return next(
+            (condition for condition in self.conditions if condition.type == kind),
+            Condition(type=kind, status="Unknown", reason="Unknown"),
+        )
+
+    def set_condition(
+        self,
+        kind: ConditionType,
+        holds: bool,
+        reason: str,
+        message: str,
+        now: datetime,
+        generation: int | None,
+    ) -> Condition:
+        """Set a condition, keeping its transition time while its state holds; answer the previous one.
+        Times are whole seconds, as Kubernetes stamps conditions."""
+        state: ConditionStatus = "True" if holds else "False"
+        previous = self.condition(kind)
+        changed = previous.status != state
+        self.conditions = [c for c in self.conditions if c.type != kind] + [
+            Condition(
+                type=kind,
+                status=state,
+                reason=reason,
+                message=message,
+                lastTransitionTime=now_iso(now.replace(microsecond=0))
+                if changed
+                else previous.lastTransitionTime,
+                observedGeneration=generation,
+            )
+        ]
+        self.conditions.sort(key=lambda condition: CONDITION_ORDER.index(condition.type))
+        return previous
 
 
 class TradingService(Model):

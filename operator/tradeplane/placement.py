@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from tradeplane.api import POOL_LABEL, TradingServiceSpec, canonical_quantity
+from tradeplane.api import TradingServiceSpec, canonical_quantity
+from tradeplane.labels import HOSTNAME_LABEL, NUMA_NODES_LABEL, POOL_LABEL
 
-HOSTNAME_KEY = "kubernetes.io/hostname"
-NUMA_NODES_LABEL = "tradeplane.io/numa-nodes"
 CRIO_ANNOTATIONS = {
     "cpuLoadBalancing": "cpu-load-balancing.crio.io",
     "irqLoadBalancing": "irq-load-balancing.crio.io",
@@ -89,7 +88,7 @@ def affinity(spec: TradingServiceSpec, pod_selector: Mapping[str, str]) -> dict[
     if spec.placement.spread == "host":
         rules["podAntiAffinity"] = {
             "requiredDuringSchedulingIgnoredDuringExecution": [
-                {"labelSelector": {"matchLabels": dict(pod_selector)}, "topologyKey": HOSTNAME_KEY}
+                {"labelSelector": {"matchLabels": dict(pod_selector)}, "topologyKey": HOSTNAME_LABEL}
             ]
         }
     return rules

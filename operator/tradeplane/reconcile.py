@@ -23,19 +23,23 @@ from pydantic import ValidationError
 from tradeplane import placement, rendering, rollout
 from tradeplane.api import (
     AnalysisResult,
-    Condition,
-    ConditionStatus,
-    ConditionType,
     Phase,
     TradingServiceSpec,
     TradingServiceStatus,
     field_path,
-    now_iso,
+)
+from tradeplane.events import Event
+from tradeplane.labels import (
+    ABORT_ANNOTATION,
+    APPLIED_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    REVISION_LABEL,
+    ROLE_LABEL,
 )
 from tradeplane.placement import PodView, PoolSnapshot, Verdict
 from tradeplane.rendering import Owner
 from tradeplane.revision import template_revision
-from tradeplane.rollout import Event
+from tradeplane.traffic import Backends, router_for
 
 ChildKey = tuple[str, str]
 """(kind, name) of a child."""
@@ -85,10 +89,7 @@ class DeploymentState:
         replica_failure: Mapping[str, Any] = conditions.get("ReplicaFailure", {})
         return cls(
             exists=True,
-            revision=spec.get("template", {})
-            .get("metadata", {})
-            .get("labels", {})
-            .get(rendering.REVISION_LABEL),
+            revision=spec.get("template", {}).get("metadata", {}).get("labels", {}).get(REVISION_LABEL),
             replicas=replicas,
             ready=status.get("readyReplicas", 0),
             updated=updated,
@@ -172,8 +173,8 @@ class Decision:
     status: dict[str, Any] | None = None
     """The whole new status (nulls clear fields), or None when it is unchanged."""
     events: list[Event] = field(default_factory=list)
-    route_rules: list[dict[str, Any]] | None = None
-    """New rules for the HTTPRoute the spec names (its weights changed), or None to leave it."""
+    traffic_patch: dict[str, Any] | None = None
+    """A merge patch for the spec's traffic object (its weights changed), or None to leave it."""
     requeue_after: float | None = None
     rollback_reason: str | None = None
 
@@ -185,19 +186,20 @@ def decide(
     pool: PoolSnapshot | None = None,
     monitoring: bool = False,
     analysis: AnalysisResult | None = None,
-    route: Mapping[str, Any] | None = None,
+    traffic_object: Mapping[str, Any] | None = None,
 ) -> Decision:
-    """Everything this reconcile must do. `pool` is needed only when `view.needs_preflight()`, `route`
-    (the HTTPRoute the spec names, None when it names none or the route is missing) for a routed split."""
+    """Everything this reconcile must do. `pool` is needed only when `view.needs_preflight()`,
+    `traffic_object` (None when the mechanism has none or it is missing) when the traffic router names one."""
     decision = Decision()
     if view.spec is None:
         return _invalid_spec(view, decision, now)
     spec = view.spec
     revision = template_revision(spec)
     stable_state, canary_state = view.deployment("stable"), view.deployment("canary")
-    stable_service = rendering.deployment_name(view.owner, "stable")
-    canary_service = rendering.deployment_name(view.owner, "canary")
-    live_rules = route.get("spec", {}).get("rules", []) if route is not None else None
+    router = router_for(spec)
+    backends = Backends(
+        rendering.deployment_name(view.owner, "stable"), rendering.deployment_name(view.owner, "canary")
+    )
     observed = rollout.Observed(
         revision=revision,
         stable_ready=stable_state.ready,
@@ -207,13 +209,11 @@ def decide(
         stable_template_revision=stable_state.revision,
         stable_updated=stable_state.updated,
         stable_settled=stable_state.settled,
-        route_weight=None
-        if live_rules is None
-        else rollout.route_canary_weight(live_rules, stable_service, canary_service),
+        traffic_weight=None if traffic_object is None else router.object_weight(traffic_object, backends),
         analysis=analysis,
         generation=view.generation,
-        promote=view.annotations.get(rollout.PROMOTE_ANNOTATION),
-        abort=view.annotations.get(rollout.ABORT_ANNOTATION),
+        promote=view.annotations.get(PROMOTE_ANNOTATION),
+        abort=view.annotations.get(ABORT_ANNOTATION),
     )
     plan = rollout.plan_workloads(spec, view.status, observed, now)
     decision.rollback_reason = plan.rollback_reason
@@ -235,10 +235,8 @@ def decide(
     for manifest in desired:
         _apply_if_changed(view, manifest, decision)
 
-    if live_rules is not None and plan.route_weight is not None:
-        rules = rollout.route_rules(live_rules, stable_service, canary_service, plan.route_weight)
-        if rules != live_rules:
-            decision.route_rules = rules
+    if traffic_object is not None and plan.traffic_weight is not None:
+        decision.traffic_patch = router.object_patch(traffic_object, backends, plan.traffic_weight)
 
     for pod in placement.admission_failures(view.pods):
         decision.delete_pods.append(pod)
@@ -251,11 +249,11 @@ def decide(
             )
         )
 
-    named_route = spec.rollout.httpRoute
-    if problem is None and named_route is not None and route is None:
+    named = router.traffic_object(spec)
+    if problem is None and named is not None and traffic_object is None:
         problem = (
-            "RouteNotFound",
-            f"HTTPRoute {named_route.name} named by spec.rollout.httpRoute does not exist",
+            f"{named.kind}NotFound",
+            f"{named.kind} {named.name} named by {named.field} does not exist",
         )
     status = _status(view, spec, plan, pool, now, decision, problem)
     if _status_changed(view.raw_status, status):
@@ -263,7 +261,7 @@ def decide(
     live_rollout = plan.status.canaryRevision is not None or plan.status.phase in ROLLOUT_HELD_PHASES
     if live_rollout and plan.status.phase != Phase.ROLLED_BACK:
         decision.requeue_after = ROLLOUT_TICK_SECONDS
-    elif _condition(status, "Placed").status != "True" or placement.pods_to_place(spec.replicas, view.pods):
+    elif status.condition("Placed").status != "True" or placement.pods_to_place(spec.replicas, view.pods):
         decision.requeue_after = PLACEMENT_RETRY_SECONDS
     return decision
 
@@ -310,7 +308,7 @@ def _workloads(
         desired.append(rendering.deployment(owner, spec, revision, "canary", plan.canary_replicas))
     for (kind, name), live in view.children.items():
         if kind in ("ConfigMap", "ControllerRevision"):
-            stale = live["metadata"].get("labels", {}).get(rendering.REVISION_LABEL) not in live_revisions
+            stale = live["metadata"].get("labels", {}).get(REVISION_LABEL) not in live_revisions
             if stale:
                 api_version = "v1" if kind == "ConfigMap" else "apps/v1"
                 decision.delete.append(Deletion(api_version, kind, name, live["metadata"].get("uid")))
@@ -321,7 +319,7 @@ def _services(
     view: View, spec: TradingServiceSpec, revision: str, plan: rollout.Plan, decision: Decision
 ) -> list[dict[str, Any]]:
     """One Service for every pod; or, when a route splits the traffic, one per revision."""
-    routed = spec.rollout.httpRoute is not None
+    routed = router_for(spec).per_revision_services
     desired = [rendering.service(view.owner, spec, "stable", plan.stable_revision if routed else None)]
     canary_name = rendering.deployment_name(view.owner, "canary")
     if routed and plan.canary_replicas is not None:
@@ -373,17 +371,17 @@ def _existed(view: View, manifest: Mapping[str, Any]) -> bool:
     """Was this object made by an earlier reconcile? A revision's objects, once their revision was
     recorded in the status; the others, once any reconcile recorded a status."""
     labels: Mapping[str, str] = manifest["metadata"]["labels"]
-    revision = labels.get(rendering.REVISION_LABEL)
+    revision = labels.get(REVISION_LABEL)
     if revision is None:
         return view.status.observedGeneration is not None
-    if labels.get(rendering.ROLE_LABEL) == "canary":
+    if labels.get(ROLE_LABEL) == "canary":
         return revision == view.status.canaryRevision
     return revision in (view.status.stableRevision, view.status.canaryRevision)
 
 
 def _annotation(manifest: Mapping[str, Any]) -> str | None:
     annotations = manifest["metadata"].get("annotations") or {}
-    value = annotations.get(rendering.APPLIED_ANNOTATION)
+    value = annotations.get(APPLIED_ANNOTATION)
     return str(value) if value is not None else None
 
 
@@ -426,14 +424,16 @@ def _status(
     serving = stable.exists and stable.ready >= spec.replicas
     where = f" on {', '.join(status.nodes)}" if status.nodes else ""
     message = f"{stable.ready}/{spec.replicas} pods ready{where}"
-    was = _set(view, status, now, "Ready", serving, "PodsReady" if serving else "PodsNotReady", message)
+    was = status.set_condition(
+        "Ready", serving, "PodsReady" if serving else "PodsNotReady", message, now, view.generation
+    )
     if serving and was.status != "True":
         notes.append(Event("Normal", "Ready", message))
     elif not serving and was.status == "True":
         notes.append(Event("Warning", "NotReady", message))
 
     verdict = _placement(spec, pool, active, status.replicas)
-    was = _set(view, status, now, "Placed", verdict.fits, verdict.reason, verdict.message)
+    was = status.set_condition("Placed", verdict.fits, verdict.reason, verdict.message, now, view.generation)
     if not verdict.fits and (was.status != "False" or was.reason != verdict.reason):
         notes.append(Event("Warning", verdict.reason, verdict.message))
     elif verdict.fits and was.status == "False":
@@ -441,7 +441,7 @@ def _status(
 
     degraded = _degradation(view, stable) or problem
     reason, message = degraded or ("AsExpected", "")
-    was = _set(view, status, now, "Degraded", degraded is not None, reason, message)
+    was = status.set_condition("Degraded", degraded is not None, reason, message, now, view.generation)
     if degraded is not None and (was.status != "True" or was.reason != reason):
         notes.append(Event("Warning", reason, message))
     elif degraded is None and was.status == "True":
@@ -505,46 +505,6 @@ def _degradation(view: View, stable: DeploymentState) -> Problem | None:
     return None
 
 
-def _condition(status: TradingServiceStatus, kind: ConditionType) -> Condition:
-    return next(
-        (condition for condition in status.conditions if condition.type == kind),
-        Condition(type=kind, status="Unknown", reason="Unknown"),
-    )
-
-
-_CONDITION_ORDER: tuple[ConditionType, ...] = ("Ready", "Placed", "Progressing", "Degraded")
-
-
-def _set(
-    view: View,
-    status: TradingServiceStatus,
-    now: datetime,
-    kind: ConditionType,
-    holds: bool,
-    reason: str,
-    message: str,
-) -> Condition:
-    """Set a condition, keeping its transition time while its state holds; answer the previous one."""
-    state: ConditionStatus = "True" if holds else "False"
-    previous = _condition(status, kind)
-    status.conditions = [c for c in status.conditions if c.type != kind] + [
-        Condition(
-            type=kind,
-            status=state,
-            reason=reason,
-            message=message,
-            lastTransitionTime=(
-                previous.lastTransitionTime
-                if previous.status == state
-                else now_iso(now.replace(microsecond=0))
-            ),
-            observedGeneration=view.generation,
-        )
-    ]
-    status.conditions.sort(key=lambda condition: _CONDITION_ORDER.index(condition.type))
-    return previous
-
-
 def _status_changed(raw: Mapping[str, Any], status: TradingServiceStatus) -> bool:
     current = TradingServiceStatus.model_validate(raw).model_dump(mode="json", exclude_none=True)
     return current != status.model_dump(mode="json", exclude_none=True)
@@ -555,7 +515,7 @@ def _invalid_spec(view: View, decision: Decision, now: datetime) -> Decision:
     status = view.status.model_copy(deep=True)
     status.observedGeneration = view.generation
     message = view.spec_error or "invalid spec"
-    was = _set(view, status, now, "Degraded", True, "InvalidSpec", message)
+    was = status.set_condition("Degraded", True, "InvalidSpec", message, now, view.generation)
     if was.status != "True" or was.reason != "InvalidSpec":
         decision.events.append(Event("Warning", "InvalidSpec", message))
     status.phase = Phase.DEGRADED

@@ -31,18 +31,20 @@ import yaml
 
 from tradeplane import components, placement
 from tradeplane.api import API_VERSION, BUNDLED_PORTS, KIND, Peer, TradingServiceSpec
+from tradeplane.labels import (
+    APPLIED_ANNOTATION,
+    CANARY_SUFFIX,
+    COMPONENT_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGER,
+    NAME_LABEL,
+    PART_OF_LABEL,
+    REVISION_LABEL,
+    ROLE_LABEL,
+)
 from tradeplane.revision import template_fields
 from tradeplane_services.catalog import CUSTOM
 
-NAME_LABEL = "app.kubernetes.io/name"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-PART_OF_LABEL = "app.kubernetes.io/part-of"
-MANAGER = "tradeplane"
-REVISION_LABEL = "tradeplane.io/revision"
-ROLE_LABEL = "tradeplane.io/role"
-APPLIED_ANNOTATION = "tradeplane.io/applied"
-CANARY_SUFFIX = "-canary"
 SCRAPE_INTERVAL = "5s"
 PROGRESS_DEADLINE_SECONDS = 180
 Role = Literal["stable", "canary"]

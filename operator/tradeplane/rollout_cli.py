@@ -19,7 +19,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from tradeplane.api import GROUP, PLURAL, VERSION
-from tradeplane.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, request
+from tradeplane.labels import ABORT_ANNOTATION, PROMOTE_ANNOTATION
+from tradeplane.rollout import request
 
 
 class CommandError(Exception):

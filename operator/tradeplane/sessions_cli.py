@@ -21,7 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tradeplane.api import Network
-from tradeplane.rendering import COMPONENT_LABEL
+from tradeplane.labels import COMPONENT_LABEL
 from tradeplane.rollout_cli import CommandError, _api, _namespace
 from tradeplane_services.catalog import ADMIN, IDENTITIES
 from tradeplane_services.sessions import Credentials, Keyring

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from chart.chartkit import MODES, Helm, Manifest, one
 
-from tradeplane import analysis, handlers, rollout_handlers
+from tradeplane import measurement, metrics
 
 OPERATOR = "tradeplane-system/tp-tradeplane"
 GRAFANA_VARIABLES = {
@@ -188,7 +188,7 @@ def exported_metrics() -> set[str]:
     """Sample names of the operator's metrics, and of those the services export for the canary gate."""
     operator = [
         value
-        for module in (handlers, rollout_handlers)
+        for module in (metrics,)
         for value in vars(module).values()
         if isinstance(value, prometheus_client.metrics.MetricWrapperBase)
     ]
@@ -198,8 +198,8 @@ def exported_metrics() -> set[str]:
         for family in metric.describe()
         for suffix in SUFFIXES[family.type]
     }
-    services = {f"{analysis.LATENCY_METRIC}{suffix}" for suffix in SUFFIXES["histogram"]}
-    return names | services | {analysis.REQUESTS_METRIC}
+    services = {f"{measurement.LATENCY_METRIC}{suffix}" for suffix in SUFFIXES["histogram"]}
+    return names | services | {measurement.REQUESTS_METRIC}
 
 
 def test_rules_and_dashboard_read_only_metrics_that_exist(manifests: list[Manifest]) -> None:

@@ -9,6 +9,7 @@ import yaml
 
 from tradeplane import rendering
 from tradeplane.api import BUNDLED_PORTS, TradingServiceSpec
+from tradeplane.labels import APPLIED_ANNOTATION
 from tradeplane.placement import qos_violations
 from tradeplane.rendering import Owner
 from tradeplane.revision import template_revision
@@ -58,7 +59,7 @@ def test_a_service_consists_of_its_revision_config_deployment_service_and_budget
                 "blockOwnerDeletion": True,
             }
         ]
-        assert rendering.APPLIED_ANNOTATION in metadata["annotations"]
+        assert APPLIED_ANNOTATION in metadata["annotations"]
 
 
 def test_offline_rendering_has_no_owner_reference() -> None:
@@ -235,7 +236,7 @@ def test_the_applied_stamp_follows_the_content() -> None:
     first = rendering.deployment(OWNER, spec(), "r1", "stable", 3)
     again = rendering.deployment(OWNER, spec(), "r1", "stable", 3)
     paused = rendering.deployment(OWNER, spec(), "r1", "stable", 3, paused=True)
-    stamp = rendering.APPLIED_ANNOTATION
+    stamp = APPLIED_ANNOTATION
     assert first["metadata"]["annotations"][stamp] == again["metadata"]["annotations"][stamp]
     assert first["metadata"]["annotations"][stamp] != paused["metadata"]["annotations"][stamp]
     assert paused["spec"]["paused"] is True

@@ -11,13 +11,7 @@ from hypothesis import strategies as st
 from rollout.world import START, World, make_spec, verdict_result
 
 from tradeplane.api import Phase, TradingServiceStatus, Verdict, parse_duration
-from tradeplane.rollout import (
-    Observed,
-    analysis_due,
-    canary_replicas_for,
-    plan_workloads,
-    spec_fingerprint,
-)
+from tradeplane.rollout import Observed, analysis_due, canary_replicas_for, plan_workloads, spec_fingerprint
 
 ALWAYS_FROZEN = {"start": "00:00", "end": "00:00", "timezone": "UTC"}
 
@@ -421,20 +415,20 @@ def test_a_promote_request_waits_for_the_window_to_close() -> None:
 # -- the HTTPRoute split ---------------------------------------------------------------------------
 
 
-def test_route_weights_follow_the_steps_once_canary_pods_are_ready() -> None:
+def test_traffic_weights_follow_the_steps_once_canary_pods_are_ready() -> None:
     world = deployed(rollout=with_rollout(httpRoute={"name": "orders"}))
-    assert world.plans[-1].route_weight == 0
+    assert world.plans[-1].traffic_weight == 0
     world.revision = "v2"
     plan = world.tick()
-    assert (plan.canary_replicas, plan.route_weight) == (1, 0), "no traffic to a canary with no ready pod"
+    assert (plan.canary_replicas, plan.traffic_weight) == (1, 0), "no traffic to a canary with no ready pod"
     plan = world.tick()
-    assert plan.route_weight == 5
+    assert plan.traffic_weight == 5
     world.run_until(lambda world: world.state.step == 3)
     world.tick()
-    assert world.plans[-1].route_weight == 50 and world.plans[-1].canary_replicas == 2
+    assert world.plans[-1].traffic_weight == 50 and world.plans[-1].canary_replicas == 2
     world.verdict = Verdict.FAIL
     world.run_until(lambda world: world.rollbacks)
-    assert world.plans[-1].route_weight == 0
+    assert world.plans[-1].traffic_weight == 0
 
 
 def test_actual_weight_is_the_ready_replica_ratio() -> None:

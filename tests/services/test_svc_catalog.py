@@ -34,7 +34,7 @@ def test_an_unknown_component_is_refused_by_name_everywhere(capsys: pytest.Captu
         read_environment("pricing", None, {})
     with pytest.raises(ConfigError, match="unknown component 'pricing'"):
         parse_settings("pricing", {}, "stack.yaml")
-    with pytest.raises(ValidationError, match="component\n.*unknown component 'pricing'"):
+    with pytest.raises(ValidationError, match=r"component\n.*unknown component 'pricing'"):
         TradingServiceSpec.model_validate(
             {"component": "pricing", "image": "x", "resources": {"cpus": 2, "memory": "1Gi"}}
         )
