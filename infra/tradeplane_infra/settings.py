@@ -18,8 +18,8 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tradeplane.api import QUANTITY_PATTERN, parse_quantity
 from tradeplane.labels import POOL_LABEL
+from tradeplane.quantity import QUANTITY_PATTERN, integer_quantity
 from tradeplane_infra.instances import AWS_INSTANCE_TYPES, GCP_MACHINE_TYPES, GIB, InstanceType, NodeShape
 from tradeplane_services.catalog import BUNDLED
 
@@ -125,7 +125,7 @@ class EksTradingPool(ConfigModel):
     @property
     def reserved_memory_bytes(self) -> int:
         return sum(
-            parse_quantity(text)
+            integer_quantity(text)
             for text in (self.kubeReservedMemory, self.systemReservedMemory, self.evictionHardMemory)
         )
 
@@ -307,8 +307,8 @@ class LocalSettings(ConfigModel):
             cpus=int(capacity["cpu"]),
             threads_per_core=2 if smt else 1,
             numa_nodes=int(labels.get("tradeplane.io/numa-nodes", 1)),
-            memory_bytes=parse_quantity(str(capacity["memory"])),
-            hugepages_1gi=parse_quantity(str(capacity.get("hugepages-1Gi", "0"))) // GIB,
+            memory_bytes=integer_quantity(str(capacity["memory"])),
+            hugepages_1gi=integer_quantity(str(capacity.get("hugepages-1Gi", "0"))) // GIB,
             reserved_cpus=0,
             reserved_memory_bytes=0,
         )
@@ -445,7 +445,7 @@ def service_fit_problems(services: Services, shape: NodeShape) -> list[Problem]:
         (sum(s.cpus for s in settings.values()), shape.exclusive_cpus, "exclusive CPUs"),
         (sum(s.hugepages1Gi for s in settings.values()), shape.hugepages_1gi, "1Gi huge pages"),
         (
-            sum(parse_quantity(s.memory) for s in settings.values()) // GIB,
+            sum(integer_quantity(s.memory) for s in settings.values()) // GIB,
             shape.pod_memory_bytes // GIB,
             "Gi of memory besides huge pages and reservations",
         ),

@@ -31,6 +31,7 @@ from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 from tradeplane.labels import POOL_LABEL
 from tradeplane.names import CALENDARS, TIMEZONES
+from tradeplane.quantity import QUANTITY_PATTERN, integer_quantity
 from tradeplane_services.catalog import BUNDLED, CUSTOM
 
 GROUP = "tradeplane.io"
@@ -44,18 +45,11 @@ SHORT_NAMES = ["ts"]
 # At most four parts of at most five digits: 399996h stays inside Go's duration (about 2562047h), so CEL's
 # duration() never fails on a value the pattern let through.
 DURATION_PATTERN = r"^([0-9]{1,5}(ms|s|m|h)){1,4}$"
-QUANTITY_PATTERN = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # Children are named <name>-canary and <name>-<revision>; the Service name is a 63-character DNS label.
 MAX_NAME_LENGTH = 40
 MAX_ROLLOUT_STEPS = 10
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_BINARY_SUFFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
-_DECIMAL_SUFFIXES = ("", "k", "M", "G", "T", "P", "E")
-_MULTIPLIERS: dict[str, int] = {
-    **{suffix: 1 << (10 * index) for index, suffix in enumerate(_BINARY_SUFFIXES)},
-    **{suffix: int(f"1{'000' * index}") for index, suffix in enumerate(_DECIMAL_SUFFIXES) if suffix},
-}
 
 
 def _duration_guard(*fields: str) -> str:
@@ -84,32 +78,6 @@ def parse_duration(text: str) -> float:
     if not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"{text!r} is not a duration such as 30s, 1m30s or 250ms")
     return sum(int(n) * _DURATION_UNITS[unit] for n, unit in re.findall(r"([0-9]+)(ms|s|m|h)", text))
-
-
-def parse_quantity(text: str) -> int:
-    """Bytes (or units) in a Kubernetes quantity limited to the integer forms this API accepts."""
-    match = re.fullmatch(r"([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?", text)
-    if not match:
-        raise ValueError(f"{text!r} is not a quantity such as 8Gi or 512Mi")
-    return int(match.group(1)) * _MULTIPLIERS[match.group(2) or ""]
-
-
-def canonical_quantity(text: str) -> str:
-    """The form the API server stores an integer quantity in: 8192Mi -> 8Gi, 1000M -> 1G, 1536Mi stays.
-
-    Rendering canonical quantities keeps a rendered manifest field-for-field equal to the stored object,
-    so the operator can tell an unchanged child from a drifted one without asking the server.
-    """
-    value = parse_quantity(text)
-    if value == 0:
-        return "0"
-    binary = text.endswith("i")
-    base, suffixes = (1024, _BINARY_SUFFIXES) if binary else (1000, _DECIMAL_SUFFIXES)
-    exponent = 0
-    while value % base == 0 and exponent < len(suffixes) - 1:
-        value //= base
-        exponent += 1
-    return f"{value}{suffixes[exponent]}"
 
 
 @dataclass(frozen=True)
@@ -194,8 +162,8 @@ class HugePages(Model):
             ),
             "hugepages amount must be a positive multiple of pageSize",
             lambda pages: (
-                parse_quantity(pages.amount) > 0
-                and parse_quantity(pages.amount) % parse_quantity(pages.pageSize) == 0
+                integer_quantity(pages.amount) > 0
+                and integer_quantity(pages.amount) % integer_quantity(pages.pageSize) == 0
             ),
             "amount",
         ),
@@ -215,7 +183,7 @@ class Resources(Model):
         Rule(
             _positive_integer_quantity("self.memory"),
             "memory must be a positive quantity",
-            lambda resources: parse_quantity(resources.memory) > 0,
+            lambda resources: integer_quantity(resources.memory) > 0,
             "memory",
         ),
     )

@@ -28,11 +28,11 @@ from typing import Any
 
 from tradeplane import analysis, metrics
 from tradeplane.api import API_VERSION, KIND, now_iso
+from tradeplane.capacity import Amounts, NodeView, PoolSnapshot, pod_requests
 from tradeplane.events import Event
 from tradeplane.kinds import CHILD_KINDS
 from tradeplane.kube import ApiError, Kube
 from tradeplane.labels import MANAGER, POOL_LABEL
-from tradeplane.placement import Amounts, NodeView, PoolSnapshot, pod_requests
 from tradeplane.providers import Providers
 from tradeplane.reconcile import ChildKey, Decision, View, decide
 from tradeplane.traffic import router_for

@@ -21,10 +21,10 @@ from typing import Any
 import kopf
 
 from tradeplane.api import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from tradeplane.capacity import PodView
 from tradeplane.controller import Controller, ServiceKey, index_id
 from tradeplane.kinds import CHILD_KINDS, Kind
 from tradeplane.labels import MANAGED_BY_LABEL, MANAGER, NAME_LABEL, REVISION_LABEL
-from tradeplane.placement import PodView
 
 MANAGED = {MANAGED_BY_LABEL: MANAGER}
 

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from tradeplane import api, rendering
+from tradeplane import api, naming, rendering
 from tradeplane.kube import ApiError, Kube
 from tradeplane.labels import MANAGED_BY_LABEL, MANAGER, POOL_LABEL, REVISION_LABEL
 from tradeplane.revision import template_revision
@@ -48,7 +48,7 @@ def render_documents(path: str, namespace: str, monitoring: bool) -> list[dict[s
                 f"{api.field_path(issue['loc'])}: {issue['msg']}" for issue in error.errors()
             )
             raise InputError(f"{where}: {problems}") from None
-        owner = rendering.Owner(service.metadata.name, service.metadata.namespace or namespace)
+        owner = naming.Owner(service.metadata.name, service.metadata.namespace or namespace)
         children += rendering.stable_children(
             owner, service.spec, template_revision(service.spec), monitoring=monitoring
         )

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tradeplane import placement, rendering, rollout
+from tradeplane import capacity, naming, rendering, rollout
 from tradeplane.api import (
     AnalysisResult,
     Phase,
@@ -28,6 +28,7 @@ from tradeplane.api import (
     TradingServiceStatus,
     field_path,
 )
+from tradeplane.capacity import Fit, PodView, PoolSnapshot
 from tradeplane.events import Event
 from tradeplane.labels import (
     ABORT_ANNOTATION,
@@ -36,8 +37,8 @@ from tradeplane.labels import (
     REVISION_LABEL,
     ROLE_LABEL,
 )
-from tradeplane.placement import PodView, PoolSnapshot, Verdict
-from tradeplane.rendering import Owner
+from tradeplane.naming import Owner
+from tradeplane.podspec import RenderError
 from tradeplane.revision import template_revision
 from tradeplane.traffic import Backends, router_for
 
@@ -144,9 +145,9 @@ class View:
             pods=pods,
         )
 
-    def deployment(self, role: rendering.Role) -> DeploymentState:
+    def deployment(self, role: naming.Role) -> DeploymentState:
         return DeploymentState.read(
-            self.children.get(("Deployment", rendering.deployment_name(self.owner, role)))
+            self.children.get(("Deployment", naming.deployment_name(self.owner, role)))
         )
 
     def ready_pods(self, revision: str) -> list[PodView]:
@@ -162,7 +163,7 @@ class View:
         """Are pods of this service still to be placed? Only then is the pool worth reading."""
         if self.spec is None:
             return False
-        return placement.pods_to_place(self.spec.replicas, self.pods) > 0
+        return capacity.pods_to_place(self.spec.replicas, self.pods) > 0
 
 
 @dataclass
@@ -189,16 +190,33 @@ def decide(
     traffic_object: Mapping[str, Any] | None = None,
 ) -> Decision:
     """Everything this reconcile must do. `pool` is needed only when `view.needs_preflight()`,
-    `traffic_object` (None when the mechanism has none or it is missing) when the traffic router names one."""
-    decision = Decision()
+    `traffic_object` (None when the mechanism has none or it is missing) when the traffic router names one.
+
+    A spec that cannot be used (refused by the models, or rendering a pod that breaks a rule the operator
+    guarantees) is reported in the status and an Event, and nothing is applied."""
     if view.spec is None:
-        return _invalid_spec(view, decision, now)
-    spec = view.spec
+        return _unusable(view, now, "InvalidSpec", view.spec_error or "invalid spec")
+    try:
+        return _decide(view, view.spec, now, pool, monitoring, analysis, traffic_object)
+    except RenderError as error:
+        return _unusable(view, now, "RenderError", str(error))
+
+
+def _decide(
+    view: View,
+    spec: TradingServiceSpec,
+    now: datetime,
+    pool: PoolSnapshot | None,
+    monitoring: bool,
+    analysis: AnalysisResult | None,
+    traffic_object: Mapping[str, Any] | None,
+) -> Decision:
+    decision = Decision()
     revision = template_revision(spec)
     stable_state, canary_state = view.deployment("stable"), view.deployment("canary")
     router = router_for(spec)
     backends = Backends(
-        rendering.deployment_name(view.owner, "stable"), rendering.deployment_name(view.owner, "canary")
+        naming.deployment_name(view.owner, "stable"), naming.deployment_name(view.owner, "canary")
     )
     observed = rollout.Observed(
         revision=revision,
@@ -238,7 +256,7 @@ def decide(
     if traffic_object is not None and plan.traffic_weight is not None:
         decision.traffic_patch = router.object_patch(traffic_object, backends, plan.traffic_weight)
 
-    for pod in placement.admission_failures(view.pods):
+    for pod in capacity.admission_failures(view.pods):
         decision.delete_pods.append(pod)
         decision.events.append(
             Event(
@@ -261,7 +279,7 @@ def decide(
     live_rollout = plan.status.canaryRevision is not None or plan.status.phase in ROLLOUT_HELD_PHASES
     if live_rollout and plan.status.phase != Phase.ROLLED_BACK:
         decision.requeue_after = ROLLOUT_TICK_SECONDS
-    elif status.condition("Placed").status != "True" or placement.pods_to_place(spec.replicas, view.pods):
+    elif status.condition("Placed").status != "True" or capacity.pods_to_place(spec.replicas, view.pods):
         decision.requeue_after = PLACEMENT_RETRY_SECONDS
     return decision
 
@@ -279,7 +297,7 @@ def _workloads(
     if stable_spec is None:
         problem = (
             "RevisionMissing",
-            f"ControllerRevision {rendering.revision_object_name(owner, plan.stable_revision)} is gone: "
+            f"ControllerRevision {naming.revision_object_name(owner, plan.stable_revision)} is gone: "
             f"the stable Deployment keeps its live template until revision {plan.stable_revision} is "
             "replaced",
         )
@@ -291,7 +309,7 @@ def _workloads(
                 owner, stable_spec, plan.stable_revision, "stable", spec.replicas, paused=plan.stable_paused
             )
         )
-    canary_name = rendering.deployment_name(owner, "canary")
+    canary_name = naming.deployment_name(owner, "canary")
     if plan.canary_replicas is None:
         live = view.children.get(("Deployment", canary_name))
         if live is not None:
@@ -321,7 +339,7 @@ def _services(
     """One Service for every pod; or, when a route splits the traffic, one per revision."""
     routed = router_for(spec).per_revision_services
     desired = [rendering.service(view.owner, spec, "stable", plan.stable_revision if routed else None)]
-    canary_name = rendering.deployment_name(view.owner, "canary")
+    canary_name = naming.deployment_name(view.owner, "canary")
     if routed and plan.canary_replicas is not None:
         desired.append(rendering.service(view.owner, spec, "canary", revision))
     elif (live := view.children.get(("Service", canary_name))) is not None:
@@ -330,14 +348,14 @@ def _services(
 
 
 def _stored_spec(view: View, revision: str, current: TradingServiceSpec) -> TradingServiceSpec | None:
-    stored = view.children.get(("ControllerRevision", rendering.revision_object_name(view.owner, revision)))
+    stored = view.children.get(("ControllerRevision", naming.revision_object_name(view.owner, revision)))
     if stored is None:
         return None
     return rendering.spec_from_revision(stored["data"], current)
 
 
 def _revision_objects(view: View, spec: TradingServiceSpec, revision: str) -> list[dict[str, Any]]:
-    name = rendering.revision_object_name(view.owner, revision)
+    name = naming.revision_object_name(view.owner, revision)
     stored = view.children.get(("ControllerRevision", name))
     # The number a revision got when it was first recorded stays; only its absence takes a new one.
     number = stored.get("revision", view.generation) if stored else max(view.generation, 1)
@@ -461,30 +479,30 @@ def _status(
 
 def _placement(
     spec: TradingServiceSpec, pool: PoolSnapshot | None, active: list[PodView], desired: int
-) -> Verdict:
+) -> Fit:
     """Placed: every pod on a node; else whether (and why not) the rest fit, before the scheduler says."""
     scheduled = [pod for pod in active if pod.node]
     if len(scheduled) >= desired:
         nodes = sorted({pod.node for pod in scheduled if pod.node})
         where = f" on {', '.join(nodes)}" if nodes else ""
-        return Verdict(True, "Scheduled", f"{len(scheduled)} pod(s) scheduled{where}")
+        return Fit(True, "Scheduled", f"{len(scheduled)} pod(s) scheduled{where}")
     if pool is not None:
         revision = template_revision(spec)
         occupied = {pod.node for pod in scheduled if pod.node and pod.revision == revision}
-        verdict = placement.preflight(
+        verdict = capacity.preflight(
             spec, pool, desired - len(scheduled), {node for node in occupied if node}
         )
         if not verdict.fits:
             return verdict
     refused = next((pod for pod in active if pod.unschedulable), None)
     if refused is not None:
-        return Verdict(False, "Unschedulable", f"pod {refused.name}: {refused.unschedulable}")
-    return Verdict(True, "Scheduling", f"{len(scheduled)}/{desired} pod(s) scheduled, the pool has room")
+        return Fit(False, "Unschedulable", f"pod {refused.name}: {refused.unschedulable}")
+    return Fit(True, "Scheduling", f"{len(scheduled)}/{desired} pod(s) scheduled, the pool has room")
 
 
 def _degradation(view: View, stable: DeploymentState) -> Problem | None:
     """Something wrong with the pods (placement has its own condition)."""
-    failed = placement.admission_failures(view.pods)
+    failed = capacity.admission_failures(view.pods)
     if failed:
         pod = failed[0]
         return "AdmissionFailed", f"kubelet on {pod.node} refused pod {pod.name}: {pod.reason}: {pod.message}"
@@ -510,14 +528,14 @@ def _status_changed(raw: Mapping[str, Any], status: TradingServiceStatus) -> boo
     return current != status.model_dump(mode="json", exclude_none=True)
 
 
-def _invalid_spec(view: View, decision: Decision, now: datetime) -> Decision:
-    """A stored spec these models refuse (written before a rule existed): report, touch nothing."""
+def _unusable(view: View, now: datetime, reason: str, message: str) -> Decision:
+    """A spec the operator cannot act on: report it as Degraded, touch nothing."""
+    decision = Decision()
     status = view.status.model_copy(deep=True)
     status.observedGeneration = view.generation
-    message = view.spec_error or "invalid spec"
-    was = status.set_condition("Degraded", True, "InvalidSpec", message, now, view.generation)
-    if was.status != "True" or was.reason != "InvalidSpec":
-        decision.events.append(Event("Warning", "InvalidSpec", message))
+    was = status.set_condition("Degraded", True, reason, message, now, view.generation)
+    if was.status != "True" or was.reason != reason:
+        decision.events.append(Event("Warning", reason, message))
     status.phase = Phase.DEGRADED
     if _status_changed(view.raw_status, status):
         decision.status = status.model_dump(mode="json")

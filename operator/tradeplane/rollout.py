@@ -49,6 +49,10 @@ LIVE_CANARY_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING
 ROLLOUT_PHASES = LIVE_CANARY_PHASES | {Phase.ROLLING_BACK, Phase.ROLLED_BACK}
 
 
+class RolloutError(RuntimeError):
+    """A rollout state the machine never produces: a bug, reported instead of acted upon."""
+
+
 @dataclass(frozen=True)
 class Observed:
     """What the handlers saw of the cluster and the metrics just now."""
@@ -275,7 +279,8 @@ class _Machine:
     def _walk_steps(self, freeze: Freeze | None) -> Plan:
         status, observed = self.status, self.observed
         steps = self.spec.rollout.steps
-        assert status.step is not None
+        if status.step is None:
+            raise RolloutError(f"canary {self.revision} walks its steps without a step recorded")
         index = status.step - 1
         weight = steps[index].weight
         status.weight = weight
@@ -395,7 +400,8 @@ class _Machine:
         return generation is not None and annotation == request(self.revision, generation)
 
     def _stable(self) -> str:
-        assert self.status.stableRevision is not None
+        if self.status.stableRevision is None:
+            raise RolloutError("no stable revision recorded")  # run() records one before anything else
         return self.status.stableRevision
 
     def _freeze(self) -> Freeze | None:

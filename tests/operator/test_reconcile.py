@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tradeplane import reconcile
+import pytest
+
+from tradeplane import podspec, reconcile
 from tradeplane.api import TradingServiceSpec
+from tradeplane.capacity import Amounts, NodeView, PodView, PoolSnapshot
 from tradeplane.labels import REVISION_LABEL
-from tradeplane.placement import Amounts, NodeView, PodView, PoolSnapshot
 from tradeplane.reconcile import Decision, View, decide, is_subset
 from tradeplane.revision import template_revision
 
@@ -359,6 +361,25 @@ def test_a_stored_spec_the_models_refuse_is_reported_and_nothing_applied() -> No
     assert decision.apply == []
     assert cluster.status["phase"] == "Degraded"
     assert "spec.resources.cpus" in condition(cluster.status, "Degraded")["message"]
+
+
+def test_a_pod_that_would_not_be_guaranteed_is_reported_and_nothing_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = Cluster(SPEC)
+    cluster.converge()
+    applied = dict(cluster.children)
+
+    def burstable(spec: TradingServiceSpec) -> dict[str, Any]:
+        return {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
+
+    monkeypatch.setattr(podspec, "resources", burstable)
+    decision = cluster.reconcile()
+    assert decision.apply == [] and decision.delete == [] and cluster.children == applied
+    degraded = condition(cluster.status, "Degraded")
+    assert (cluster.status["phase"], degraded["reason"]) == ("Degraded", "RenderError")
+    assert "pod would not be Guaranteed: containers[order]: cpu request 1 != limit 2" in degraded["message"]
+    assert reasons(decision) == ["RenderError"]
 
 
 def test_subset_compares_what_was_applied_with_what_is_stored() -> None:

@@ -150,14 +150,15 @@ class ScrapeProvider:
             pages = await asyncio.gather(
                 *(self._scrape(client, endpoint) for endpoint in target.endpoints), return_exceptions=True
             )
+        texts: list[str] = []
         for page in pages:
             if isinstance(page, BaseException):
                 raise page
+            texts.append(page)
         now = self.clock()
         self._expire(now)
         deltas = []
-        for endpoint, page in zip(target.endpoints, pages, strict=True):
-            assert isinstance(page, str)
+        for endpoint, page in zip(target.endpoints, texts, strict=True):
             try:
                 counts = parse_counts(page, target.service, target.revision)
             except ValueError as error:
