@@ -100,4 +100,4 @@ def test_the_command_works_without_the_development_packages(monkeypatch: pytest.
     for package in ("tradeplane.cluster", "tradeplane.demo"):
         monkeypatch.setitem(sys.modules, package, None)  # as absent as in the image: imports fail
     commands = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert {"operator", "rollout"} <= set(commands) and not {"cluster", "demo"} & set(commands)
+    assert {"operator", "promote", "abort"} <= set(commands) and not {"cluster", "demo"} & set(commands)
