@@ -45,6 +45,7 @@ import nats.errors
 import nats.js.errors
 import numpy as np
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -346,6 +347,8 @@ class AnalyticsService(Service):
         self.last_values: KeyValue | None = None
         self.cached: dict[str, dict[str, int]] = {}  # what the last-value cache was last given
         self.tasks: list[asyncio.Task[None]] = []
+        self.subscription: JetStreamContext.PullSubscription | None = None
+        self.events_rebuilding = 0  # after a restart: the recorded batch of events ends here
         for path, route in {
             "/ohlcv": self.ohlcv_route,
             "/vwap": self.vwap_route,
@@ -424,11 +427,11 @@ class AnalyticsService(Service):
         assert event_log is not None and event_log.js is not None
         settings = self._settings()
         recorded = await asyncio.to_thread(recorded_batch, self.store, EVENTS_STREAM)
-        first, rebuild_until = (recorded[0], recorded[1]) if recorded else (1, 0)
+        first, self.events_rebuilding = (recorded[0], recorded[1]) if recorded else (1, 0)
         self.ingested_sequence = first - 1
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await event_log.js.delete_consumer(STREAM, settings.consumerName)
-        subscription = await event_log.js.pull_subscribe(
+        self.subscription = subscription = await event_log.js.pull_subscribe(
             f"{SUBJECT_ROOT}.>",
             durable=settings.consumerName,
             stream=STREAM,
@@ -458,15 +461,15 @@ class AnalyticsService(Service):
                     await message.ack()  # redelivered: the store or the batch being gathered has it
                     continue
                 self.events.add(message)
-                if rebuild_until and sequence >= rebuild_until:
+                if self.events_rebuilding and sequence >= self.events_rebuilding:
                     await self._flush_events()  # the recorded batch, exactly as it was
-                    rebuild_until = 0
-            if not rebuild_until and self.events.messages:
+                    self.events_rebuilding = 0
+            if not self.events_rebuilding and self.events.messages:
                 if len(self.events.messages) >= settings.batchRows or time.monotonic() >= deadline:
                     await self._flush_events()
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + settings.batchMillis / 1000
-            if not self.caught_up and self.ingested_sequence >= target and not rebuild_until:
+            if not self.caught_up and self.ingested_sequence >= target and not self.events_rebuilding:
                 self.caught_up = True
                 log.info("event log caught up", extra=fields(sequence=self.ingested_sequence))
 
@@ -594,6 +597,20 @@ class AnalyticsService(Service):
             "rejected": dict(self.rejections.counts),
             "rejectedExamples": self.rejections.examples,
         }
+
+    async def drain(self) -> None:
+        """Stop taking input and store what was gathered (its events acknowledged)."""
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while (batch := self.ticks.take()) is not None:
+            await asyncio.to_thread(self._store_ticks, feed_stream(self.channel), *batch)
+        if self.events.messages and not self.events_rebuilding:
+            await self._flush_events()
+        if self.subscription is not None:
+            with contextlib.suppress(TimeoutError, nats.errors.Error):
+                await self.subscription.unsubscribe()
 
     async def stop(self) -> None:
         for task in self.tasks:
