@@ -24,17 +24,12 @@ Last values: the latest tick of each symbol goes to the JetStream key-value buck
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import os
 import signal
-import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -48,7 +43,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tradeplane_services import tickstore
@@ -64,7 +59,6 @@ from tradeplane_services.eventlog import (
 from tradeplane_services.marketdata import subscribe_if_published
 from tradeplane_services.position import PositionBook
 from tradeplane_services.protocol import (
-    TICK_DTYPE,
     BatchFlags,
     ExecType,
     Fill,
@@ -148,7 +142,9 @@ class TickBatches:
         if batch.flags & BatchFlags.SNAPSHOT:
             # Packets after the last one gathered, up to `sequence`, are gone from the publisher.
             self.rejections.count(
-                "feed_gap", sequence - self.last, f"snapshot at packet {sequence}: packets after {self.last} lost"
+                "feed_gap",
+                sequence - self.last,
+                f"snapshot at packet {sequence}: packets after {self.last} lost",
             )
             self._close()
             self.first, self.last, self.rebuild_until = sequence + 1, sequence, 0
@@ -166,7 +162,9 @@ class TickBatches:
         if not known.all():
             first = symbol_text(bytes(ticks["symbol"][~known][0]))
             self.rejections.count(
-                "unknown_symbol", int((~known).sum()), f"packet {sequence}: symbol {first!r} is not configured"
+                "unknown_symbol",
+                int((~known).sum()),
+                f"packet {sequence}: symbol {first!r} is not configured",
             )
         sane = (
             (ticks["last_price"] > 0)
@@ -224,7 +222,9 @@ class EventBatch:
         where = f"event {sequence} on {message.subject}"
         try:
             if len(parts) != 4 or not parts[2].isdigit():
-                raise ProtocolError(Reason.MALFORMED_FRAME, 0, f"{where}: not {SUBJECT_ROOT}.<partition>.<kind>")
+                raise ProtocolError(
+                    Reason.MALFORMED_FRAME, 0, f"{where}: not {SUBJECT_ROOT}.<partition>.<kind>"
+                )
             frames = decode_event(message.data, where)
         except ProtocolError as error:
             reason = "schema_mismatch" if error.reason in SCHEMA_REASONS else "malformed_event"
@@ -244,7 +244,9 @@ class EventBatch:
                 )
 
 
-def fill_row(sequence: int, frame: int, partition: int, logged: int, revision: str, fill: Fill) -> tuple[Any, ...]:
+def fill_row(
+    sequence: int, frame: int, partition: int, logged: int, revision: str, fill: Fill
+) -> tuple[Any, ...]:
     values = {
         "log_sequence": sequence,
         "frame": frame,
@@ -418,7 +420,10 @@ class AnalyticsService(Service):
 
     def _record(self, stream: str, first: int, last: int) -> None:
         self.store.insert_rows(
-            "ingest_progress", ("stream", "first", "last"), [(stream, first, last)], f"{stream}:{first}-{last}"
+            "ingest_progress",
+            ("stream", "first", "last"),
+            [(stream, first, last)],
+            f"{stream}:{first}-{last}",
         )
 
     async def _consume_events(self) -> None:
@@ -464,9 +469,13 @@ class AnalyticsService(Service):
                 if self.events_rebuilding and sequence >= self.events_rebuilding:
                     await self._flush_events()  # the recorded batch, exactly as it was
                     self.events_rebuilding = 0
-            if not self.events_rebuilding and self.events.messages:
-                if len(self.events.messages) >= settings.batchRows or time.monotonic() >= deadline:
-                    await self._flush_events()
+            gathered = len(self.events.messages)
+            if (
+                gathered
+                and not self.events_rebuilding
+                and (gathered >= settings.batchRows or time.monotonic() >= deadline)
+            ):
+                await self._flush_events()
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + settings.batchMillis / 1000
             if not self.caught_up and self.ingested_sequence >= target and not self.events_rebuilding:
@@ -516,7 +525,10 @@ class AnalyticsService(Service):
             values = {symbol_text(symbol): last_value(tick) for symbol, tick in latest.items()}
             try:
                 await asyncio.gather(
-                    *(self.last_values.put(name, json.dumps(value).encode()) for name, value in values.items())
+                    *(
+                        self.last_values.put(name, json.dumps(value).encode())
+                        for name, value in values.items()
+                    )
                 )
             except (TimeoutError, nats.errors.Error) as error:
                 log.warning("last values not cached", extra=fields(error=repr(error)))
@@ -565,16 +577,7 @@ class AnalyticsService(Service):
             sequence = self.ingested_sequence if moment is None else tickstore.sequence_at(self.store, moment)
         if sequence > self.ingested_sequence:
             raise ValueError(f"sequence={sequence}: the store holds the log up to {self.ingested_sequence}")
-        partition = partition_of(account) if account else None
-        book = PositionBook()
-        for source, number, owner, symbol, side, quantity, price, order_id, stamp in tickstore.fills_until(
-            self.store, sequence, partition
-        ):
-            book.apply(
-                Fill(source, number, owner, symbol_bytes(symbol), Side[side], quantity, price, order_id, stamp)
-            )
-        reports = [{**report._asdict(), "symbol": symbol_text(report.symbol)} for report in book.reports(account)]
-        return {"sequence": sequence, "fills": book.fills, "positions": reports}
+        return positions_at(self.store, account, sequence)
 
     def last_route(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
         """What the last-value cache holds (as this writer last put it), of one symbol or all."""
@@ -622,6 +625,21 @@ class AnalyticsService(Service):
         if self.event_log is not None:
             await self.event_log.close()
         self.store.close()
+
+
+def positions_at(store: tickstore.Store, account: int, sequence: int) -> dict[str, Any]:
+    """Positions of `account` (0: every account) after the fills up to log `sequence`, applied by the
+    position service's own book: the same duplicate rule, the same average-cost realized PnL. Only the
+    account's partition is read; the book's duplicate rule is per partition."""
+    book = PositionBook()
+    partition = partition_of(account) if account else None
+    for source, number, owner, symbol, side, quantity, price, order_id, stamp in tickstore.fills_until(
+        store, sequence, partition
+    ):
+        fill = Fill(source, number, owner, symbol_bytes(symbol), Side[side], quantity, price, order_id, stamp)
+        book.apply(fill)
+    reports = [{**report._asdict(), "symbol": symbol_text(report.symbol)} for report in book.reports(account)]
+    return {"sequence": sequence, "fills": book.fills, "positions": reports}
 
 
 def last_value(tick: np.void) -> dict[str, int]:

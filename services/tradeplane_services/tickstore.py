@@ -33,7 +33,6 @@ import numpy as np
 from tradeplane_services.protocol import PRICE_SCALE
 
 
-
 class Nanoseconds(int):
     """A time in nanoseconds since the epoch, bound for a DateTime64(9) column."""
 
@@ -145,15 +144,45 @@ INGEST_PROGRESS = Table(
 )
 
 TABLES = (MARKET_TICKS, MARKET_QUOTES, FILLS, ORDER_EVENTS, INGEST_PROGRESS)
-ORDER_EVENT_COLUMNS = (
-    "log_sequence frame partition logged_at kind message revision order_id client_order_id account symbol "
-    "side exec_type reason quantity price last_quantity last_price leaves_quantity"
-).split()
-FILL_COLUMNS = (
-    "log_sequence frame partition logged_at timestamp account symbol side quantity price order_id source "
-    "fill_sequence revision"
-).split()
+ORDER_EVENT_COLUMNS = [
+    "log_sequence",
+    "frame",
+    "partition",
+    "logged_at",
+    "kind",
+    "message",
+    "revision",
+    "order_id",
+    "client_order_id",
+    "account",
+    "symbol",
+    "side",
+    "exec_type",
+    "reason",
+    "quantity",
+    "price",
+    "last_quantity",
+    "last_price",
+    "leaves_quantity",
+]
+FILL_COLUMNS = [
+    "log_sequence",
+    "frame",
+    "partition",
+    "logged_at",
+    "timestamp",
+    "account",
+    "symbol",
+    "side",
+    "quantity",
+    "price",
+    "order_id",
+    "source",
+    "fill_sequence",
+    "revision",
+]
 
+ZOOKEEPER_PATH = "/clickhouse/tables/{{shard}}/{database}/{table}"
 DDL = """CREATE TABLE IF NOT EXISTS {name}{on_cluster}
 (
     {columns}
@@ -186,12 +215,13 @@ def render_schema(cluster: str | None = None, database: str = "tradeplane") -> l
             )
             continue
         local = f"{table.name}_local"
+        keeper_path = ZOOKEEPER_PATH.format(database=database, table=local)
         statements.append(
             DDL.format(
                 name=local,
                 on_cluster=f" ON CLUSTER {cluster}",
                 columns=table.columns,
-                engine=f"ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{database}/{local}', '{{replica}}')",
+                engine=f"ReplicatedMergeTree('{keeper_path}', '{{replica}}')",
                 partition_by=table.partition_by,
                 order_by=table.order_by,
                 extra_settings=FSYNC,
@@ -213,8 +243,9 @@ class Store(Protocol):
 
     def insert_ticks(self, ticks: np.ndarray[Any, Any], token: str) -> None: ...
 
-    def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]], token: str) -> None:
-        ...
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]], token: str
+    ) -> None: ...
 
     def close(self) -> None: ...
 
@@ -236,12 +267,15 @@ UNITS = f"toDecimal64('{1 / PRICE_SCALE}', {len(str(PRICE_SCALE)) - 1})"
 TICK_SELECTS = {
     "market_ticks": f"toDecimal64(last_price, 0) * {UNITS} AS price,"
     " toUInt64(bid_quantity) + ask_quantity AS volume",
-    "market_quotes": f"toDecimal64(bid_price, 0) * {UNITS} AS bid, toDecimal64(ask_price, 0) * {UNITS} AS ask",
+    "market_quotes": f"toDecimal64(bid_price, 0) * {UNITS} AS bid,"
+    f" toDecimal64(ask_price, 0) * {UNITS} AS ask",
 }
 
 
 def ticks_insert_sql(table: str, token: str, source: str) -> str:
-    return TICKS_FROM_WIRE.format(table=table, token=_quoted(token), select=TICK_SELECTS[table], source=source)
+    return TICKS_FROM_WIRE.format(
+        table=table, token=_quoted(token), select=TICK_SELECTS[table], source=source
+    )
 
 
 def _quoted(text: str) -> str:
@@ -269,11 +303,12 @@ class ChdbStore:
     (ingestion inserts from a worker thread while HTTP queries run on the event loop)."""
 
     def __init__(self, path: Path) -> None:
-        from chdb import session as chdb_session
+        import chdb.session
 
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.session = chdb_session.Session(str(path))
+        sessions: Any = chdb.session  # untyped: its calls are checked by the tests
+        self.session: Any = sessions.Session(str(path))
         self.lock = threading.Lock()
         self.session.query("CREATE DATABASE IF NOT EXISTS tradeplane")
         self.session.query("USE tradeplane")
@@ -303,7 +338,9 @@ class ChdbStore:
             for table in TICK_SELECTS:
                 self.session.query(ticks_insert_sql(table, f"{token}:{table}", source))
 
-    def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]], token: str) -> None:
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]], token: str
+    ) -> None:
         if not rows:
             return
         values = ",".join("(" + ",".join(literal(value) for value in row) + ")" for row in rows)
@@ -345,7 +382,9 @@ class ServerStore:
                 # The query goes in the URL, the raw ticks as the body: the server reads them as input().
                 self.client.command(ticks_insert_sql(table, f"{token}:{table}", source), data=ticks.tobytes())
 
-    def insert_rows(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]], token: str) -> None:
+    def insert_rows(
+        self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]], token: str
+    ) -> None:
         if rows:
             with self.lock:
                 self.client.insert(
@@ -367,7 +406,9 @@ def interval_clause(text: str) -> str:
         count = text[: -len(suffix)]
         if text.endswith(suffix) and count.isdigit() and int(count) > 0:
             return f"INTERVAL {int(count)} {INTERVAL_UNITS[suffix]}"
-    raise ValueError(f"interval={text!r}: expected a positive count and a unit of {', '.join(INTERVAL_UNITS)}")
+    raise ValueError(
+        f"interval={text!r}: expected a positive count and a unit of {', '.join(INTERVAL_UNITS)}"
+    )
 
 
 def _time_range(column: str, start: int | None, end: int | None) -> str:
@@ -380,11 +421,15 @@ def _time_range(column: str, start: int | None, end: int | None) -> str:
     return " AND ".join(parts) or "1"
 
 
-def ohlcv(store: Store, symbol: str, interval: str, start: int | None, end: int | None) -> list[dict[str, Any]]:
+def ohlcv(
+    store: Store, symbol: str, interval: str, start: int | None, end: int | None
+) -> list[dict[str, Any]]:
     """Bars of `interval`: open and close are the first and last tick of the bar by time."""
+    bar = f"toDateTime64(toStartOfInterval(timestamp, {interval_clause(interval)}), 9)"
     sql = f"""
-        SELECT toUnixTimestamp64Nano(toDateTime64(toStartOfInterval(timestamp, {interval_clause(interval)}), 9)) AS bar,
-               argMin(price, timestamp), max(price), min(price), argMax(price, timestamp), sum(volume), count()
+        SELECT toUnixTimestamp64Nano({bar}) AS bar,
+               argMin(price, timestamp), max(price), min(price), argMax(price, timestamp),
+               sum(volume), count()
         FROM market_ticks
         WHERE symbol = {literal(symbol)} AND {_time_range("timestamp", start, end)}
         GROUP BY bar ORDER BY bar"""
@@ -493,7 +538,8 @@ def kpis(store: Store, revision: str | None, start: int | None, end: int | None)
                sum(ordered) AS ordered_quantity, sum(filled) AS filled_quantity
         FROM (
             SELECT revision, order_id,
-                   max(exec_type = 'REJECTED' OR (message = 'RiskResult' AND reason NOT IN ('', 'OK'))) AS rejected,
+                   max(exec_type = 'REJECTED'
+                       OR (message = 'RiskResult' AND reason NOT IN ('', 'OK'))) AS rejected,
                    max(quantity) AS ordered
             FROM order_events WHERE {order_where} GROUP BY revision, order_id
         ) AS o
@@ -529,4 +575,3 @@ def kpis(store: Store, revision: str | None, start: int | None, end: int | None)
 
 def table_counts(store: Store) -> dict[str, int]:
     return {table.name: int(store.rows(f"SELECT count() FROM {table.name}")[0][0]) for table in TABLES}
-

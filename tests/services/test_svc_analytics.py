@@ -115,7 +115,9 @@ def test_analytics_stores_every_fill_and_tick_once_across_kill_9_and_rebuilds_po
         wrong_version[3] = PROTOCOL_VERSION + 1
         await event_log.js.publish(subject("risk", 5), bytes(wrong_version))  # type: ignore[union-attr]
         aapl = symbol_bytes("AAPL")
-        routed = [RouteOrder(order, 3, aapl, int(Side.BUY), 1, 1, 100, price_units(190)) for order in (901, 902)]
+        routed = [
+            RouteOrder(order, 3, aapl, int(Side.BUY), 1, 1, 100, price_units(190)) for order in (901, 902)
+        ]
         rejected = RiskResult(902, int(Reason.PRICE_COLLAR))
         await event_log.append([Append("order", 3, [*routed, rejected], "canary-orders")])
 
@@ -133,15 +135,19 @@ def test_analytics_stores_every_fill_and_tick_once_across_kill_9_and_rebuilds_po
     logged = log_action(stack, last_sequence)
     published = stack.status("market-data")
     wait_for(
-        lambda: (status := stack.status("analytics"))["sequence"] == logged
-        and status["feedSequence"] == published["sequence"],
+        lambda: (
+            (status := stack.status("analytics"))["sequence"] == logged
+            and status["feedSequence"] == published["sequence"]
+        ),
         timeout=30,
         what="analytics to store the whole log and feed",
     )
     assert stack.status("market-data")["ticksPublished"] == published["ticksPublished"]
 
     # Positions rebuilt from the stored fills equal the position service's at its sequence.
-    wait_for(lambda: get(stack, "position", "/positions")["fills"] == fills, what="position to apply every fill")
+    wait_for(
+        lambda: get(stack, "position", "/positions")["fills"] == fills, what="position to apply every fill"
+    )
     expected = get(stack, "position", "/positions")
     rebuilt = get(stack, "analytics", f"/positions?sequence={expected['sequence']}")
     assert rebuilt["fills"] == expected["fills"] == fills
@@ -198,7 +204,9 @@ def test_analytics_stores_every_fill_and_tick_once_across_kill_9_and_rebuilds_po
         ticks_published = published["ticksPublished"]
         # The simulated feed deals ticks round-robin over the symbols: TSLA is every 8th, from the 8th on.
         unconfigured = ticks_published // len(DEFAULT_SYMBOLS)
-        ((stored_ticks, distinct_symbols),) = store.rows("SELECT count(), uniqExact(symbol) FROM market_ticks")
+        ((stored_ticks, distinct_symbols),) = store.rows(
+            "SELECT count(), uniqExact(symbol) FROM market_ticks"
+        )
         assert stored_ticks == ticks_published - unconfigured
         assert distinct_symbols == len(ANALYTICS_SYMBOLS)
         assert store.rows("SELECT count() FROM market_quotes") == [(stored_ticks,)]
@@ -219,9 +227,9 @@ def test_one_schema_renders_for_a_cluster_with_replicated_and_distributed_tables
         ticks_local
     )
     assert "Distributed(trading, tradeplane, market_ticks_local, cityHash64(symbol))" in ticks
-    assert embedded[0].split("ENGINE")[0].replace("market_ticks", "") == ticks_local.split("ENGINE")[0].replace(
-        "market_ticks_local ON CLUSTER trading", ""
-    )
+    assert embedded[0].split("ENGINE")[0].replace("market_ticks", "") == ticks_local.split("ENGINE")[
+        0
+    ].replace("market_ticks_local ON CLUSTER trading", "")
     assert "ORDER BY (symbol, timestamp)" in embedded[0] and "PARTITION BY toYYYYMM(timestamp)" in embedded[0]
 
 
@@ -243,7 +251,9 @@ def test_a_store_directory_keeps_its_rows_and_refuses_a_repeated_batch(tmp_path:
     store.close()
     again = ChdbStore(tmp_path / "store")
     try:
-        rows = again.rows("SELECT count(), any(price), any(volume), any(toUnixTimestamp64Nano(timestamp)) FROM market_ticks")
+        rows = again.rows(
+            "SELECT count(), any(price), any(volume), any(toUnixTimestamp64Nano(timestamp)) FROM market_ticks"
+        )
         assert rows == [(3, 190, 300, 1_764_000_000_000_000_000)]
     finally:
         again.close()
