@@ -3,9 +3,10 @@
     .venv/bin/python bench/analytics.py [--ticks 100000000] [--batch 1000000] [--fills 1000000] [--dir DIR]
 
 Generates ticks (8 symbols, a random walk, a tick every 10 us) and inserts them in batches the way the
-analytics service does (the raw 48-byte wire ticks into `market_ticks` and `market_quotes`, each batch with
-its deduplication token), then times the 1-minute OHLCV bars of one symbol over the whole set and one
-account's positions and realized PnL rebuilt from generated fills. Prints figures, never fails on them.
+analytics service does (the raw 48-byte wire ticks, each batch with its deduplication token), timed per
+table: `market_ticks` (the seed's schema) alone, then `market_quotes`; then times the 1-minute OHLCV bars
+of one symbol over the whole set and one account's positions and realized PnL rebuilt from generated
+fills. Prints figures, never fails on them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from tradeplane_services.analytics import positions_at
 from tradeplane_services.protocol import TICK_DTYPE, symbol_bytes
-from tradeplane_services.tickstore import ChdbStore, ohlcv, render_schema
+from tradeplane_services.tickstore import TICK_TABLES, ChdbStore, ohlcv, render_schema
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "JPM", "TSLA"]
 START_NS = 1_764_000_000_000_000_000
@@ -67,17 +68,21 @@ def main() -> int:
     for statement in render_schema():
         store.execute(statement)
 
-    random = np.random.default_rng(7)
-    insert_seconds = 0.0
-    for first in range(0, arguments.ticks, arguments.batch):
-        ticks = generated_ticks(first, min(arguments.batch, arguments.ticks - first), random)
-        started = time.perf_counter()
-        store.insert_ticks(ticks, f"bench:{first}")
-        insert_seconds += time.perf_counter() - started
-    print(
-        f"inserted {arguments.ticks:,} ticks in batches of {arguments.batch:,}: "
-        f"{arguments.ticks / insert_seconds:,.0f} ticks/s (market_ticks and market_quotes both written)"
-    )
+    # Each table on its own: market_ticks is the seed's schema, whose 1M+ inserts/s claim this checks.
+    seconds = {}
+    for table in TICK_TABLES:
+        random = np.random.default_rng(7)
+        seconds[table] = 0.0
+        for first in range(0, arguments.ticks, arguments.batch):
+            ticks = generated_ticks(first, min(arguments.batch, arguments.ticks - first), random)
+            started = time.perf_counter()
+            store.insert_ticks(ticks, f"bench:{first}", (table,))
+            seconds[table] += time.perf_counter() - started
+        print(
+            f"{table}: {arguments.ticks:,} ticks in batches of {arguments.batch:,}:"
+            f" {arguments.ticks / seconds[table]:,.0f} ticks/s"
+        )
+    print(f"both tables, as the service writes them: {arguments.ticks / sum(seconds.values()):,.0f} ticks/s")
 
     # Fills: `accounts` accounts trading the symbols, one fill per log sequence.
     store.execute(

@@ -633,11 +633,12 @@ def positions_at(store: tickstore.Store, account: int, sequence: int) -> dict[st
     account's partition is read; the book's duplicate rule is per partition."""
     book = PositionBook()
     partition = partition_of(account) if account else None
+    wire_symbols: dict[str, bytes] = {}  # a handful of symbols over many fills: convert each once
     for source, number, owner, symbol, side, quantity, price, order_id, stamp in tickstore.fills_until(
         store, sequence, partition
     ):
-        fill = Fill(source, number, owner, symbol_bytes(symbol), Side[side], quantity, price, order_id, stamp)
-        book.apply(fill)
+        wire = wire_symbols.get(symbol) or wire_symbols.setdefault(symbol, symbol_bytes(symbol))
+        book.apply(Fill(source, number, owner, wire, Side[side], quantity, price, order_id, stamp))
     reports = [{**report._asdict(), "symbol": symbol_text(report.symbol)} for report in book.reports(account)]
     return {"sequence": sequence, "fills": book.fills, "positions": reports}
 

@@ -144,6 +144,7 @@ INGEST_PROGRESS = Table(
 )
 
 TABLES = (MARKET_TICKS, MARKET_QUOTES, FILLS, ORDER_EVENTS, INGEST_PROGRESS)
+TICK_TABLES = (MARKET_TICKS.name, MARKET_QUOTES.name)  # every tick goes into both
 ORDER_EVENT_COLUMNS = [
     "log_sequence",
     "frame",
@@ -241,7 +242,9 @@ class Store(Protocol):
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]: ...
 
-    def insert_ticks(self, ticks: np.ndarray[Any, Any], token: str) -> None: ...
+    def insert_ticks(
+        self, ticks: np.ndarray[Any, Any], token: str, tables: Sequence[str] = TICK_TABLES
+    ) -> None: ...
 
     def insert_rows(
         self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]], token: str
@@ -329,13 +332,15 @@ class ChdbStore:
             return []
         return [tuple(row) for row in json.loads(text)["data"]]
 
-    def insert_ticks(self, ticks: np.ndarray[Any, Any], token: str) -> None:
+    def insert_ticks(
+        self, ticks: np.ndarray[Any, Any], token: str, tables: Sequence[str] = TICK_TABLES
+    ) -> None:
         # The batch goes through a file in the store's own directory: chDB reads RowBinary from it.
         spool = self.spool / "ticks.bin"
         ticks.tofile(spool)
         source = f"file('{spool}', RowBinary, '{TICK_STRUCTURE}')"
         with self.lock:
-            for table in TICK_SELECTS:
+            for table in tables:
                 self.session.query(ticks_insert_sql(table, f"{token}:{table}", source))
 
     def insert_rows(
@@ -375,10 +380,12 @@ class ServerStore:
         with self.lock:
             return [tuple(row) for row in self.client.query(sql).result_rows]
 
-    def insert_ticks(self, ticks: np.ndarray[Any, Any], token: str) -> None:
+    def insert_ticks(
+        self, ticks: np.ndarray[Any, Any], token: str, tables: Sequence[str] = TICK_TABLES
+    ) -> None:
         source = f"input('{TICK_STRUCTURE}') FORMAT RowBinary"
         with self.lock:
-            for table in TICK_SELECTS:
+            for table in tables:
                 # The query goes in the URL, the raw ticks as the body: the server reads them as input().
                 self.client.command(ticks_insert_sql(table, f"{token}:{table}", source), data=ticks.tobytes())
 
