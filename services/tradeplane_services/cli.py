@@ -10,6 +10,7 @@ tradeplane-svc client md-tail [--seconds S] [--record FILE]
 tradeplane-svc loadgen --rate R --seconds S [--target order|echo]
 tradeplane-svc echo                                       the loadgen's baseline server
 tradeplane-svc log info|dump --account N|replay --to-sequence N    read the event log
+tradeplane-svc query ohlcv|vwap|positions|tca|kpis|last [...]      ask analytics
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tradeplane_services import desk
 
     desk.add_arguments(commands.add_parser("log", help="read the event log: info, dump, replay"))
+    from tradeplane_services import query
+
+    query.add_arguments(commands.add_parser("query", help="ask analytics: bars, VWAP, positions, TCA, KPIs"))
     echo = commands.add_parser("echo", help="a bare echo server over the same transport (baseline)")
     echo.add_argument("--bind", default="127.0.0.1")
     echo.add_argument("--port", type=int, default=7000)
@@ -124,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         from tradeplane_services import desk
 
         return desk.main(arguments)
+    if command == "query":
+        from tradeplane_services import query
+
+        return query.main(arguments)
     from tradeplane_services import loadgen
 
     return loadgen.serve_echo(arguments.bind, arguments.port)

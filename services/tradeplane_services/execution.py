@@ -85,7 +85,9 @@ class ExecutionService(Service):
         self.held: list[tuple[Connection, VenueReport]] = []  # reports waiting for fills before them
         self.committing: asyncio.Task[None] | None = None
         if environment.event_log:
-            self.event_log = EventLog(environment.event_log, environment.event_log_replicas, "execution")
+            self.event_log = EventLog(
+                environment.event_log, environment.event_log_replicas, "execution", environment.revision
+            )
         else:
             log.warning("TRADEPLANE_EVENT_LOG is not set: fills are reported but kept nowhere")
 
