@@ -41,7 +41,7 @@ from tradeplane.labels import (
 from tradeplane.naming import Owner, Role, deployment_name, labels, revision_object_name, selector
 from tradeplane.podspec import pod_template
 from tradeplane.revision import template_fields
-from tradeplane_services.catalog import CUSTOM
+from tradeplane_services.catalog import BUNDLED, CUSTOM
 
 SCRAPE_INTERVAL = "5s"
 PROGRESS_DEADLINE_SECONDS = 180
@@ -219,13 +219,26 @@ def _component_pods(component: str) -> dict[str, Any]:
     return {"podSelector": {"matchLabels": {COMPONENT_LABEL: str(component), MANAGED_BY_LABEL: MANAGER}}}
 
 
+def _server_ports(spec: TradingServiceSpec) -> list[int]:
+    """Ports of the servers outside the stack that the component's settings name by URL."""
+    entry = BUNDLED.get(spec.component)
+    settings = podspec.config(spec)
+    ports = []
+    for key, (http_port, https_port) in entry.server_urls.items() if entry else ():
+        url = settings.get(key)
+        if isinstance(url, str):
+            ports.append(urlsplit(url).port or (https_port if url.startswith("https://") else http_port))
+    return ports
+
+
 def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | None:
     """What may reach the service's pods and whom they may reach; None when `spec.networkPolicy` opts out.
 
     Ingress: the wire port from the components that call it (the catalog) and from `clients` when outside
     identities log on to it; the metrics port from `metricsFrom`; market data's UDP feed from
     market-data (subscribers listen on ports of their own choosing). Egress: the wire ports of the
-    components it calls, market data's feed to its subscribers, the event log's ports, and DNS. A custom
+    components it calls, market data's feed to its subscribers, the event log's ports, the servers its
+    settings name (the catalog's `server_urls`, e.g. analytics' ClickHouse), and DNS. A custom
     component declares no peers: its ingress is restricted, its egress is not.
     """
     settings = spec.networkPolicy
@@ -271,6 +284,7 @@ def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | N
             # its ports, to any destination.
             ports = sorted({urlsplit(url).port or NATS_PORT for url in spec.eventLog.servers})
             egress.append({"ports": [{"protocol": "TCP", "port": port} for port in ports]})
+        egress += [{"ports": [{"protocol": "TCP", "port": port}]} for port in _server_ports(spec)]
         policy_spec["policyTypes"].append("Egress")
         policy_spec["egress"] = egress
     return _stamped(

@@ -47,7 +47,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tradeplane_services import tickstore
-from tradeplane_services.config import AnalyticsSettings, Environment, Settings
+from tradeplane_services.config import Environment
 from tradeplane_services.eventlog import (
     REVISION_HEADER,
     STREAM,
@@ -70,6 +70,7 @@ from tradeplane_services.protocol import (
     symbol_text,
 )
 from tradeplane_services.runtime import Service, fields, log
+from tradeplane_services.settings import AnalyticsSettings, Settings
 from tradeplane_services.tickstore import FILL_COLUMNS, ORDER_EVENT_COLUMNS, Nanoseconds, price_decimal
 
 LAST_TICKS_BUCKET = "tradeplane-last-ticks"
@@ -305,12 +306,15 @@ def order_row(
     return tuple(values[name] for name in ORDER_EVENT_COLUMNS)
 
 
-def open_store(settings: AnalyticsSettings) -> tickstore.Store:
+def open_store(settings: AnalyticsSettings, state_dir: Path) -> tickstore.Store:
+    """A ClickHouse server when configured, else chDB on `storePath` (default: in the state directory)."""
     store: tickstore.Store
     if settings.clickhouseUrl:
         store = tickstore.ServerStore(settings.clickhouseUrl, settings.clickhouseDatabase)
     else:
-        store = tickstore.ChdbStore(Path(settings.storePath))
+        store = tickstore.ChdbStore(
+            Path(settings.storePath) if settings.storePath else state_dir / "analytics"
+        )
     for statement in tickstore.render_schema(settings.clickhouseCluster, settings.clickhouseDatabase):
         store.execute(statement)
     return store
@@ -332,7 +336,7 @@ class AnalyticsService(Service):
         assert isinstance(settings, AnalyticsSettings)
         self.rejections = Rejections(self.name, environment.revision)
         self.registry.register(self.rejections)
-        self.store = open_store(settings)
+        self.store = open_store(settings, environment.state_dir)
         self.ticks = TickBatches(list(settings.symbols), self.rejections)
         self.events = EventBatch(self.rejections)
         self.event_log: EventLog | None = None

@@ -16,6 +16,7 @@ from graphlib import TopologicalSorter
 from typing import Any
 
 from tradeplane_services.settings import (
+    AnalyticsSettings,
     ExecutionSettings,
     MarketDataSettings,
     OrderSettings,
@@ -49,6 +50,9 @@ class BundledComponent:
     by the protocol's class names; heartbeats are always allowed."""
     rendered_defaults: Mapping[str, Any] = field(default_factory=dict)
     """Settings the operator writes into the component's ConfigMap unless `spec.config` overrides them."""
+    server_urls: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """Settings that name a server outside the stack by http(s) URL, with the server's default ports
+    (http, https) for a URL that names none: its NetworkPolicy lets it reach that port."""
 
     @property
     def peer_variable(self) -> str:
@@ -97,7 +101,10 @@ BUNDLED: dict[str, BundledComponent] = _catalog(
         7003,
         # Subscriptions and replay requests are TCP on the wire port; the UDP feed itself goes to the
         # multicast group or each subscriber's own port.
-        {identity: ("Subscribe", "ReplayRequest") for identity in ("risk", "position", CLIENT, ADMIN)},
+        {
+            identity: ("Subscribe", "ReplayRequest")
+            for identity in ("risk", "position", "analytics", CLIENT, ADMIN)
+        },
         {"ticksPerSecond": 10_000},
     ),
     BundledComponent(
@@ -117,6 +124,14 @@ BUNDLED: dict[str, BundledComponent] = _catalog(
         # Fills reach position through the event log, never over a session.
         {CLIENT: ("PositionQuery",), ADMIN: ("PositionQuery",)},
         {"snapshotEveryEvents": 1000},
+    ),
+    BundledComponent(
+        "analytics",
+        "tradeplane_services.analytics:AnalyticsService",
+        AnalyticsSettings,
+        7006,
+        {},  # answers over HTTP only (its metrics port); nobody calls it over a session
+        server_urls={"clickhouseUrl": (8123, 8443)},  # a ClickHouse server instead of chDB in the pod
     ),
 )
 CALLERS: dict[str, Mapping[str, tuple[str, ...]]] = {name: entry.callers for name, entry in BUNDLED.items()}

@@ -21,6 +21,7 @@ from tradeplane_services.settings import Settings
 DEFAULT_METRICS_PORT = 9100
 DEFAULT_CONFIG_PATH = "/etc/tradeplane/config.yaml"
 DEFAULT_KEYS_DIR = "/etc/tradeplane-keys"
+DEFAULT_STATE_DIR = "/var/lib/tradeplane"
 
 
 class ConfigError(ValueError):
@@ -87,6 +88,7 @@ class Environment:
     port: int
     metrics_port: int
     keys_dir: Path = Path(DEFAULT_KEYS_DIR)
+    state_dir: Path = Path(DEFAULT_STATE_DIR)  # files a component keeps (the pod's state volume)
     peers: dict[str, Address] = field(default_factory=dict)
     market_data_group: Address | None = None
     event_log: list[str] = field(default_factory=list)  # nats:// URLs of the event log's servers
@@ -145,6 +147,7 @@ def read_environment(name: str, config: str | None, env: dict[str, str] | None =
         port=_port("TRADEPLANE_PORT", entry.port, env),
         metrics_port=_port("TRADEPLANE_METRICS_PORT", DEFAULT_METRICS_PORT, env),
         keys_dir=Path(env.get("TRADEPLANE_KEYS_DIR") or DEFAULT_KEYS_DIR),
+        state_dir=Path(env.get("TRADEPLANE_STATE_DIR") or DEFAULT_STATE_DIR),
         peers=peers,
         market_data_group=group,
         event_log=parse_event_log(env.get("TRADEPLANE_EVENT_LOG") or ""),

@@ -122,3 +122,29 @@ class MarketDataSettings(Settings):
     heartbeatMillis: int = Field(100, ge=1)
     channel: int = Field(1, ge=0, le=255)
     multicastTtl: int = Field(1, ge=0, le=255)
+
+
+class AnalyticsSettings(Settings):
+    storePath: str | None = Field(
+        None, description="chDB's directory (embedded ClickHouse); unset: `analytics` in the state directory."
+    )
+    clickhouseUrl: str | None = Field(
+        None, description="A ClickHouse server instead of chDB, e.g. http://user:password@host:8123."
+    )
+    clickhouseCluster: str | None = Field(
+        None, description="With clickhouseUrl: create ReplicatedMergeTree tables and Distributed ones on it."
+    )
+    clickhouseDatabase: str = Field("tradeplane", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    batchRows: int = Field(50_000, ge=1, le=1_000_000, description="A batch is stored at this many rows.")
+    batchMillis: int = Field(200, ge=1, le=60_000, description="...or when it is this old.")
+    consumerName: str = Field(
+        "analytics", pattern=r"^[A-Za-z0-9_-]+$", description="The durable consumer on the event log."
+    )
+    feedChannel: int = Field(1, ge=0, le=255, description="The market-data channel stored.")
+
+    @field_validator("clickhouseUrl")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r}: expected an http:// or https:// URL of a ClickHouse server")
+        return url

@@ -98,6 +98,7 @@ class Stack:
             "TRADEPLANE_PORT": str(BUNDLED[component].port),
             "TRADEPLANE_METRICS_PORT": str(BUNDLED[component].port + METRICS_PORT_SHIFT),
             "TRADEPLANE_KEYS_DIR": str(self.keys_dir),
+            "TRADEPLANE_STATE_DIR": str(self.workdir / component),
             **{peer.peer_variable: str(self.address(peer.name)) for peer in BUNDLED.values()},
             "TRADEPLANE_EVENT_LOG": self.events.url,
             "TRADEPLANE_EVENT_LOG_REPLICAS": str(self.event_log_servers),

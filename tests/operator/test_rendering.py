@@ -249,7 +249,8 @@ def test_the_applied_stamp_follows_the_content() -> None:
         ("risk", ["risk", "order", "admin"]),
         ("execution", ["execution", "order"]),
         ("position", ["position", "client", "admin"]),
-        ("market-data", ["market-data", "risk", "position", "client", "admin"]),
+        ("market-data", ["market-data", "risk", "position", "analytics", "client", "admin"]),
+        ("analytics", ["analytics"]),
     ],
 )
 def test_a_bundled_pod_holds_its_own_session_key_and_its_callers_only(
@@ -301,7 +302,7 @@ DESK = {"clients": [{"cidr": "10.20.0.0/16"}]}
         ("risk", ["order"], True, [("market-data", 7003)]),
         ("execution", ["order"], False, []),
         ("position", [], True, [("market-data", 7003)]),
-        ("market-data", ["risk", "position"], True, []),
+        ("market-data", ["risk", "position", "analytics"], True, []),
     ],
 )
 def test_a_policy_lets_in_only_the_callers_and_lets_out_only_to_the_called(
@@ -341,11 +342,22 @@ def test_a_service_with_an_event_log_may_reach_its_servers_ports() -> None:
     assert all("to" in rule for rule in policy_of("execution")["egress"])
 
 
+def test_analytics_with_a_clickhouse_server_may_reach_its_http_port() -> None:
+    config = {"clickhouseUrl": "https://reader@clickhouse.data.svc"}
+    policy = rendering.network_policy(OWNER, spec(component="analytics", config=config))
+    assert policy is not None
+    assert policy["spec"]["egress"][-1] == {"ports": [{"protocol": "TCP", "port": 8443}]}
+    embedded = policy_of("analytics", **DESK)
+    assert all("to" in rule for rule in embedded["egress"]), "chDB in the pod needs no egress"
+    # Nobody calls its wire port; the desk asks over HTTP, from where `metricsFrom` allows.
+    assert [rule["ports"][0].get("port") for rule in embedded["ingress"]] == [9100, None]
+
+
 def test_market_data_reaches_its_subscribers_by_udp_and_they_let_it_in() -> None:
     udp = [{"protocol": "UDP"}]
     feed = policy_of("market-data")["egress"][-1]
-    assert (components_in(feed["to"]), feed["ports"]) == (["risk", "position"], udp)
-    for subscriber in ("risk", "position"):
+    assert (components_in(feed["to"]), feed["ports"]) == (["risk", "position", "analytics"], udp)
+    for subscriber in ("risk", "position", "analytics"):
         assert {"from": [_pods("market-data")], "ports": udp} in policy_of(subscriber)["ingress"]
 
 

@@ -20,7 +20,6 @@ import yaml
 
 from support import wait_for
 from tradeplane_services.client import OrderSession
-from tradeplane_services.config import DEFAULT_SYMBOLS
 from tradeplane_services.eventlog import Append, EventLog, subject
 from tradeplane_services.protocol import (
     PROTOCOL_VERSION,
@@ -34,6 +33,7 @@ from tradeplane_services.protocol import (
     price_units,
     symbol_bytes,
 )
+from tradeplane_services.settings import DEFAULT_SYMBOLS
 from tradeplane_services.stack import Stack
 from tradeplane_services.tickstore import ChdbStore, render_schema
 
@@ -197,7 +197,7 @@ def test_analytics_stores_every_fill_and_tick_once_across_kill_9_and_rebuilds_po
 
     # On disk, after analytics is gone: every row once.
     assert stack.kill("analytics", signal.SIGTERM) == 0
-    store = ChdbStore(stack.workdir / "analytics")
+    store = ChdbStore(stack.workdir / "analytics" / "analytics")  # the state directory's chDB
     try:
         for statement in render_schema():
             store.execute(statement)
