@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         service = commands.add_parser(component, help=f"run the {component} service")
         service.add_argument("--config", help="settings file (default $TRADEPLANE_CONFIG)")
 
-    stack = commands.add_parser("stack", help="run all five services as local processes")
+    stack = commands.add_parser("stack", help="run every bundled service as a local process")
     stack.add_argument("--host", default="127.0.0.1", help="address every service binds")
     stack.add_argument("--config", type=Path, help="YAML with a section of settings per component")
     stack.add_argument("--workdir", type=Path, help="logs and position state (default: a temp dir)")

@@ -59,7 +59,7 @@ def load_stack_config(path: Path | None) -> dict[str, dict[str, Any]]:
 
 @dataclass
 class Stack:
-    """Five service processes and the event log on `host`; start(), wait_ready(), kill()/restart() one,
+    """The bundled service processes and the event log on `host`; start(), wait_ready(), kill()/restart() one,
     stop(). `events` is the event log's nats-server(s): kill and restart them through it."""
 
     host: str
