@@ -49,6 +49,9 @@ class BundledComponent:
     by the protocol's class names; heartbeats are always allowed."""
     rendered_defaults: Mapping[str, Any] = field(default_factory=dict)
     """Settings the operator writes into the component's ConfigMap unless `spec.config` overrides them."""
+    split_by: tuple[str, ...] = ()
+    """Callers that split their orders to it by account (split.py), so its canaries can take an exact
+    share of the orders (`spec.rollout.orderFlow`)."""
 
     @property
     def peer_variable(self) -> str:
@@ -89,6 +92,7 @@ BUNDLED: dict[str, BundledComponent] = _catalog(
         7002,
         {"order": ("RiskCheck", "RiskUpdate"), ADMIN: ("SetKillSwitch",)},
         {"killSwitch": "ACTIVE"},
+        split_by=("order",),
     ),
     BundledComponent(
         "market-data",
@@ -133,6 +137,21 @@ def component(name: str) -> BundledComponent:
 def callees(name: str) -> list[str]:
     """The bundled components `name` opens sessions to."""
     return [callee for callee, entry in BUNDLED.items() if name in entry.callers]
+
+
+def splitting_callers(name: str) -> tuple[str, ...]:
+    """The bundled components that split their orders to `name` by account; none for a custom one."""
+    entry = BUNDLED.get(name)
+    return entry.split_by if entry is not None else ()
+
+
+def splits_orders(name: str) -> bool:
+    """Whether `name` splits its orders to some peer by account (and so takes routing pushes)."""
+    return any(name in entry.split_by for entry in BUNDLED.values())
+
+
+ORDER_FLOW_COMPONENTS = tuple(name for name, entry in BUNDLED.items() if entry.split_by)
+"""The components whose canaries can take an order-flow share."""
 
 
 def start_order() -> tuple[str, ...]:
