@@ -642,6 +642,7 @@ class Verdict(StrEnum):
     INCONCLUSIVE = "Inconclusive"
 
 
+RollbackOutcome = Literal["Failed", "Inconclusive", "Aborted", "Stalled"]
 ConditionType = Literal["Ready", "Placed", "Progressing", "Degraded"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 CONDITION_ORDER: tuple[ConditionType, ...] = ("Ready", "Placed", "Progressing", "Degraded")
@@ -685,9 +686,14 @@ class TradingServiceStatus(Model):
     stableRevision: str | None = None
     canaryRevision: str | None = None
     failedRevision: str | None = None
-    failedSpec: str | None = Field(
+    rollbackOutcome: RollbackOutcome | None = Field(
         default=None,
-        description="Fingerprint of the spec the revision failed under; a spec change retries it.",
+        description="Why failedRevision was rolled back: Failed (a gate), Inconclusive (no conclusive "
+        "analysis, e.g. no traffic or no metrics), Aborted, or Stalled (pods never became ready). It is not "
+        "retried until the pod template changes or `tradeplane retry` asks.",
+    )
+    retriedRequest: str | None = Field(
+        default=None, description="The last retry request honoured: each request is honoured once."
     )
     step: int | None = None
     weight: float = Field(

@@ -34,6 +34,7 @@ from tradeplane.labels import (
     ABORT_ANNOTATION,
     APPLIED_ANNOTATION,
     PROMOTE_ANNOTATION,
+    RETRY_ANNOTATION,
     REVISION_LABEL,
     ROLE_LABEL,
 )
@@ -246,6 +247,7 @@ def _decide(
         generation=view.generation,
         promote=view.annotations.get(PROMOTE_ANNOTATION),
         abort=view.annotations.get(ABORT_ANNOTATION),
+        retry=view.annotations.get(RETRY_ANNOTATION),
     )
     plan = rollout.plan_workloads(spec, view.status, observed, now)
     decision.rollback_reason = plan.rollback_reason

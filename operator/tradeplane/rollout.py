@@ -20,14 +20,14 @@ The life of a revision that differs from the stable one:
    saturated, the old ReplicaSet is scaled to zero. The canary's pods become the stable's pods: the new
    revision becomes stable with no second rollout and no pod restarted. Then the stable is resumed.
 4. **Rollback** on failure or abort: traffic weight to zero, the canary to zero replicas, phase
-   RollingBack then RolledBack once its pods are gone. The revision is not retried until the spec
-   changes again (anything but `paused`).
+   RollingBack then RolledBack once its pods are gone. The outcome says why (`rollbackOutcome`): a
+   failed gate, Inconclusive (never judged: no traffic, no metrics; a safe default, not a verdict on the
+   release), Aborted, or Stalled. The revision is not retried until the pod template changes (an
+   operational edit such as a freeze window or the SLO does not retry it) or a retry request asks.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
@@ -36,6 +36,7 @@ from tradeplane.api import (
     BASIS_POINTS,
     AnalysisResult,
     Phase,
+    RollbackOutcome,
     TradingServiceSpec,
     TradingServiceStatus,
     Verdict,
@@ -47,6 +48,12 @@ from tradeplane.events import Event
 from tradeplane.freeze import Freeze, active_freeze
 from tradeplane.traffic import Serving, router_for
 
+# The rollback reasons that are not a failed gate; any other reason names the gate that failed.
+ROLLBACK_OUTCOMES: dict[str, RollbackOutcome] = {
+    "abort": "Aborted",
+    "inconclusive": "Inconclusive",
+    "progressDeadline": "Stalled",
+}
 LIVE_CANARY_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING})
 ROLLOUT_PHASES = LIVE_CANARY_PHASES | {Phase.ROLLING_BACK, Phase.ROLLED_BACK}
 
@@ -85,6 +92,8 @@ class Observed:
     """The promote annotation's value, a `request(revision, generation)`."""
     abort: str | None = None
     """The abort annotation's value, a `request(revision, generation)`."""
+    retry: str | None = None
+    """The retry annotation's value, a `retry_request(revision, generation, nonce)`."""
 
 
 @dataclass(frozen=True)
@@ -114,10 +123,9 @@ def request(revision: str, generation: int) -> str:
     return f"{revision}@{generation}"
 
 
-def spec_fingerprint(spec: TradingServiceSpec) -> str:
-    """Identifies the spec a revision failed under; pausing does not change it."""
-    canonical = json.dumps(spec.model_dump(mode="json", exclude={"paused"}), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+def retry_request(revision: str, generation: int, nonce: str) -> str:
+    """The value of a retry annotation: a `request` made unique, so that each one is honoured once."""
+    return f"{request(revision, generation)}#{nonce}"
 
 
 def canary_replicas_for(spec: TradingServiceSpec, weight: int) -> int:
@@ -180,8 +188,15 @@ class _Machine:
             status.stableRevision = self.revision
         if self.revision == status.stableRevision:
             return self._stable_only()
-        if status.failedRevision == self.revision and status.failedSpec == spec_fingerprint(self.spec):
-            return self._hold_rolled_back()
+        if status.failedRevision == self.revision:
+            if not self._retry_requested():
+                return self._hold_rolled_back()
+            status.retriedRequest = self.observed.retry
+            self._note(
+                "Normal",
+                "Retrying",
+                f"revision {self.revision} retried on request ({status.rollbackOutcome})",
+            )
         if status.canaryRevision != self.revision:
             self._start_canary()
         return self._live_canary()
@@ -214,7 +229,7 @@ class _Machine:
         if status.phase in ROLLOUT_PHASES:
             status.phase = Phase.READY
         self._clear_canary()
-        status.failedRevision = status.failedSpec = None
+        status.failedRevision = status.rollbackOutcome = None
         self._condition(False, "Stable", f"revision {stable} is stable")
         return self._plan(stable)
 
@@ -223,11 +238,15 @@ class _Machine:
         gone = self.observed.canary_ready == 0 and not self.observed.traffic_weight
         status.phase = Phase.ROLLED_BACK if gone else Phase.ROLLING_BACK
         status.actualWeight = actual_weight(self.spec, self.observed)
-        self._condition(
-            False,
-            "RolledBack",
-            f"revision {self.revision} failed; change the spec to retry it",
-        )
+        retry = "change the pod template or run `tradeplane retry` to try it again"
+        if status.rollbackOutcome == "Inconclusive":
+            # Not a proven-bad release: no analysis could judge it (no traffic, metrics unreachable).
+            self._condition(
+                False, "Inconclusive", f"revision {self.revision} was never judged, not failed; {retry}"
+            )
+        else:
+            outcome = (status.rollbackOutcome or "Failed").lower()
+            self._condition(False, "RolledBack", f"revision {self.revision} {outcome}; {retry}")
         return self._plan(self._stable(), canary_replicas=0)
 
     # -- live canary -----------------------------------------------------------------------------------
@@ -237,7 +256,7 @@ class _Machine:
         previous = status.canaryRevision
         self._clear_canary()
         status.canaryRevision = self.revision
-        status.failedRevision = status.failedSpec = None
+        status.failedRevision = status.rollbackOutcome = None
         status.phase = Phase.PROGRESSING
         status.step = 1
         first = self.spec.rollout.steps[0].basis_points
@@ -400,13 +419,15 @@ class _Machine:
 
     def _roll_back(self, reason: str, message: str) -> Plan:
         status = self.status
+        outcome = ROLLBACK_OUTCOMES.get(reason, "Failed")
         status.failedRevision = self.revision
-        status.failedSpec = spec_fingerprint(self.spec)
+        status.rollbackOutcome = outcome
         self._clear_canary()
         status.phase = Phase.ROLLING_BACK
         status.message = f"rolled back: {message}"
-        self._note("Warning", "Aborted" if reason == "abort" else "RolledBack", message)
-        self._condition(False, "RolledBack", status.message)
+        event = {"Aborted": "Aborted", "Inconclusive": "RolledBackInconclusive"}.get(outcome, "RolledBack")
+        self._note("Warning", event, message)
+        self._condition(False, "Inconclusive" if outcome == "Inconclusive" else "RolledBack", status.message)
         return replace(self._plan(self._stable(), canary_replicas=0), rollback_reason=reason)
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -414,6 +435,15 @@ class _Machine:
     def _requested(self, annotation: str | None) -> bool:
         generation = self.observed.generation
         return generation is not None and annotation == request(self.revision, generation)
+
+    def _retry_requested(self) -> bool:
+        generation, retry = self.observed.generation, self.observed.retry
+        return (
+            generation is not None
+            and retry is not None
+            and retry.startswith(request(self.revision, generation) + "#")
+            and retry != self.status.retriedRequest
+        )
 
     def _stable(self) -> str:
         if self.status.stableRevision is None:

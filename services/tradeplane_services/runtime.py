@@ -719,7 +719,8 @@ class HttpEndpoint:
         if path == "/readyz":
             if service.draining:
                 return 503, "text/plain", b"draining\n"
-            if not service.ready():
+            # Ready means answering: the wire port opens after start() returns, a moment after this server.
+            if service.wire_server is None or not service.ready():
                 return 503, "text/plain", b"not ready\n"
             return 200, "text/plain", b"ready\n"
         if path == "/status":

@@ -95,8 +95,9 @@ def test_alerts_fire_when_they_should(manifests: list[Manifest], tmp_path: Path)
                             {"severity": "warning", **order, **operator},
                             "TradingService trading/order rolled back its canary",
                             "The canary failed the p99 gate and was scaled to zero; the revision is not "
-                            "retried until the spec changes. kubectl describe tradingservice -n trading "
-                            "order shows the value, threshold and sample count.",
+                            "retried until its pod template changes or tradeplane retry asks for it. kubectl "
+                            "describe tradingservice -n trading order shows the value, threshold and sample "
+                            "count.",
                         ),
                     },
                     # Ten minutes on, with no new rollback, it resolves.

@@ -76,6 +76,7 @@ class World:
     generation: int = 1
     promote: str | None = None
     abort: str | None = None
+    retry: str | None = None
     verdict: Verdict | None = Verdict.PASS
     events: list[Event] = field(default_factory=list)
     rollbacks: list[str] = field(default_factory=list)
@@ -106,6 +107,7 @@ class World:
             generation=self.generation,
             promote=self.promote,
             abort=self.abort,
+            retry=self.retry,
         )
 
     def tick(self) -> Plan:
