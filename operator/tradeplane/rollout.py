@@ -374,8 +374,12 @@ class _Machine:
         )
 
     def _waiting(self, where: str, reached: bool, replicas: int) -> str:
+        observed = self.observed
+        if not reached and observed.canary_ready < replicas:
+            return f"{where}: waiting for {replicas} ready canary pods ({observed.canary_ready} ready)"
         if not reached:
-            return f"{where}: waiting for {replicas} ready canary pods ({self.observed.canary_ready} ready)"
+            held = "none" if observed.traffic_weight is None else weight_text(observed.traffic_weight)
+            return f"{where}: waiting for the traffic to take the weight (held: {held})"
         last = self.status.lastAnalysis
         verdict = f"last analysis {last.verdict}: {last.message}" if last else "no analysis yet"
         return f"{where}: analysing, {verdict}"

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from e2e.conftest import OperatorProcess
+from e2e.scenario import ORDER_FLOW_STACK, bundled_manifest
 from kubernetes import client, config
 
 from support import Kubectl, get_json, wait_for
@@ -39,26 +39,6 @@ ACCOUNTS = range(1, 1001)
 CANARY_QUANTITY_LIMIT = 60  # the canary refuses QUANTITY as MAX_QUANTITY; the stable never does
 QUANTITY = 100
 FAR_PRICE = price_units(1)  # outside any collar: nothing is booked, nothing trades
-RESOURCES = {"cpus": 1, "memory": "256Mi"}
-
-
-def service(namespace: str, name: str, replicas: int, rollout: dict[str, Any] | None = None) -> str:
-    spec: dict[str, Any] = {
-        "component": name,
-        "image": "registry.example/tradeplane-services:0.1.0",
-        "replicas": replicas,
-        "resources": RESOURCES,
-        "slo": {"p99LatencyMicros": 50_000, "maxErrorRate": 0.5},
-    }
-    if rollout is not None:
-        spec["rollout"] = rollout
-    manifest = {
-        "apiVersion": "tradeplane.io/v1alpha1",
-        "kind": "TradingService",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    }
-    return yaml.safe_dump(manifest)
 
 
 ROLLOUT = {
@@ -127,9 +107,9 @@ def stack(
     pod_runner: Callable[..., PodRunner],
 ) -> Iterator[tuple[Address, str]]:
     """market-data, execution, risk (two pods) and order, Ready; order's wire and HTTP addresses."""
-    for name, replicas in (("market-data", 1), ("execution", 1), ("risk", 2), ("order", 1)):
+    for name, replicas in ORDER_FLOW_STACK:
         rollout = ROLLOUT if name == "risk" else None
-        kubectl("apply", "-f", "-", input=service(namespace, name, replicas, rollout))
+        kubectl("apply", "-f", "-", input=bundled_manifest(namespace, name, replicas, 50_000, rollout))
     runner = pod_runner(namespace)
 
     def all_ready() -> bool:
