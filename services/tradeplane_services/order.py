@@ -564,6 +564,7 @@ class OrderService(Service):
 
     def on_risk_result(self, connection: Connection, message: RiskResult) -> None:
         self.manager.risk_result(message)
+        self.risk.decided(message.order_id, message.order_id in self.manager.orders)
 
     def on_kill_switch(self, connection: Connection, message: KillSwitchStatus) -> None:
         self.manager.set_kill_switch(message.state)

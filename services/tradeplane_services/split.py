@@ -93,6 +93,11 @@ class AccountSplit(Collector):
             self.routed[revision] += 1
         return link
 
+    def decided(self, order_id: int, booked: bool) -> None:
+        """The peer answered an order's check; one it refused (`booked` False) hears nothing more."""
+        if not booked:
+            self._booked.pop(order_id, None)
+
     def update_link(self, order_id: int, done: bool) -> PeerLink:
         """The link for an exposure update: where the order was booked; forgotten once it is done."""
         booked = self._booked.pop(order_id, None) if done else self._booked.get(order_id)
@@ -178,6 +183,7 @@ class AccountSplit(Collector):
             **(self.table.document() if self.table else {"peer": self.peer}),
             "weightInForce": self.weight,
             "routed": dict(self.routed),
+            "ordersOnCanary": len(self._booked),
             "canaryConnected": {endpoint: link.connected for endpoint, link in self.canary.items()},
         }
 

@@ -92,8 +92,9 @@ def test_orders_follow_their_accounts_bucket_and_the_counters_say_so(stacks: tup
     by_canary = {account for account, report in reports.items() if answered_by_canary(report)}
     assert by_canary == expected, "each account's orders went where its bucket says"
     assert 5 <= len(expected) <= 40
-    routed = json.loads(http_get(stable, "/routing"))["risk"]["routed"]
-    assert routed == {"v2": len(expected), "v1": len(accounts) - len(expected)}
+    document = json.loads(http_get(stable, "/routing"))["risk"]
+    assert document["routed"] == {"v2": len(expected), "v1": len(accounts) - len(expected)}
+    assert document["ordersOnCanary"] == 0, "orders the canary refused are not remembered"
     counters = {
         (sample.labels["service"], sample.labels["peer_revision"]): sample.value
         for family in text_string_to_metric_families(http_get(stable, "/metrics"))
