@@ -44,6 +44,7 @@ from kubernetes import client, config
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from e2e.scenario import ORDER_FLOW_STACK, bundled_manifest
 
+from support import wait_for
 from tradeplane.api import TradingServiceSpec
 from tradeplane.cluster import local, toolchain
 from tradeplane.cluster.podrunner import PodRunner, stop_process
@@ -75,16 +76,6 @@ def get(url: str) -> str:
             return str(response.read().decode())
     except OSError:
         return ""
-
-
-def wait(what: str, predicate: Any, timeout: float = 120.0, interval: float = POLL_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class Bench:
@@ -155,18 +146,20 @@ def one_run(
         routing = json.loads(get(f"http://{order.host}:9100/routing") or "{}").get("risk", {})
         return routing.get("weightInForce")
 
-    routed = wait(
-        "orders routed to the canary", lambda: (weight_in_force() or 0) > 0 and time.monotonic(), 90
+    routed = wait_for(
+        lambda: (weight_in_force() or 0) > 0 and time.monotonic(), 90, POLL_SECONDS, "the canary's weight"
     )
-    at_zero = wait("the canary's share at zero", lambda: weight_in_force() == 0 and time.monotonic(), 60)
-    verdict = wait(
-        "the rollback recorded",
+    at_zero = wait_for(
+        lambda: weight_in_force() == 0 and time.monotonic(), 60, POLL_SECONDS, "the canary's share at zero"
+    )
+    verdict = wait_for(
         lambda: (status := bench.status()).get("failedRevision") == canary and status,
         60,
-        interval=0.05,
+        0.05,
+        "the rollback recorded",
     )
     load.join(seconds + 30)
-    wait("rolled back", lambda: bench.status().get("phase") == "RolledBack", 120, interval=0.2)
+    wait_for(lambda: bench.status().get("phase") == "RolledBack", 120, 0.2, "rolled back")
     breach = loads[0].first_reject_at["RESTRICTED_SYMBOL"]
     return Timing(at_zero - breach, at_zero - routed), verdict.get("lastAnalysis") or {}, loads[0]
 
@@ -207,10 +200,10 @@ def main() -> int:
             bench.run(
                 "apply", "-f", "-", input=bundled_manifest(namespace, name, replicas, SLO_MICROS, bundled)
             )
-        wait("risk Ready", lambda: bench.status().get("phase") == "Ready", interval=0.5)
+        wait_for(lambda: bench.status().get("phase") == "Ready", 120, 0.5, "risk Ready")
         runner.wait_running(5, timeout=120)
-        order_ip = wait("order's pod", lambda: bench.pod_ips("order"), interval=0.5)[0]
-        wait("order ready", lambda: get(f"http://{order_ip}:9100/readyz") == "ready\n", interval=0.2)
+        order_ip = wait_for(lambda: bench.pod_ips("order"), 120, 0.5, "order's pod")[0]  # type: ignore[index]
+        wait_for(lambda: get(f"http://{order_ip}:9100/readyz") == "ready\n", 120, 0.2, "order ready")
         creds = secret_credentials(bench.core, namespace, "client", args.logs)
         for run in range(1, args.runs + 1):
             timing, analysis, load = one_run(bench, Address(order_ip, 7001), creds, args, run)
