@@ -34,6 +34,7 @@ import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,9 @@ class Timing:
     routed_to_zero: float
     """From order first holding the canary's weight (polled) to it holding 0: an upper bound of the
     former that does not depend on when the canary's answers reach the client."""
+    verdict_to_zero: float
+    """From the failing analysis (the reconcile's clock, in the status) to order holding weight 0: the
+    actuation, the rest is detection."""
 
 
 def one_run(
@@ -161,7 +165,11 @@ def one_run(
     load.join(seconds + 30)
     wait_for(lambda: bench.status().get("phase") == "RolledBack", 120, 0.2, "rolled back")
     breach = loads[0].first_reject_at["RESTRICTED_SYMBOL"]
-    return Timing(at_zero - breach, at_zero - routed), verdict.get("lastAnalysis") or {}, loads[0]
+    analysis: dict[str, Any] = verdict.get("lastAnalysis") or {}
+    # The status stamps wall time; this process's wall clock minus its monotonic one relates the two.
+    decided = datetime.fromisoformat(analysis["time"].replace("Z", "+00:00")).timestamp()
+    decided_monotonic = decided - (time.time() - time.monotonic())
+    return Timing(at_zero - breach, at_zero - routed, at_zero - decided_monotonic), analysis, loads[0]
 
 
 def main() -> int:
@@ -211,7 +219,8 @@ def main() -> int:
             loads.append(load)
             print(
                 f"run {run}: canary's first answer -> its share at zero {timing.answer_to_zero:.3f} s, "
-                f"routed -> zero {timing.routed_to_zero:.3f} s ({analysis.get('verdict')} on "
+                f"routed -> zero {timing.routed_to_zero:.3f} s, "
+                f"verdict -> zero {timing.verdict_to_zero:.3f} s ({analysis.get('verdict')} on "
                 f"{analysis.get('gate')}: {analysis.get('value')} us > {analysis.get('threshold')} us on "
                 f"{analysis.get('samples')} samples); load achieved {load.achieved_rate:.0f}/s, "
                 f"answers refused {dict(load.rejects)}"
@@ -222,12 +231,13 @@ def main() -> int:
         bench.run("delete", "namespace", namespace, "--wait=false")
     achieved = statistics.median(load.achieved_rate for load in loads)
     for what, figures in (
-        ("first slow canary answer -> canary share at zero", [t.answer_to_zero for t in runs]),
-        ("canary routed -> canary share at zero (upper bound)", [t.routed_to_zero for t in runs]),
+        ("first slow canary answer -> canary share at zero (goal < 1 s)", [t.answer_to_zero for t in runs]),
+        ("canary routed -> canary share at zero (an upper bound)", [t.routed_to_zero for t in runs]),
+        ("verdict's reconcile -> canary share at zero (actuation)", [t.verdict_to_zero for t in runs]),
     ):
         print(
             f"{what}: median {statistics.median(figures):.3f} s over {len(figures)} runs "
-            f"(min {min(figures):.3f}, max {max(figures):.3f}); goal < 1 s"
+            f"(min {min(figures):.3f}, max {max(figures):.3f})"
         )
     print(
         f"orderFlow at {args.weight_bp} bp, offered {args.rate:g} orders/s, achieved median {achieved:.0f}/s"
