@@ -32,7 +32,7 @@ from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 from tradeplane.labels import POOL_LABEL
 from tradeplane.names import CALENDARS, TIMEZONES
 from tradeplane.quantity import QUANTITY_PATTERN, integer_quantity
-from tradeplane_services.catalog import BUNDLED, CUSTOM
+from tradeplane_services.catalog import BUNDLED, CUSTOM, ORDER_FLOW_COMPONENTS
 
 GROUP = "tradeplane.io"
 VERSION = "v1alpha1"
@@ -249,9 +249,11 @@ class Peer(Model):
 
 # Who scrapes /metrics by default: a Prometheus (the Prometheus Operator's and the community chart's pods
 # carry this label) and the operator itself (its direct-scrape provider), in any namespace.
+OPERATOR_PEER = {"namespaceLabels": {}, "podLabels": {"app.kubernetes.io/name": "tradeplane"}}
+"""The operator's pods, as the chart labels them, in any namespace."""
 DEFAULT_METRICS_PEERS = (
     {"namespaceLabels": {}, "podLabels": {"app.kubernetes.io/name": "prometheus"}},
-    {"namespaceLabels": {}, "podLabels": {"app.kubernetes.io/name": "tradeplane"}},
+    OPERATOR_PEER,
 )
 
 
@@ -315,9 +317,36 @@ class SLO(Model):
     maxErrorRate: float = Field(default=0.001, ge=0, le=1, description="Canary error-rate gate, a fraction.")
 
 
+BASIS_POINTS = 10_000
+"""A whole: weights are basis points (hundredths of a percent) inside the operator."""
+
+
 class RolloutStep(Model):
-    weight: int = Field(ge=1, le=100, description="Percent of traffic (or replicas) on the canary.")
+    weight: int | None = Field(
+        default=None, ge=1, le=100, description="Percent of traffic (or replicas) on the canary."
+    )
+    weightBasisPoints: int | None = Field(
+        default=None,
+        ge=1,
+        le=BASIS_POINTS,
+        description="Hundredths of a percent of the orders on the canary (10 is 0.1%), instead of weight: "
+        "only orderFlow can honour a share finer than a percent.",
+    )
     pause: str = Field(default="30s", pattern=DURATION_PATTERN, description="How long the step is analysed.")
+
+    rules = (
+        Rule(
+            "has(self.weight) != has(self.weightBasisPoints)",
+            "a step has either weight (percent) or weightBasisPoints",
+            lambda step: (step.weight is None) != (step.weightBasisPoints is None),
+        ),
+    )
+
+    @property
+    def basis_points(self) -> int:
+        if self.weightBasisPoints is not None:
+            return self.weightBasisPoints
+        return (self.weight or 0) * (BASIS_POINTS // 100)
 
 
 class PrometheusSettings(Model):
@@ -441,6 +470,24 @@ class HTTPRouteRef(Model):
     name: str = Field(min_length=1, description="Gateway API HTTPRoute whose backend weights are split.")
 
 
+class OrderFlow(Model):
+    """The callers of the service split their orders by account: a stable hash of the account, salted per
+    rollout, into 10,000 buckets; buckets below the weight go to the canary. Exact to a basis point, and an
+    account stays on one revision for the whole rollout."""
+
+    leaseSeconds: int = Field(
+        default=3,
+        ge=1,
+        le=60,
+        description="The callers send canary orders only this long after the operator last renewed the "
+        "routing (every second during a rollout): without the operator the canary share falls to zero.",
+    )
+
+
+# CEL: a step's weight in basis points, whichever of the two fields it has.
+_STEP_BASIS_POINTS = "(has(step.weight) ? step.weight * 100 : step.weightBasisPoints)"
+
+
 class Rollout(Model):
     steps: list[RolloutStep] = Field(
         default_factory=lambda: [
@@ -454,14 +501,34 @@ class Rollout(Model):
     analysis: Analysis = Field(default_factory=Analysis)
     freezeWindows: list[FreezeWindow] = Field(default_factory=list, max_length=16)
     httpRoute: HTTPRouteRef | None = None
+    orderFlow: OrderFlow | None = Field(
+        default=None,
+        description="Split by account in the callers of the service (bundled components with bundled "
+        "callers: risk and execution, called by order), at basis-point resolution, under a lease.",
+    )
 
     rules = (
         Rule(
-            "!has(self.steps) || (self.steps.map(step, step.weight).isSorted() && "
-            "self.steps.all(step, self.steps.exists_one(other, other.weight == step.weight)))",
+            f"!has(self.steps) || (self.steps.map(step, {_STEP_BASIS_POINTS}).isSorted() && "
+            f"self.steps.all(step, self.steps.exists_one(other, "
+            f"{_STEP_BASIS_POINTS.replace('step', 'other')} == {_STEP_BASIS_POINTS})))",
             "rollout step weights must be strictly increasing",
-            lambda rollout: all(a.weight < b.weight for a, b in pairwise(rollout.steps)),
+            lambda rollout: all(a.basis_points < b.basis_points for a, b in pairwise(rollout.steps)),
             "steps",
+        ),
+        Rule(
+            "has(self.orderFlow) || !has(self.steps) || self.steps.all(step, !has(step.weightBasisPoints))",
+            "weightBasisPoints needs orderFlow: replica ratio and HTTPRoute split by whole percent",
+            lambda rollout: (
+                rollout.orderFlow is not None or all(step.weightBasisPoints is None for step in rollout.steps)
+            ),
+            "steps",
+        ),
+        Rule(
+            "!has(self.orderFlow) || !has(self.httpRoute)",
+            "orderFlow and httpRoute are two traffic mechanisms: choose one",
+            lambda rollout: rollout.orderFlow is None or rollout.httpRoute is None,
+            "orderFlow",
         ),
     )
 
@@ -520,6 +587,14 @@ class TradingServiceSpec(Model):
             "custom components need a port",
             lambda spec: spec.component != CUSTOM or spec.port is not None,
             "port",
+        ),
+        Rule(
+            f"!has(self.rollout) || !has(self.rollout.orderFlow) || "
+            f"self.component in {_cel_list(ORDER_FLOW_COMPONENTS)}",
+            "orderFlow needs callers that split their orders by account: component must be one of "
+            + ", ".join(ORDER_FLOW_COMPONENTS),
+            lambda spec: spec.rollout.orderFlow is None or spec.component in ORDER_FLOW_COMPONENTS,
+            "rollout.orderFlow",
         ),
         Rule(
             f"(has(self.port) ? self.port : {_cel_port_defaults()}[self.component]) != self.metricsPort",
@@ -621,8 +696,14 @@ class TradingServiceStatus(Model):
         default=None, description="The last retry request honoured: each request is honoured once."
     )
     step: int | None = None
-    weight: int = 0
-    actualWeight: int = 0
+    weight: float = Field(
+        default=0, description="The step's canary share, percent (two decimals: basis points exact)."
+    )
+    actualWeight: float = Field(
+        default=0,
+        description="The canary's share as served, percent: its share of ready pods (replica ratio), the "
+        "route's weight (HTTPRoute), or of the orders the callers counted (orderFlow).",
+    )
     stepStartedAt: str | None = None
     lastAnalysisAt: str | None = None
     failedIntervals: int = 0
@@ -693,6 +774,11 @@ class TradingService(Model):
             "metadata",
         ),
     )
+
+
+def percent(basis_points: int) -> float:
+    """Basis points as a percent, exact to its two decimals."""
+    return round(basis_points / (BASIS_POINTS // 100), 2)
 
 
 def now_iso(now: datetime) -> str:

@@ -9,8 +9,9 @@ applies under the one field manager `tradeplane`, deletions, the traffic object'
 Permissions it uses: tradingservices/status patch; deployments, services, configmaps,
 poddisruptionbudgets, networkpolicies, controllerrevisions, servicemonitors create/patch/delete
 (server-side apply creates through patch); pods delete; nodes list; events create; httproutes get/patch
-(only the route a spec names). Preflight lists the pool's pods across namespaces; where that is forbidden
-it counts the watched namespaces' pods and says so. Clusters that enforce
+(only the route a spec names). With orderFlow it POSTs the routing to the callers' pods (routing.py),
+which needs no permission beyond the pods it already watches. Preflight lists the pool's pods across
+namespaces; where that is forbidden it counts the watched namespaces' pods and says so. Clusters that enforce
 OwnerReferencesPermissionEnforcement (OpenShift) also need update on tradingservices/finalizers, for the
 children's blockOwnerDeletion.
 """
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tradeplane import analysis, metrics
-from tradeplane.api import API_VERSION, KIND, now_iso
+from tradeplane.api import API_VERSION, DEFAULT_METRICS_PORT, KIND, now_iso
 from tradeplane.capacity import Amounts, NodeView, PoolSnapshot, pod_requests
 from tradeplane.events import Event
 from tradeplane.kinds import CHILD_KINDS
@@ -35,8 +36,11 @@ from tradeplane.kube import ApiError, Kube
 from tradeplane.labels import MANAGER, POOL_LABEL
 from tradeplane.providers import Providers
 from tradeplane.reconcile import ChildKey, Decision, View, decide
+from tradeplane.routing import RoutingPushes
 from tradeplane.traffic import router_for
 from tradeplane.workqueue import WorkQueue
+from tradeplane_services.catalog import splitting_callers
+from tradeplane_services.orderflow import STABLE_BEFORE_ROUTING
 
 logger = logging.getLogger("tradeplane")
 
@@ -144,6 +148,7 @@ class Controller:
     queue: WorkQueue[ServiceKey] = field(init=False)
     pools: PoolCache = field(init=False)
     providers: Providers = field(default_factory=Providers)
+    routing: RoutingPushes = field(default_factory=RoutingPushes)
     _monitoring: tuple[float, bool] | None = None
 
     def __post_init__(self) -> None:
@@ -162,6 +167,7 @@ class Controller:
         if body is None:
             metrics.forget(*key)
             self.queue.forget(key)
+            self.routing.forget(key)
             return None
         started = time.perf_counter()
         now = datetime.now(UTC)
@@ -190,6 +196,10 @@ class Controller:
             traffic_object = await self.kube.get(
                 named.api_version, named.kind, view.owner.namespace, named.name
             )
+        callers = None
+        if view.spec is not None and view.spec.rollout.orderFlow is not None:
+            stable_names = (view.status.stableRevision or "", STABLE_BEFORE_ROUTING)
+            callers = self.routing.report(key, stable_names)
         decision = decide(
             view,
             now=now,
@@ -197,6 +207,7 @@ class Controller:
             monitoring=await self._monitoring_served(),
             analysis=verdict,
             traffic_object=traffic_object,
+            callers=callers,
         )
         again = await self._execute(view, body, decision)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
@@ -221,6 +232,12 @@ class Controller:
                     return CONFLICT_RETRY_SECONDS
                 raise
             metrics.WRITES.labels("patch", "TradingService/status").inc()
+        if decision.routing is not None and view.spec is not None:
+            # Before the applies: a rollback takes the orders off the canary first, pods go after.
+            callers = self._callers(owner.namespace, view.spec.component)
+            failed = await self.routing.push((owner.namespace, owner.name), decision.routing, callers)
+            metrics.ROUTING_PUSHES.labels("ok").inc(len(callers) - failed)
+            metrics.ROUTING_PUSHES.labels("failed").inc(failed)
         for manifest in decision.apply:
             await self.kube.apply(manifest)
             metrics.WRITES.labels("apply", manifest["kind"]).inc()
@@ -290,6 +307,24 @@ class Controller:
             served = await self.kube.served("monitoring.coreos.com/v1", "servicemonitors")
             self._monitoring = (time.monotonic(), served)
         return self._monitoring[1]
+
+    def _callers(self, namespace: str, component: str) -> list[str]:
+        """HTTP endpoints of the ready pods of the services that split their orders to `component`."""
+        indexes = self._indexes()
+        splitting = splitting_callers(component)
+        endpoints = []
+        for (service_namespace, name), bodies in indexes.services.items():
+            for body in bodies:
+                spec = body.get("spec") or {}
+                if service_namespace != namespace or spec.get("component") not in splitting:
+                    continue
+                port = spec.get("metricsPort", DEFAULT_METRICS_PORT)
+                endpoints += [
+                    f"{pod.ip}:{port}"
+                    for pod in indexes.pods.get((service_namespace, name), ())
+                    if pod.ready and pod.active and pod.ip
+                ]
+        return sorted(endpoints)
 
     def _indexes(self) -> Indexes:
         if self.indexes is None:

@@ -109,7 +109,9 @@ def crd() -> dict[str, Any]:
         ("Phase", "string", ".status.phase", 0),
         ("Ready", "integer", ".status.readyReplicas", 0),
         ("Stable", "string", ".status.stableRevision", 0),
-        ("Canary", "integer", ".status.weight", 0),
+        # Percent with two decimals: order flow's 0.1% and 0.01% show as such, never rounded.
+        ("Canary%", "number", ".status.weight", 0),
+        ("Actual%", "number", ".status.actualWeight", 0),
         ("P99us", "number", ".status.lastAnalysis.p99Micros", 0),
         ("Age", "date", ".metadata.creationTimestamp", 0),
         ("Canary-Rev", "string", ".status.canaryRevision", 1),

@@ -39,6 +39,9 @@ ANALYSIS_THRESHOLD = Gauge(
     "The deciding gate's threshold in the last analysis",
     ["namespace", "name", "gate"],
 )
+ROUTING_PUSHES = Counter(
+    "tradeplane_routing_pushes", "Order-flow routing pushed to caller pods, by outcome", ["outcome"]
+)
 ROLLBACKS = Counter("tradeplane_rollbacks", "Canary rollbacks by reason", ["namespace", "name", "reason"])
 ROLLOUT_METRICS: tuple[Gauge | Counter, ...] = (
     ROLLOUT_PHASE,

@@ -42,6 +42,8 @@ from tradeplane.naming import Owner
 from tradeplane.podspec import RenderError
 from tradeplane.revision import template_revision
 from tradeplane.traffic import Backends, router_for
+from tradeplane.traffic.order_flow import CallerReport, routing_table
+from tradeplane_services.orderflow import RoutingTable
 
 ChildKey = tuple[str, str]
 """(kind, name) of a child."""
@@ -177,6 +179,8 @@ class Decision:
     events: list[Event] = field(default_factory=list)
     traffic_patch: dict[str, Any] | None = None
     """A merge patch for the spec's traffic object (its weights changed), or None to leave it."""
+    routing: RoutingTable | None = None
+    """What the callers of an orderFlow service are to hold now (pushed every reconcile)."""
     requeue_after: float | None = None
     rollback_reason: str | None = None
 
@@ -189,16 +193,18 @@ def decide(
     monitoring: bool = False,
     analysis: AnalysisResult | None = None,
     traffic_object: Mapping[str, Any] | None = None,
+    callers: CallerReport | None = None,
 ) -> Decision:
     """Everything this reconcile must do. `pool` is needed only when `view.needs_preflight()`,
-    `traffic_object` (None when the mechanism has none or it is missing) when the traffic router names one.
+    `traffic_object` (None when the mechanism has none or it is missing) when the traffic router names one,
+    `callers` (what they answered the last routing pushes) with orderFlow.
 
     A spec that cannot be used (refused by the models, or rendering a pod that breaks a rule the operator
     guarantees) is reported in the status and an Event, and nothing is applied."""
     if view.spec is None:
         return _unusable(view, now, "InvalidSpec", view.spec_error or "invalid spec")
     try:
-        return _decide(view, view.spec, now, pool, monitoring, analysis, traffic_object)
+        return _decide(view, view.spec, now, pool, monitoring, analysis, traffic_object, callers)
     except RenderError as error:
         return _unusable(view, now, "RenderError", str(error))
 
@@ -211,6 +217,7 @@ def _decide(
     monitoring: bool,
     analysis: AnalysisResult | None,
     traffic_object: Mapping[str, Any] | None,
+    callers: CallerReport | None,
 ) -> Decision:
     decision = Decision()
     revision = template_revision(spec)
@@ -228,7 +235,14 @@ def _decide(
         stable_template_revision=stable_state.revision,
         stable_updated=stable_state.updated,
         stable_settled=stable_state.settled,
-        traffic_weight=None if traffic_object is None else router.object_weight(traffic_object, backends),
+        traffic_weight=(
+            router.object_weight(traffic_object, backends)
+            if traffic_object is not None
+            else callers.held_weight
+            if callers is not None
+            else None
+        ),
+        counted_weight=callers.counted_weight if callers is not None else None,
         analysis=analysis,
         generation=view.generation,
         promote=view.annotations.get(PROMOTE_ANNOTATION),
@@ -257,6 +271,16 @@ def _decide(
 
     if traffic_object is not None and plan.traffic_weight is not None:
         decision.traffic_patch = router.object_patch(traffic_object, backends, plan.traffic_weight)
+    if spec.rollout.orderFlow is not None:
+        canary = plan.status.canaryRevision
+        decision.routing = routing_table(
+            view.owner,
+            spec,
+            plan.stable_revision,
+            canary,
+            [f"{pod.ip}:{spec.wire_port}" for pod in view.ready_pods(canary)] if canary else [],
+            plan.traffic_weight or 0,
+        )
 
     for pod in capacity.admission_failures(view.pods):
         decision.delete_pods.append(pod)

@@ -11,8 +11,9 @@ One TradingService `<name>` owns:
   Deployment can be rendered again (drift restore) while a newer spec is being canaried, the way
   StatefulSets keep their history;
 - Service `<name>` selecting every pod of the service (a replica-ratio split between the revisions),
-  with the wire and metrics ports; when the spec names a Gateway API HTTPRoute, `<name>` selects the
-  stable revision and `<name>-canary` the canary, and the route's weights split the traffic;
+  with the wire and metrics ports; when the spec names a Gateway API HTTPRoute or asks for orderFlow,
+  `<name>` selects the stable revision and `<name>-canary` the canary, and the route's weights (or the
+  callers, by account) split the traffic;
 - a PodDisruptionBudget; a ServiceMonitor when its CRD exists.
 
 Each manifest carries an annotation with the hash of what was rendered, so the operator can tell "the spec
@@ -29,7 +30,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from tradeplane import podspec
-from tradeplane.api import API_VERSION, BUNDLED_PORTS, KIND, Peer, TradingServiceSpec
+from tradeplane.api import API_VERSION, BUNDLED_PORTS, KIND, OPERATOR_PEER, Peer, TradingServiceSpec
 from tradeplane.labels import (
     APPLIED_ANNOTATION,
     COMPONENT_LABEL,
@@ -41,7 +42,7 @@ from tradeplane.labels import (
 from tradeplane.naming import Owner, Role, deployment_name, labels, revision_object_name, selector
 from tradeplane.podspec import pod_template
 from tradeplane.revision import template_fields
-from tradeplane_services.catalog import BUNDLED, CUSTOM
+from tradeplane_services.catalog import BUNDLED, CUSTOM, splits_orders
 
 SCRAPE_INTERVAL = "5s"
 PROGRESS_DEADLINE_SECONDS = 180
@@ -235,7 +236,9 @@ def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | N
     """What may reach the service's pods and whom they may reach; None when `spec.networkPolicy` opts out.
 
     Ingress: the wire port from the components that call it (the catalog) and from `clients` when outside
-    identities log on to it; the metrics port from `metricsFrom`; market data's UDP feed from
+    identities log on to it; the metrics port from `metricsFrom`, and from the operator when the component
+    splits its orders by account (the operator pushes it the order-flow routing there, whatever
+    `metricsFrom` says: without it a canary would never get orders); market data's UDP feed from
     market-data (subscribers listen on ports of their own choosing). Egress: the wire ports of the
     components it calls, market data's feed to its subscribers, the event log's ports, the servers its
     settings name (the catalog's `server_urls`, e.g. analytics' ClickHouse), and DNS. A custom
@@ -251,13 +254,12 @@ def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | N
     ingress: list[dict[str, Any]] = []
     if callers:
         ingress.append({"from": callers, "ports": wire})
-    if settings.metricsFrom:
-        ingress.append(
-            {
-                "from": [_peer(peer) for peer in settings.metricsFrom],
-                "ports": [{"protocol": "TCP", "port": spec.metricsPort}],
-            }
-        )
+    metrics_from = [_peer(peer) for peer in settings.metricsFrom]
+    operator = _peer(Peer.model_validate(OPERATOR_PEER))
+    if splits_orders(spec.component) and operator not in metrics_from:
+        metrics_from.append(operator)
+    if metrics_from:
+        ingress.append({"from": metrics_from, "ports": [{"protocol": "TCP", "port": spec.metricsPort}]})
     called = podspec.called_components(spec)
     if "market-data" in called:
         ingress.append({"from": [_component_pods("market-data")], "ports": [{"protocol": "UDP"}]})

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from tradeplane.api import (
+    BASIS_POINTS,
     AnalysisResult,
     Phase,
     RollbackOutcome,
@@ -41,10 +42,11 @@ from tradeplane.api import (
     Verdict,
     now_iso,
     parse_duration,
+    percent,
 )
 from tradeplane.events import Event
 from tradeplane.freeze import Freeze, active_freeze
-from tradeplane.traffic import router_for
+from tradeplane.traffic import Serving, router_for
 
 # The rollback reasons that are not a failed gate; any other reason names the gate that failed.
 ROLLBACK_OUTCOMES: dict[str, RollbackOutcome] = {
@@ -78,8 +80,10 @@ class Observed:
     stable_settled: bool = False
     """The stable Deployment runs its template on all its replicas, all available, nothing else left."""
     traffic_weight: int | None = None
-    """The canary's weight on the traffic object (an HTTPRoute), None when the mechanism has none or the
-    object is missing."""
+    """The canary's weight, basis points, where the mechanism holds it (an HTTPRoute's backends, the
+    weight every caller acknowledged); None when the mechanism has none or nothing holds one."""
+    counted_weight: int | None = None
+    """The canary's share of the requests its callers counted lately, basis points (orderFlow)."""
     analysis: AnalysisResult | None = None
     """A verdict measured just now, when `analysis_due` said so."""
     generation: int | None = None
@@ -104,7 +108,7 @@ class Plan:
     canary_replicas: int | None = None
     """None: no canary Deployment (delete it with orphan propagation, so the stable adopts its pods)."""
     traffic_weight: int | None = None
-    """The canary's weight to set on the traffic object, percent; None when the mechanism has none."""
+    """The canary's weight to set (a route, the callers), basis points; None when the mechanism has none."""
     events: tuple[Event, ...] = ()
     rollback_reason: str | None = None
     """Set when this plan starts a rollback: the failing gate, inconclusive, abort or progressDeadline."""
@@ -129,10 +133,20 @@ def canary_replicas_for(spec: TradingServiceSpec, weight: int) -> int:
     return router_for(spec).canary_replicas(spec.replicas, weight)
 
 
-def actual_weight(spec: TradingServiceSpec, observed: Observed) -> int:
-    return router_for(spec).served_weight(
-        observed.stable_ready, observed.canary_ready, observed.traffic_weight
+def serving(observed: Observed) -> Serving:
+    return Serving(
+        observed.stable_ready, observed.canary_ready, observed.traffic_weight, observed.counted_weight
     )
+
+
+def actual_weight(spec: TradingServiceSpec, observed: Observed) -> float:
+    """The canary's share as served, percent."""
+    return percent(router_for(spec).served_weight(serving(observed)))
+
+
+def weight_text(basis_points: int) -> str:
+    """A weight as people write it: 5%, 0.1%, 0.01%."""
+    return f"{percent(basis_points):g}%"
 
 
 def analysis_due(
@@ -245,10 +259,11 @@ class _Machine:
         status.failedRevision = status.rollbackOutcome = None
         status.phase = Phase.PROGRESSING
         status.step = 1
-        status.weight = self.spec.rollout.steps[0].weight
+        first = self.spec.rollout.steps[0].basis_points
+        status.weight = percent(first)
         status.lastAnalysis = None
         replaced = f", replacing canary {previous}" if previous and previous != self.revision else ""
-        status.message = f"canary {self.revision} started at step 1 ({status.weight}%){replaced}"
+        status.message = f"canary {self.revision} started at step 1 ({weight_text(first)}){replaced}"
         self._note("Normal", "CanaryStarted", status.message)
 
     def _live_canary(self) -> Plan:
@@ -301,17 +316,15 @@ class _Machine:
         if status.step is None:
             raise RolloutError(f"canary {self.revision} walks its steps without a step recorded")
         index = status.step - 1
-        weight = steps[index].weight
-        status.weight = weight
+        weight = steps[index].basis_points
+        status.weight = percent(weight)
         replicas = canary_replicas_for(self.spec, weight)
-        reached = router_for(self.spec).reached(
-            observed.canary_ready, replicas, observed.traffic_weight, weight
-        )
+        reached = router_for(self.spec).reached(serving(observed), replicas, weight)
         if reached and status.stepStartedAt is None:
             status.stepStartedAt = now_iso(self.now)
         status.actualWeight = actual_weight(self.spec, observed)
         traffic_weight = weight if observed.canary_ready > 0 else 0
-        where = f"step {status.step}/{len(steps)} ({weight}%)"
+        where = f"step {status.step}/{len(steps)} ({weight_text(weight)})"
         if self._requested(observed.promote) and freeze is not None:
             where += f", promotion requested but held by {freeze.description} until {now_iso(freeze.until)}"
         if self.spec.paused:
@@ -331,14 +344,17 @@ class _Machine:
         if status.step == len(steps):
             return self._promote(None)
         status.step += 1
-        status.weight = steps[status.step - 1].weight
+        following = steps[status.step - 1].basis_points
+        status.weight = percent(following)
         status.stepStartedAt = None
-        status.message = f"step {status.step}/{len(steps)} ({status.weight}%) after a passing analysis"
+        status.message = (
+            f"step {status.step}/{len(steps)} ({weight_text(following)}) after a passing analysis"
+        )
         self._note("Normal", "StepAdvanced", f"canary {self.revision}: {status.message}")
         self._condition(True, "Scaling", status.message)
         return self._plan(
             self._stable(),
-            canary_replicas=canary_replicas_for(self.spec, status.weight),
+            canary_replicas=canary_replicas_for(self.spec, following),
             traffic_weight=traffic_weight,
         )
 
@@ -358,8 +374,12 @@ class _Machine:
         )
 
     def _waiting(self, where: str, reached: bool, replicas: int) -> str:
+        observed = self.observed
+        if not reached and observed.canary_ready < replicas:
+            return f"{where}: waiting for {replicas} ready canary pods ({observed.canary_ready} ready)"
         if not reached:
-            return f"{where}: waiting for {replicas} ready canary pods ({self.observed.canary_ready} ready)"
+            held = "none" if observed.traffic_weight is None else weight_text(observed.traffic_weight)
+            return f"{where}: waiting for the traffic to take the weight (held: {held})"
         last = self.status.lastAnalysis
         verdict = f"last analysis {last.verdict}: {last.message}" if last else "no analysis yet"
         return f"{where}: analysing, {verdict}"
@@ -374,9 +394,9 @@ class _Machine:
             status.phase = Phase.PROMOTING
             how = "on request" if self._requested(observed.promote) else "after the last step"
             self._note("Normal", "Promoting", f"canary {self.revision} promoted {how}")
-        status.weight = 100
+        status.weight = percent(BASIS_POINTS)
         status.actualWeight = actual_weight(self.spec, observed)
-        traffic_weight = self.spec.rollout.steps[-1].weight if observed.canary_ready > 0 else 0
+        traffic_weight = self.spec.rollout.steps[-1].basis_points if observed.canary_ready > 0 else 0
         if observed.canary_ready < full:
             status.message = f"promoting: growing canary to {full} pods ({observed.canary_ready} ready)"
         elif freeze is not None:
@@ -470,7 +490,7 @@ class _Machine:
             stable_revision=stable,
             stable_paused=stable_paused,
             canary_replicas=canary_replicas,
-            traffic_weight=traffic_weight if router_for(self.spec).traffic_object(self.spec) else None,
+            traffic_weight=traffic_weight if router_for(self.spec).sets_weight else None,
             events=tuple(self.events),
         )
 

@@ -53,6 +53,9 @@ class BundledComponent:
     server_urls: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """Settings that name a server outside the stack by http(s) URL, with the server's default ports
     (http, https) for a URL that names none: its NetworkPolicy lets it reach that port."""
+    split_by: tuple[str, ...] = ()
+    """Callers that split their orders to it by account (split.py), so its canaries can take an exact
+    share of the orders (`spec.rollout.orderFlow`)."""
 
     @property
     def peer_variable(self) -> str:
@@ -93,6 +96,7 @@ BUNDLED: dict[str, BundledComponent] = _catalog(
         7002,
         {"order": ("RiskCheck", "RiskUpdate"), ADMIN: ("SetKillSwitch",)},
         {"killSwitch": "ACTIVE"},
+        split_by=("order",),
     ),
     BundledComponent(
         "market-data",
@@ -148,6 +152,21 @@ def component(name: str) -> BundledComponent:
 def callees(name: str) -> list[str]:
     """The bundled components `name` opens sessions to."""
     return [callee for callee, entry in BUNDLED.items() if name in entry.callers]
+
+
+def splitting_callers(name: str) -> tuple[str, ...]:
+    """The bundled components that split their orders to `name` by account; none for a custom one."""
+    entry = BUNDLED.get(name)
+    return entry.split_by if entry is not None else ()
+
+
+def splits_orders(name: str) -> bool:
+    """Whether `name` splits its orders to some peer by account (and so takes routing pushes)."""
+    return any(name in entry.split_by for entry in BUNDLED.values())
+
+
+ORDER_FLOW_COMPONENTS = tuple(name for name, entry in BUNDLED.items() if entry.split_by)
+"""The components whose canaries can take an order-flow share."""
 
 
 def start_order() -> tuple[str, ...]:

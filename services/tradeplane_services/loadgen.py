@@ -115,6 +115,8 @@ class LoadResult:
     max_send_lag_us: float = 0.0
     trades: int = 0
     net_fills: dict[tuple[int, bytes], int] = field(default_factory=dict)
+    first_reject_at: dict[str, float] = field(default_factory=dict)
+    """time.monotonic() of the first answer rejected for each reason (when a new behaviour showed up)."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -170,6 +172,7 @@ def run_load(
     warmup_orders = int(rate * warmup)
     answered_at = np.zeros(total, dtype=np.int64)  # receive time per order, 0 until answered
     reject_reasons: Counter[int] = Counter()
+    first_reject_at: dict[int, float] = {}
     net_fills: dict[tuple[int, bytes], int] = {}
     base = first_client_order_id
     sent = answered = trades = 0
@@ -249,6 +252,8 @@ def run_load(
                     answered += 1
                     if exec_type == E_REJECTED:
                         reject_reasons[reason] += 1
+                        if reason not in first_reject_at:
+                            first_reject_at[reason] = time.monotonic()
             elif echo and message_type == type_id:
                 index = struct.unpack_from("<Q", buffer, position + HEADER_SIZE)[0] - base
                 if 0 <= index < total and not answered_at[index]:
@@ -275,6 +280,7 @@ def run_load(
     result.rejects = Counter({Reason(code).name: count for code, count in reject_reasons.items()})
     result.trades = trades
     result.net_fills = net_fills
+    result.first_reject_at = {Reason(code).name: at for code, at in first_reject_at.items()}
     return result
 
 

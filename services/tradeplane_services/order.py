@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import time
 from collections import deque
@@ -40,6 +41,7 @@ from tradeplane_services.protocol import (
 )
 from tradeplane_services.runtime import Connection, RequestMetrics, Service, fields, log, wait_until
 from tradeplane_services.settings import OrderSettings, Settings
+from tradeplane_services.split import AccountSplit, routing_route
 
 PENDING_NEW, NEW, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED = (int(s) for s in OrderStatus)
 E_NEW, E_REJECTED, E_TRADE, E_CANCELED, E_REPLACED, E_CANCEL_REJECTED = (int(e) for e in ExecType)
@@ -478,10 +480,13 @@ class OrderService(Service):
     def __init__(self, environment: Environment, settings: Settings) -> None:
         super().__init__(environment, settings)
         assert isinstance(settings, OrderSettings)
-        self.risk = self.link(
+        # Risk is reached through its stable and, during an order-flow canary, its canary revision.
+        self.risk = AccountSplit(
+            self,
             "risk",
             {RiskResult: self.on_risk_result, KillSwitchStatus: self.on_kill_switch},
-            on_down=self.on_risk_down,
+            self.on_risk_down,
+            self.risk_answer_seconds,
         )
         self.execution = self.link(
             "execution", {VenueReport: self.on_venue_report}, on_down=self.on_venue_down
@@ -499,6 +504,8 @@ class OrderService(Service):
             ReplaceOrder: self.on_replace,
         }
         self._sweeper: asyncio.Task[None] | None = None
+        self.post_routes["/routing"] = routing_route(self)
+        self.routes["/routing"] = self.routing_document
 
     async def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
@@ -527,10 +534,21 @@ class OrderService(Service):
         session.connection.send(report)
 
     def to_risk(self, message: RiskCheck | RiskUpdate) -> bool:
-        # A check holds an order up; an exposure update can share the next write.
-        if type(message) is RiskUpdate:
-            return self.risk.send_later(message)
-        return self.risk.send(message)
+        # A check holds an order up; an exposure update can share the next write. Both go to the
+        # revision of risk that booked the order.
+        if isinstance(message, RiskUpdate):
+            return self.risk.update_link(message.order_id, bool(message.done)).send_later(message)
+        return self.risk.route(message.account, message.order_id, not message.is_replace).send(message)
+
+    def risk_answer_seconds(self) -> float:
+        """How long a risk check can stay unanswered before the sweeper rejects it, with a margin."""
+        settings = self.settings
+        assert isinstance(settings, OrderSettings)
+        return settings.riskTimeoutMillis / 1000 + 0.1
+
+    def routing_document(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
+        document = {peer: split.document() for peer, split in self.splits.items()}
+        return 200, "application/json", json.dumps(document).encode()
 
     def on_new_order(self, connection: Connection, message: NewOrder) -> None:
         self.inject_latency()
@@ -546,6 +564,7 @@ class OrderService(Service):
 
     def on_risk_result(self, connection: Connection, message: RiskResult) -> None:
         self.manager.risk_result(message)
+        self.risk.decided(message.order_id, message.order_id in self.manager.orders)
 
     def on_kill_switch(self, connection: Connection, message: KillSwitchStatus) -> None:
         self.manager.set_kill_switch(message.state)
@@ -568,6 +587,7 @@ class OrderService(Service):
         await wait_until(lambda: not manager.orders, self.settings.drainTimeoutSeconds)
 
     async def stop(self) -> None:
+        await self.risk.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

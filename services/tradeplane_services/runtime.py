@@ -507,6 +507,8 @@ class PeerLink(ConnectionOwner):
 
 
 HttpRoute = Callable[[dict[str, list[str]]], tuple[int, str, bytes]]
+HttpPost = Callable[[bytes], tuple[int, str, bytes]]
+MAX_POST_BYTES = 64 * 1024
 
 
 class Service(ConnectionOwner):
@@ -536,6 +538,8 @@ class Service(ConnectionOwner):
         self.sessions: set[Connection] = set()  # logged on
         self.draining = False
         self.routes: dict[str, HttpRoute] = {}
+        self.post_routes: dict[str, HttpPost] = {}
+        self.splits: dict[str, Any] = {}  # peer -> its AccountSplit (split.py), for callers of canaries
         self.links: list[PeerLink] = []
         self.wire_server: asyncio.AbstractServer | None = None
 
@@ -726,14 +730,29 @@ class HttpEndpoint:
             return route(query)
         return 404, "text/plain", f"no route {path}\n".encode()
 
+    def post(self, path: str, body: bytes) -> tuple[int, str, bytes]:
+        route = self.service.post_routes.get(path)
+        if route is None:
+            return 405, "text/plain", f"no POST to {path}\n".encode()
+        return route(body)
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), 10)
-            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
-                pass
+            length = 0
+            while (line := await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length" and value.strip().isdigit():
+                    length = int(value)
             parts = request_line.decode("latin-1").split()
-            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
-                status, content_type, body = 405, "text/plain", b"only GET\n"
+            if len(parts) >= 2 and parts[0] == "POST":
+                if length > MAX_POST_BYTES:
+                    status, content_type, body = 400, "text/plain", b"body too large\n"
+                else:
+                    payload = await asyncio.wait_for(reader.readexactly(length), 10)
+                    status, content_type, body = self.post(urlsplit(parts[1]).path, payload)
+            elif len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+                status, content_type, body = 405, "text/plain", b"only GET, and POST where a route takes it\n"
             else:
                 url = urlsplit(parts[1])
                 status, content_type, body = self.respond(url.path, parse_qs(url.query))
@@ -746,7 +765,7 @@ class HttpEndpoint:
             )
             writer.write(head.encode() + (body if parts[:1] != ["HEAD"] else b""))
             await writer.drain()
-        except (TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()

@@ -91,3 +91,29 @@ class Rollout:
 
 def traffic(kubeconfig: Path, namespace: str) -> RiskTraffic:
     return RiskTraffic(kubeconfig, namespace, NAME, BUNDLED_PORTS["risk"], rate=100)
+
+
+def bundled_manifest(
+    namespace: str, component: str, replicas: int, slo_micros: int, rollout: dict[str, Any] | None = None
+) -> str:
+    """A bundled component named after itself, small, with a loose error-rate gate: the order-flow stack."""
+    spec: dict[str, Any] = {
+        "component": component,
+        "image": "registry.example/tradeplane-services:0.1.0",
+        "replicas": replicas,
+        "resources": {"cpus": 1, "memory": "256Mi"},
+        "slo": {"p99LatencyMicros": slo_micros, "maxErrorRate": 0.5},
+    }
+    if rollout is not None:
+        spec["rollout"] = rollout
+    document = {
+        "apiVersion": "tradeplane.io/v1alpha1",
+        "kind": "TradingService",
+        "metadata": {"name": component, "namespace": namespace},
+        "spec": spec,
+    }
+    return yaml.safe_dump(document)
+
+
+ORDER_FLOW_STACK = (("market-data", 1), ("execution", 1), ("risk", 2), ("order", 1))
+"""(component, replicas) of the stack an order-flow rollout of risk runs in: order calls risk."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from tradeplane.capacity import Amounts, NodeView, PodView, PoolSnapshot
 from tradeplane.labels import REVISION_LABEL
 from tradeplane.reconcile import Decision, View, decide, is_subset
 from tradeplane.revision import template_revision
+from tradeplane.traffic.order_flow import CallerReport
 
 NOW = datetime(2025, 6, 7, 12, 0, tzinfo=UTC)  # a Saturday: no exchange session
 SPEC: dict[str, Any] = {
@@ -399,3 +400,42 @@ def test_opting_out_of_the_network_policy_deletes_it_and_nothing_else() -> None:
     decision = cluster.reconcile()
     assert [(d.kind, d.name) for d in decision.delete] == [("NetworkPolicy", "order")]
     assert set(cluster.children) == kept
+
+
+ORDER_FLOW = {
+    **SPEC,
+    "component": "risk",
+    "rollout": {
+        "orderFlow": {"leaseSeconds": 2},
+        "steps": [{"weightBasisPoints": 10, "pause": "5s"}, {"weight": 5, "pause": "5s"}],
+    },
+}
+
+
+def test_an_order_flow_canary_is_routed_by_the_callers_at_basis_points() -> None:
+    cluster = Cluster(ORDER_FLOW)
+    stable = cluster.converge()
+    assert stable.routing is not None and stable.routing.weight_basis_points == 0
+    assert stable.routing.canary == ()
+    cluster.spec = {**ORDER_FLOW, "image": "svc:2"}
+    canary = template_revision(TradingServiceSpec.model_validate(cluster.spec))
+    started = cluster.reconcile()
+    canary_deployment = next(m for m in started.apply if m["metadata"]["name"] == "order-canary")
+    assert canary_deployment["spec"]["replicas"] == 1, "a tenth of a percent needs one pod"
+    services = {m["metadata"]["name"]: m for m in started.apply if m["kind"] == "Service"}
+    assert services["order-canary"]["spec"]["selector"][REVISION_LABEL] == canary
+    assert started.routing is not None and started.routing.weight_basis_points == 0, "no ready canary pod"
+    assert cluster.status["weight"] == 0.1 and "(0.1%)" in cluster.status["message"]
+
+    cluster.run_deployments()
+    cluster.pods = [replace(pod, ip=f"127.1.0.{index}") for index, pod in enumerate(cluster.pods, 1)]
+    canary_ips = [f"{pod.ip}:7002" for pod in cluster.pods if pod.revision == canary]
+    pushed = decide(cluster.view(), now=NOW, pool=trading_pool(), callers=CallerReport(None, None))
+    assert pushed.routing is not None
+    assert (pushed.routing.weight_basis_points, pushed.routing.canary) == (10, tuple(canary_ips))
+    assert pushed.routing.salt == f"trading/order/{canary}" and pushed.routing.lease_seconds == 2
+    assert pushed.status is not None and pushed.status["stepStartedAt"] is None, "no caller holds it yet"
+
+    held = decide(cluster.view(), now=NOW, pool=trading_pool(), callers=CallerReport(10, 12))
+    assert held.status is not None and held.status["stepStartedAt"] is not None
+    assert held.status["actualWeight"] == 0.12, "the share the callers counted, not a pod ratio"

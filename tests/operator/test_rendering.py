@@ -376,3 +376,15 @@ def test_opting_out_renders_no_policy_and_a_custom_component_keeps_its_egress() 
         "from": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
         "ports": [{"protocol": "TCP", "port": 8000}],
     }
+
+
+def test_the_operator_may_always_push_routing_to_a_component_that_splits_orders() -> None:
+    prometheus = {"namespaceLabels": {}, "podLabels": {"app.kubernetes.io/name": "prometheus"}}
+
+    def metrics_readers(component: str) -> list[str]:
+        ingress = policy_of(component, metricsFrom=[prometheus])["ingress"]
+        rule = next(rule for rule in ingress if rule["ports"] == [{"protocol": "TCP", "port": 9100}])
+        return [peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"]]
+
+    assert metrics_readers("order") == ["prometheus", "tradeplane"], "order takes the routing there"
+    assert metrics_readers("risk") == ["prometheus"]

@@ -76,7 +76,7 @@ def test_a_new_revision_starts_a_canary_beside_the_full_stable() -> None:
 )
 def test_canary_replicas_for_a_weight(replicas: int, weight: int, route: bool, expected: int) -> None:
     spec = make_spec(replicas=replicas, rollout=with_rollout(httpRoute={"name": "orders"} if route else None))
-    assert canary_replicas_for(spec, weight) == expected
+    assert canary_replicas_for(spec, weight * 100) == expected
 
 
 def test_no_replicas_means_nothing_to_protect() -> None:
@@ -445,10 +445,10 @@ def test_traffic_weights_follow_the_steps_once_canary_pods_are_ready() -> None:
     plan = world.tick()
     assert (plan.canary_replicas, plan.traffic_weight) == (1, 0), "no traffic to a canary with no ready pod"
     plan = world.tick()
-    assert plan.traffic_weight == 5
+    assert plan.traffic_weight == 500, "basis points"
     world.run_until(lambda world: world.state.step == 3)
     world.tick()
-    assert world.plans[-1].traffic_weight == 50 and world.plans[-1].canary_replicas == 2
+    assert world.plans[-1].traffic_weight == 5000 and world.plans[-1].canary_replicas == 2
     world.verdict = Verdict.FAIL
     world.run_until(lambda world: world.rollbacks)
     assert world.plans[-1].traffic_weight == 0

@@ -48,7 +48,7 @@ def services_table(snapshot: Snapshot) -> Table:
             Text(status.get("phase", "-"), style=style),
             stable or "-",
             canary or "-",
-            f"{status.get('step', 0)} @ {status.get('weight', 0)}%" if canary else "-",
+            f"{status.get('step', 0)} @ {float(status.get('weight') or 0):g}%" if canary else "-",
             pods,
             _micros(snapshot, name, stable),
             _micros(snapshot, name, canary) if canary else "-",

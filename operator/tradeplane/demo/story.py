@@ -228,9 +228,9 @@ class Story:
         self.say("releasing a good risk revision: maxOrderQuantity 50000 -> 60000")
         yield from self._until("the good canary started", lambda: self.risk.get("canaryRevision"), 60)
         good = self.risk["canaryRevision"]
-        self.say(f"canary {good} started (step 1, {self.risk.get('weight')}%)")
+        self.say(f"canary {good} started (step 1, {float(self.risk.get('weight') or 0):g}%)")
         yield from self._until("the good canary at its last step", lambda: self.risk.get("step") == 2, 90)
-        self.say(f"step 2 ({self.risk.get('weight')}%): last analysis {_verdict(self.risk)}")
+        self.say(f"step 2 ({float(self.risk.get('weight') or 0):g}%): last analysis {_verdict(self.risk)}")
         canary_pods = self._pods(good)
         yield from self._until(
             "the good canary promoted",

@@ -1,12 +1,13 @@
-"""The interface every traffic router implements, and the objects it speaks of."""
+"""The interface every traffic router implements, and the objects it speaks of. Weights are basis points."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tradeplane.api import TradingServiceSpec
+from tradeplane.api import BASIS_POINTS, TradingServiceSpec
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,25 @@ class Backends:
     canary: str
 
 
+@dataclass(frozen=True)
+class Serving:
+    """What serves the canary now, as the reconcile observed it."""
+
+    stable_ready: int = 0
+    canary_ready: int = 0
+    held_weight: int | None = None
+    """The canary's weight where the mechanism holds it (the route's backends, the weight every caller
+    acknowledged); None when nothing holds one (no route, no caller answered)."""
+    counted_weight: int | None = None
+    """The canary's share of the requests the callers counted lately; None when nothing was counted."""
+
+
 class TrafficRouter(Protocol):
     per_revision_services: bool
     """Whether stable and canary need a Service each (the object splits between them), rather than one
     Service selecting every pod."""
+    sets_weight: bool
+    """Whether the mechanism is told a weight (a route, the callers), rather than following the pods."""
 
     def selects(self, spec: TradingServiceSpec) -> bool:
         """Whether this mechanism is the one the spec asks for."""
@@ -41,11 +57,11 @@ class TrafficRouter(Protocol):
         """Canary pods for a weight; never more than the stable, which keeps its size."""
         ...
 
-    def served_weight(self, stable_ready: int, canary_ready: int, object_weight: int | None) -> int:
-        """The canary's share as served now, percent."""
+    def served_weight(self, serving: Serving) -> int:
+        """The canary's share as served now."""
         ...
 
-    def reached(self, canary_ready: int, replicas: int, object_weight: int | None, weight: int) -> bool:
+    def reached(self, serving: Serving, replicas: int, weight: int) -> bool:
         """Whether the step's weight is in force."""
         ...
 
@@ -58,3 +74,10 @@ class TrafficRouter(Protocol):
     def object_patch(self, live: Mapping[str, Any], backends: Backends, weight: int) -> dict[str, Any] | None:
         """The merge patch that sets the canary's weight on the object; None when it already holds."""
         ...
+
+
+def share_replicas(stable_replicas: int, weight: int) -> int:
+    """Canary pods to serve `weight` of what the stable serves: at least one, at most the stable's count."""
+    if stable_replicas == 0:
+        return 0
+    return min(max(math.ceil(stable_replicas * weight / BASIS_POINTS), 1), stable_replicas)

@@ -7,32 +7,31 @@ the canary needs only its share of the stable's capacity. Any weight 0-100 is ex
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from tradeplane.api import TradingServiceSpec
-from tradeplane.traffic.base import Backends, TrafficObject
+from tradeplane.api import BASIS_POINTS, TradingServiceSpec
+from tradeplane.traffic.base import Backends, Serving, TrafficObject, share_replicas
 
 ROUTE_API = "gateway.networking.k8s.io/v1"
+PERCENT = BASIS_POINTS // 100
 
 
 class HTTPRouteRouter:
     per_revision_services = True
+    sets_weight = True
 
     def selects(self, spec: TradingServiceSpec) -> bool:
         return spec.rollout.httpRoute is not None
 
     def canary_replicas(self, stable_replicas: int, weight: int) -> int:
-        if stable_replicas == 0:
-            return 0
-        return min(max(math.ceil(stable_replicas * weight / 100), 1), stable_replicas)
+        return share_replicas(stable_replicas, weight)
 
-    def served_weight(self, stable_ready: int, canary_ready: int, object_weight: int | None) -> int:
-        return object_weight or 0
+    def served_weight(self, serving: Serving) -> int:
+        return serving.held_weight or 0
 
-    def reached(self, canary_ready: int, replicas: int, object_weight: int | None, weight: int) -> bool:
-        return canary_ready >= replicas and object_weight == weight
+    def reached(self, serving: Serving, replicas: int, weight: int) -> bool:
+        return serving.canary_ready >= replicas and serving.held_weight == weight
 
     def traffic_object(self, spec: TradingServiceSpec) -> TrafficObject | None:
         route = spec.rollout.httpRoute
@@ -41,11 +40,13 @@ class HTTPRouteRouter:
         return TrafficObject(ROUTE_API, "HTTPRoute", route.name, "spec.rollout.httpRoute")
 
     def object_weight(self, live: Mapping[str, Any], backends: Backends) -> int | None:
-        return route_canary_weight(_rules(live), backends.stable, backends.canary)
+        percent = route_canary_weight(_rules(live), backends.stable, backends.canary)
+        return None if percent is None else percent * PERCENT
 
     def object_patch(self, live: Mapping[str, Any], backends: Backends, weight: int) -> dict[str, Any] | None:
         rules = _rules(live)
-        split = route_rules(rules, backends.stable, backends.canary, weight)
+        # Whole percents only: the API refuses finer steps without orderFlow.
+        split = route_rules(rules, backends.stable, backends.canary, weight // PERCENT)
         return None if split == rules else {"spec": {"rules": split}}
 
 

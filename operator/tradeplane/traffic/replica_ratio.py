@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tradeplane.api import TradingServiceSpec
-from tradeplane.traffic.base import Backends, TrafficObject
+from tradeplane.api import BASIS_POINTS, TradingServiceSpec
+from tradeplane.traffic.base import Backends, Serving, TrafficObject
+
+HALF = BASIS_POINTS // 2
 
 
 class ReplicaRatioRouter:
     per_revision_services = False
+    sets_weight = False
 
     def selects(self, spec: TradingServiceSpec) -> bool:
         return True  # the default: it needs nothing but pods
@@ -24,16 +27,16 @@ class ReplicaRatioRouter:
     def canary_replicas(self, stable_replicas: int, weight: int) -> int:
         if stable_replicas == 0:
             return 0
-        if weight >= 50:
+        if weight >= HALF:
             return stable_replicas
-        return min(max(round(stable_replicas * weight / (100 - weight)), 1), stable_replicas)
+        return min(max(round(stable_replicas * weight / (BASIS_POINTS - weight)), 1), stable_replicas)
 
-    def served_weight(self, stable_ready: int, canary_ready: int, object_weight: int | None) -> int:
-        serving = stable_ready + canary_ready
-        return round(100 * canary_ready / serving) if serving else 0
+    def served_weight(self, serving: Serving) -> int:
+        ready = serving.stable_ready + serving.canary_ready
+        return round(BASIS_POINTS * serving.canary_ready / ready) if ready else 0
 
-    def reached(self, canary_ready: int, replicas: int, object_weight: int | None, weight: int) -> bool:
-        return canary_ready >= replicas
+    def reached(self, serving: Serving, replicas: int, weight: int) -> bool:
+        return serving.canary_ready >= replicas
 
     def traffic_object(self, spec: TradingServiceSpec) -> TrafficObject | None:
         return None

@@ -1,0 +1,204 @@
+"""Order flow end to end: the local control plane, the operator as a process, the order, risk, execution
+and market-data services behind the kwok pods, and orders from many accounts.
+
+The risk canary takes exactly the accounts whose bucket is below the step's weight, `status.actualWeight`
+comes from order's counters, and with the operator SIGKILLed the canary's share falls to zero within the
+lease by itself; restarted, the operator resumes the same step and the share comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e.conftest import OperatorProcess
+from e2e.scenario import ORDER_FLOW_STACK, bundled_manifest
+from kubernetes import client, config
+
+from support import Kubectl, get_json, wait_for
+from tradeplane.cluster.podrunner import PodRunner
+from tradeplane.sessions_cli import secret_credentials
+from tradeplane_services.client import OrderSession
+from tradeplane_services.config import Address
+from tradeplane_services.orderflow import bucket
+from tradeplane_services.protocol import ExecType, ExecutionReport, Reason, Side, price_units
+from tradeplane_services.sessions import Credentials
+
+pytestmark = pytest.mark.cluster
+
+WEIGHT = 1000  # basis points: 10% of the accounts
+LEASE_SECONDS = 2
+ACCOUNTS = range(1, 1001)
+CANARY_QUANTITY_LIMIT = 60  # the canary refuses QUANTITY as MAX_QUANTITY; the stable never does
+QUANTITY = 100
+FAR_PRICE = price_units(1)  # outside any collar: nothing is booked, nothing trades
+
+
+ROLLOUT = {
+    "orderFlow": {"leaseSeconds": LEASE_SECONDS},
+    # The first step holds for an hour: the test looks at it, never past it.
+    "steps": [{"weightBasisPoints": WEIGHT, "pause": "1h"}, {"weight": 50, "pause": "1h"}],
+    "analysis": {"interval": "1s", "window": "5s", "minSamples": 10, "inconclusiveLimit": 1000},
+}
+
+
+def by_canary(report: ExecutionReport) -> bool:
+    return report.exec_type == ExecType.REJECTED and report.reason == Reason.MAX_QUANTITY
+
+
+class Desk:
+    """Orders from every account in turn, in batches, answers read back; who answered, by account."""
+
+    def __init__(self, address: Address, creds: Credentials) -> None:
+        self.address = address
+        self.creds = creds
+        self.answers: Counter[bool] = Counter()
+        self.unanswered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def orders(self, accounts: list[int]) -> dict[int, ExecutionReport]:
+        with OrderSession(self.address, creds=self.creds) as session:
+            sent = {
+                session.new_order(Side.BUY, "AAPL", QUANTITY, FAR_PRICE, account): account
+                for account in accounts
+            }
+            return {account: session.report_for(order, timeout=10) for order, account in sent.items()}
+
+    def __enter__(self) -> Desk:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        batch = 25
+        accounts = list(ACCOUNTS)
+        position = 0
+        while not self._stop.is_set():
+            chosen = accounts[position : position + batch]
+            position = (position + batch) % len(accounts)
+            try:
+                reports = self.orders(chosen)
+            except (OSError, TimeoutError):
+                self.unanswered += len(chosen)
+                self._stop.wait(0.2)
+                continue
+            for report in reports.values():
+                self.answers[by_canary(report)] += 1
+            self._stop.wait(0.05)
+
+
+@pytest.fixture
+def stack(
+    kube_env: Path,
+    kubectl: Kubectl,
+    namespace: str,
+    operator_process: OperatorProcess,
+    pod_runner: Callable[..., PodRunner],
+) -> Iterator[tuple[Address, str]]:
+    """market-data, execution, risk (two pods) and order, Ready; order's wire and HTTP addresses."""
+    for name, replicas in ORDER_FLOW_STACK:
+        rollout = ROLLOUT if name == "risk" else None
+        kubectl("apply", "-f", "-", input=bundled_manifest(namespace, name, replicas, 50_000, rollout))
+    runner = pod_runner(namespace)
+
+    def all_ready() -> bool:
+        items = get_json(kubectl, "tradingservices", "-n", namespace)["items"]
+        return len(items) == 4 and all((item.get("status") or {}).get("phase") == "Ready" for item in items)  # type: ignore[union-attr]
+
+    wait_for(all_ready, 120, what="four TradingServices Ready")
+    runner.wait_running(5, timeout=60)
+    pods = get_json(kubectl, "pods", "-n", namespace, "-l", "app.kubernetes.io/name=order")["items"]
+    ip = pods[0]["status"]["podIP"]  # type: ignore[index]
+    wait_for(lambda: http(f"{ip}:9100", "/readyz") == "ready\n", 60, what="order ready")
+    yield Address(ip, 7001), f"{ip}:9100"
+
+
+def http(endpoint: str, path: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://{endpoint}{path}", timeout=2) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+def routing_of(endpoint: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(http(endpoint, "/routing") or "{}").get("risk", {})
+    return document
+
+
+def test_the_canary_takes_its_accounts_and_the_share_lapses_without_the_operator(
+    kube_env: Path,
+    kubectl: Kubectl,
+    namespace: str,
+    tmp_path: Path,
+    operator_process: OperatorProcess,
+    stack: tuple[Address, str],
+) -> None:
+    order, order_http = stack
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kube_env)))  # type: ignore[no-untyped-call]
+    creds = secret_credentials(api, namespace, "client", tmp_path)
+    desk = Desk(order, creds)
+    with desk:
+        patch = {"spec": {"config": {"maxOrderQuantity": CANARY_QUANTITY_LIMIT}}}
+        kubectl(
+            "patch", "tradingservice", "risk", "-n", namespace, "--type", "merge", "-p", json.dumps(patch)
+        )
+
+        def risk() -> dict[str, Any]:
+            status: dict[str, Any] = (
+                get_json(kubectl, "tradingservice", "risk", "-n", namespace).get("status") or {}
+            )  # type: ignore[assignment]
+            return status
+
+        held = wait_for(
+            lambda: (status := risk()).get("stepStartedAt") and status,
+            90,
+            what="every caller holding the first step's weight",
+        )
+        assert isinstance(held, dict)
+        canary = held["canaryRevision"]
+        assert (held["phase"], held["step"], held["weight"]) == ("Progressing", 1, 10.0)
+        salt = f"{namespace}/risk/{canary}".encode()
+        expected = {account for account in ACCOUNTS if bucket(account, salt) < WEIGHT}
+        share = 100 * len(expected) / len(ACCOUNTS)
+        # The window (5 s) fills with orders routed under the weight: then the count says the share.
+        counted = wait_for(
+            lambda: (weight := risk().get("actualWeight", 0)) and abs(weight - share) < 2 and weight,
+            30,
+            what=f"an actual weight counted by order near {share}%",
+        )
+        assert isinstance(counted, float) and abs(counted - share) < 2
+
+        reports = desk.orders(list(ACCOUNTS)[:300])
+        answered_by_canary = {account for account, report in reports.items() if by_canary(report)}
+        assert answered_by_canary == {account for account in expected if account <= 300}
+        printed = kubectl("get", "ts", "risk", "-n", namespace).stdout
+        assert "CANARY%" in printed and "ACTUAL%" in printed
+
+        # The operator dies: nobody renews the lease, the canary share falls to zero by itself.
+        killed = time.monotonic()
+        operator_process.stop(kill=True)
+        wait_for(lambda: routing_of(order_http).get("weightInForce") == 0, LEASE_SECONDS + 3, interval=0.05)
+        lapsed = time.monotonic() - killed
+        assert lapsed <= LEASE_SECONDS + 1.5, lapsed
+        reports = desk.orders(sorted(expected)[:50])
+        assert not any(by_canary(report) for report in reports.values()), "no canary answer without a lease"
+
+        # Restarted, it resumes the same step, and the callers hold its weight again.
+        operator_process.start()
+        wait_for(lambda: routing_of(order_http).get("weightInForce") == WEIGHT, 60, what="the weight renewed")
+        resumed = risk()
+        assert (resumed["step"], resumed["canaryRevision"]) == (1, canary)
+    assert desk.unanswered == 0 and desk.answers[True] > 0
+    print(f"lease lapsed {lapsed:.2f}s after the operator's SIGKILL (lease {LEASE_SECONDS}s)")

@@ -1,0 +1,149 @@
+"""Order-flow canaries with real processes: order splits its risk checks by account between a stable and
+a canary risk as the pushed routing says, falls back to the stable when the lease lapses, and answers
+every order in flight when the routing switches."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from support import wait_for
+from tradeplane_services.client import OrderSession
+from tradeplane_services.orderflow import bucket
+from tradeplane_services.protocol import ExecType, ExecutionReport, Reason, Side, price_units
+from tradeplane_services.stack import Stack
+
+StackFactory = Callable[..., Stack]
+CANARY_QUANTITY_LIMIT = 50  # the canary refuses these orders as MAX_QUANTITY, the stable never does
+QUANTITY = 100
+FAR_PRICE = price_units(1)  # outside any collar: the stable refuses without booking anything
+
+
+def push(stack: Stack, document: dict[str, Any]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        stack.metrics_url("order", "/routing"), json.dumps(document).encode(), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def routing(canary: Stack, weight: int, lease: float = 30, salt: str = "trading/risk/v2") -> dict[str, Any]:
+    return {
+        "peer": "risk",
+        "stableRevision": "v1",
+        "canaryRevision": "v2",
+        "canary": [str(canary.address("risk"))],
+        "weightBasisPoints": weight,
+        "salt": salt,
+        "leaseSeconds": lease,
+    }
+
+
+def answered_by_canary(report: ExecutionReport) -> bool:
+    return report.exec_type == ExecType.REJECTED and report.reason == Reason.MAX_QUANTITY
+
+
+def send_orders(session: OrderSession, accounts: list[int]) -> dict[int, ExecutionReport]:
+    """One order per account, all sent before any answer is read; every answer, by account."""
+    sent = {
+        session.new_order(Side.BUY, "AAPL", QUANTITY, FAR_PRICE, account): account for account in accounts
+    }
+    reports = {}
+    for client_order_id, account in sent.items():
+        reports[account] = session.report_for(client_order_id, timeout=10)
+    return reports
+
+
+@pytest.fixture
+def stacks(make_stack: StackFactory) -> tuple[Stack, Stack]:
+    """The whole stack with risk at v1, and a second risk at v2 (with market data of its own)."""
+    stable = make_stack({"order": {"riskTimeoutMillis": 3000}}, revision="v1")
+    canary = make_stack(
+        {"risk": {"maxOrderQuantity": CANARY_QUANTITY_LIMIT, "latencyInjectionMicros": 20_000}},
+        components=("market-data", "risk"),
+        revision="v2",
+    )
+    return stable, canary
+
+
+def test_orders_follow_their_accounts_bucket_and_the_counters_say_so(stacks: tuple[Stack, Stack]) -> None:
+    stable, canary = stacks
+    status, answer = push(stable, routing(canary, 1000))
+    assert status == 200 and answer["weightBasisPoints"] == 1000, answer
+    wait_for(
+        lambda: all(json.loads(http_get(stable, "/routing"))["risk"]["canaryConnected"].values()),
+        10,
+        what="order's session to the canary risk",
+    )
+    accounts = list(range(1, 201))
+    with OrderSession(stable.address("order")) as session:
+        reports = send_orders(session, accounts)
+    expected = {account for account in accounts if bucket(account, b"trading/risk/v2") < 1000}
+    by_canary = {account for account, report in reports.items() if answered_by_canary(report)}
+    assert by_canary == expected, "each account's orders went where its bucket says"
+    assert 5 <= len(expected) <= 40
+    document = json.loads(http_get(stable, "/routing"))["risk"]
+    assert document["routed"] == {"v2": len(expected), "v1": len(accounts) - len(expected)}
+    assert document["ordersOnCanary"] == 0, "orders the canary refused are not remembered"
+    counters = {
+        (sample.labels["service"], sample.labels["peer_revision"]): sample.value
+        for family in text_string_to_metric_families(http_get(stable, "/metrics"))
+        for sample in family.samples
+        if sample.name == "tradeplane_routed_orders_total"
+    }
+    assert counters == {("order", "v2"): len(expected), ("order", "v1"): len(accounts) - len(expected)}
+
+
+def test_the_share_falls_to_zero_when_the_lease_lapses(stacks: tuple[Stack, Stack]) -> None:
+    stable, canary = stacks
+    assert push(stable, routing(canary, 10_000, lease=1.5))[0] == 200
+    with OrderSession(stable.address("order")) as session:
+        wait_for(
+            lambda: answered_by_canary(send_orders(session, [7])[7]), 10, what="orders reaching the canary"
+        )
+        wait_for(lambda: json.loads(http_get(stable, "/routing"))["risk"]["weightInForce"] == 0, 5)
+        reports = send_orders(session, list(range(1, 51)))
+    assert not any(answered_by_canary(report) for report in reports.values()), "no canary after the lease"
+
+
+def test_orders_in_flight_at_a_switch_are_answered_by_the_revision_that_took_them(
+    stacks: tuple[Stack, Stack],
+) -> None:
+    stable, canary = stacks
+    assert push(stable, routing(canary, 10_000))[0] == 200
+    with OrderSession(stable.address("order")) as session:
+        wait_for(
+            lambda: answered_by_canary(send_orders(session, [7])[7]), 10, what="orders reaching the canary"
+        )
+        # 30 checks at 20 ms each: the canary is still working through them when the routing drops it.
+        in_flight = {session.new_order(Side.BUY, "AAPL", QUANTITY, FAR_PRICE, a): a for a in range(1, 31)}
+        time.sleep(0.05)
+        dropped = {**routing(canary, 0), "canary": []}
+        assert push(stable, dropped)[1]["weightBasisPoints"] == 0
+        after = send_orders(session, list(range(31, 61)))
+        reports = [session.report_for(client_order_id, timeout=10) for client_order_id in in_flight]
+    assert all(answered_by_canary(report) for report in reports), "every order in flight answered"
+    assert not any(answered_by_canary(report) for report in after.values()), "new orders go to the stable"
+
+
+def test_a_bad_routing_is_refused_naming_the_field(stacks: tuple[Stack, Stack]) -> None:
+    stable, canary = stacks
+    status, text = push(stable, {**routing(canary, 100), "weightBasisPoints": 20_000})
+    assert status == 400 and "weightBasisPoints" in text
+    status, text = push(stable, {**routing(canary, 100), "peer": "position"})
+    assert status == 400 and "splits no orders to position" in text
+
+
+def http_get(stack: Stack, path: str) -> str:
+    with urllib.request.urlopen(stack.metrics_url("order", path), timeout=5) as response:
+        return str(response.read().decode())
