@@ -8,6 +8,7 @@ environment (the operator renders them into the pod), see the package docstring.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -100,6 +101,13 @@ class RiskSettings(Settings):
     killSwitch: KillSwitchState = KillSwitchState.ACTIVE
     batchThreshold: int = Field(
         8, ge=2, description="Runs of at least this many queued checks are evaluated as one numpy batch."
+    )
+    partitionLeaseMillis: int = Field(
+        2000,
+        ge=100,
+        le=60_000,
+        description="With an event log: a partition whose owner has not renewed its lease this long is taken"
+        " over by another replica.",
     )
 
     @field_validator("killSwitch", mode="before")
@@ -209,6 +217,13 @@ class Environment:
     market_data_group: Address | None = None
     event_log: list[str] = field(default_factory=list)  # nats:// URLs of the event log's servers
     event_log_replicas: int = 1  # the stream's and snapshot bucket's replicas, when a service creates them
+    replica: str | None = None  # a stable name of this replica (the pod name): risk's lease owner id
+    advertise: Address | None = None  # where peers reach this replica, when not bind:port
+
+    def advertised_address(self) -> Address:
+        if self.advertise is not None:
+            return self.advertise
+        return Address(self.bind if self.bind != "0.0.0.0" else socket.gethostname(), self.port)
 
     def peer(self, name: str) -> Address | None:
         return self.peers.get(name)
@@ -258,6 +273,7 @@ def read_environment(component: str, config: str | None, env: dict[str, str] | N
     }
     group_text = env.get("TRADEPLANE_MARKET_DATA_GROUP")
     group = parse_address(group_text, "TRADEPLANE_MARKET_DATA_GROUP") if group_text else None
+    advertise = env.get("TRADEPLANE_ADVERTISE_ADDR")
     return Environment(
         component=component,
         revision=env.get("TRADEPLANE_REVISION") or "dev",
@@ -270,4 +286,6 @@ def read_environment(component: str, config: str | None, env: dict[str, str] | N
         market_data_group=group,
         event_log=parse_event_log(env.get("TRADEPLANE_EVENT_LOG") or ""),
         event_log_replicas=_bounded("TRADEPLANE_EVENT_LOG_REPLICAS", 1, 1, 5, env),
+        replica=env.get("TRADEPLANE_REPLICA") or None,
+        advertise=parse_address(advertise, "TRADEPLANE_ADVERTISE_ADDR") if advertise else None,
     )

@@ -47,6 +47,8 @@ from tradeplane_services.runtime import fields, log
 STREAM = "TRADEPLANE_EVENTS"
 SUBJECT_ROOT = "tradeplane.events"
 PARTITIONS = 16
+RISK_KIND = "risk"  # reservations and claims: one writer per partition, fenced
+RELEASE_KIND = "release"  # orders that can trade no more
 SNAPSHOT_BUCKET = "tradeplane-snapshots"
 LEASE_BUCKET = "tradeplane-risk-leases"
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code: the expected last sequence on the subject differs

@@ -146,7 +146,7 @@ class LeaseTable:
             try:
                 while reconnects == event_log.reconnects:
                     try:
-                        entry = await watcher.updates(timeout=1.0)
+                        entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
                     except nats.errors.TimeoutError:
                         continue
                     if entry is None:  # the bucket's contents at start are all read
@@ -160,7 +160,7 @@ class LeaseTable:
 
 async def _quietly_stop(watcher: KeyValue.KeyWatcher) -> None:
     try:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]
     except (TimeoutError, nats.errors.Error) as error:
         log.debug("lease watcher not stopped cleanly", extra=fields(error=repr(error)))
 
@@ -212,7 +212,8 @@ class PartitionOwner:
         self.member_revision = await kv.put(member_key(self.identity), member)
         for partition, revision in list(self.owned.items()):
             try:
-                self.owned[partition] = await kv.update(partition_key(partition), self.lease(partition), revision)
+                key, value = partition_key(partition), self.lease(partition)
+                self.owned[partition] = await kv.update(key, value, revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 log.warning("partition lease lost", extra=fields(partition=partition))
                 self.drop(partition)
@@ -276,4 +277,3 @@ def describe_owners(owners: dict[int, Lease | None]) -> dict[str, Any]:
         str(partition): None if lease is None else {"owner": lease.owner, "serving": lease.serving}
         for partition, lease in owners.items()
     }
-

@@ -454,7 +454,8 @@ class Fill(NamedTuple):
 )
 class Reservation(NamedTuple):
     """Risk -> event log: an order risk accepted and the exposure it reserves (a replace: instead of the
-    order's earlier reservation), logged before order hears of it, so the partition's next owner rebuilds it."""
+    order's earlier reservation), logged before order hears of it, so the partition's next owner
+    rebuilds it."""
 
     order_id: int
     account: int

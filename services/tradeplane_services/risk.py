@@ -18,24 +18,43 @@ everything up to the first order that breaks a stateful limit and finishes from 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from itertools import repeat
 from typing import Any
 
 import numpy as np
+from nats.js.kv import KeyValue
 
 from tradeplane_services.config import Environment, RiskSettings, Settings
+from tradeplane_services.eventlog import (
+    LEASE_BUCKET,
+    RELEASE_KIND,
+    RISK_KIND,
+    Append,
+    Event,
+    EventLog,
+    Fenced,
+    partition_of,
+    subject_filter,
+)
 from tradeplane_services.marketdata import subscribe_if_published
+from tradeplane_services.partitions import LeaseTable, PartitionOwner, replica_identity
 from tradeplane_services.protocol import (
     PRICE_SCALE,
     PROTOCOL_VERSION,
+    Fill,
     FrameError,
     FrameRun,
     KillSwitchState,
     KillSwitchStatus,
     OrderType,
+    PartitionClaim,
     ProtocolError,
     Reason,
+    Release,
+    Reservation,
     RiskCheck,
     RiskResult,
     RiskUpdate,
@@ -45,7 +64,7 @@ from tradeplane_services.protocol import (
     layout_of,
     symbol_bytes,
 )
-from tradeplane_services.runtime import Connection, Service, fields, log, spin_for
+from tradeplane_services.runtime import Connection, Service, fields, log, spin_for, wait_until
 
 MASK64 = (1 << 64) - 1
 _MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)
@@ -58,6 +77,7 @@ RESTRICTED_SYMBOL, MAX_QUANTITY = int(Reason.RESTRICTED_SYMBOL), int(Reason.MAX_
 NO_REFERENCE_PRICE, PRICE_COLLAR = int(Reason.NO_REFERENCE_PRICE), int(Reason.PRICE_COLLAR)
 MAX_NOTIONAL, DUPLICATE_ORDER = int(Reason.MAX_NOTIONAL), int(Reason.DUPLICATE_ORDER)
 POSITION_LIMIT, CREDIT_LIMIT = int(Reason.POSITION_LIMIT), int(Reason.CREDIT_LIMIT)
+PARTITION_TAKEOVER = int(Reason.PARTITION_TAKEOVER)
 LIMIT = int(OrderType.LIMIT)
 HALTED, REDUCING = int(KillSwitchState.HALTED), int(KillSwitchState.REDUCING)
 CHECK_DTYPE = layout_of(RiskCheck).dtype
@@ -116,6 +136,7 @@ class AccountTable:
     def __init__(self, symbols: int, capacity: int = 64) -> None:
         self.symbols = symbols
         self.rows: dict[int, int] = {}  # account -> row
+        self.accounts: list[int] = []  # row -> account
         self.capacity = 0
         empty = np.zeros(0, dtype=np.int64)
         self.position, self.open_buy, self.open_sell = empty, empty, empty
@@ -145,8 +166,18 @@ class AccountTable:
             if row == self.capacity:
                 self._allocate(2 * self.capacity)
             self.rows[account] = row
+            self.accounts.append(account)
             self.tokens_view[row] = burst
         return row
+
+    def reset(self, rows: list[int], burst: float) -> None:
+        """Forget the exposure of these rows (their accounts keep the rows)."""
+        cells = (np.asarray(rows, dtype=np.int64)[:, None] * self.symbols + np.arange(self.symbols)).ravel()
+        for cell_array in (self.position, self.open_buy, self.open_sell):
+            cell_array[cells] = 0
+        self.credit_used[rows] = 0
+        self.tokens[rows] = burst
+        self.tokens_at[rows] = 0
 
 
 def _grown(array: np.ndarray[Any, Any], size: int) -> np.ndarray[Any, Any]:
@@ -215,6 +246,54 @@ class RiskEngine:
             int(table.open_sell[cell]),
             int(table.credit_used[row]),
         )
+
+    # --- rebuilding a partition from the event log ----------------------------------------------------
+
+    def forget_partition(self, partition: int) -> None:
+        """Drop every account's exposure in the partition: its next owner rebuilds it from the log."""
+        table = self.accounts
+        rows = [row for account, row in table.rows.items() if partition_of(account) == partition]
+        if not rows:
+            return
+        table.reset(rows, self.limits.burst)
+        forgotten = set(rows)
+        self.open_orders = {o: b for o, b in self.open_orders.items() if b[0] not in forgotten}
+
+    def reservation(self, check: RiskCheck) -> Reservation:
+        """The log record of an order `check` just accepted."""
+        credit_price = self.open_orders[check.order_id][4]
+        order_id, account, symbol, side, _, quantity, _, is_replace = check
+        return Reservation(order_id, account, symbol, side, quantity, credit_price, is_replace)
+
+    def book_reservation(self, reservation: Reservation) -> None:
+        """Replay an accepted order: book its exposure as the check did (a replace: instead of the old)."""
+        index = self.symbol_index.get(reservation.symbol)
+        if index is None:
+            return  # a symbol no longer configured: nothing to check it against
+        if reservation.is_replace:
+            self.on_done(reservation.order_id)
+        row = self.accounts.row(reservation.account, self.limits.burst)
+        booking = (row, index, reservation.side, reservation.quantity, reservation.price)
+        self._book(booking, 1)
+        self.open_orders[reservation.order_id] = booking
+
+    def apply_fill(self, fill: Fill) -> None:
+        """A fill from the log; one of an order booked elsewhere still moves the position and credit."""
+        if fill.order_id in self.open_orders:
+            self.on_fill(fill.order_id, fill.quantity, fill.price)
+            return
+        index = self.symbol_index.get(fill.symbol)
+        if index is None:
+            return
+        table = self.accounts
+        row = table.row(fill.account, self.limits.burst)
+        signed = fill.quantity if fill.side == BUY else -fill.quantity
+        table.position_view[row * table.symbols + index] += signed
+        table.credit_used_view[row] += fill.quantity * fill.price
+
+    def account_of(self, order_id: int) -> int | None:
+        booking = self.open_orders.get(order_id)
+        return None if booking is None else self.accounts.accounts[booking[0]]
 
     # --- one order --------------------------------------------------------------------------------
 
@@ -509,6 +588,165 @@ def _cumsum_within_groups(groups: np.ndarray[Any, Any], values: np.ndarray[Any, 
     return result
 
 
+class PartitionLedger:
+    """One partition this replica holds the lease of: its takeover, its fenced commits, its follower.
+
+    Takeover: append a PartitionClaim to the partition's risk subject expecting the last event seen there
+    (so a previous owner's next append fails), replay the partition's events up to the claim
+    (reservations, fills, releases) into a clean slate, then answer. Until then, and from the moment the
+    lease is lost, checks of the partition are refused with PARTITION_TAKEOVER.
+
+    An accepted order is answered only once its Reservation is in the log: the reservations of one turn of
+    the loop go as one event (group commit), each expecting the previous one as the subject's last, so a
+    replica that lost the partition cannot add exposure beside its new owner. Fills (appended by
+    execution) and releases reach the exposure through the log, in log order: a fill never lands before the
+    reservation it fills, a release never before a fill of its order.
+    """
+
+    def __init__(self, service: RiskService, partition: int, lease_revision: int) -> None:
+        assert service.event_log is not None
+        self.service = service
+        self.event_log = service.event_log
+        self.engine = service.engine
+        self.partition = partition
+        self.lease_revision = lease_revision
+        self.serving = False
+        self.last_sequence = 0  # of the last event on the partition's risk subject, ours or the claim
+        self.commits = 0
+        self.pending: list[tuple[Reservation, Connection, int]] = []  # waiting for the log
+        self.committing: asyncio.Task[None] | None = None
+        self.releases: list[Release] = []
+        self.releasing: asyncio.Task[None] | None = None
+        self.applied_fills: dict[int, int] = {}  # execution source -> last fill sequence applied
+        self.claimed_at = time.perf_counter()
+        self.takeover_seconds: float | None = None
+        self.replayed_events = 0
+        self.task = asyncio.get_running_loop().create_task(self.run(), name=f"partition-{partition}")
+        self.task.add_done_callback(self._ended)
+
+    async def run(self) -> None:
+        self.engine.forget_partition(self.partition)
+        claim = Append(
+            RISK_KIND,
+            self.partition,
+            [PartitionClaim(self.partition, self.lease_revision, self.service.owner_bytes)],
+            f"claim-{self.partition}-{self.lease_revision}",
+        )
+        while True:
+            last = await self.event_log.last_sequence_on(RISK_KIND, self.partition)
+            try:
+                self.last_sequence = await self.event_log.append_fenced(claim, last)
+                break
+            except Fenced:
+                continue  # the previous owner appended after we looked: look again
+        events = subject_filter("*", self.partition)
+        async for event in self.event_log.read(events, 1, self.last_sequence):
+            self.apply(event, replaying=True)
+            self.replayed_events += 1
+        self.serving = True
+        self.takeover_seconds = time.perf_counter() - self.claimed_at
+        log.info(
+            "partition taken over",
+            extra=fields(
+                partition=self.partition,
+                replayedEvents=self.replayed_events,
+                claimSequence=self.last_sequence,
+                seconds=round(self.takeover_seconds, 4),
+            ),
+        )
+        async for event in self.event_log.read(events, self.last_sequence + 1, follow=True):
+            self.apply(event, replaying=False)
+
+    def apply(self, event: Event, replaying: bool) -> None:
+        engine = self.engine
+        for message in event.messages:
+            kind = type(message)
+            if kind is Fill:
+                if message.fill_sequence > self.applied_fills.get(message.source, 0):
+                    self.applied_fills[message.source] = message.fill_sequence
+                    engine.apply_fill(message)
+            elif kind is Release:
+                engine.on_done(message.order_id)
+            elif kind is Reservation:
+                if replaying:  # ours are booked when accepted
+                    engine.book_reservation(message)
+            elif kind is PartitionClaim and not replaying and message.lease_revision != self.lease_revision:
+                log.warning("partition claimed by another replica", extra=fields(partition=self.partition))
+                self.service.lose(self.partition)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        # Following the log ends only with the partition; anything else leaves it to another replica.
+        error = task.exception()
+        log.error("partition follower stopped", extra=fields(partition=self.partition), exc_info=error)
+        self.service.lose(self.partition)
+
+    def reserve(self, reservation: Reservation, connection: Connection, received_ns: int) -> None:
+        self.pending.append((reservation, connection, received_ns))
+        if self.committing is None:
+            self.committing = asyncio.get_running_loop().create_task(self._commit())
+
+    async def _commit(self) -> None:
+        while self.pending and self.serving:
+            batch, self.pending = self.pending, []
+            self.commits += 1
+            event = Append(
+                RISK_KIND,
+                self.partition,
+                [reservation for reservation, _, _ in batch],
+                f"risk-{self.partition}-{self.lease_revision}-{self.commits}",
+            )
+            try:
+                self.last_sequence = await self.event_log.append_fenced(event, self.last_sequence)
+            except Fenced:
+                log.warning("partition fenced by a newer owner", extra=fields(partition=self.partition))
+                self.pending = batch + self.pending
+                self.service.lose(self.partition)
+                break
+            for reservation, connection, received_ns in batch:
+                if connection.connected:
+                    connection.send(RiskResult(reservation.order_id, OK))
+                self.service.metrics.record(received_ns)
+        batch, self.pending = self.pending, []
+        for reservation, connection, received_ns in batch:  # never logged: the order must not trade
+            if connection.connected:
+                connection.send(RiskResult(reservation.order_id, PARTITION_TAKEOVER))
+            self.service.metrics.record(received_ns)
+        self.committing = None
+
+    def release(self, release: Release) -> None:
+        self.releases.append(release)
+        if self.releasing is None:
+            self.releasing = asyncio.get_running_loop().create_task(self._append_releases())
+
+    async def _append_releases(self) -> None:
+        """Releases are facts order reports, not decisions: any replica may log them, unfenced."""
+        while self.releases:
+            releases, self.releases = self.releases, []
+            self.commits += 1
+            event_id = f"release-{self.partition}-{self.lease_revision}-{self.commits}"
+            await self.event_log.append([Append(RELEASE_KIND, self.partition, list(releases), event_id)])
+        self.releasing = None
+
+    def stop(self) -> None:
+        """Lost: refuse from now on; commits in flight finish (logged, they are the next owner's too)."""
+        self.serving = False
+        self.task.cancel()
+
+    @property
+    def busy(self) -> bool:
+        return self.committing is not None or self.releasing is not None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "serving": self.serving,
+            "leaseRevision": self.lease_revision,
+            "takeoverSeconds": self.takeover_seconds,
+            "replayedEvents": self.replayed_events,
+        }
+
+
 class RiskService(Service):
     """Answers RiskCheck with RiskResult, books fills and completions, owns the kill switch."""
 
@@ -525,17 +763,91 @@ class RiskService(Service):
         }
         self.batch_types = {layout_of(RiskCheck).type_id: settings.batchThreshold}
         self.market_data = subscribe_if_published(environment, self.on_ticks, self.metrics)
+        self.event_log: EventLog | None = None
+        self.ledgers: dict[int, PartitionLedger] = {}
+        self.replica = replica_identity(environment.replica)
+        self.owner_bytes = self.replica.encode()[:32]
+        self.leases = LeaseTable()
+        self.owner = PartitionOwner(
+            self.replica,
+            str(environment.advertised_address()),
+            self.leases,
+            self.take_over,
+            self.give_up,
+            self.serving,
+            lambda: self._risk_settings.partitionLeaseMillis / 1000,
+        )
+        self.lease_bucket: KeyValue | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        if environment.event_log:
+            self.event_log = EventLog(environment.event_log, environment.event_log_replicas, "risk")
+        else:
+            log.warning("TRADEPLANE_EVENT_LOG is not set: limits hold per replica; run one risk replica")
+
+    @property
+    def _risk_settings(self) -> RiskSettings:
+        assert isinstance(self.settings, RiskSettings)
+        return self.settings
 
     async def start(self) -> None:
         if self.market_data is not None:
             await self.market_data.start()
+        if self.event_log is None:
+            return
+        await self.event_log.open()
+        self.lease_bucket = await self.event_log.bucket(LEASE_BUCKET)
+        loop = asyncio.get_running_loop()
+        self.tasks = [
+            loop.create_task(self.leases.follow(self.event_log)),
+            loop.create_task(self.owner.run(self.lease_bucket)),
+        ]
+
+    async def drain(self) -> None:
+        if self.event_log is None or self.lease_bucket is None:
+            return
+        for task in self.tasks:
+            task.cancel()
+        for partition in list(self.ledgers):
+            self.ledgers[partition].serving = False
+        await wait_until(lambda: not any(ledger.busy for ledger in self.ledgers.values()), 5.0)
+        await self.owner.release_all(self.lease_bucket)
 
     async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.market_data is not None:
             await self.market_data.stop()
+        if self.event_log is not None:
+            await self.event_log.close()
 
     def ready(self) -> bool:
-        return self.market_data is None or self.market_data.expected is not None
+        log_ready = self.event_log is None or self.event_log.connected
+        return log_ready and (self.market_data is None or self.market_data.expected is not None)
+
+    # --- partitions (with an event log) ---------------------------------------------------------------
+
+    def take_over(self, partition: int, lease_revision: int) -> None:
+        self.give_up(partition)
+        self.ledgers[partition] = PartitionLedger(self, partition, lease_revision)
+
+    def give_up(self, partition: int) -> None:
+        ledger = self.ledgers.pop(partition, None)
+        if ledger is not None:
+            ledger.stop()
+            self.engine.forget_partition(partition)
+
+    def lose(self, partition: int) -> None:
+        """The log says another replica owns the partition: stop answering and let the lease go."""
+        if partition in self.owner.owned:
+            self.owner.drop(partition)
+        else:
+            self.give_up(partition)
+
+    def serving(self, partition: int) -> bool:
+        ledger = self.ledgers.get(partition)
+        return ledger is not None and ledger.serving
 
     def on_ticks(self, ticks: np.ndarray[Any, Any]) -> None:
         self.engine.update_prices(ticks["symbol"], ticks["last_price"])
@@ -545,11 +857,24 @@ class RiskService(Service):
 
     def on_check(self, connection: Connection, check: RiskCheck) -> None:
         self.inject_latency()
+        ledger = None
+        if self.event_log is not None:
+            ledger = self.ledgers.get(partition_of(check.account))
+            if ledger is None or not ledger.serving:
+                connection.send(RiskResult(check.order_id, PARTITION_TAKEOVER))
+                self.metrics.record(connection.received_ns)
+                return
         reason = self.engine.check(*check[:7], time.perf_counter_ns(), check.is_replace)
+        if ledger is not None and reason == OK:
+            ledger.reserve(self.engine.reservation(check), connection, connection.received_ns)
+            return
         connection.send(RiskResult(check.order_id, reason))
         self.metrics.record(connection.received_ns)
 
     def on_run(self, connection: Connection, run: FrameRun) -> None:
+        if self.event_log is not None:  # every acceptance waits for the log: nothing to gain in a batch
+            self._check_one_by_one(connection, run)
+            return
         checks = np.frombuffer(run.data, dtype=CHECK_DTYPE)
         reasons = self.engine.check_batch(checks, time.perf_counter_ns())
         if reasons is None:
@@ -579,7 +904,14 @@ class RiskService(Service):
             self.on_check(connection, check)
 
     def on_update(self, connection: Connection, update: RiskUpdate) -> None:
-        self.engine.apply_update(update)
+        if self.event_log is None:
+            self.engine.apply_update(update)
+            return
+        # With the log, fills come from the log (execution appends them before anyone hears of them).
+        account = self.engine.account_of(update.order_id) if update.done else None
+        ledger = None if account is None else self.ledgers.get(partition_of(account))
+        if ledger is not None and account is not None:
+            ledger.release(Release(update.order_id, account))
 
     def on_kill_switch(self, connection: Connection, message: SetKillSwitch) -> None:
         self.set_kill_switch(message.state, f"session {connection.name}")
@@ -621,4 +953,6 @@ class RiskService(Service):
                 for symbol, price in zip(engine.symbols, engine.reference, strict=True)
             },
             "marketData": self.market_data.stats.as_dict() if self.market_data else None,
+            "replica": self.replica if self.event_log is not None else None,
+            "partitions": {str(p): ledger.status() for p, ledger in sorted(self.ledgers.items())},
         }
