@@ -19,7 +19,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from tradeplane_services.config import Environment, OrderSettings, Settings
+from tradeplane_services.config import ConfigError, Environment, OrderSettings, Settings, parse_address
+from tradeplane_services.eventlog import EventLog, partition_of
+from tradeplane_services.partitions import LeaseTable, describe_owners
 from tradeplane_services.protocol import (
     CancelOrder,
     CancelRoute,
@@ -38,9 +40,19 @@ from tradeplane_services.protocol import (
     RouteOrder,
     VenueReport,
 )
-from tradeplane_services.runtime import Connection, RequestMetrics, Service, fields, log, wait_until
+from tradeplane_services.runtime import (
+    Connection,
+    PeerLink,
+    RequestMetrics,
+    Service,
+    fields,
+    log,
+    wait_until,
+)
 
 PENDING_NEW, NEW, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED = (int(s) for s in OrderStatus)
+OK, RISK_UNAVAILABLE = int(Reason.OK), int(Reason.RISK_UNAVAILABLE)
+PARTITION_TAKEOVER = int(Reason.PARTITION_TAKEOVER)
 E_NEW, E_REJECTED, E_TRADE, E_CANCELED, E_REPLACED, E_CANCEL_REJECTED = (int(e) for e in ExecType)
 OPEN = frozenset((NEW, PARTIALLY_FILLED))
 
@@ -105,6 +117,8 @@ class Order:
 
 
 Sink = Callable[[Any], bool]
+# To risk: the message and the account it concerns (which picks the risk replica); OK or why it cannot go.
+RiskSink = Callable[[RiskCheck | RiskUpdate, int], int]
 
 
 def _risk_check(order: Order, quantity: int, price: int, is_replace: int) -> RiskCheck:
@@ -115,13 +129,14 @@ def _risk_check(order: Order, quantity: int, price: int, is_replace: int) -> Ris
 
 
 class OrderManager:
-    """Order state and rules. `report(session, ExecutionReport)`, `to_risk(msg)`, `to_venue(msg)` do I/O;
-    the latter two return False when their peer is unreachable."""
+    """Order state and rules. `report(session, ExecutionReport)`, `to_risk(msg, account)`, `to_venue(msg)`
+    do I/O; to_risk answers OK or the Reason the message cannot reach risk, to_venue False when the venue
+    is unreachable."""
 
     def __init__(
         self,
         report: Callable[[Session, ExecutionReport], None],
-        to_risk: Sink,
+        to_risk: RiskSink,
         to_venue: Sink,
         metrics: RequestMetrics,
         risk_timeout_ns: int,
@@ -153,8 +168,11 @@ class OrderManager:
             return
         self.next_order_id += 1
         order = Order(self.next_order_id, session, message, received_ns)
-        if not self.to_risk(_risk_check(order, order.quantity, order.price, is_replace=0)):
-            self._refuse(session, message, Reason.RISK_UNAVAILABLE, received_ns, ok=False)
+        unreachable = self.to_risk(
+            _risk_check(order, order.quantity, order.price, is_replace=0), order.account
+        )
+        if unreachable:
+            self._refuse(session, message, Reason(unreachable), received_ns, ok=False)
             return
         self.orders[order.order_id] = order
         session.live[client_order_id] = order
@@ -177,8 +195,10 @@ class OrderManager:
             # Down to what already traded: only less exposure, nothing for risk to check.
             self._route_replace(order)
             return
-        if not self.to_risk(_risk_check(order, message.quantity - order.filled, message.price, is_replace=1)):
-            self._reject_change(order, Reason.RISK_UNAVAILABLE)
+        check = _risk_check(order, message.quantity - order.filled, message.price, is_replace=1)
+        unreachable = self.to_risk(check, order.account)
+        if unreachable:
+            self._reject_change(order, Reason(unreachable))
             self.metrics.record(received_ns, ok=False)
 
     def _changeable(
@@ -272,10 +292,10 @@ class OrderManager:
             if order is not None and order.status == PENDING_NEW:
                 self._risk_unanswered(order)
 
-    def risk_lost(self) -> None:
-        for order in [o for o in self.orders.values() if o.status == PENDING_NEW]:
+    def risk_lost(self, served: Callable[[int], bool] = lambda account: True) -> None:
+        """A risk replica went away: the orders it was deciding for (by account) are rejected."""
+        for order in [o for o in self.orders.values() if o.status == PENDING_NEW and served(o.account)]:
             self._risk_unanswered(order)
-        self.awaiting_risk.clear()
 
     def _risk_unanswered(self, order: Order) -> None:
         order.status = REJECTED
@@ -284,7 +304,7 @@ class OrderManager:
             self.report(order.session, self._execution_report(order, E_REJECTED, Reason.RISK_UNAVAILABLE))
         self.metrics.record(order.received_ns, ok=False)
         # Risk may have booked it before going quiet.
-        self.to_risk(RiskUpdate(order.order_id, 0, 0, 1))
+        self.to_risk(RiskUpdate(order.order_id, 0, 0, 1), order.account)
 
     # --- venue reports ----------------------------------------------------------------------------
 
@@ -297,7 +317,8 @@ class OrderManager:
             order.filled += message.last_quantity
             done = order.filled >= order.quantity
             order.status = FILLED if done else PARTIALLY_FILLED
-            self.to_risk(RiskUpdate(order.order_id, message.last_quantity, message.last_price, int(done)))
+            update = RiskUpdate(order.order_id, message.last_quantity, message.last_price, int(done))
+            self.to_risk(update, order.account)
             if order.session is not None:
                 self.report(
                     order.session,
@@ -414,7 +435,7 @@ class OrderManager:
     def _release(self, order: Order) -> None:
         """The order can trade no more: forget it and free its risk exposure."""
         self._retire(order)
-        self.to_risk(RiskUpdate(order.order_id, 0, 0, 1))
+        self.to_risk(RiskUpdate(order.order_id, 0, 0, 1), order.account)
 
     def _retire(self, order: Order) -> None:
         self.orders.pop(order.order_id, None)
@@ -469,6 +490,88 @@ class OrderManager:
         )
 
 
+class RiskRoutes:
+    """With an event log, risk is partitioned (partitions.py): a session per risk replica, and every message
+    about an account goes to the holder of its partition's lease, as the watched lease bucket says.
+
+    A partition without a serving owner, or whose owner this replica cannot reach, is in takeover: its
+    checks are refused with PARTITION_TAKEOVER, never sent elsewhere. A release that cannot go waits for
+    the partition's next owner, so no reservation outlives its order."""
+
+    def __init__(self, service: OrderService, event_log: EventLog) -> None:
+        self.service = service
+        self.event_log = event_log
+        self.table = LeaseTable()
+        self.links: dict[str, PeerLink] = {}  # by the address a lease names
+        self.deferred: list[tuple[RiskUpdate, int]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.event_log.open()
+        self.task = asyncio.get_running_loop().create_task(self.table.follow(self.event_log))
+
+    @property
+    def ready(self) -> bool:
+        return self.table.synced.is_set()
+
+    def send(self, message: RiskCheck | RiskUpdate, account: int) -> int:
+        lease = self.table.partition(partition_of(account))
+        link = None if lease is None or not lease.serving else self._link(lease.address)
+        if link is None:
+            sent = False
+        elif type(message) is RiskUpdate:
+            sent = link.send_later(message)  # an exposure update can share the next write
+        else:
+            sent = link.send(message)
+        if sent:
+            return OK
+        if type(message) is RiskUpdate and message.done:
+            self.deferred.append((message, account))
+        return PARTITION_TAKEOVER
+
+    def send_deferred(self) -> None:
+        deferred, self.deferred = self.deferred, []
+        for message, account in deferred:
+            self.send(message, account)
+
+    def _link(self, address_text: str) -> PeerLink | None:
+        link = self.links.get(address_text)
+        if link is None:
+            try:
+                address = parse_address(address_text, "risk partition lease address")
+            except ConfigError as error:
+                log.error("lease names a bad address", extra=fields(error=str(error)))
+                return None
+            service = self.service
+            link = PeerLink(
+                f"risk {address_text}",
+                address,
+                {RiskResult: service.on_risk_result, KillSwitchStatus: service.on_kill_switch},
+                service.metrics,
+                service.credentials,
+                on_down=lambda: self._lost(address_text),
+                source=service.environment.bind,
+            )
+            self.links[address_text] = link
+            service.links.append(link)  # stopped with the service's own links
+            link.start()
+        return link
+
+    def _lost(self, address: str) -> None:
+        def served_there(account: int) -> bool:
+            lease = self.table.partition(partition_of(account))
+            return lease is not None and lease.address == address
+
+        self.service.manager.risk_lost(served_there)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.event_log.close()
+
+
 class OrderService(Service):
     """Client sessions in; risk and execution links out."""
 
@@ -477,11 +580,17 @@ class OrderService(Service):
     def __init__(self, environment: Environment, settings: Settings) -> None:
         super().__init__(environment, settings)
         assert isinstance(settings, OrderSettings)
-        self.risk = self.link(
-            "risk",
-            {RiskResult: self.on_risk_result, KillSwitchStatus: self.on_kill_switch},
-            on_down=self.on_risk_down,
-        )
+        self.risk: PeerLink | None = None
+        self.risk_routes: RiskRoutes | None = None
+        if environment.event_log:
+            log_client = EventLog(environment.event_log, environment.event_log_replicas, "order")
+            self.risk_routes = RiskRoutes(self, log_client)
+        else:
+            self.risk = self.link(
+                "risk",
+                {RiskResult: self.on_risk_result, KillSwitchStatus: self.on_kill_switch},
+                on_down=self.on_risk_down,
+            )
         self.execution = self.link(
             "execution", {VenueReport: self.on_venue_report}, on_down=self.on_venue_down
         )
@@ -500,15 +609,24 @@ class OrderService(Service):
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.risk_routes is not None:
+            await self.risk_routes.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(0.02)
             self.manager.expire_risk_checks(time.perf_counter_ns())
+            if self.risk_routes is not None and self.risk_routes.deferred:
+                self.risk_routes.send_deferred()
 
     def ready(self) -> bool:
-        return self.risk.connected and self.execution.connected
+        risk_ready = (
+            self.risk_routes.ready
+            if self.risk_routes is not None
+            else self.risk is not None and self.risk.connected
+        )
+        return risk_ready and self.execution.connected
 
     def reconfigure(self, settings: Settings) -> None:
         super().reconfigure(settings)
@@ -525,11 +643,13 @@ class OrderService(Service):
     def report(session: Session, report: ExecutionReport) -> None:
         session.connection.send(report)
 
-    def to_risk(self, message: RiskCheck | RiskUpdate) -> bool:
+    def to_risk(self, message: RiskCheck | RiskUpdate, account: int) -> int:
+        if self.risk_routes is not None:
+            return self.risk_routes.send(message, account)
+        assert self.risk is not None
         # A check holds an order up; an exposure update can share the next write.
-        if type(message) is RiskUpdate:
-            return self.risk.send_later(message)
-        return self.risk.send(message)
+        sent = self.risk.send_later(message) if type(message) is RiskUpdate else self.risk.send(message)
+        return OK if sent else RISK_UNAVAILABLE
 
     def on_new_order(self, connection: Connection, message: NewOrder) -> None:
         self.inject_latency()
@@ -571,10 +691,13 @@ class OrderService(Service):
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self.risk_routes is not None:
+            await self.risk_routes.stop()
 
     def status(self) -> dict[str, Any]:
         manager = self.manager
         return {
             "openOrders": len(manager.orders),
             "killSwitch": KillSwitchState(manager.kill_switch).name,
+            "riskPartitions": describe_owners(self.risk_routes.table.owners()) if self.risk_routes else None,
         }

@@ -29,6 +29,19 @@ from tradeplane_services.sessions import Credentials, Keyring, generate_keyring
 
 START_ORDER = ("market-data", "position", "risk", "execution", "order")
 METRICS_PORTS = {"order": 9101, "risk": 9102, "market-data": 9103, "execution": 9104, "position": 9105}
+REPLICA_PORT_STEP = 100  # replica n of a component listens n * 100 above the first one's ports
+
+
+def replica_name(component: str, replica: int) -> str:
+    """The first replica is named after its component, the others `<component>-<n>`."""
+    return component if replica == 0 else f"{component}-{replica}"
+
+
+def parse_replica_name(name: str) -> tuple[str, int]:
+    component, _, number = name.rpartition("-")
+    if number.isdigit() and component in DEFAULT_PORTS:
+        return component, int(number)
+    return name, 0
 
 
 def multicast_group_for(host: str) -> Address:
@@ -79,22 +92,30 @@ class Stack:
     def credentials(self, identity: str) -> Credentials:
         return Credentials(identity, self.keyring)
 
-    def address(self, component: str) -> Address:
-        return Address(self.host, DEFAULT_PORTS[component])
+    def address(self, name: str) -> Address:
+        """Where a component (or replica, `risk-1`) listens for sessions."""
+        component, replica = parse_replica_name(name)
+        return Address(self.host, DEFAULT_PORTS[component] + REPLICA_PORT_STEP * replica)
 
-    def metrics_url(self, component: str, path: str = "/metrics") -> str:
-        return f"http://{self.host}:{METRICS_PORTS[component]}{path}"
+    def metrics_port(self, name: str) -> int:
+        component, replica = parse_replica_name(name)
+        return METRICS_PORTS[component] + REPLICA_PORT_STEP * replica
 
-    def environment(self, component: str) -> dict[str, str]:
-        config = self.workdir / f"{component}.yaml"
+    def metrics_url(self, name: str, path: str = "/metrics") -> str:
+        return f"http://{self.host}:{self.metrics_port(name)}{path}"
+
+    def environment(self, name: str) -> dict[str, str]:
+        component, _ = parse_replica_name(name)
+        config = self.workdir / f"{name}.yaml"
         config.write_text(yaml.safe_dump(self.settings.get(component) or {}))
         env = {
             **os.environ,
             "TRADEPLANE_CONFIG": str(config),
             "TRADEPLANE_REVISION": self.revision,
+            "TRADEPLANE_REPLICA": name,
             "TRADEPLANE_BIND": self.host,
-            "TRADEPLANE_PORT": str(DEFAULT_PORTS[component]),
-            "TRADEPLANE_METRICS_PORT": str(METRICS_PORTS[component]),
+            "TRADEPLANE_PORT": str(self.address(name).port),
+            "TRADEPLANE_METRICS_PORT": str(self.metrics_port(name)),
             "TRADEPLANE_KEYS_DIR": str(self.keys_dir),
             "TRADEPLANE_RISK_ADDR": str(self.address("risk")),
             "TRADEPLANE_EXECUTION_ADDR": str(self.address("execution")),
@@ -117,11 +138,12 @@ class Stack:
         for component in components:
             self.start_one(component)
 
-    def start_one(self, component: str) -> None:
-        log_file = open(self.workdir / f"{component}.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.processes[component] = subprocess.Popen(
-            [sys.executable, "-m", "tradeplane_services", component],
-            env=self.environment(component),
+    def start_one(self, name: str) -> None:
+        """Start a component, or another replica of one (`risk-1`: ports 100 above the first's)."""
+        log_file = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "tradeplane_services", parse_replica_name(name)[0]],
+            env=self.environment(name),
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
@@ -168,8 +190,8 @@ class Stack:
         """SIGTERM every process, order first (so it drains while its peers still answer)."""
         codes = {}
         for component in reversed(START_ORDER):
-            if component in self.processes:
-                codes[component] = self.kill(component, signal.SIGTERM)
+            for name in [n for n in self.processes if parse_replica_name(n)[0] == component]:
+                codes[name] = self.kill(name, signal.SIGTERM)
         self.events.stop()
         return codes
 
