@@ -529,10 +529,24 @@ class RiskRoutes:
             self.deferred.append((message, account))
         return PARTITION_TAKEOVER
 
-    def send_deferred(self) -> None:
+    def sweep(self) -> None:
+        """Sessions to every owner before its first order (a session takes a logon), and the releases
+        that waited for an owner."""
+        for lease in self.table.owners().values():
+            if lease is not None:
+                self._link(lease.address)
         deferred, self.deferred = self.deferred, []
         for message, account in deferred:
             self.send(message, account)
+
+    def reachable(self) -> dict[str, Any]:
+        """Partition -> owner, whether it serves, whether this replica has a session to it."""
+        owners = describe_owners(self.table.owners())
+        for partition, lease in self.table.owners().items():
+            if lease is not None:
+                link = self.links.get(lease.address)
+                owners[str(partition)]["connected"] = link is not None and link.connected
+        return owners
 
     def _link(self, address_text: str) -> PeerLink | None:
         link = self.links.get(address_text)
@@ -617,8 +631,8 @@ class OrderService(Service):
         while True:
             await asyncio.sleep(0.02)
             self.manager.expire_risk_checks(time.perf_counter_ns())
-            if self.risk_routes is not None and self.risk_routes.deferred:
-                self.risk_routes.send_deferred()
+            if self.risk_routes is not None:
+                self.risk_routes.sweep()
 
     def ready(self) -> bool:
         risk_ready = (
@@ -699,5 +713,5 @@ class OrderService(Service):
         return {
             "openOrders": len(manager.orders),
             "killSwitch": KillSwitchState(manager.kill_switch).name,
-            "riskPartitions": describe_owners(self.risk_routes.table.owners()) if self.risk_routes else None,
+            "riskPartitions": self.risk_routes.reachable() if self.risk_routes else None,
         }

@@ -26,6 +26,7 @@ is fenced by the event log itself (`EventLog.append_fenced`, risk.py), so safety
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -191,6 +192,7 @@ class PartitionOwner:
         self.duration = duration
         self.owned: dict[int, int] = {}  # partition -> revision of our last write of its lease
         self.member_revision = 0
+        self.wake = asyncio.Event()  # a partition started serving: say so now, not at the next renewal
 
     def lease(self, partition: int) -> bytes:
         return Lease(self.identity, self.address, self.serving(partition), 0).encode()
@@ -205,7 +207,9 @@ class PartitionOwner:
                 # The fence in the log keeps writers apart; here only takeover time suffers.
                 log.warning("lease round failed", extra=fields(error=repr(error)))
             interval = self.duration() / RENEWALS_PER_LEASE
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), max(0.0, interval - (time.monotonic() - started)))
 
     async def tick(self, kv: KeyValue, now: float) -> None:
         member = Lease(self.identity, self.address, True, 0).encode()

@@ -644,6 +644,7 @@ class PartitionLedger:
             self.apply(event, replaying=True)
             self.replayed_events += 1
         self.serving = True
+        self.service.owner.wake.set()
         self.takeover_seconds = time.perf_counter() - self.claimed_at
         log.info(
             "partition taken over",

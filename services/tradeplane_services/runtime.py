@@ -236,7 +236,6 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received_ns = now = time.perf_counter_ns()
         owner = self.owner
-        handlers = self.handlers
         decoder = self.decoder
         items = decoder.feed(data)
         for item in items:
@@ -244,7 +243,8 @@ class Connection(asyncio.Protocol):
                 if type(item) is tuple:
                     message, sequence = cast(tuple[Any, int], item)
                     self.received_sequence = sequence
-                    handler = handlers.get(type(message))
+                    # Looked up per frame: a LogonAck changes the handlers of the frames behind it.
+                    handler = self.handlers.get(type(message))
                     if handler is None:
                         owner.unexpected(self, message, sequence)
                     else:
