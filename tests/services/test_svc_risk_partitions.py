@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from support import wait_for
 from tradeplane_services.client import OrderSession, positions
-from tradeplane_services.drills import RISKS, partition_owners, start_partitioned, time_takeover
+from tradeplane_services.drills import RISKS, partition_owners, start_partitioned, time_takeover, wait_served
 from tradeplane_services.eventlog import partition_of
 from tradeplane_services.protocol import ExecType, ExecutionReport, Reason, Side, price_units
 from tradeplane_services.stack import Stack
@@ -34,12 +34,13 @@ def partitioned_stack(make_stack: StackFactory) -> Stack:
     return stack
 
 
-def offer_supply(stack: Stack) -> None:
-    """Sell orders resting on the book for the buyer to take."""
-    with OrderSession(stack.address("order")) as seller:
-        for account in SELLERS:
-            client_order_id = seller.new_order(Side.SELL, "AAPL", LOT, price_units(190), account=account)
-            assert seller.report_for(client_order_id).exec_type == ExecType.NEW
+def offer_supply(stack: Stack) -> OrderSession:
+    """Sell orders resting on the book for the buyer to take, while the session returned stays open."""
+    seller = OrderSession(stack.address("order"))
+    for account in SELLERS:
+        client_order_id = seller.new_order(Side.SELL, "AAPL", LOT, price_units(190), account=account)
+        assert seller.report_for(client_order_id).exec_type == ExecType.NEW
+    return seller
 
 
 def buy_lot(session: OrderSession) -> int:
@@ -50,7 +51,9 @@ def buy_lot(session: OrderSession) -> int:
         return int(report.reason)
     assert report.exec_type in (ExecType.NEW, ExecType.TRADE), report
     session.wait_for(
-        lambda m: isinstance(m, ExecutionReport) and m.client_order_id == client_order_id and m.leaves_quantity == 0
+        lambda m: (
+            isinstance(m, ExecutionReport) and m.client_order_id == client_order_id and m.leaves_quantity == 0
+        )
     )
     return int(Reason.OK)
 
@@ -63,49 +66,54 @@ def test_an_account_buying_through_two_order_replicas_holds_one_limit(make_stack
     stack = partitioned_stack(make_stack)
     owners = partition_owners(stack)
     assert set(owners.values()) == set(RISKS), "both risk replicas serve partitions"
-    offer_supply(stack)
+    seller = offer_supply(stack)
     sessions = [OrderSession(stack.address("order")), OrderSession(stack.address("order-1"))]
     outcomes = [buy_lot(sessions[lot % 2]) for lot in range(20)]
     accepted = outcomes.count(Reason.OK)
     assert accepted == MAX_POSITION // LOT, outcomes
     assert set(outcomes[accepted:]) == {Reason.POSITION_LIMIT}, outcomes
     wait_for(lambda: net_position(stack, BUYER) == MAX_POSITION, timeout=10, what="the position service")
+    seller.close()
 
 
 def test_a_killed_risk_replica_hands_its_partitions_over_and_the_limit_still_holds(
     make_stack: StackFactory,
 ) -> None:
     stack = partitioned_stack(make_stack)
-    offer_supply(stack)
+    seller = offer_supply(stack)
     sessions = [OrderSession(stack.address("order")), OrderSession(stack.address("order-1"))]
     before = [buy_lot(sessions[lot % 2]) for lot in range(4)]
     assert before == [Reason.OK] * 4
 
-    with OrderSession(stack.address("order-1")) as probe:
-        takeover = time_takeover(stack, probe, BUYER, "AAPL", 185.0)  # 1-lot buys resting below the offer
+    probe = OrderSession(stack.address("order-1"))  # open to the end: its accepted 1-lot buy keeps resting
+    takeover = time_takeover(stack, probe, BUYER, "AAPL", 185.0)
     print(
         f"takeover of partition {takeover.partition} after kill -9 of {takeover.victim}: "
-        f"{takeover.seconds:.3f}s to the first accepted order (claim to serving {takeover.replay_seconds:.4f}s,"
-        f" {takeover.replayed_events} events replayed); refused meanwhile: {dict(takeover.refused)}"
+        f"{takeover.seconds:.3f}s to the first accepted order (claim to serving "
+        f"{takeover.replay_seconds:.4f}s, {takeover.replayed_events} events replayed); "
+        f"refused meanwhile: {dict(takeover.refused)}"
     )
     assert takeover.refused[Reason.PARTITION_TAKEOVER] > 0, takeover.refused
     assert set(takeover.refused) <= {Reason.PARTITION_TAKEOVER, Reason.RISK_UNAVAILABLE}, takeover.refused
     assert takeover.seconds < 10, "the lease is 1 s: a takeover well inside this"
-    owners = partition_owners(stack)
-    assert set(owners.values()) == {next(r for r in RISKS if r != takeover.victim)}, owners
+    heir = next(risk for risk in RISKS if risk != takeover.victim)
+    wait_served(stack, (heir,), timeout=10)  # the victim's other partitions too
 
     # The heir knows the 400 bought and the 1 resting: exactly 5 more lots fit under 1000.
     after = [buy_lot(sessions[lot % 2]) for lot in range(8)]
     assert after == [Reason.OK] * 5 + [Reason.POSITION_LIMIT] * 3, after
     wait_for(lambda: net_position(stack, BUYER) == 900, timeout=10, what="the position service")
+    seller.close()
+    probe.close()
 
 
 def test_the_desk_shows_partitions_and_their_owners(make_stack: StackFactory) -> None:
     stack = partitioned_stack(make_stack)
-    command = [sys.executable, "-m", "tradeplane_services", "log", "--event-log", stack.events.url, "partitions"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    desk = [sys.executable, "-m", "tradeplane_services", "log", "--event-log", stack.events.url]
+    result = subprocess.run([*desk, "partitions"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     owner_of_buyer = partition_owners(stack)[partition_of(BUYER)]
-    assert any(line.split()[:3] == [str(partition_of(BUYER)), str(owner_of_buyer), "serving"] for line in lines)
+    expected = [str(partition_of(BUYER)), str(owner_of_buyer), "serving"]
+    assert any(line.split()[:3] == expected for line in lines), result.stdout
     assert "members: risk, risk-1" in result.stdout
