@@ -512,7 +512,15 @@ class RiskRoutes:
 
     @property
     def ready(self) -> bool:
-        return self.table.synced.is_set()
+        """Every partition has a serving owner this replica has a session to: a takeover makes order
+        unready for its second or two, as it cannot take the orders of every account meanwhile."""
+        if not self.table.synced.is_set():
+            return False
+        for lease in self.table.owners().values():
+            link = None if lease is None or not lease.serving else self.links.get(lease.address)
+            if link is None or not link.connected:
+                return False
+        return True
 
     def send(self, message: RiskCheck | RiskUpdate, account: int) -> int:
         lease = self.table.partition(partition_of(account))
