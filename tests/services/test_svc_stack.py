@@ -306,6 +306,8 @@ def test_the_client_demo_and_the_load_generator_run_against_the_stack(stack: Sta
     assert demo.stdout.count("TRADE") == 4 and "positions:" in demo.stdout
     result = run_load(stack.address("order"), rate=2000, seconds=1.0, warmup=0.2, settle_seconds=0.5)
     assert (result.sent, result.answered, result.unanswered) == (2000, 2000, 0)
-    assert result.trades == 2000 and not result.rejects
+    # Each account partition commits its acceptances to the log on its own, so orders of different
+    # accounts may reach the venue in another order than sent, and an order may trade in more than one piece.
+    assert result.trades >= 2000 and not result.rejects
     assert sum(result.net_fills.values()) == 0, "every buy met a sell"
     assert result.percentiles_us["p50"] > 0 and result.measured == 1600
