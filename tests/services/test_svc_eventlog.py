@@ -231,3 +231,28 @@ def test_the_desk_names_a_bad_event_log_address() -> None:
     command = [sys.executable, "-m", "tradeplane_services", "log", "--event-log", "http://x:4222", "info"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "'http://x:4222' is not a nats:// or tls:// URL" in result.stderr
+
+
+def test_a_position_canary_reads_the_same_log_and_aborting_it_loses_nothing(make_stack: StackFactory) -> None:
+    """A canary of position is one more projection of the log: started mid-stream it catches up from the
+    stable's snapshot and the tail; aborted (its pod deleted), it takes nothing with it."""
+    stack = make_stack({"position": {"snapshotEveryEvents": 25}})
+    canary_fills: list[int] = []
+
+    def start_canary() -> None:
+        stack.start_one("position-1")
+
+    def abort_canary() -> None:
+        stack.wait_ready(components=("position-1",))
+        canary_fills.append(stack.status("position-1")["fills"])
+        assert stack.kill("position-1", signal.SIGTERM) == 0
+
+    told, fills, refused = trade_through(stack, {60: start_canary, 200: abort_canary})
+    assert refused == 0 and canary_fills[0] > 0, "the canary projected the fills before its abort"
+    wait_for(lambda: booked(stack) == told, timeout=15, what="positions to equal the fills the clients got")
+    assert stack.status("position")["fills"] == fills
+    # The stable's next replica starts from whichever snapshot is latest, the canary's included.
+    stack.kill("position", signal.SIGKILL)
+    stack.start_one("position")
+    stack.wait_ready(components=("position",))
+    assert booked(stack) == told and stack.status("position")["fills"] == fills
