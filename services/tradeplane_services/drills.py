@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from tradeplane_services.client import OrderSession
 from tradeplane_services.eventlog import PARTITIONS, partition_of
+from tradeplane_services.partitions import preferred_owner
 from tradeplane_services.protocol import ExecType, Side, price_units
 from tradeplane_services.stack import START_ORDER, Stack
 
@@ -32,17 +33,14 @@ def partition_owners(stack: Stack, order: str = "order") -> dict[int, str | None
 
 
 def wait_served(stack: Stack, owners: tuple[str, ...], timeout: float = 30.0) -> dict[int, str | None]:
-    """Until every order replica sees each partition served by one of `owners`, all of them owning some."""
+    """Until every order replica sees each partition served by its preferred owner among `owners`: the
+    settled state, no handover pending."""
+    settled: dict[int, str | None] = {p: preferred_owner(p, list(owners)) for p in range(PARTITIONS)}
     deadline = time.monotonic() + timeout
     while True:
         views = [partition_owners(stack, order) for order in ORDERS if order in stack.processes]
-        first = views[0]
-        if (
-            all(view == first for view in views)
-            and len(first) == PARTITIONS
-            and set(first.values()) == set(owners)
-        ):
-            return first
+        if all(view == settled for view in views):
+            return settled
         if time.monotonic() > deadline:
             raise TimeoutError(f"partitions not served by {owners} after {timeout}s: {views}")
         time.sleep(0.05)

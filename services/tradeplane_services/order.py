@@ -47,6 +47,7 @@ from tradeplane_services.runtime import (
     Service,
     fields,
     log,
+    run_for_life,
     wait_until,
 )
 
@@ -508,7 +509,7 @@ class RiskRoutes:
 
     async def start(self) -> None:
         await self.event_log.open()
-        self.task = asyncio.get_running_loop().create_task(self.table.follow(self.event_log))
+        self.task = run_for_life(self.table.follow(self.event_log), "watching the partition leases")
 
     @property
     def ready(self) -> bool:

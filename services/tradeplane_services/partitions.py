@@ -144,6 +144,7 @@ class LeaseTable:
                 await asyncio.sleep(0.5)
                 continue
             reconnects = event_log.reconnects
+            present: set[str] | None = set()  # keys in the bucket when the watch started, until all read
             try:
                 while reconnects == event_log.reconnects:
                     try:
@@ -151,10 +152,19 @@ class LeaseTable:
                     except nats.errors.TimeoutError:
                         continue
                     if entry is None:  # the bucket's contents at start are all read
+                        if present is not None:  # what was deleted while we were away goes too
+                            for key in set(self.leases) - present:
+                                self.apply(key, None, 0, deleted=True)
+                            present = None
                         self.synced.set()
                         continue
                     deleted = entry.operation in ("DEL", "PURGE")
+                    if present is not None and not deleted:
+                        present.add(entry.key)
                     self.apply(entry.key, entry.value, entry.revision or 0, deleted)
+            except (TimeoutError, nats.errors.Error) as error:
+                log.warning("lease watch lost; watching again", extra=fields(error=repr(error)))
+                await asyncio.sleep(0.2)
             finally:
                 await _quietly_stop(watcher)
 

@@ -64,7 +64,15 @@ from tradeplane_services.protocol import (
     layout_of,
     symbol_bytes,
 )
-from tradeplane_services.runtime import Connection, Service, fields, log, spin_for, wait_until
+from tradeplane_services.runtime import (
+    Connection,
+    Service,
+    fields,
+    log,
+    run_for_life,
+    spin_for,
+    wait_until,
+)
 
 MASK64 = (1 << 64) - 1
 _MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)
@@ -797,10 +805,9 @@ class RiskService(Service):
             return
         await self.event_log.open()
         self.lease_bucket = await self.event_log.bucket(LEASE_BUCKET)
-        loop = asyncio.get_running_loop()
         self.tasks = [
-            loop.create_task(self.leases.follow(self.event_log)),
-            loop.create_task(self.owner.run(self.lease_bucket)),
+            run_for_life(self.leases.follow(self.event_log), "watching the partition leases"),
+            run_for_life(self.owner.run(self.lease_bucket), "holding partition leases"),
         ]
 
     async def drain(self) -> None:
