@@ -7,8 +7,11 @@ partitions to the other, which rebuilds their exposure from the log before it an
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 from support import wait_for
@@ -43,9 +46,9 @@ def offer_supply(stack: Stack) -> OrderSession:
     return seller
 
 
-def buy_lot(session: OrderSession) -> int:
+def buy_lot(session: OrderSession, quantity: int = LOT) -> int:
     """One lot for the buyer; the reason it was refused, or OK once it traded in full."""
-    client_order_id = session.new_order(Side.BUY, "AAPL", LOT, price_units(190), account=BUYER)
+    client_order_id = session.new_order(Side.BUY, "AAPL", quantity, price_units(190), account=BUYER)
     report: ExecutionReport = session.report_for(client_order_id)
     if report.exec_type == ExecType.REJECTED:
         return int(report.reason)
@@ -117,3 +120,46 @@ def test_the_desk_shows_partitions_and_their_owners(make_stack: StackFactory) ->
     expected = [str(partition_of(BUYER)), str(owner_of_buyer), "serving"]
     assert any(line.split()[:3] == expected for line in lines), result.stdout
     assert "members: risk, risk-1" in result.stdout
+
+
+def test_two_sessions_buying_across_a_kill_9_of_risk_end_exactly_at_the_limit(
+    make_stack: StackFactory,
+) -> None:
+    """Both order replicas buy half lots for one account while its risk owner is killed -9: the account
+    ends at exactly maxPosition: never above (the heir rebuilt the exposure), never below (no reservation
+    of an order the kill cut short outlived it)."""
+    stack = partitioned_stack(make_stack)
+    seller = offer_supply(stack)
+    victim = partition_owners(stack)[partition_of(BUYER)]
+    assert victim is not None
+    outcomes: list[list[int]] = [[], []]
+    stop = threading.Event()
+
+    def buy(index: int) -> None:
+        with OrderSession(stack.address(("order", "order-1")[index])) as session:
+            while not stop.is_set():
+                outcomes[index].append(buy_lot(session, LOT // 2))
+                time.sleep(0.2)
+
+    buyers = [threading.Thread(target=buy, args=(index,)) for index in range(2)]
+    for thread in buyers:
+        thread.start()
+    time.sleep(0.6)
+    stack.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: all(Reason.POSITION_LIMIT in each[-3:] for each in outcomes), timeout=30, what="the limit"
+    )
+    stop.set()
+    for thread in buyers:
+        thread.join()
+    every = outcomes[0] + outcomes[1]
+    assert Reason.PARTITION_TAKEOVER in every, every
+    assert set(every) <= {
+        Reason.OK,
+        Reason.POSITION_LIMIT,
+        Reason.PARTITION_TAKEOVER,
+        Reason.RISK_UNAVAILABLE,
+    }
+    assert every.count(Reason.OK) * LOT // 2 == MAX_POSITION, every
+    wait_for(lambda: net_position(stack, BUYER) == MAX_POSITION, timeout=10, what="the position service")
+    seller.close()
