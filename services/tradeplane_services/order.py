@@ -524,17 +524,19 @@ class RiskRoutes:
         return True
 
     def send(self, message: RiskCheck | RiskUpdate, account: int) -> int:
+        if type(message) is RiskUpdate and not message.done:
+            return OK  # a fill: risk reads fills from the log, where execution put them first
         lease = self.table.partition(partition_of(account))
         link = None if lease is None or not lease.serving else self._link(lease.address)
         if link is None:
             sent = False
         elif type(message) is RiskUpdate:
-            sent = link.send_later(message)  # an exposure update can share the next write
+            sent = link.send_later(message)  # a release can share the next write
         else:
             sent = link.send(message)
         if sent:
             return OK
-        if type(message) is RiskUpdate and message.done:
+        if type(message) is RiskUpdate:
             self.deferred.append((message, account))
         return PARTITION_TAKEOVER
 

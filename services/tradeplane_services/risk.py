@@ -14,6 +14,11 @@ recognised by a 64-bit fingerprint of those fields.
 `check` evaluates one order in a few microseconds; `check_batch` evaluates a run of orders with numpy and
 gives exactly the results `check` would give one by one (a property test holds it to that): it vectorises
 everything up to the first order that breaks a stateful limit and finishes from there one by one.
+
+With an event log, limits are firm-wide: each account partition is answered for by one risk replica at a
+time (leases, partitions.py), which rebuilds the partition's exposure from the log before it answers and
+logs every acceptance before it answers it (PartitionLedger). Without one, each replica keeps its own
+exposure: run one.
 """
 
 from __future__ import annotations
