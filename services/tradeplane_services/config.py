@@ -93,6 +93,12 @@ class RiskSettings(Settings):
     creditLimit: float = Field(
         1_000_000_000.0, gt=0, description="Per account: open-order notional plus executed notional."
     )
+    firmCreditLimit: float | None = Field(
+        None,
+        gt=0,
+        description="Firm-wide open-order plus executed notional; with an event log each of the 16 account"
+        " partitions may use an equal share. Unset: no firm-wide limit.",
+    )
     maxMessagesPerSecond: float = Field(1_000_000.0, gt=0, description="Per account token bucket.")
     duplicateWindowMillis: int = Field(
         500, ge=0, description="Identical orders (account, symbol, side, qty, price) inside it are refused."

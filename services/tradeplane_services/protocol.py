@@ -71,6 +71,7 @@ class Reason(IntEnum):
     POSITION_LIMIT = 30
     CREDIT_LIMIT = 31
     PARTITION_TAKEOVER = 32
+    FIRM_CREDIT_LIMIT = 33
     # Venue
     NO_LIQUIDITY = 40
     # Sessions

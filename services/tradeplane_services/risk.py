@@ -4,10 +4,15 @@ Checks, in the order that decides the reason code of an order failing several:
 
     kill switch HALTED, message-rate throttle (token bucket per account), unknown symbol, restricted
     symbol, max quantity, no reference price, price collar against the last trade, max notional,
-    duplicate order, kill switch REDUCING (only position-reducing orders), position limit, credit limit.
+    duplicate order, kill switch REDUCING (only position-reducing orders), position limit, credit limit,
+    firm credit limit.
 
 Position limit: per account and symbol, |filled position + open orders on the order's side + the order|.
 Credit: per account, notional of open orders plus notional already executed (a daily credit line).
+Firm credit: the same summed over every account, against `firmCreditLimit`. Partitioned, each partition
+owner sees only its accounts, so the limit is split into equal shares, one per partition: the shares add
+up to the limit whatever the replica count (what a skewed book loses is the price of no coordination on
+the order path). Unpartitioned, one replica sees every account and checks the whole.
 Duplicate: an accepted order with the same (account, symbol, side, quantity, price) inside the window,
 recognised by a 64-bit fingerprint of those fields.
 
@@ -35,6 +40,7 @@ from nats.js.kv import KeyValue
 from tradeplane_services.config import Environment, RiskSettings, Settings
 from tradeplane_services.eventlog import (
     LEASE_BUCKET,
+    PARTITIONS,
     RELEASE_KIND,
     RISK_KIND,
     Append,
@@ -90,6 +96,7 @@ RESTRICTED_SYMBOL, MAX_QUANTITY = int(Reason.RESTRICTED_SYMBOL), int(Reason.MAX_
 NO_REFERENCE_PRICE, PRICE_COLLAR = int(Reason.NO_REFERENCE_PRICE), int(Reason.PRICE_COLLAR)
 MAX_NOTIONAL, DUPLICATE_ORDER = int(Reason.MAX_NOTIONAL), int(Reason.DUPLICATE_ORDER)
 POSITION_LIMIT, CREDIT_LIMIT = int(Reason.POSITION_LIMIT), int(Reason.CREDIT_LIMIT)
+FIRM_CREDIT_LIMIT = int(Reason.FIRM_CREDIT_LIMIT)
 PARTITION_TAKEOVER = int(Reason.PARTITION_TAKEOVER)
 LIMIT = int(OrderType.LIMIT)
 HALTED, REDUCING = int(KillSwitchState.HALTED), int(KillSwitchState.REDUCING)
@@ -122,9 +129,12 @@ def fingerprints(account: Any, symbol: Any, side: Any, quantity: Any, price: Any
 
 
 class Limits:
-    """RiskSettings in wire units (prices x PRICE_SCALE, nanoseconds)."""
+    """RiskSettings in wire units (prices x PRICE_SCALE, nanoseconds); the firm credit limit as the share of
+    one of `firm_shares` buckets."""
 
-    def __init__(self, settings: RiskSettings, symbols: list[bytes]) -> None:
+    def __init__(self, settings: RiskSettings, symbols: list[bytes], firm_shares: int = 1) -> None:
+        firm = settings.firmCreditLimit
+        self.firm_credit_share = None if firm is None else int(firm * PRICE_SCALE) // firm_shares
         self.max_quantity = settings.maxOrderQuantity
         self.max_notional = int(settings.maxOrderNotional * PRICE_SCALE)
         self.collar = settings.priceCollarPercent / 100
@@ -206,13 +216,16 @@ Booking = tuple[int, int, int, int, int]
 class RiskEngine:
     """Risk state of every account and the checks; no I/O, time is passed in."""
 
-    def __init__(self, settings: RiskSettings) -> None:
+    def __init__(self, settings: RiskSettings, partitioned: bool = False) -> None:
+        # Firm credit buckets: one per partition when partitions have owners of their own, else one.
+        self.firm_shares = PARTITIONS if partitioned else 1
         self.symbols = [symbol_bytes(name) for name in settings.symbols]
         self.symbol_index = {symbol: index for index, symbol in enumerate(self.symbols)}
         order = np.argsort(np.array(self.symbols, dtype="S8"))
         self._sorted_symbols = np.array(self.symbols, dtype="S8")[order]
         self._sorted_index = order.astype(np.int64)
-        self.limits = Limits(settings, self.symbols)
+        self.limits = Limits(settings, self.symbols, self.firm_shares)
+        self.firm_credit = [0] * self.firm_shares  # credit used by the accounts of each bucket
         self.reference = np.zeros(len(self.symbols), dtype=np.int64)  # last trade price, 0: none yet
         self._reference = self.reference.tolist()
         self.accounts = AccountTable(len(self.symbols))
@@ -225,7 +238,12 @@ class RiskEngine:
     def reconfigure(self, settings: RiskSettings) -> None:
         if [symbol_bytes(name) for name in settings.symbols] != self.symbols:
             raise ValueError("symbols cannot change while the service runs; restart it")
-        self.limits = Limits(settings, self.symbols)
+        self.limits = Limits(settings, self.symbols, self.firm_shares)
+        # The batch path books credit per account only: sum the buckets afresh.
+        table = self.accounts
+        buckets = np.array(table.accounts, dtype=np.int64) % self.firm_shares
+        totals = np.bincount(buckets, weights=table.credit_used[: len(buckets)], minlength=self.firm_shares)
+        self.firm_credit = [int(total) for total in totals]
 
     @property
     def kill_switch(self) -> int:
@@ -268,6 +286,7 @@ class RiskEngine:
         rows = [row for account, row in table.rows.items() if partition_of(account) == partition]
         if not rows:
             return
+        self.firm_credit[partition % self.firm_shares] -= int(table.credit_used[rows].sum())
         table.reset(rows, self.limits.burst)
         forgotten = set(rows)
         self.open_orders = {o: b for o, b in self.open_orders.items() if b[0] not in forgotten}
@@ -302,7 +321,7 @@ class RiskEngine:
         row = table.row(fill.account, self.limits.burst)
         signed = fill.quantity if fill.side == BUY else -fill.quantity
         table.position_view[row * table.symbols + index] += signed
-        table.credit_used_view[row] += fill.quantity * fill.price
+        self._add_credit(row, fill.quantity * fill.price)
 
     def account_of(self, order_id: int) -> int | None:
         booking = self.open_orders.get(order_id)
@@ -410,6 +429,9 @@ class RiskEngine:
             return POSITION_LIMIT
         if table.credit_used_view[row] + notional > limits.credit_limit:
             return CREDIT_LIMIT
+        firm_share = limits.firm_credit_share
+        if firm_share is not None and self.firm_credit[account % self.firm_shares] + notional > firm_share:
+            return FIRM_CREDIT_LIMIT
         if key:
             self._remember({key: now_ns + limits.duplicate_window_ns}, now_ns)
         return OK
@@ -428,7 +450,11 @@ class RiskEngine:
             table.open_buy_view[cell] += sign * quantity
         else:
             table.open_sell_view[cell] += sign * quantity
-        table.credit_used_view[row] += sign * quantity * credit_price
+        self._add_credit(row, sign * quantity * credit_price)
+
+    def _add_credit(self, row: int, amount: int) -> None:
+        self.accounts.credit_used_view[row] += amount
+        self.firm_credit[self.accounts.accounts[row] % self.firm_shares] += amount
 
     def on_fill(self, order_id: int, quantity: int, price: int) -> None:
         booking = self.open_orders.get(order_id)
@@ -445,7 +471,7 @@ class RiskEngine:
         else:
             table.open_sell_view[cell] -= released
             table.position_view[cell] -= quantity
-        table.credit_used_view[row] += quantity * price - released * credit_price
+        self._add_credit(row, quantity * price - released * credit_price)
 
     def on_done(self, order_id: int) -> None:
         booking = self.open_orders.pop(order_id, None)
@@ -472,6 +498,8 @@ class RiskEngine:
         limits = self.limits
         if limits.kill_switch == HALTED:
             return np.full(count, KILL_SWITCH_HALTED, dtype=np.uint16)
+        if limits.firm_credit_share is not None:
+            return None  # one firm-wide sum across the run's accounts: one by one
         side, order_type = checks["side"], checks["order_type"]
         quantity, price = checks["quantity"].astype(np.int64), checks["price"]
         position = np.searchsorted(self._sorted_symbols, checks["symbol"]).clip(0, len(self.symbols) - 1)
@@ -769,7 +797,7 @@ class RiskService(Service):
     def __init__(self, environment: Environment, settings: Settings) -> None:
         super().__init__(environment, settings)
         assert isinstance(settings, RiskSettings)
-        self.engine = RiskEngine(settings)
+        self.engine = RiskEngine(settings, partitioned=bool(environment.event_log))
         self.handlers = {
             RiskCheck: self.on_check,
             RiskUpdate: self.on_update,

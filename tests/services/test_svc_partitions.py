@@ -135,3 +135,37 @@ def test_a_forgotten_partition_answers_as_if_new() -> None:
     )
     risk.forget_partition(partition_of(1))
     assert risk.exposure(1, AAPL) == (0, 0, 0, 0) and not risk.open_orders
+
+
+def firm_engine(limit: float, partitioned: bool) -> RiskEngine:
+    settings = RiskSettings.model_validate(
+        {"symbols": {"AAPL": 100.0}, "duplicateWindowMillis": 0, "firmCreditLimit": limit}
+    )
+    risk = RiskEngine(settings, partitioned=partitioned)
+    risk.set_reference(AAPL, price_units(100))
+    return risk
+
+
+def buy(risk: RiskEngine, order_id: int, account: int, quantity: int) -> Reason:
+    limit, price = int(OrderType.LIMIT), price_units(100)
+    return Reason(risk.check(order_id, account, AAPL, int(Side.BUY), limit, quantity, price, SECOND))
+
+
+def test_one_replica_seeing_every_account_holds_the_whole_firm_credit_limit() -> None:
+    risk = firm_engine(10_000, partitioned=False)
+    assert [buy(risk, 1, 1, 40), buy(risk, 2, 2, 40), buy(risk, 3, 3, 40)] == [
+        Reason.OK,
+        Reason.OK,
+        Reason.FIRM_CREDIT_LIMIT,
+    ]
+    risk.on_done(1)
+    assert buy(risk, 4, 3, 40) == Reason.OK, "a released order frees firm credit"
+
+
+def test_partition_owners_hold_equal_shares_of_the_firm_credit_limit() -> None:
+    risk = firm_engine(16_000, partitioned=True)  # 1,000 per partition
+    assert buy(risk, 1, 1, 10) == Reason.OK
+    assert buy(risk, 2, 17, 1) == Reason.FIRM_CREDIT_LIMIT, "account 17 shares partition 1's share"
+    assert buy(risk, 3, 2, 10) == Reason.OK, "partition 2 has a share of its own"
+    risk.forget_partition(1)
+    assert buy(risk, 4, 17, 10) == Reason.OK, "a forgotten partition's share is whole again"
