@@ -174,6 +174,8 @@ def booked(stack: Stack) -> Book:
 FAULTS: dict[str, tuple[int, Callable[[Stack], None], Callable[[Stack], None]]] = {
     # victim: (event log servers, kill, restart)
     "position": (1, lambda s: s.kill("position", signal.SIGKILL), lambda s: s.start_one("position")),
+    # Its replacement takes the partitions over once the leases expire; orders are refused meanwhile.
+    "risk": (1, lambda s: s.kill("risk", signal.SIGKILL), lambda s: s.start_one("risk")),
     "nats-server": (1, lambda s: s.events.kill(0), lambda s: s.events.start_one(0)),
     "one of three nats-servers (R3)": (3, lambda s: s.events.kill(1), lambda s: s.events.start_one(1)),
 }
