@@ -32,7 +32,7 @@ def partition_owners(stack: Stack, order: str = "order") -> dict[int, str | None
     }
 
 
-def wait_served(stack: Stack, owners: tuple[str, ...], timeout: float = 30.0) -> dict[int, str | None]:
+def wait_served(stack: Stack, owners: tuple[str, ...], timeout: float = 60.0) -> dict[int, str | None]:
     """Until every order replica sees each partition served by its preferred owner among `owners`: the
     settled state, no handover pending."""
     settled: dict[int, str | None] = {p: preferred_owner(p, list(owners)) for p in range(PARTITIONS)}

@@ -506,6 +506,7 @@ class RiskRoutes:
         self.links: dict[str, PeerLink] = {}  # by the address a lease names
         self.deferred: list[tuple[RiskUpdate, int]] = []
         self.task: asyncio.Task[None] | None = None
+        self.closing: set[asyncio.Task[None]] = set()  # links being stopped (kept referenced until done)
 
     async def start(self) -> None:
         await self.event_log.open()
@@ -541,11 +542,17 @@ class RiskRoutes:
         return PARTITION_TAKEOVER
 
     def sweep(self) -> None:
-        """Sessions to every owner before its first order (a session takes a logon), and the releases
-        that waited for an owner."""
-        for lease in self.table.owners().values():
-            if lease is not None:
-                self._link(lease.address)
+        """Sessions to every owner before its first order (a session takes a logon), none to addresses no
+        lease names any more (replicas gone), and the releases that waited for an owner."""
+        named = {lease.address for lease in self.table.owners().values() if lease is not None}
+        for address in named:
+            self._link(address)
+        for address in [a for a, link in self.links.items() if a not in named and not link.connected]:
+            link = self.links.pop(address)
+            self.service.links.remove(link)
+            closing = asyncio.get_running_loop().create_task(link.stop())
+            self.closing.add(closing)
+            closing.add_done_callback(self.closing.discard)
         deferred, self.deferred = self.deferred, []
         for message, account in deferred:
             self.send(message, account)

@@ -133,13 +133,18 @@ def test_two_sessions_buying_across_a_kill_9_of_risk_end_exactly_at_the_limit(
     victim = partition_owners(stack)[partition_of(BUYER)]
     assert victim is not None
     outcomes: list[list[int]] = [[], []]
+    failures: list[BaseException] = []
     stop = threading.Event()
 
     def buy(index: int) -> None:
-        with OrderSession(stack.address(("order", "order-1")[index])) as session:
-            while not stop.is_set():
-                outcomes[index].append(buy_lot(session, LOT // 2))
-                time.sleep(0.2)
+        try:
+            with OrderSession(stack.address(("order", "order-1")[index])) as session:
+                while not stop.is_set():
+                    outcomes[index].append(buy_lot(session, LOT // 2))
+                    time.sleep(0.2)
+        except BaseException as error:  # reported by the test, not lost with the thread
+            failures.append(error)
+            raise
 
     buyers = [threading.Thread(target=buy, args=(index,)) for index in range(2)]
     for thread in buyers:
@@ -147,11 +152,14 @@ def test_two_sessions_buying_across_a_kill_9_of_risk_end_exactly_at_the_limit(
     time.sleep(0.6)
     stack.kill(victim, signal.SIGKILL)
     wait_for(
-        lambda: all(Reason.POSITION_LIMIT in each[-3:] for each in outcomes), timeout=30, what="the limit"
+        lambda: failures or all(Reason.POSITION_LIMIT in each[-3:] for each in outcomes),
+        timeout=60,
+        what="both sessions to meet the limit",
     )
     stop.set()
     for thread in buyers:
         thread.join()
+    assert not failures, failures
     every = outcomes[0] + outcomes[1]
     assert Reason.PARTITION_TAKEOVER in every, every
     assert set(every) <= {
