@@ -108,6 +108,12 @@ class RiskSettings(Settings):
     batchThreshold: int = Field(
         8, ge=2, description="Runs of at least this many queued checks are evaluated as one numpy batch."
     )
+    snapshotEveryEvents: int = Field(
+        1000,
+        ge=1,
+        description="With an event log: a partition's exposure goes to the log's KV store this often (at a"
+        " quiet moment), so a takeover replays from there.",
+    )
     partitionLeaseMillis: int = Field(
         2000,
         ge=100,

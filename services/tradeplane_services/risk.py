@@ -34,6 +34,7 @@ import time
 from itertools import repeat
 from typing import Any
 
+import nats.errors
 import numpy as np
 from nats.js.kv import KeyValue
 
@@ -47,6 +48,7 @@ from tradeplane_services.eventlog import (
     Event,
     EventLog,
     Fenced,
+    Snapshots,
     partition_of,
     subject_filter,
 )
@@ -74,6 +76,7 @@ from tradeplane_services.protocol import (
     decode_body,
     layout_of,
     symbol_bytes,
+    symbol_text,
 )
 from tradeplane_services.runtime import (
     Connection,
@@ -290,6 +293,53 @@ class RiskEngine:
         table.reset(rows, self.limits.burst)
         forgotten = set(rows)
         self.open_orders = {o: b for o, b in self.open_orders.items() if b[0] not in forgotten}
+
+    def partition_state(self, partition: int) -> dict[str, Any]:
+        """The exposure of the partition's accounts as JSON: positions and open quantities by symbol,
+        credit used, and open orders (their bookings). Throttle and duplicate state are not exposure."""
+        table, names = self.accounts, [symbol_text(symbol) for symbol in self.symbols]
+        rows = {row: account for account, row in table.rows.items() if partition_of(account) == partition}
+        accounts = []
+        for row, account in rows.items():
+            cells = range(row * table.symbols, (row + 1) * table.symbols)
+            held = {
+                names[index]: [
+                    int(table.position[cell]),
+                    int(table.open_buy[cell]),
+                    int(table.open_sell[cell]),
+                ]
+                for index, cell in enumerate(cells)
+                if table.position[cell] or table.open_buy[cell] or table.open_sell[cell]
+            }
+            accounts.append([account, int(table.credit_used[row]), held])
+        orders = [
+            [order_id, rows[row], names[index], side, quantity, credit_price]
+            for order_id, (row, index, side, quantity, credit_price) in self.open_orders.items()
+            if row in rows
+        ]
+        return {"accounts": accounts, "orders": orders}
+
+    def restore_partition(self, partition: int, state: dict[str, Any]) -> None:
+        """Put back what `partition_state` gave, after forgetting the partition; symbols no longer
+        configured are left out."""
+        self.forget_partition(partition)
+        table, burst = self.accounts, self.limits.burst
+        for account, credit, held in state["accounts"]:
+            row = table.row(account, burst)
+            self._add_credit(row, credit)
+            for name, (position, open_buy, open_sell) in held.items():
+                index = self.symbol_index.get(symbol_bytes(name))
+                if index is not None:
+                    cell = row * table.symbols + index
+                    table.position[cell], table.open_buy[cell], table.open_sell[cell] = (
+                        position,
+                        open_buy,
+                        open_sell,
+                    )
+        for order_id, account, name, side, quantity, credit_price in state["orders"]:
+            index = self.symbol_index.get(symbol_bytes(name))
+            if index is not None:
+                self.open_orders[order_id] = (table.row(account, burst), index, side, quantity, credit_price)
 
     def reservation(self, check: RiskCheck) -> Reservation:
         """The log record of an order `check` just accepted."""
@@ -633,15 +683,20 @@ class PartitionLedger:
     """One partition this replica holds the lease of: its takeover, its fenced commits, its follower.
 
     Takeover: append a PartitionClaim to the partition's risk subject expecting the last event seen there
-    (so a previous owner's next append fails), replay the partition's events up to the claim
-    (reservations, fills, releases) into a clean slate, then answer. Until then, and from the moment the
-    lease is lost, checks of the partition are refused with PARTITION_TAKEOVER.
+    (so a previous owner's next append fails), load the partition's latest snapshot, replay its events
+    after the snapshot up to the claim (reservations, fills, releases), then answer. Until then, and from
+    the moment the lease is lost, checks of the partition are refused with PARTITION_TAKEOVER.
 
     An accepted order is answered only once its Reservation is in the log: the reservations of one turn of
     the loop go as one event (group commit), each expecting the previous one as the subject's last, so a
     replica that lost the partition cannot add exposure beside its new owner. Fills (appended by
     execution) and releases reach the exposure through the log, in log order: a fill never lands before the
     reservation it fills, a release never before a fill of its order.
+
+    The owner's exposure is the fold of the partition's events up to the last one it read, plus its own
+    reservations not yet read back. When none are in flight and it has read back its last append, the
+    two are the same: only then, every `snapshotEveryEvents` events, it stores a snapshot (key
+    `risk.<partition>` of the snapshot bucket, replaced only by a later one).
     """
 
     def __init__(self, service: RiskService, partition: int, lease_revision: int) -> None:
@@ -662,6 +717,7 @@ class PartitionLedger:
         self.claimed_at = time.perf_counter()
         self.takeover_seconds: float | None = None
         self.replayed_events = 0
+        self.snapshot_sequence = 0  # the snapshot loaded at takeover, or the last one tried
         self.task = asyncio.get_running_loop().create_task(self.run(), name=f"partition-{partition}")
         self.task.add_done_callback(self._ended)
 
@@ -680,8 +736,9 @@ class PartitionLedger:
                 break
             except Fenced:
                 continue  # the previous owner appended after we looked: look again
+        await self.load_snapshot()
         events = subject_filter("*", self.partition)
-        async for event in self.event_log.read(events, 1, self.last_sequence):
+        async for event in self.event_log.read(events, self.snapshot_sequence + 1, self.last_sequence):
             self.apply(event, replaying=True)
             self.replayed_events += 1
         self.serving = True
@@ -693,11 +750,45 @@ class PartitionLedger:
                 partition=self.partition,
                 replayedEvents=self.replayed_events,
                 claimSequence=self.last_sequence,
+                snapshotSequence=self.snapshot_sequence,
                 seconds=round(self.takeover_seconds, 4),
             ),
         )
+        every = self.service.risk_settings.snapshotEveryEvents
         async for event in self.event_log.read(events, self.last_sequence + 1, follow=True):
             self.apply(event, replaying=False)
+            quiet = self.committing is None and event.sequence >= self.last_sequence
+            if quiet and self.serving and event.sequence - self.snapshot_sequence >= every:
+                await self.store_snapshot(event.sequence)
+
+    @property
+    def snapshot_key(self) -> str:
+        return f"risk.{self.partition}"
+
+    async def load_snapshot(self) -> None:
+        """The partition's exposure as of the latest snapshot before the claim; none: replay from 1."""
+        try:
+            document = await self.service.snapshots.load(self.snapshot_key)
+        except (TimeoutError, nats.errors.Error) as error:
+            log.warning("risk snapshot unavailable; replaying all", extra=fields(error=repr(error)))
+            return
+        if document is None or document["sequence"] >= self.last_sequence:
+            return
+        self.engine.restore_partition(self.partition, document["state"])
+        self.applied_fills = {int(source): last for source, last in document["fills"].items()}
+        self.snapshot_sequence = document["sequence"]
+
+    async def store_snapshot(self, sequence: int) -> None:
+        self.snapshot_sequence = sequence  # a failed try is tried again snapshotEveryEvents later
+        document = {
+            "sequence": sequence,
+            "fills": {str(source): last for source, last in self.applied_fills.items()},
+            "state": self.engine.partition_state(self.partition),
+        }
+        try:
+            await self.service.snapshots.save(self.snapshot_key, document)
+        except (TimeoutError, nats.errors.Error) as error:  # only takeover time depends on it
+            log.warning("risk snapshot not stored", extra=fields(error=repr(error), sequence=sequence))
 
     def apply(self, event: Event, replaying: bool) -> None:
         engine = self.engine
@@ -786,6 +877,7 @@ class PartitionLedger:
             "leaseRevision": self.lease_revision,
             "takeoverSeconds": self.takeover_seconds,
             "replayedEvents": self.replayed_events,
+            "snapshotSequence": self.snapshot_sequence,
         }
 
 
@@ -817,9 +909,10 @@ class RiskService(Service):
             self.take_over,
             self.give_up,
             self.serving,
-            lambda: self._risk_settings.partitionLeaseMillis / 1000,
+            lambda: self.risk_settings.partitionLeaseMillis / 1000,
         )
         self.lease_bucket: KeyValue | None = None
+        self.snapshots: Snapshots
         self.tasks: list[asyncio.Task[None]] = []
         if environment.event_log:
             self.event_log = EventLog(environment.event_log, environment.event_log_replicas, "risk")
@@ -827,7 +920,7 @@ class RiskService(Service):
             log.warning("TRADEPLANE_EVENT_LOG is not set: limits hold per replica; run one risk replica")
 
     @property
-    def _risk_settings(self) -> RiskSettings:
+    def risk_settings(self) -> RiskSettings:
         assert isinstance(self.settings, RiskSettings)
         return self.settings
 
@@ -837,6 +930,7 @@ class RiskService(Service):
         if self.event_log is None:
             return
         await self.event_log.open()
+        self.snapshots = await self.event_log.snapshots()
         self.lease_bucket = await self.event_log.bucket(LEASE_BUCKET)
         self.tasks = [
             run_for_life(self.leases.follow(self.event_log), "watching the partition leases"),

@@ -3,6 +3,7 @@ exposure a new owner rebuilds from the log is the exposure the live checks built
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -122,9 +123,16 @@ def test_a_partition_rebuilt_from_its_events_has_the_exposure_the_live_checks_bu
             rebuilt.on_done(event.order_id)
         else:
             rebuilt.book_reservation(event)
+    restored = engine()  # from a snapshot of the live state, through JSON as the KV store keeps it
+    restored.restore_partition(partition_of(1), json.loads(json.dumps(live.partition_state(partition_of(1)))))
     for account in (1, 17, 33):
         assert rebuilt.exposure(account, AAPL) == live.exposure(account, AAPL)
+        assert restored.exposure(account, AAPL) == live.exposure(account, AAPL)
     assert rebuilt.exposure(2, AAPL)[1] == 7, "another partition's exposure is left alone"
+    in_partition = {
+        o: b[1:] for o, b in live.open_orders.items() if partition_of(live.account_of(o) or 0) == 1
+    }
+    assert {o: b[1:] for o, b in restored.open_orders.items()} == in_partition
 
 
 def test_a_forgotten_partition_answers_as_if_new() -> None:

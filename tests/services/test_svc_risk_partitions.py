@@ -30,7 +30,13 @@ SELLERS = range(9100, 9130)  # 30 lots of supply: three times what the buyer may
 
 def partitioned_stack(make_stack: StackFactory) -> Stack:
     settings = {
-        "risk": {"maxPosition": MAX_POSITION, "duplicateWindowMillis": 0, "partitionLeaseMillis": 1000},
+        # Snapshots every few events: the takeovers here start from one and replay the tail.
+        "risk": {
+            "maxPosition": MAX_POSITION,
+            "duplicateWindowMillis": 0,
+            "partitionLeaseMillis": 1000,
+            "snapshotEveryEvents": 3,
+        },
     }
     stack = make_stack(settings, components=())
     start_partitioned(stack)
