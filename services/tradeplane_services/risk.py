@@ -741,6 +741,10 @@ class PartitionLedger:
         async for event in self.event_log.read(events, self.snapshot_sequence + 1, self.last_sequence):
             self.apply(event, replaying=True)
             self.replayed_events += 1
+        every = self.service.risk_settings.snapshotEveryEvents
+        # Nothing of ours in flight yet: the state is the fold up to the claim, worth keeping if long.
+        replayed_far = self.last_sequence - self.snapshot_sequence >= every
+        document = self.snapshot_document(self.last_sequence) if replayed_far else None
         self.serving = True
         self.service.owner.wake.set()
         self.takeover_seconds = time.perf_counter() - self.claimed_at
@@ -754,12 +758,13 @@ class PartitionLedger:
                 seconds=round(self.takeover_seconds, 4),
             ),
         )
-        every = self.service.risk_settings.snapshotEveryEvents
+        if document is not None:
+            await self.save_snapshot(document)
         async for event in self.event_log.read(events, self.last_sequence + 1, follow=True):
             self.apply(event, replaying=False)
             quiet = self.committing is None and event.sequence >= self.last_sequence
             if quiet and self.serving and event.sequence - self.snapshot_sequence >= every:
-                await self.store_snapshot(event.sequence)
+                await self.save_snapshot(self.snapshot_document(event.sequence))
 
     @property
     def snapshot_key(self) -> str:
@@ -778,13 +783,16 @@ class PartitionLedger:
         self.applied_fills = {int(source): last for source, last in document["fills"].items()}
         self.snapshot_sequence = document["sequence"]
 
-    async def store_snapshot(self, sequence: int) -> None:
+    def snapshot_document(self, sequence: int) -> dict[str, Any]:
         self.snapshot_sequence = sequence  # a failed try is tried again snapshotEveryEvents later
-        document = {
+        return {
             "sequence": sequence,
             "fills": {str(source): last for source, last in self.applied_fills.items()},
             "state": self.engine.partition_state(self.partition),
         }
+
+    async def save_snapshot(self, document: dict[str, Any]) -> None:
+        sequence = document["sequence"]
         try:
             await self.service.snapshots.save(self.snapshot_key, document)
         except (TimeoutError, nats.errors.Error) as error:  # only takeover time depends on it
