@@ -1,9 +1,10 @@
 """Takeover time of a risk partition: kill -9 its owner, time until an order of it is accepted again.
 
 Each run starts a fresh local stack with two order and two risk replicas (partitions spread over both),
-optionally writes --history synthetic events into the partition first (reservations and releases of a
-past session, which the heir must replay), then kills -9 the risk replica owning the partition of
-account 9001 while a probe session sends that account's 1-lot orders every 5 ms, and reports:
+after writing --history synthetic events into the partition (reservations and releases of a past
+session: the partition's first owner replays them and, past --snapshot-every events, snapshots the
+result), then kills -9 the risk replica owning the partition of account 9001 while a probe session sends
+that account's 1-lot orders every 5 ms, and reports:
 - takeover: kill -9 to the first probe order accepted (what a client sees: lease expiry, claim, replay,
   the lease saying "serving", order's view of it);
 - claim to serving: the heir's own part (fence in the log, replay of the partition), from its /status;
@@ -12,6 +13,7 @@ The lease duration (--lease-ms) bounds the detection part; the median of --runs 
 
     python bench/risk_takeover.py
     python bench/risk_takeover.py --runs 9 --lease-ms 500 --history 100000
+    python bench/risk_takeover.py --history 20000 --snapshot-every 1000000   # the heir replays it all
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ async def write_history(url: str, events: int) -> None:
 Run = tuple[float, float, int, dict[str, int]]  # takeover s, claim to serving s, events replayed, refusals
 
 
-def one_run(workdir: Path, host: str, lease_ms: int, history: int) -> Run:
-    stack = Stack(host, workdir, {"risk": {"partitionLeaseMillis": lease_ms}})
+def one_run(workdir: Path, host: str, lease_ms: int, history: int, snapshot_every: int) -> Run:
+    settings = {"risk": {"partitionLeaseMillis": lease_ms, "snapshotEveryEvents": snapshot_every}}
+    stack = Stack(host, workdir, settings)
     os.environ["TRADEPLANE_KEYS_DIR"] = str(stack.keys_dir)
     try:
         stack.workdir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +84,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--lease-ms", type=int, default=1000, help="risk's partitionLeaseMillis")
     parser.add_argument("--history", type=int, default=2000, help="synthetic events in the partition's log")
+    parser.add_argument("--snapshot-every", type=int, default=1000, help="risk's snapshotEveryEvents")
     arguments = parser.parse_args()
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv), flush=True)
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
@@ -88,7 +92,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tradeplane-bench-") as scratch:
         for run in range(arguments.runs):
             seconds, replay, replayed, refused = one_run(
-                Path(scratch) / f"run-{run}", f"127.77.252.{run + 1}", arguments.lease_ms, arguments.history
+                Path(scratch) / f"run-{run}",
+                f"127.77.252.{run + 1}",
+                arguments.lease_ms,
+                arguments.history,
+                arguments.snapshot_every,
             )
             takeovers.append(seconds)
             replays.append(replay)
