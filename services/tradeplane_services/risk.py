@@ -55,6 +55,7 @@ from tradeplane_services.eventlog import (
 from tradeplane_services.marketdata import subscribe_if_published
 from tradeplane_services.partitions import LeaseTable, PartitionOwner, replica_identity
 from tradeplane_services.protocol import (
+    I64,
     PRICE_SCALE,
     PROTOCOL_VERSION,
     Fill,
@@ -75,6 +76,7 @@ from tradeplane_services.protocol import (
     Side,
     decode_body,
     layout_of,
+    saturate,
     symbol_bytes,
     symbol_text,
 )
@@ -370,7 +372,8 @@ class RiskEngine:
         table = self.accounts
         row = table.row(fill.account, self.limits.burst)
         signed = fill.quantity if fill.side == BUY else -fill.quantity
-        table.position_view[row * table.symbols + index] += signed
+        cell = row * table.symbols + index
+        table.position_view[cell] = saturate(table.position_view[cell] + signed, I64)
         self._add_credit(row, fill.quantity * fill.price)
 
     def account_of(self, order_id: int) -> int | None:
@@ -503,7 +506,10 @@ class RiskEngine:
         self._add_credit(row, sign * quantity * credit_price)
 
     def _add_credit(self, row: int, amount: int) -> None:
-        self.accounts.credit_used_view[row] += amount
+        # A fill's notional can outgrow 64 bits (the venue trades what the wire allows): the credit used
+        # then stays at the limit of the array, which refuses every order after it.
+        view = self.accounts.credit_used_view
+        view[row] = saturate(view[row] + amount, I64)
         self.firm_credit[self.accounts.accounts[row] % self.firm_shares] += amount
 
     def on_fill(self, order_id: int, quantity: int, price: int) -> None:
