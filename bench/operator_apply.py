@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tradeplane import crd, rendering
+from tradeplane import crd, naming, rendering
 from tradeplane.api import API_VERSION, KIND, TradingServiceSpec
 from tradeplane.cluster import local, toolchain
 from tradeplane.kube import ApiError, Kube
@@ -146,7 +146,7 @@ async def run_direct(kube: Kube, count: int) -> float:
         child
         for name in service_names(count)
         for child in rendering.stable_children(
-            rendering.Owner(name, namespace), spec, revision, monitoring=False
+            naming.Owner(name, namespace), spec, revision, monitoring=False
         )
     ]
     started = time.monotonic()

@@ -46,7 +46,7 @@ from tradeplane.cli import main as tradeplane
 from tradeplane.cluster import local, toolchain
 from tradeplane.cluster.podrunner import PodRunner, stop_process
 from tradeplane.demo.traffic import RiskTraffic
-from tradeplane.rendering import NAME_LABEL, REVISION_LABEL
+from tradeplane.labels import NAME_LABEL, REVISION_LABEL
 from tradeplane.revision import template_revision
 from tradeplane.sessions_cli import ensure_secret
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from tradeplane_services.config import RiskSettings
 from tradeplane_services.protocol import Reason, price_units, symbol_bytes
 from tradeplane_services.risk import CHECK_DTYPE, RiskEngine
+from tradeplane_services.settings import RiskSettings
 
 
 def make_engine() -> RiskEngine:

@@ -18,6 +18,14 @@ from tradeplane.cluster.podrunner import DEFAULT_SELECTOR, PodRunner
 from tradeplane.sessions_cli import ensure_secret
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reaches the local control plane carries the `cluster` marker, whether or not its
+    module says so, so `scripts/test -m "not cluster"` never starts one."""
+    for item in items:
+        if "kube_env" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+
+
 @pytest.fixture(scope="session")
 def kube_env() -> Iterator[Path]:
     """KUBECONFIG of a running cluster: the caller's when set, else the local control plane (started here)."""

@@ -13,7 +13,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_eks as eks
 
-from tradeplane.api import POOL_LABEL
+from tradeplane.labels import POOL_LABEL
 from tradeplane_infra.nodeconfig import trading_kubelet_config, trading_user_data
 from tradeplane_infra.settings import EksSettings
 

@@ -12,7 +12,7 @@ import json
 import pulumi
 import pulumi_gcp as gcp
 
-from tradeplane.api import POOL_LABEL
+from tradeplane.labels import POOL_LABEL
 from tradeplane_infra.settings import GkeSettings
 
 OAUTH_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]

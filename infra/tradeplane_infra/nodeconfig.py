@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from tradeplane.api import parse_quantity
+from tradeplane.quantity import integer_quantity
 from tradeplane_infra.instances import InstanceType
 
 NODECONFIG_CONTENT_TYPE = "application/node.eks.aws"
@@ -120,7 +120,8 @@ def trading_kubelet_config(
     the sum of reservedMemory to equal kubeReserved + systemReserved + the hard eviction threshold.
     """
     reserved_memory = sum(
-        parse_quantity(text) for text in (kube_reserved_memory, system_reserved_memory, eviction_hard_memory)
+        integer_quantity(text)
+        for text in (kube_reserved_memory, system_reserved_memory, eviction_hard_memory)
     )
     return {
         "cpuManagerPolicy": "static",

@@ -17,7 +17,9 @@ from pulumi_policy import (
     ResourceValidationPolicy,
 )
 
-from tradeplane.api import API_VERSION, KIND, POOL_LABEL, parse_quantity
+from tradeplane.api import API_VERSION, KIND
+from tradeplane.labels import POOL_LABEL
+from tradeplane.quantity import integer_quantity
 from tradeplane_infra.nodeconfig import parse_node_config
 
 EKS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
@@ -127,7 +129,7 @@ def validate_trading_service_resources(
         )
     hugepages = resources.get("hugepages") or {}
     try:
-        amount = parse_quantity(str(hugepages.get("amount", "")))
+        amount = integer_quantity(str(hugepages.get("amount", "")))
     except ValueError:
         amount = 0
     if hugepages.get("pageSize") not in ("2Mi", "1Gi") or amount <= 0:

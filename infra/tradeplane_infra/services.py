@@ -16,7 +16,7 @@ from tradeplane_infra.settings import Settings
 def trading_service_specs(settings: Settings) -> dict[str, TradingServiceSpec]:
     """Service name to spec, for the bundled components."""
     return {
-        component.value: TradingServiceSpec(
+        component: TradingServiceSpec(
             component=component,
             image=settings.image,
             replicas=service.replicas,

@@ -18,22 +18,23 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tradeplane.api import POOL_LABEL, QUANTITY_PATTERN, Component, parse_quantity
+from tradeplane.labels import POOL_LABEL
+from tradeplane.quantity import QUANTITY_PATTERN, integer_quantity
 from tradeplane_infra.instances import AWS_INSTANCE_TYPES, GCP_MACHINE_TYPES, GIB, InstanceType, NodeShape
+from tradeplane_services.catalog import BUNDLED
 
 NAMESPACE = "tradeplane"
 INFRA_DIR = Path(__file__).resolve().parents[1]
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 IMAGE_PATTERN = r"^[^\s@]+(@sha256:[0-9a-f]{64})?$"
-BUNDLED_COMPONENTS = [c for c in Component if c is not Component.CUSTOM]
 
 # Per replica; every replica gets whole cores (even counts suit SMT nodes) and 1Gi huge pages.
 DEFAULT_SERVICES: dict[str, dict[str, Any]] = {
-    Component.MARKET_DATA.value: {"replicas": 2, "cpus": 4, "memory": "4Gi", "hugepages1Gi": 2},
-    Component.RISK.value: {"replicas": 2, "cpus": 4, "memory": "4Gi", "hugepages1Gi": 2},
-    Component.ORDER.value: {"replicas": 2, "cpus": 4, "memory": "4Gi", "hugepages1Gi": 2},
-    Component.EXECUTION.value: {"replicas": 2, "cpus": 4, "memory": "4Gi", "hugepages1Gi": 2},
-    Component.POSITION.value: {"replicas": 2, "cpus": 2, "memory": "4Gi", "hugepages1Gi": 1},
+    "market-data": {"replicas": 2, "cpus": 4, "memory": "4Gi", "hugepages1Gi": 2},
+    "risk": {"replicas": 2, "cpus": 4, "memory": "4Gi", "hugepages1Gi": 2},
+    "order": {"replicas": 2, "cpus": 4, "memory": "4Gi", "hugepages1Gi": 2},
+    "execution": {"replicas": 2, "cpus": 4, "memory": "4Gi", "hugepages1Gi": 2},
+    "position": {"replicas": 2, "cpus": 2, "memory": "4Gi", "hugepages1Gi": 1},
 }
 
 
@@ -124,7 +125,7 @@ class EksTradingPool(ConfigModel):
     @property
     def reserved_memory_bytes(self) -> int:
         return sum(
-            parse_quantity(text)
+            integer_quantity(text)
             for text in (self.kubeReservedMemory, self.systemReservedMemory, self.evictionHardMemory)
         )
 
@@ -306,8 +307,8 @@ class LocalSettings(ConfigModel):
             cpus=int(capacity["cpu"]),
             threads_per_core=2 if smt else 1,
             numa_nodes=int(labels.get("tradeplane.io/numa-nodes", 1)),
-            memory_bytes=parse_quantity(str(capacity["memory"])),
-            hugepages_1gi=parse_quantity(str(capacity.get("hugepages-1Gi", "0"))) // GIB,
+            memory_bytes=integer_quantity(str(capacity["memory"])),
+            hugepages_1gi=integer_quantity(str(capacity.get("hugepages-1Gi", "0"))) // GIB,
             reserved_cpus=0,
             reserved_memory_bytes=0,
         )
@@ -343,10 +344,8 @@ class Services(ConfigModel):
             merged[name] = {**defaults, **override} if isinstance(override, Mapping) else override
         return merged
 
-    def by_component(self) -> dict[Component, ServiceSettings]:
-        return {
-            component: getattr(self, component.value.replace("-", "_")) for component in BUNDLED_COMPONENTS
-        }
+    def by_component(self) -> dict[str, ServiceSettings]:
+        return {component: getattr(self, component.replace("-", "_")) for component in BUNDLED}
 
 
 def split_image(reference: str) -> tuple[str, str | None, str | None]:
@@ -408,7 +407,7 @@ def service_fit_problems(services: Services, shape: NodeShape) -> list[Problem]:
     problems = []
     settings = services.by_component()
     for component, service in settings.items():
-        path = f"services.{component.value}"
+        path = f"services.{component}"
         if service.cpus % shape.threads_per_core:
             problems.append(
                 Problem(
@@ -446,7 +445,7 @@ def service_fit_problems(services: Services, shape: NodeShape) -> list[Problem]:
         (sum(s.cpus for s in settings.values()), shape.exclusive_cpus, "exclusive CPUs"),
         (sum(s.hugepages1Gi for s in settings.values()), shape.hugepages_1gi, "1Gi huge pages"),
         (
-            sum(parse_quantity(s.memory) for s in settings.values()) // GIB,
+            sum(integer_quantity(s.memory) for s in settings.values()) // GIB,
             shape.pod_memory_bytes // GIB,
             "Gi of memory besides huge pages and reservations",
         ),

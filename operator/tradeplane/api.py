@@ -29,7 +29,10 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
+from tradeplane.labels import POOL_LABEL
 from tradeplane.names import CALENDARS, TIMEZONES
+from tradeplane.quantity import QUANTITY_PATTERN, integer_quantity
+from tradeplane_services.catalog import BUNDLED, CUSTOM
 
 GROUP = "tradeplane.io"
 VERSION = "v1alpha1"
@@ -39,22 +42,14 @@ PLURAL = "tradingservices"
 SINGULAR = "tradingservice"
 SHORT_NAMES = ["ts"]
 
-POOL_LABEL = "tradeplane.io/pool"
 # At most four parts of at most five digits: 399996h stays inside Go's duration (about 2562047h), so CEL's
 # duration() never fails on a value the pattern let through.
 DURATION_PATTERN = r"^([0-9]{1,5}(ms|s|m|h)){1,4}$"
-QUANTITY_PATTERN = r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # Children are named <name>-canary and <name>-<revision>; the Service name is a 63-character DNS label.
 MAX_NAME_LENGTH = 40
 MAX_ROLLOUT_STEPS = 10
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_BINARY_SUFFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
-_DECIMAL_SUFFIXES = ("", "k", "M", "G", "T", "P", "E")
-_MULTIPLIERS: dict[str, int] = {
-    **{suffix: 1 << (10 * index) for index, suffix in enumerate(_BINARY_SUFFIXES)},
-    **{suffix: int(f"1{'000' * index}") for index, suffix in enumerate(_DECIMAL_SUFFIXES) if suffix},
-}
 
 
 def _duration_guard(*fields: str) -> str:
@@ -83,32 +78,6 @@ def parse_duration(text: str) -> float:
     if not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"{text!r} is not a duration such as 30s, 1m30s or 250ms")
     return sum(int(n) * _DURATION_UNITS[unit] for n, unit in re.findall(r"([0-9]+)(ms|s|m|h)", text))
-
-
-def parse_quantity(text: str) -> int:
-    """Bytes (or units) in a Kubernetes quantity limited to the integer forms this API accepts."""
-    match = re.fullmatch(r"([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?", text)
-    if not match:
-        raise ValueError(f"{text!r} is not a quantity such as 8Gi or 512Mi")
-    return int(match.group(1)) * _MULTIPLIERS[match.group(2) or ""]
-
-
-def canonical_quantity(text: str) -> str:
-    """The form the API server stores an integer quantity in: 8192Mi -> 8Gi, 1000M -> 1G, 1536Mi stays.
-
-    Rendering canonical quantities keeps a rendered manifest field-for-field equal to the stored object,
-    so the operator can tell an unchanged child from a drifted one without asking the server.
-    """
-    value = parse_quantity(text)
-    if value == 0:
-        return "0"
-    binary = text.endswith("i")
-    base, suffixes = (1024, _BINARY_SUFFIXES) if binary else (1000, _DECIMAL_SUFFIXES)
-    exponent = 0
-    while value % base == 0 and exponent < len(suffixes) - 1:
-        value //= base
-        exponent += 1
-    return f"{value}{suffixes[exponent]}"
 
 
 @dataclass(frozen=True)
@@ -164,23 +133,10 @@ class Model(BaseModel):
         return self
 
 
-class Component(StrEnum):
-    ORDER = "order"
-    RISK = "risk"
-    MARKET_DATA = "market-data"
-    POSITION = "position"
-    EXECUTION = "execution"
-    CUSTOM = "custom"
-
-
+COMPONENTS = (*BUNDLED, CUSTOM)
+"""The API's component names: the catalog's bundled services, and custom for any image."""
 # The wire-protocol port of each bundled component (part of the API: `spec.port` defaults to it).
-BUNDLED_PORTS: dict[str, int] = {
-    Component.ORDER: 7001,
-    Component.RISK: 7002,
-    Component.MARKET_DATA: 7003,
-    Component.EXECUTION: 7004,
-    Component.POSITION: 7005,
-}
+BUNDLED_PORTS: dict[str, int] = {name: entry.port for name, entry in BUNDLED.items()}
 DEFAULT_METRICS_PORT = 9100
 
 
@@ -206,8 +162,8 @@ class HugePages(Model):
             ),
             "hugepages amount must be a positive multiple of pageSize",
             lambda pages: (
-                parse_quantity(pages.amount) > 0
-                and parse_quantity(pages.amount) % parse_quantity(pages.pageSize) == 0
+                integer_quantity(pages.amount) > 0
+                and integer_quantity(pages.amount) % integer_quantity(pages.pageSize) == 0
             ),
             "amount",
         ),
@@ -227,7 +183,7 @@ class Resources(Model):
         Rule(
             _positive_integer_quantity("self.memory"),
             "memory must be a positive quantity",
-            lambda resources: parse_quantity(resources.memory) > 0,
+            lambda resources: integer_quantity(resources.memory) > 0,
             "memory",
         ),
     )
@@ -364,21 +320,28 @@ class RolloutStep(Model):
     pause: str = Field(default="30s", pattern=DURATION_PATTERN, description="How long the step is analysed.")
 
 
-class Analysis(Model):
-    provider: Literal["prometheus", "scrape"] = Field(
-        default="scrape",
-        description="prometheus: PromQL over the HTTP API; scrape: the pods' /metrics directly.",
-    )
-    prometheusUrl: str | None = Field(
-        default=None,
-        max_length=2048,
-        pattern=r"^https?://[^\s/]+\S*$",
-        description="Prometheus base URL, required by the prometheus provider.",
-    )
-    query: str | None = Field(
+class PrometheusSettings(Model):
+    url: str = Field(max_length=2048, pattern=r"^https?://[^\s/]+\S*$", description="Prometheus base URL.")
+    p99Query: str | None = Field(
         default=None,
         description="PromQL template for p99 in seconds; {service}, {namespace}, {revision}, {window}.",
     )
+
+
+class ScrapeSettings(Model):
+    timeoutSeconds: float = Field(default=2.0, gt=0, le=30, description="Longest wait for a pod's /metrics.")
+
+
+class Analysis(Model):
+    provider: Literal["prometheus", "scrape"] = Field(
+        default="scrape",
+        description="prometheus: PromQL over the HTTP API; scrape: the pods' /metrics directly. Each "
+        "provider's settings are in the field of its name.",
+    )
+    prometheus: PrometheusSettings | None = Field(
+        default=None, description="Required by the prometheus provider."
+    )
+    scrape: ScrapeSettings = Field(default_factory=ScrapeSettings)
     interval: str = Field(default="5s", pattern=DURATION_PATTERN)
     window: str = Field(default="30s", pattern=DURATION_PATTERN)
     minSamples: int = Field(
@@ -409,10 +372,10 @@ class Analysis(Model):
             "window",
         ),
         Rule(
-            "!has(self.provider) || self.provider != 'prometheus' || has(self.prometheusUrl)",
-            "the prometheus provider needs prometheusUrl",
-            lambda analysis: analysis.provider != "prometheus" or analysis.prometheusUrl is not None,
-            "prometheusUrl",
+            "!has(self.provider) || self.provider != 'prometheus' || has(self.prometheus)",
+            "the prometheus provider needs prometheus.url",
+            lambda analysis: analysis.provider != "prometheus" or analysis.prometheus is not None,
+            "prometheus",
         ),
     )
 
@@ -510,7 +473,10 @@ def _cel_port_defaults() -> str:
 
 
 class TradingServiceSpec(Model):
-    component: Component = Field(description="A bundled service, or custom for any image.")
+    component: str = Field(
+        description="A bundled service, or custom for any image.",
+        json_schema_extra={"enum": list(COMPONENTS)},
+    )
     image: str = Field(min_length=1, pattern=r"^\S+$", description="Container image of the service.")
     replicas: int = Field(default=2, ge=0, le=100)
     command: list[str] = Field(default_factory=list, description="custom only: the container command.")
@@ -546,13 +512,13 @@ class TradingServiceSpec(Model):
         Rule(
             "(self.component == 'custom') == (size(self.command) > 0)",
             "custom components need a command, bundled components take none",
-            lambda spec: (spec.component == Component.CUSTOM) == bool(spec.command),
+            lambda spec: (spec.component == CUSTOM) == bool(spec.command),
             "command",
         ),
         Rule(
             "self.component != 'custom' || has(self.port)",
             "custom components need a port",
-            lambda spec: spec.component != Component.CUSTOM or spec.port is not None,
+            lambda spec: spec.component != CUSTOM or spec.port is not None,
             "port",
         ),
         Rule(
@@ -562,6 +528,13 @@ class TradingServiceSpec(Model):
             "metricsPort",
         ),
     )
+
+    @field_validator("component")
+    @classmethod
+    def _known_component(cls, name: str) -> str:
+        if name not in COMPONENTS:
+            raise ValueError(f"unknown component {name!r}: expected one of {', '.join(COMPONENTS)}")
+        return name
 
     @property
     def wire_port(self) -> int:
@@ -594,8 +567,10 @@ class Verdict(StrEnum):
     INCONCLUSIVE = "Inconclusive"
 
 
+RollbackOutcome = Literal["Failed", "Inconclusive", "Aborted", "Stalled"]
 ConditionType = Literal["Ready", "Placed", "Progressing", "Degraded"]
 ConditionStatus = Literal["True", "False", "Unknown"]
+CONDITION_ORDER: tuple[ConditionType, ...] = ("Ready", "Placed", "Progressing", "Degraded")
 
 
 class Condition(Model):
@@ -636,9 +611,14 @@ class TradingServiceStatus(Model):
     stableRevision: str | None = None
     canaryRevision: str | None = None
     failedRevision: str | None = None
-    failedSpec: str | None = Field(
+    rollbackOutcome: RollbackOutcome | None = Field(
         default=None,
-        description="Fingerprint of the spec the revision failed under; a spec change retries it.",
+        description="Why failedRevision was rolled back: Failed (a gate), Inconclusive (no conclusive "
+        "analysis, e.g. no traffic or no metrics), Aborted, or Stalled (pods never became ready). It is not "
+        "retried until the pod template changes or `tradeplane retry` asks.",
+    )
+    retriedRequest: str | None = Field(
+        default=None, description="The last retry request honoured: each request is honoured once."
     )
     step: int | None = None
     weight: int = 0
@@ -649,6 +629,41 @@ class TradingServiceStatus(Model):
     inconclusiveIntervals: int = 0
     lastAnalysis: AnalysisResult | None = None
     message: str = ""
+
+    def condition(self, kind: ConditionType) -> Condition:
+        return next(
+            (condition for condition in self.conditions if condition.type == kind),
+            Condition(type=kind, status="Unknown", reason="Unknown"),
+        )
+
+    def set_condition(
+        self,
+        kind: ConditionType,
+        holds: bool,
+        reason: str,
+        message: str,
+        now: datetime,
+        generation: int | None,
+    ) -> Condition:
+        """Set a condition, keeping its transition time while its state holds; answer the previous one.
+        Times are whole seconds, as Kubernetes stamps conditions."""
+        state: ConditionStatus = "True" if holds else "False"
+        previous = self.condition(kind)
+        changed = previous.status != state
+        self.conditions = [c for c in self.conditions if c.type != kind] + [
+            Condition(
+                type=kind,
+                status=state,
+                reason=reason,
+                message=message,
+                lastTransitionTime=now_iso(now.replace(microsecond=0))
+                if changed
+                else previous.lastTransitionTime,
+                observedGeneration=generation,
+            )
+        ]
+        self.conditions.sort(key=lambda condition: CONDITION_ORDER.index(condition.type))
+        return previous
 
 
 class TradingService(Model):

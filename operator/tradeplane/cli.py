@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "tradeplane.sessions_cli",
     "tradeplane.demo",
 )
+# Development-only packages: the operator image ships without them (operator/Dockerfile.dockerignore).
+OPTIONAL_PACKAGES = frozenset({"tradeplane.cluster", "tradeplane.demo"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as missing:
+            name = missing.name or ""
+            if not any(name == package or name.startswith(package + ".") for package in OPTIONAL_PACKAGES):
+                raise
+            continue
+        module.register(subparsers)
     return parser
 
 

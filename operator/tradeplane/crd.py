@@ -54,6 +54,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             continue
         if key == "const":
             result["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            # JSON Schema's numeric form (pydantic's gt/lt); Kubernetes takes the OpenAPI v3.0 one.
+            result["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            result[key] = True
         elif key == "properties":
             result[key] = {name: _structural(child, defs) for name, child in value.items()}
         else:

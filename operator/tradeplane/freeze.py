@@ -51,13 +51,13 @@ def _window_freeze(window: FreezeWindow, path: str, now: datetime) -> Freeze | N
         return _session_freeze(window.calendar, window.session, path, now)
     if window.start is None or window.end is None:
         raise ValueError(f"{path}: a freeze window names either a calendar or both start and end")
-    return _daily_freeze(window, now)
+    return _daily_freeze(window, window.start, window.end, now)
 
 
-def _daily_freeze(window: FreezeWindow, now: datetime) -> Freeze | None:
-    assert window.start is not None and window.end is not None
+def _daily_freeze(window: FreezeWindow, start_text: str, end_text: str, now: datetime) -> Freeze | None:
+    """`start_text` and `end_text` are the window's, known to be set."""
     zone = ZoneInfo(window.timezone)
-    start, end = _clock(window.start), _clock(window.end)
+    start, end = _clock(start_text), _clock(end_text)
     overnight = end <= start
     today = now.astimezone(zone).date()
     for day in (today - timedelta(days=1), today):

@@ -9,55 +9,14 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import kubernetes
 
+from tradeplane.kinds import kind_of
+
 FIELD_MANAGER = "tradeplane"
-
-
-@dataclass(frozen=True)
-class Kind:
-    group_version: str
-    plural: str
-    namespaced: bool = True
-
-    def path(self, namespace: str | None = None, name: str | None = None, subresource: str = "") -> str:
-        root = "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
-        scope = f"/namespaces/{quote(namespace)}" if self.namespaced and namespace else ""
-        path = f"{root}{scope}/{self.plural}"
-        if name:
-            path += f"/{quote(name)}"
-        return path + (f"/{subresource}" if subresource else "")
-
-
-KINDS: dict[tuple[str, str], Kind] = {
-    ("v1", "Pod"): Kind("v1", "pods"),
-    ("v1", "Node"): Kind("v1", "nodes", namespaced=False),
-    ("v1", "Service"): Kind("v1", "services"),
-    ("v1", "ConfigMap"): Kind("v1", "configmaps"),
-    ("v1", "Event"): Kind("v1", "events"),
-    ("v1", "Namespace"): Kind("v1", "namespaces", namespaced=False),
-    ("apps/v1", "Deployment"): Kind("apps/v1", "deployments"),
-    ("apps/v1", "ControllerRevision"): Kind("apps/v1", "controllerrevisions"),
-    ("apps/v1", "ReplicaSet"): Kind("apps/v1", "replicasets"),
-    ("policy/v1", "PodDisruptionBudget"): Kind("policy/v1", "poddisruptionbudgets"),
-    ("networking.k8s.io/v1", "NetworkPolicy"): Kind("networking.k8s.io/v1", "networkpolicies"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): Kind("monitoring.coreos.com/v1", "servicemonitors"),
-    ("node.k8s.io/v1", "RuntimeClass"): Kind("node.k8s.io/v1", "runtimeclasses", namespaced=False),
-    ("tradeplane.io/v1alpha1", "TradingService"): Kind("tradeplane.io/v1alpha1", "tradingservices"),
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"): Kind("gateway.networking.k8s.io/v1", "httproutes"),
-}
-
-
-def kind_of(api_version: str, kind: str) -> Kind:
-    try:
-        return KINDS[(api_version, kind)]
-    except KeyError:
-        raise ValueError(f"{api_version} {kind} is not a kind this client knows") from None
 
 
 class ApiError(Exception):

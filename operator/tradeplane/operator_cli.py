@@ -12,8 +12,9 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from tradeplane import api, rendering
+from tradeplane import api, naming, rendering
 from tradeplane.kube import ApiError, Kube
+from tradeplane.labels import MANAGED_BY_LABEL, MANAGER, POOL_LABEL, REVISION_LABEL
 from tradeplane.revision import template_revision
 
 
@@ -47,7 +48,7 @@ def render_documents(path: str, namespace: str, monitoring: bool) -> list[dict[s
                 f"{api.field_path(issue['loc'])}: {issue['msg']}" for issue in error.errors()
             )
             raise InputError(f"{where}: {problems}") from None
-        owner = rendering.Owner(service.metadata.name, service.metadata.namespace or namespace)
+        owner = naming.Owner(service.metadata.name, service.metadata.namespace or namespace)
         children += rendering.stable_children(
             owner, service.spec, template_revision(service.spec), monitoring=monitoring
         )
@@ -110,9 +111,7 @@ async def status_report(namespace: str | None, pods: bool, kubeconfig: str | Non
 
 
 async def _pod_report(kube: Kube, namespace: str | None) -> str:
-    pods = await kube.list(
-        "v1", "Pod", namespace, label_selector=f"{rendering.MANAGED_BY_LABEL}={rendering.MANAGER}"
-    )
+    pods = await kube.list("v1", "Pod", namespace, label_selector=f"{MANAGED_BY_LABEL}={MANAGER}")
     nodes = {node["metadata"]["name"]: node for node in await kube.list("v1", "Node")}
     rows = [["NAMESPACE", "POD", "PHASE", "QOS", "NODE", "POOL", "REVISION"]]
     for pod in sorted(pods, key=lambda pod: (pod["metadata"]["namespace"], pod["metadata"]["name"])):
@@ -125,8 +124,8 @@ async def _pod_report(kube: Kube, namespace: str | None) -> str:
                 pod.get("status", {}).get("phase", "-"),
                 pod.get("status", {}).get("qosClass", "-"),
                 node or "-",
-                labels.get(api.POOL_LABEL, "-"),
-                pod["metadata"].get("labels", {}).get(rendering.REVISION_LABEL, "-"),
+                labels.get(POOL_LABEL, "-"),
+                pod["metadata"].get("labels", {}).get(REVISION_LABEL, "-"),
             ]
         )
     return _table(rows)

@@ -20,22 +20,28 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tradeplane import placement, rendering, rollout
+from tradeplane import capacity, naming, rendering, rollout
 from tradeplane.api import (
     AnalysisResult,
-    Condition,
-    ConditionStatus,
-    ConditionType,
     Phase,
     TradingServiceSpec,
     TradingServiceStatus,
     field_path,
-    now_iso,
 )
-from tradeplane.placement import PodView, PoolSnapshot, Verdict
-from tradeplane.rendering import Owner
+from tradeplane.capacity import Fit, PodView, PoolSnapshot
+from tradeplane.events import Event
+from tradeplane.labels import (
+    ABORT_ANNOTATION,
+    APPLIED_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    RETRY_ANNOTATION,
+    REVISION_LABEL,
+    ROLE_LABEL,
+)
+from tradeplane.naming import Owner
+from tradeplane.podspec import RenderError
 from tradeplane.revision import template_revision
-from tradeplane.rollout import Event
+from tradeplane.traffic import Backends, router_for
 
 ChildKey = tuple[str, str]
 """(kind, name) of a child."""
@@ -85,10 +91,7 @@ class DeploymentState:
         replica_failure: Mapping[str, Any] = conditions.get("ReplicaFailure", {})
         return cls(
             exists=True,
-            revision=spec.get("template", {})
-            .get("metadata", {})
-            .get("labels", {})
-            .get(rendering.REVISION_LABEL),
+            revision=spec.get("template", {}).get("metadata", {}).get("labels", {}).get(REVISION_LABEL),
             replicas=replicas,
             ready=status.get("readyReplicas", 0),
             updated=updated,
@@ -143,9 +146,9 @@ class View:
             pods=pods,
         )
 
-    def deployment(self, role: rendering.Role) -> DeploymentState:
+    def deployment(self, role: naming.Role) -> DeploymentState:
         return DeploymentState.read(
-            self.children.get(("Deployment", rendering.deployment_name(self.owner, role)))
+            self.children.get(("Deployment", naming.deployment_name(self.owner, role)))
         )
 
     def ready_pods(self, revision: str) -> list[PodView]:
@@ -161,7 +164,7 @@ class View:
         """Are pods of this service still to be placed? Only then is the pool worth reading."""
         if self.spec is None:
             return False
-        return placement.pods_to_place(self.spec.replicas, self.pods) > 0
+        return capacity.pods_to_place(self.spec.replicas, self.pods) > 0
 
 
 @dataclass
@@ -172,8 +175,8 @@ class Decision:
     status: dict[str, Any] | None = None
     """The whole new status (nulls clear fields), or None when it is unchanged."""
     events: list[Event] = field(default_factory=list)
-    route_rules: list[dict[str, Any]] | None = None
-    """New rules for the HTTPRoute the spec names (its weights changed), or None to leave it."""
+    traffic_patch: dict[str, Any] | None = None
+    """A merge patch for the spec's traffic object (its weights changed), or None to leave it."""
     requeue_after: float | None = None
     rollback_reason: str | None = None
 
@@ -185,19 +188,37 @@ def decide(
     pool: PoolSnapshot | None = None,
     monitoring: bool = False,
     analysis: AnalysisResult | None = None,
-    route: Mapping[str, Any] | None = None,
+    traffic_object: Mapping[str, Any] | None = None,
 ) -> Decision:
-    """Everything this reconcile must do. `pool` is needed only when `view.needs_preflight()`, `route`
-    (the HTTPRoute the spec names, None when it names none or the route is missing) for a routed split."""
-    decision = Decision()
+    """Everything this reconcile must do. `pool` is needed only when `view.needs_preflight()`,
+    `traffic_object` (None when the mechanism has none or it is missing) when the traffic router names one.
+
+    A spec that cannot be used (refused by the models, or rendering a pod that breaks a rule the operator
+    guarantees) is reported in the status and an Event, and nothing is applied."""
     if view.spec is None:
-        return _invalid_spec(view, decision, now)
-    spec = view.spec
+        return _unusable(view, now, "InvalidSpec", view.spec_error or "invalid spec")
+    try:
+        return _decide(view, view.spec, now, pool, monitoring, analysis, traffic_object)
+    except RenderError as error:
+        return _unusable(view, now, "RenderError", str(error))
+
+
+def _decide(
+    view: View,
+    spec: TradingServiceSpec,
+    now: datetime,
+    pool: PoolSnapshot | None,
+    monitoring: bool,
+    analysis: AnalysisResult | None,
+    traffic_object: Mapping[str, Any] | None,
+) -> Decision:
+    decision = Decision()
     revision = template_revision(spec)
     stable_state, canary_state = view.deployment("stable"), view.deployment("canary")
-    stable_service = rendering.deployment_name(view.owner, "stable")
-    canary_service = rendering.deployment_name(view.owner, "canary")
-    live_rules = route.get("spec", {}).get("rules", []) if route is not None else None
+    router = router_for(spec)
+    backends = Backends(
+        naming.deployment_name(view.owner, "stable"), naming.deployment_name(view.owner, "canary")
+    )
     observed = rollout.Observed(
         revision=revision,
         stable_ready=stable_state.ready,
@@ -207,13 +228,12 @@ def decide(
         stable_template_revision=stable_state.revision,
         stable_updated=stable_state.updated,
         stable_settled=stable_state.settled,
-        route_weight=None
-        if live_rules is None
-        else rollout.route_canary_weight(live_rules, stable_service, canary_service),
+        traffic_weight=None if traffic_object is None else router.object_weight(traffic_object, backends),
         analysis=analysis,
         generation=view.generation,
-        promote=view.annotations.get(rollout.PROMOTE_ANNOTATION),
-        abort=view.annotations.get(rollout.ABORT_ANNOTATION),
+        promote=view.annotations.get(PROMOTE_ANNOTATION),
+        abort=view.annotations.get(ABORT_ANNOTATION),
+        retry=view.annotations.get(RETRY_ANNOTATION),
     )
     plan = rollout.plan_workloads(spec, view.status, observed, now)
     decision.rollback_reason = plan.rollback_reason
@@ -235,12 +255,10 @@ def decide(
     for manifest in desired:
         _apply_if_changed(view, manifest, decision)
 
-    if live_rules is not None and plan.route_weight is not None:
-        rules = rollout.route_rules(live_rules, stable_service, canary_service, plan.route_weight)
-        if rules != live_rules:
-            decision.route_rules = rules
+    if traffic_object is not None and plan.traffic_weight is not None:
+        decision.traffic_patch = router.object_patch(traffic_object, backends, plan.traffic_weight)
 
-    for pod in placement.admission_failures(view.pods):
+    for pod in capacity.admission_failures(view.pods):
         decision.delete_pods.append(pod)
         decision.events.append(
             Event(
@@ -251,11 +269,11 @@ def decide(
             )
         )
 
-    named_route = spec.rollout.httpRoute
-    if problem is None and named_route is not None and route is None:
+    named = router.traffic_object(spec)
+    if problem is None and named is not None and traffic_object is None:
         problem = (
-            "RouteNotFound",
-            f"HTTPRoute {named_route.name} named by spec.rollout.httpRoute does not exist",
+            f"{named.kind}NotFound",
+            f"{named.kind} {named.name} named by {named.field} does not exist",
         )
     status = _status(view, spec, plan, pool, now, decision, problem)
     if _status_changed(view.raw_status, status):
@@ -263,7 +281,7 @@ def decide(
     live_rollout = plan.status.canaryRevision is not None or plan.status.phase in ROLLOUT_HELD_PHASES
     if live_rollout and plan.status.phase != Phase.ROLLED_BACK:
         decision.requeue_after = ROLLOUT_TICK_SECONDS
-    elif _condition(status, "Placed").status != "True" or placement.pods_to_place(spec.replicas, view.pods):
+    elif status.condition("Placed").status != "True" or capacity.pods_to_place(spec.replicas, view.pods):
         decision.requeue_after = PLACEMENT_RETRY_SECONDS
     return decision
 
@@ -281,7 +299,7 @@ def _workloads(
     if stable_spec is None:
         problem = (
             "RevisionMissing",
-            f"ControllerRevision {rendering.revision_object_name(owner, plan.stable_revision)} is gone: "
+            f"ControllerRevision {naming.revision_object_name(owner, plan.stable_revision)} is gone: "
             f"the stable Deployment keeps its live template until revision {plan.stable_revision} is "
             "replaced",
         )
@@ -293,7 +311,7 @@ def _workloads(
                 owner, stable_spec, plan.stable_revision, "stable", spec.replicas, paused=plan.stable_paused
             )
         )
-    canary_name = rendering.deployment_name(owner, "canary")
+    canary_name = naming.deployment_name(owner, "canary")
     if plan.canary_replicas is None:
         live = view.children.get(("Deployment", canary_name))
         if live is not None:
@@ -310,7 +328,7 @@ def _workloads(
         desired.append(rendering.deployment(owner, spec, revision, "canary", plan.canary_replicas))
     for (kind, name), live in view.children.items():
         if kind in ("ConfigMap", "ControllerRevision"):
-            stale = live["metadata"].get("labels", {}).get(rendering.REVISION_LABEL) not in live_revisions
+            stale = live["metadata"].get("labels", {}).get(REVISION_LABEL) not in live_revisions
             if stale:
                 api_version = "v1" if kind == "ConfigMap" else "apps/v1"
                 decision.delete.append(Deletion(api_version, kind, name, live["metadata"].get("uid")))
@@ -321,9 +339,9 @@ def _services(
     view: View, spec: TradingServiceSpec, revision: str, plan: rollout.Plan, decision: Decision
 ) -> list[dict[str, Any]]:
     """One Service for every pod; or, when a route splits the traffic, one per revision."""
-    routed = spec.rollout.httpRoute is not None
+    routed = router_for(spec).per_revision_services
     desired = [rendering.service(view.owner, spec, "stable", plan.stable_revision if routed else None)]
-    canary_name = rendering.deployment_name(view.owner, "canary")
+    canary_name = naming.deployment_name(view.owner, "canary")
     if routed and plan.canary_replicas is not None:
         desired.append(rendering.service(view.owner, spec, "canary", revision))
     elif (live := view.children.get(("Service", canary_name))) is not None:
@@ -332,14 +350,14 @@ def _services(
 
 
 def _stored_spec(view: View, revision: str, current: TradingServiceSpec) -> TradingServiceSpec | None:
-    stored = view.children.get(("ControllerRevision", rendering.revision_object_name(view.owner, revision)))
+    stored = view.children.get(("ControllerRevision", naming.revision_object_name(view.owner, revision)))
     if stored is None:
         return None
     return rendering.spec_from_revision(stored["data"], current)
 
 
 def _revision_objects(view: View, spec: TradingServiceSpec, revision: str) -> list[dict[str, Any]]:
-    name = rendering.revision_object_name(view.owner, revision)
+    name = naming.revision_object_name(view.owner, revision)
     stored = view.children.get(("ControllerRevision", name))
     # The number a revision got when it was first recorded stays; only its absence takes a new one.
     number = stored.get("revision", view.generation) if stored else max(view.generation, 1)
@@ -373,17 +391,17 @@ def _existed(view: View, manifest: Mapping[str, Any]) -> bool:
     """Was this object made by an earlier reconcile? A revision's objects, once their revision was
     recorded in the status; the others, once any reconcile recorded a status."""
     labels: Mapping[str, str] = manifest["metadata"]["labels"]
-    revision = labels.get(rendering.REVISION_LABEL)
+    revision = labels.get(REVISION_LABEL)
     if revision is None:
         return view.status.observedGeneration is not None
-    if labels.get(rendering.ROLE_LABEL) == "canary":
+    if labels.get(ROLE_LABEL) == "canary":
         return revision == view.status.canaryRevision
     return revision in (view.status.stableRevision, view.status.canaryRevision)
 
 
 def _annotation(manifest: Mapping[str, Any]) -> str | None:
     annotations = manifest["metadata"].get("annotations") or {}
-    value = annotations.get(rendering.APPLIED_ANNOTATION)
+    value = annotations.get(APPLIED_ANNOTATION)
     return str(value) if value is not None else None
 
 
@@ -426,14 +444,16 @@ def _status(
     serving = stable.exists and stable.ready >= spec.replicas
     where = f" on {', '.join(status.nodes)}" if status.nodes else ""
     message = f"{stable.ready}/{spec.replicas} pods ready{where}"
-    was = _set(view, status, now, "Ready", serving, "PodsReady" if serving else "PodsNotReady", message)
+    was = status.set_condition(
+        "Ready", serving, "PodsReady" if serving else "PodsNotReady", message, now, view.generation
+    )
     if serving and was.status != "True":
         notes.append(Event("Normal", "Ready", message))
     elif not serving and was.status == "True":
         notes.append(Event("Warning", "NotReady", message))
 
     verdict = _placement(spec, pool, active, status.replicas)
-    was = _set(view, status, now, "Placed", verdict.fits, verdict.reason, verdict.message)
+    was = status.set_condition("Placed", verdict.fits, verdict.reason, verdict.message, now, view.generation)
     if not verdict.fits and (was.status != "False" or was.reason != verdict.reason):
         notes.append(Event("Warning", verdict.reason, verdict.message))
     elif verdict.fits and was.status == "False":
@@ -441,7 +461,7 @@ def _status(
 
     degraded = _degradation(view, stable) or problem
     reason, message = degraded or ("AsExpected", "")
-    was = _set(view, status, now, "Degraded", degraded is not None, reason, message)
+    was = status.set_condition("Degraded", degraded is not None, reason, message, now, view.generation)
     if degraded is not None and (was.status != "True" or was.reason != reason):
         notes.append(Event("Warning", reason, message))
     elif degraded is None and was.status == "True":
@@ -461,30 +481,30 @@ def _status(
 
 def _placement(
     spec: TradingServiceSpec, pool: PoolSnapshot | None, active: list[PodView], desired: int
-) -> Verdict:
+) -> Fit:
     """Placed: every pod on a node; else whether (and why not) the rest fit, before the scheduler says."""
     scheduled = [pod for pod in active if pod.node]
     if len(scheduled) >= desired:
         nodes = sorted({pod.node for pod in scheduled if pod.node})
         where = f" on {', '.join(nodes)}" if nodes else ""
-        return Verdict(True, "Scheduled", f"{len(scheduled)} pod(s) scheduled{where}")
+        return Fit(True, "Scheduled", f"{len(scheduled)} pod(s) scheduled{where}")
     if pool is not None:
         revision = template_revision(spec)
         occupied = {pod.node for pod in scheduled if pod.node and pod.revision == revision}
-        verdict = placement.preflight(
+        verdict = capacity.preflight(
             spec, pool, desired - len(scheduled), {node for node in occupied if node}
         )
         if not verdict.fits:
             return verdict
     refused = next((pod for pod in active if pod.unschedulable), None)
     if refused is not None:
-        return Verdict(False, "Unschedulable", f"pod {refused.name}: {refused.unschedulable}")
-    return Verdict(True, "Scheduling", f"{len(scheduled)}/{desired} pod(s) scheduled, the pool has room")
+        return Fit(False, "Unschedulable", f"pod {refused.name}: {refused.unschedulable}")
+    return Fit(True, "Scheduling", f"{len(scheduled)}/{desired} pod(s) scheduled, the pool has room")
 
 
 def _degradation(view: View, stable: DeploymentState) -> Problem | None:
     """Something wrong with the pods (placement has its own condition)."""
-    failed = placement.admission_failures(view.pods)
+    failed = capacity.admission_failures(view.pods)
     if failed:
         pod = failed[0]
         return "AdmissionFailed", f"kubelet on {pod.node} refused pod {pod.name}: {pod.reason}: {pod.message}"
@@ -505,59 +525,19 @@ def _degradation(view: View, stable: DeploymentState) -> Problem | None:
     return None
 
 
-def _condition(status: TradingServiceStatus, kind: ConditionType) -> Condition:
-    return next(
-        (condition for condition in status.conditions if condition.type == kind),
-        Condition(type=kind, status="Unknown", reason="Unknown"),
-    )
-
-
-_CONDITION_ORDER: tuple[ConditionType, ...] = ("Ready", "Placed", "Progressing", "Degraded")
-
-
-def _set(
-    view: View,
-    status: TradingServiceStatus,
-    now: datetime,
-    kind: ConditionType,
-    holds: bool,
-    reason: str,
-    message: str,
-) -> Condition:
-    """Set a condition, keeping its transition time while its state holds; answer the previous one."""
-    state: ConditionStatus = "True" if holds else "False"
-    previous = _condition(status, kind)
-    status.conditions = [c for c in status.conditions if c.type != kind] + [
-        Condition(
-            type=kind,
-            status=state,
-            reason=reason,
-            message=message,
-            lastTransitionTime=(
-                previous.lastTransitionTime
-                if previous.status == state
-                else now_iso(now.replace(microsecond=0))
-            ),
-            observedGeneration=view.generation,
-        )
-    ]
-    status.conditions.sort(key=lambda condition: _CONDITION_ORDER.index(condition.type))
-    return previous
-
-
 def _status_changed(raw: Mapping[str, Any], status: TradingServiceStatus) -> bool:
     current = TradingServiceStatus.model_validate(raw).model_dump(mode="json", exclude_none=True)
     return current != status.model_dump(mode="json", exclude_none=True)
 
 
-def _invalid_spec(view: View, decision: Decision, now: datetime) -> Decision:
-    """A stored spec these models refuse (written before a rule existed): report, touch nothing."""
+def _unusable(view: View, now: datetime, reason: str, message: str) -> Decision:
+    """A spec the operator cannot act on: report it as Degraded, touch nothing."""
+    decision = Decision()
     status = view.status.model_copy(deep=True)
     status.observedGeneration = view.generation
-    message = view.spec_error or "invalid spec"
-    was = _set(view, status, now, "Degraded", True, "InvalidSpec", message)
-    if was.status != "True" or was.reason != "InvalidSpec":
-        decision.events.append(Event("Warning", "InvalidSpec", message))
+    was = status.set_condition("Degraded", True, reason, message, now, view.generation)
+    if was.status != "True" or was.reason != reason:
+        decision.events.append(Event("Warning", reason, message))
     status.phase = Phase.DEGRADED
     if _status_changed(view.raw_status, status):
         decision.status = status.model_dump(mode="json")

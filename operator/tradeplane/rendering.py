@@ -23,63 +23,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from tradeplane import components, placement
-from tradeplane.api import API_VERSION, BUNDLED_PORTS, KIND, Component, Peer, TradingServiceSpec
+from tradeplane import podspec
+from tradeplane.api import API_VERSION, BUNDLED_PORTS, KIND, Peer, TradingServiceSpec
+from tradeplane.labels import (
+    APPLIED_ANNOTATION,
+    COMPONENT_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGER,
+    REVISION_LABEL,
+    ROLE_LABEL,
+)
+from tradeplane.naming import Owner, Role, deployment_name, labels, revision_object_name, selector
+from tradeplane.podspec import pod_template
 from tradeplane.revision import template_fields
+from tradeplane_services.catalog import BUNDLED, CUSTOM
 
-NAME_LABEL = "app.kubernetes.io/name"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-PART_OF_LABEL = "app.kubernetes.io/part-of"
-MANAGER = "tradeplane"
-REVISION_LABEL = "tradeplane.io/revision"
-ROLE_LABEL = "tradeplane.io/role"
-APPLIED_ANNOTATION = "tradeplane.io/applied"
-CANARY_SUFFIX = "-canary"
 SCRAPE_INTERVAL = "5s"
 PROGRESS_DEADLINE_SECONDS = 180
-Role = Literal["stable", "canary"]
-
-
-class RenderError(ValueError):
-    """A rendered manifest broke a rule the operator guarantees (e.g. a pod that is not Guaranteed)."""
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The TradingService the children belong to; no uid when rendering offline (no ownerReference)."""
-
-    name: str
-    namespace: str
-    uid: str | None = None
-
-
-def deployment_name(owner: Owner, role: Role) -> str:
-    return owner.name + CANARY_SUFFIX if role == "canary" else owner.name
-
-
-def revision_object_name(owner: Owner, revision: str) -> str:
-    return f"{owner.name}-{revision}"
-
-
-def selector(owner: Owner) -> dict[str, str]:
-    """The pods of the service, every revision: the Service's and both Deployments' selector."""
-    return {NAME_LABEL: owner.name}
-
-
-def labels(owner: Owner, spec: TradingServiceSpec) -> dict[str, str]:
-    return {
-        NAME_LABEL: owner.name,
-        COMPONENT_LABEL: str(spec.component),
-        MANAGED_BY_LABEL: MANAGER,
-        PART_OF_LABEL: MANAGER,
-    }
 
 
 def _metadata(
@@ -115,7 +80,7 @@ def _stamped(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_map(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[str, Any]:
-    text = yaml.safe_dump(components.config(spec), sort_keys=True, default_flow_style=False)
+    text = yaml.safe_dump(podspec.config(spec), sort_keys=True, default_flow_style=False)
     return _stamped(
         {
             "apiVersion": "v1",
@@ -123,7 +88,7 @@ def config_map(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[st
             "metadata": _metadata(
                 owner, revision_object_name(owner, revision), spec, {REVISION_LABEL: revision}
             ),
-            "data": {components.CONFIG_FILE: text},
+            "data": {podspec.CONFIG_FILE: text},
         }
     )
 
@@ -146,77 +111,6 @@ def controller_revision(owner: Owner, spec: TradingServiceSpec, revision: str, n
 def spec_from_revision(data: dict[str, Any], current: TradingServiceSpec) -> TradingServiceSpec:
     """The spec a stored revision ran: its pod-shaping fields, the current spec's others."""
     return TradingServiceSpec.model_validate({**current.model_dump(mode="json"), **data["spec"]})
-
-
-def pod_template(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[str, Any]:
-    pod_labels = {**labels(owner, spec), REVISION_LABEL: revision}
-    same_revision = {NAME_LABEL: owner.name, REVISION_LABEL: revision}
-    volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": revision_object_name(owner, revision)}},
-        {"name": "state", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": components.CONFIG_DIR, "readOnly": True},
-        {"name": "state", "mountPath": components.STATE_DIR},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    identities = components.session_identities(spec)
-    if identities:
-        keys = {"secretName": spec.network.sessionKeys, "defaultMode": 0o440}
-        keys["items"] = [{"key": identity, "path": identity} for identity in identities]
-        volumes.append({"name": "session-keys", "secret": keys})
-        mounts.append({"name": "session-keys", "mountPath": components.KEYS_DIR, "readOnly": True})
-    hugepages = placement.hugepages_volume(spec)
-    if hugepages:
-        volumes.append(hugepages[0])
-        mounts.append(hugepages[1])
-    container: dict[str, Any] = {
-        "name": components.container_name(spec),
-        "image": spec.image,
-        "command": components.command(spec),
-        "ports": [
-            {"name": "wire", "containerPort": spec.wire_port, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": spec.metricsPort, "protocol": "TCP"},
-        ],
-        "env": components.environment(spec, owner.namespace, revision, owner.name),
-        "resources": placement.resources(spec),
-        "volumeMounts": mounts,
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "metrics"},
-            "periodSeconds": 2,
-            "failureThreshold": 2,
-        },
-        "lifecycle": {"preStop": {"sleep": {"seconds": components.PRESTOP_SLEEP_SECONDS}}},
-        "securityContext": placement.container_security_context(spec),
-    }
-    pod_spec: dict[str, Any] = {
-        "containers": [container],
-        "volumes": volumes,
-        "affinity": placement.affinity(spec, same_revision),
-        "tolerations": placement.tolerations(spec),
-        "securityContext": placement.pod_security_context(),
-        "terminationGracePeriodSeconds": components.termination_grace_seconds(spec),
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-    }
-    if spec.placement.runtimeClassName:
-        pod_spec["runtimeClassName"] = spec.placement.runtimeClassName
-    problems = placement.qos_violations(pod_spec)
-    if problems:
-        raise RenderError(
-            f"{owner.namespace}/{owner.name}: pod would not be Guaranteed: {'; '.join(problems)}"
-        )
-    metadata: dict[str, Any] = {"labels": pod_labels}
-    annotations = placement.isolation_annotations(spec)
-    if annotations:
-        metadata["annotations"] = annotations
-    return {"metadata": metadata, "spec": pod_spec}
 
 
 def deployment(
@@ -325,21 +219,34 @@ def _component_pods(component: str) -> dict[str, Any]:
     return {"podSelector": {"matchLabels": {COMPONENT_LABEL: str(component), MANAGED_BY_LABEL: MANAGER}}}
 
 
+def _server_ports(spec: TradingServiceSpec) -> list[int]:
+    """Ports of the servers outside the stack that the component's settings name by URL."""
+    entry = BUNDLED.get(spec.component)
+    settings = podspec.config(spec)
+    ports = []
+    for key, (http_port, https_port) in entry.server_urls.items() if entry else ():
+        url = settings.get(key)
+        if isinstance(url, str):
+            ports.append(urlsplit(url).port or (https_port if url.startswith("https://") else http_port))
+    return ports
+
+
 def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | None:
     """What may reach the service's pods and whom they may reach; None when `spec.networkPolicy` opts out.
 
-    Ingress: the wire port from the components that call it (roles.py) and from `clients` when outside
+    Ingress: the wire port from the components that call it (the catalog) and from `clients` when outside
     identities log on to it; the metrics port from `metricsFrom`; market data's UDP feed from
     market-data (subscribers listen on ports of their own choosing). Egress: the wire ports of the
-    components it calls, market data's feed to its subscribers, the event log's ports, and DNS. A custom
+    components it calls, market data's feed to its subscribers, the event log's ports, the servers its
+    settings name (the catalog's `server_urls`, e.g. analytics' ClickHouse), and DNS. A custom
     component declares no peers: its ingress is restricted, its egress is not.
     """
     settings = spec.networkPolicy
     if not settings.enabled:
         return None
     wire = [{"protocol": "TCP", "port": spec.wire_port}]
-    callers = [_component_pods(caller) for caller in components.calling_components(spec)]
-    if components.takes_clients(spec):
+    callers = [_component_pods(caller) for caller in podspec.calling_components(spec)]
+    if podspec.takes_clients(spec):
         callers += [_peer(peer) for peer in settings.clients]
     ingress: list[dict[str, Any]] = []
     if callers:
@@ -351,15 +258,15 @@ def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | N
                 "ports": [{"protocol": "TCP", "port": spec.metricsPort}],
             }
         )
-    called = components.called_components(spec)
-    if Component.MARKET_DATA in called:
-        ingress.append({"from": [_component_pods(Component.MARKET_DATA)], "ports": [{"protocol": "UDP"}]})
+    called = podspec.called_components(spec)
+    if "market-data" in called:
+        ingress.append({"from": [_component_pods("market-data")], "ports": [{"protocol": "UDP"}]})
     policy_spec: dict[str, Any] = {
         "podSelector": {"matchLabels": selector(owner)},
         "policyTypes": ["Ingress"],
         "ingress": ingress,
     }
-    if spec.component != Component.CUSTOM:
+    if spec.component != CUSTOM:
         dns = {
             "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
             "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}],
@@ -369,14 +276,15 @@ def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | N
             {"to": [_component_pods(peer)], "ports": [{"protocol": "TCP", "port": BUNDLED_PORTS[peer]}]}
             for peer in called
         ]
-        if spec.component == Component.MARKET_DATA:
-            subscribers = [_component_pods(c) for c in components.calling_components(spec)]
+        if spec.component == "market-data":
+            subscribers = [_component_pods(c) for c in podspec.calling_components(spec)]
             egress.append({"to": subscribers, "ports": [{"protocol": "UDP"}]})
         if spec.eventLog is not None:
             # The log may run in another namespace or outside the cluster, where no selector reaches:
             # its ports, to any destination.
             ports = sorted({urlsplit(url).port or NATS_PORT for url in spec.eventLog.servers})
             egress.append({"ports": [{"protocol": "TCP", "port": port} for port in ports]})
+        egress += [{"ports": [{"protocol": "TCP", "port": port}]} for port in _server_ports(spec)]
         policy_spec["policyTypes"].append("Egress")
         policy_spec["egress"] = egress
     return _stamped(

@@ -12,7 +12,8 @@ import hashlib
 import json
 from typing import Any
 
-from tradeplane.api import TradingServiceSpec, canonical_quantity
+from tradeplane.api import TradingServiceSpec
+from tradeplane.quantity import canonical_quantity
 
 TEMPLATE_FIELDS = frozenset(
     {

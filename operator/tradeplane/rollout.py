@@ -8,9 +8,9 @@ The life of a revision that differs from the stable one:
 
 1. **Canary.** A Deployment `<name>-canary` runs the new revision beside the stable `<name>`, which keeps
    its full size and stays warm. The canary walks `spec.rollout.steps`. A step's weight is a replica ratio
-   (canary / (stable + canary), the canary never larger than the stable, so at most 50 %) or, when the
-   spec names an HTTPRoute, the route's backend weight. A step's pause starts once its weight is reached;
-   it ends with a passing analysis taken after that moment. Inside a freeze window it holds.
+   or a route weight, as the spec's traffic router (traffic/) sets it. A step's pause starts once its
+   weight is reached; it ends with a passing analysis taken after that moment. Inside a freeze window it
+   holds.
 2. **Analysis** every `analysis.interval` while the canary has ready pods. `failureLimit` failed
    intervals, or `inconclusiveLimit` inconclusive ones in a row, roll back. Never promote without data.
 3. **Promotion**, after the last step or on request, outside freeze windows: the canary grows to the
@@ -20,36 +20,44 @@ The life of a revision that differs from the stable one:
    saturated, the old ReplicaSet is scaled to zero. The canary's pods become the stable's pods: the new
    revision becomes stable with no second rollout and no pod restarted. Then the stable is resumed.
 4. **Rollback** on failure or abort: traffic weight to zero, the canary to zero replicas, phase
-   RollingBack then RolledBack once its pods are gone. The revision is not retried until the spec
-   changes again (anything but `paused`).
+   RollingBack then RolledBack once its pods are gone. The outcome says why (`rollbackOutcome`): a
+   failed gate, Inconclusive (never judged: no traffic, no metrics; a safe default, not a verdict on the
+   release), Aborted, or Stalled. The revision is not retried until the pod template changes (an
+   operational edit such as a freeze window or the SLO does not retry it) or a retry request asks.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from tradeplane.api import (
     AnalysisResult,
-    Condition,
     Phase,
+    RollbackOutcome,
     TradingServiceSpec,
     TradingServiceStatus,
     Verdict,
     now_iso,
     parse_duration,
 )
+from tradeplane.events import Event
 from tradeplane.freeze import Freeze, active_freeze
+from tradeplane.traffic import router_for
 
-PROMOTE_ANNOTATION = "tradeplane.io/promote"
-ABORT_ANNOTATION = "tradeplane.io/abort"
-CANARY_SUFFIX = "-canary"
+# The rollback reasons that are not a failed gate; any other reason names the gate that failed.
+ROLLBACK_OUTCOMES: dict[str, RollbackOutcome] = {
+    "abort": "Aborted",
+    "inconclusive": "Inconclusive",
+    "progressDeadline": "Stalled",
+}
 LIVE_CANARY_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING})
 ROLLOUT_PHASES = LIVE_CANARY_PHASES | {Phase.ROLLING_BACK, Phase.ROLLED_BACK}
+
+
+class RolloutError(RuntimeError):
+    """A rollout state the machine never produces: a bug, reported instead of acted upon."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,9 @@ class Observed:
     """Pods of the stable Deployment's current template (0 until its controller saw that template)."""
     stable_settled: bool = False
     """The stable Deployment runs its template on all its replicas, all available, nothing else left."""
-    route_weight: int | None = None
-    """The canary's weight on the HTTPRoute, None when no route is named or it is missing."""
+    traffic_weight: int | None = None
+    """The canary's weight on the traffic object (an HTTPRoute), None when the mechanism has none or the
+    object is missing."""
     analysis: AnalysisResult | None = None
     """A verdict measured just now, when `analysis_due` said so."""
     generation: int | None = None
@@ -79,13 +88,8 @@ class Observed:
     """The promote annotation's value, a `request(revision, generation)`."""
     abort: str | None = None
     """The abort annotation's value, a `request(revision, generation)`."""
-
-
-@dataclass(frozen=True)
-class Event:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
+    retry: str | None = None
+    """The retry annotation's value, a `retry_request(revision, generation, nonce)`."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,8 @@ class Plan:
     """Hold the stable Deployment's controller during a promotion handover."""
     canary_replicas: int | None = None
     """None: no canary Deployment (delete it with orphan propagation, so the stable adopts its pods)."""
-    route_weight: int | None = None
-    """The canary's HTTPRoute backend weight in percent; None when the spec names no route."""
+    traffic_weight: int | None = None
+    """The canary's weight to set on the traffic object, percent; None when the mechanism has none."""
     events: tuple[Event, ...] = ()
     rollback_reason: str | None = None
     """Set when this plan starts a rollback: the failing gate, inconclusive, abort or progressDeadline."""
@@ -115,33 +119,20 @@ def request(revision: str, generation: int) -> str:
     return f"{revision}@{generation}"
 
 
-def spec_fingerprint(spec: TradingServiceSpec) -> str:
-    """Identifies the spec a revision failed under; pausing does not change it."""
-    canonical = json.dumps(spec.model_dump(mode="json", exclude={"paused"}), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+def retry_request(revision: str, generation: int, nonce: str) -> str:
+    """The value of a retry annotation: a `request` made unique, so that each one is honoured once."""
+    return f"{request(revision, generation)}#{nonce}"
 
 
 def canary_replicas_for(spec: TradingServiceSpec, weight: int) -> int:
-    """Canary pods for a weight. The canary is never larger than the stable, which keeps its size.
-
-    Replica ratio: canary / (stable + canary) ~ weight. With an HTTPRoute the route splits traffic, and
-    the canary needs only its share of the stable's capacity.
-    """
-    stable = spec.replicas
-    if stable == 0:
-        return 0
-    if spec.rollout.httpRoute is not None:
-        wanted = math.ceil(stable * weight / 100)
-    else:
-        wanted = stable if weight >= 50 else round(stable * weight / (100 - weight))
-    return min(max(wanted, 1), stable)
+    """Canary pods for a weight, as the spec's traffic router needs them."""
+    return router_for(spec).canary_replicas(spec.replicas, weight)
 
 
 def actual_weight(spec: TradingServiceSpec, observed: Observed) -> int:
-    if spec.rollout.httpRoute is not None:
-        return observed.route_weight or 0
-    serving = observed.stable_ready + observed.canary_ready
-    return round(100 * observed.canary_ready / serving) if serving else 0
+    return router_for(spec).served_weight(
+        observed.stable_ready, observed.canary_ready, observed.traffic_weight
+    )
 
 
 def analysis_due(
@@ -183,8 +174,15 @@ class _Machine:
             status.stableRevision = self.revision
         if self.revision == status.stableRevision:
             return self._stable_only()
-        if status.failedRevision == self.revision and status.failedSpec == spec_fingerprint(self.spec):
-            return self._hold_rolled_back()
+        if status.failedRevision == self.revision:
+            if not self._retry_requested():
+                return self._hold_rolled_back()
+            status.retriedRequest = self.observed.retry
+            self._note(
+                "Normal",
+                "Retrying",
+                f"revision {self.revision} retried on request ({status.rollbackOutcome})",
+            )
         if status.canaryRevision != self.revision:
             self._start_canary()
         return self._live_canary()
@@ -217,20 +215,24 @@ class _Machine:
         if status.phase in ROLLOUT_PHASES:
             status.phase = Phase.READY
         self._clear_canary()
-        status.failedRevision = status.failedSpec = None
-        self._condition("False", "Stable", f"revision {stable} is stable")
+        status.failedRevision = status.rollbackOutcome = None
+        self._condition(False, "Stable", f"revision {stable} is stable")
         return self._plan(stable)
 
     def _hold_rolled_back(self) -> Plan:
         status = self.status
-        gone = self.observed.canary_ready == 0 and not self.observed.route_weight
+        gone = self.observed.canary_ready == 0 and not self.observed.traffic_weight
         status.phase = Phase.ROLLED_BACK if gone else Phase.ROLLING_BACK
         status.actualWeight = actual_weight(self.spec, self.observed)
-        self._condition(
-            "False",
-            "RolledBack",
-            f"revision {self.revision} failed; change the spec to retry it",
-        )
+        retry = "change the pod template or run `tradeplane retry` to try it again"
+        if status.rollbackOutcome == "Inconclusive":
+            # Not a proven-bad release: no analysis could judge it (no traffic, metrics unreachable).
+            self._condition(
+                False, "Inconclusive", f"revision {self.revision} was never judged, not failed; {retry}"
+            )
+        else:
+            outcome = (status.rollbackOutcome or "Failed").lower()
+            self._condition(False, "RolledBack", f"revision {self.revision} {outcome}; {retry}")
         return self._plan(self._stable(), canary_replicas=0)
 
     # -- live canary -----------------------------------------------------------------------------------
@@ -240,7 +242,7 @@ class _Machine:
         previous = status.canaryRevision
         self._clear_canary()
         status.canaryRevision = self.revision
-        status.failedRevision = status.failedSpec = None
+        status.failedRevision = status.rollbackOutcome = None
         status.phase = Phase.PROGRESSING
         status.step = 1
         status.weight = self.spec.rollout.steps[0].weight
@@ -296,35 +298,36 @@ class _Machine:
     def _walk_steps(self, freeze: Freeze | None) -> Plan:
         status, observed = self.status, self.observed
         steps = self.spec.rollout.steps
-        assert status.step is not None
+        if status.step is None:
+            raise RolloutError(f"canary {self.revision} walks its steps without a step recorded")
         index = status.step - 1
         weight = steps[index].weight
         status.weight = weight
         replicas = canary_replicas_for(self.spec, weight)
-        reached = observed.canary_ready >= replicas and (
-            self.spec.rollout.httpRoute is None or observed.route_weight == weight
+        reached = router_for(self.spec).reached(
+            observed.canary_ready, replicas, observed.traffic_weight, weight
         )
         if reached and status.stepStartedAt is None:
             status.stepStartedAt = now_iso(self.now)
         status.actualWeight = actual_weight(self.spec, observed)
-        route_weight = weight if observed.canary_ready > 0 else 0
+        traffic_weight = weight if observed.canary_ready > 0 else 0
         where = f"step {status.step}/{len(steps)} ({weight}%)"
         if self._requested(observed.promote) and freeze is not None:
             where += f", promotion requested but held by {freeze.description} until {now_iso(freeze.until)}"
         if self.spec.paused:
             status.phase = Phase.PAUSED
             status.message = f"paused at {where}"
-            self._condition("True", "Paused", status.message)
-            return self._plan(self._stable(), canary_replicas=replicas, route_weight=route_weight)
+            self._condition(True, "Paused", status.message)
+            return self._plan(self._stable(), canary_replicas=replicas, traffic_weight=traffic_weight)
         status.phase = Phase.PROGRESSING
         if not self._step_done(steps[index].pause):
             status.message = self._waiting(where, reached, replicas)
-            self._condition("True", "Analysing" if reached else "Scaling", status.message)
-            return self._plan(self._stable(), canary_replicas=replicas, route_weight=route_weight)
+            self._condition(True, "Analysing" if reached else "Scaling", status.message)
+            return self._plan(self._stable(), canary_replicas=replicas, traffic_weight=traffic_weight)
         if freeze is not None:
             status.message = f"holding {where}: {freeze.description} until {now_iso(freeze.until)}"
-            self._condition("True", "Frozen", status.message)
-            return self._plan(self._stable(), canary_replicas=replicas, route_weight=route_weight)
+            self._condition(True, "Frozen", status.message)
+            return self._plan(self._stable(), canary_replicas=replicas, traffic_weight=traffic_weight)
         if status.step == len(steps):
             return self._promote(None)
         status.step += 1
@@ -332,11 +335,11 @@ class _Machine:
         status.stepStartedAt = None
         status.message = f"step {status.step}/{len(steps)} ({status.weight}%) after a passing analysis"
         self._note("Normal", "StepAdvanced", f"canary {self.revision}: {status.message}")
-        self._condition("True", "Scaling", status.message)
+        self._condition(True, "Scaling", status.message)
         return self._plan(
             self._stable(),
             canary_replicas=canary_replicas_for(self.spec, status.weight),
-            route_weight=route_weight,
+            traffic_weight=traffic_weight,
         )
 
     def _step_done(self, pause: str) -> bool:
@@ -373,7 +376,7 @@ class _Machine:
             self._note("Normal", "Promoting", f"canary {self.revision} promoted {how}")
         status.weight = 100
         status.actualWeight = actual_weight(self.spec, observed)
-        route_weight = self.spec.rollout.steps[-1].weight if observed.canary_ready > 0 else 0
+        traffic_weight = self.spec.rollout.steps[-1].weight if observed.canary_ready > 0 else 0
         if observed.canary_ready < full:
             status.message = f"promoting: growing canary to {full} pods ({observed.canary_ready} ready)"
         elif freeze is not None:
@@ -382,8 +385,8 @@ class _Machine:
             )
         else:
             return self._hand_over()
-        self._condition("True", "Promoting", status.message)
-        return self._plan(self._stable(), canary_replicas=full, route_weight=route_weight)
+        self._condition(True, "Promoting", status.message)
+        return self._plan(self._stable(), canary_replicas=full, traffic_weight=traffic_weight)
 
     def _hand_over(self) -> Plan:
         status = self.status
@@ -393,20 +396,22 @@ class _Machine:
         status.message = (
             f"promoting: the stable Deployment adopts the canary pods of revision {self.revision}"
         )
-        self._condition("True", "Promoting", status.message)
+        self._condition(True, "Promoting", status.message)
         return self._plan(self.revision, stable_paused=True)
 
     # -- rollback ---------------------------------------------------------------------------------------
 
     def _roll_back(self, reason: str, message: str) -> Plan:
         status = self.status
+        outcome = ROLLBACK_OUTCOMES.get(reason, "Failed")
         status.failedRevision = self.revision
-        status.failedSpec = spec_fingerprint(self.spec)
+        status.rollbackOutcome = outcome
         self._clear_canary()
         status.phase = Phase.ROLLING_BACK
         status.message = f"rolled back: {message}"
-        self._note("Warning", "Aborted" if reason == "abort" else "RolledBack", message)
-        self._condition("False", "RolledBack", status.message)
+        event = {"Aborted": "Aborted", "Inconclusive": "RolledBackInconclusive"}.get(outcome, "RolledBack")
+        self._note("Warning", event, message)
+        self._condition(False, "Inconclusive" if outcome == "Inconclusive" else "RolledBack", status.message)
         return replace(self._plan(self._stable(), canary_replicas=0), rollback_reason=reason)
 
     # -- helpers -----------------------------------------------------------------------------------------
@@ -415,8 +420,18 @@ class _Machine:
         generation = self.observed.generation
         return generation is not None and annotation == request(self.revision, generation)
 
+    def _retry_requested(self) -> bool:
+        generation, retry = self.observed.generation, self.observed.retry
+        return (
+            generation is not None
+            and retry is not None
+            and retry.startswith(request(self.revision, generation) + "#")
+            and retry != self.status.retriedRequest
+        )
+
     def _stable(self) -> str:
-        assert self.status.stableRevision is not None
+        if self.status.stableRevision is None:
+            raise RolloutError("no stable revision recorded")  # run() records one before anything else
         return self.status.stableRevision
 
     def _freeze(self) -> Freeze | None:
@@ -438,28 +453,16 @@ class _Machine:
     def _note(self, kind: Literal["Normal", "Warning"], reason: str, message: str) -> None:
         self.events.append(Event(kind, reason, message))
 
-    def _condition(self, state: Literal["True", "False"], reason: str, message: str) -> None:
-        conditions = self.status.conditions
-        previous = next((c for c in conditions if c.type == "Progressing"), None)
-        unchanged = previous is not None and previous.status == state
-        condition = Condition(
-            type="Progressing",
-            status=state,
-            reason=reason,
-            message=message,
-            lastTransitionTime=(
-                previous.lastTransitionTime
-                if unchanged and previous
-                else now_iso(self.now.replace(microsecond=0))  # seconds, as Kubernetes stamps conditions
-            ),
+    def _condition(self, progressing: bool, reason: str, message: str) -> None:
+        self.status.set_condition(
+            "Progressing", progressing, reason, message, self.now, self.observed.generation
         )
-        self.status.conditions = [c for c in conditions if c.type != "Progressing"] + [condition]
 
     def _plan(
         self,
         stable: str,
         canary_replicas: int | None = None,
-        route_weight: int = 0,
+        traffic_weight: int = 0,
         stable_paused: bool = False,
     ) -> Plan:
         return Plan(
@@ -467,46 +470,10 @@ class _Machine:
             stable_revision=stable,
             stable_paused=stable_paused,
             canary_replicas=canary_replicas,
-            route_weight=route_weight if self.spec.rollout.httpRoute is not None else None,
+            traffic_weight=traffic_weight if router_for(self.spec).traffic_object(self.spec) else None,
             events=tuple(self.events),
         )
 
 
 def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-# -- the HTTPRoute split -----------------------------------------------------------------------------------
-
-
-def route_rules(
-    rules: list[dict[str, Any]], stable_service: str, canary_service: str, canary_weight: int
-) -> list[dict[str, Any]]:
-    """An HTTPRoute's rules with this service's traffic split: stable 100 - weight, canary weight.
-
-    A rule is this service's when a backendRef names its stable or canary Service; its backends become
-    exactly those two (the canary left out at weight 0). Other rules and their backends stay as they are.
-    """
-    split: list[dict[str, Any]] = []
-    for rule in rules:
-        backends = rule.get("backendRefs") or []
-        ours = [ref for ref in backends if ref.get("name") in (stable_service, canary_service)]
-        if not ours:
-            split.append(rule)
-            continue
-        template = {key: value for key, value in ours[0].items() if key not in ("name", "weight")}
-        refs = [{**template, "name": stable_service, "weight": 100 - canary_weight}]
-        if canary_weight > 0:
-            refs.append({**template, "name": canary_service, "weight": canary_weight})
-        split.append({**rule, "backendRefs": refs})
-    return split
-
-
-def route_canary_weight(rules: list[dict[str, Any]], stable_service: str, canary_service: str) -> int | None:
-    """The canary's percent in the first rule routing to this service; None when no rule does."""
-    for rule in rules:
-        refs = {ref.get("name"): ref.get("weight", 1) for ref in rule.get("backendRefs") or []}
-        if stable_service in refs or canary_service in refs:
-            total = refs.get(stable_service, 0) + refs.get(canary_service, 0)
-            return round(100 * refs.get(canary_service, 0) / total) if total else 0
-    return None

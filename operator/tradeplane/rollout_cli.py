@@ -1,15 +1,18 @@
-"""`tradeplane pause|resume|promote|abort NAME`: manual control of a canary rollout.
+"""`tradeplane pause|resume|promote|abort|retry NAME`: manual control of a canary rollout.
 
 The commands record intent on the resource; the operator acts on it. pause and resume set `spec.paused`.
 promote and abort annotate the resource with the canary revision they mean and the spec generation it
 was seen in, so a request never applies to another revision, nor to a later attempt of the same one; the
-operator acts on it at once (abort mid-analysis included) rather than at its next analysis tick.
+operator acts on it at once (abort mid-analysis included) rather than at its next analysis tick. retry
+asks for the rolled-back revision (`status.failedRevision`) to be canaried again without a spec change;
+each retry request is honoured once.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +22,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from tradeplane.api import GROUP, PLURAL, VERSION
-from tradeplane.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION, request
+from tradeplane.labels import ABORT_ANNOTATION, PROMOTE_ANNOTATION, RETRY_ANNOTATION
+from tradeplane.rollout import request, retry_request
 
 
 class CommandError(Exception):
@@ -88,6 +92,22 @@ def _request(args: argparse.Namespace, annotation: str, verb: str) -> str:
     return f"tradingservice {namespace}/{args.name}: {verb} canary revision {canary} requested"
 
 
+def _retry(args: argparse.Namespace) -> str:
+    api, namespace = _api(args), _namespace(args)
+    found = _get(api, namespace, args.name)
+    status = found.get("status") or {}
+    failed = status.get("failedRevision")
+    if not failed:
+        phase = status.get("phase", "Pending")
+        raise CommandError(
+            f"tradingservice {namespace}/{args.name} has no rolled-back revision (phase {phase})"
+        )
+    value = retry_request(failed, found["metadata"]["generation"], secrets.token_hex(4))
+    _patch(api, namespace, args.name, {"metadata": {"annotations": {RETRY_ANNOTATION: value}}})
+    outcome = status.get("rollbackOutcome") or "Failed"
+    return f"tradingservice {namespace}/{args.name}: retry of revision {failed} ({outcome}) requested"
+
+
 def _pause(args: argparse.Namespace) -> str:
     return _set_paused(args, True)
 
@@ -111,7 +131,8 @@ ACTIONS: dict[str, tuple[str, Callable[[argparse.Namespace], str]]] = {
         "make the canary stable now, skipping the remaining steps (not inside a freeze window)",
         _promote,
     ),
-    "abort": ("roll the canary back now; the revision is not retried until the spec changes", _abort),
+    "abort": ("roll the canary back now; the revision is not retried until its pod template changes", _abort),
+    "retry": ("canary the rolled-back revision again, without changing the spec", _retry),
 }
 
 

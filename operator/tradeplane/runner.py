@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import kopf
 import prometheus_client
 
-from tradeplane.handlers import Controller, build_registry
+from tradeplane.controller import Controller
+from tradeplane.handlers import build_registry
 from tradeplane.kube import Kube
 
 

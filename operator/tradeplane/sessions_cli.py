@@ -20,10 +20,10 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tradeplane.api import Component, Network
-from tradeplane.rendering import COMPONENT_LABEL
+from tradeplane.api import Network
+from tradeplane.labels import COMPONENT_LABEL
 from tradeplane.rollout_cli import CommandError, _api, _namespace
-from tradeplane_services.roles import ADMIN, IDENTITIES
+from tradeplane_services.catalog import ADMIN, IDENTITIES
 from tradeplane_services.sessions import Credentials, Keyring
 
 DEFAULT_SECRET = Network().sessionKeys
@@ -92,7 +92,7 @@ def _kill_switch(args: argparse.Namespace) -> str:
     from tradeplane_services.protocol import KillSwitchState
 
     api, namespace = _core(args), _namespace(args)
-    selector = f"app.kubernetes.io/name={args.name},{COMPONENT_LABEL}={Component.RISK}"
+    selector = f"app.kubernetes.io/name={args.name},{COMPONENT_LABEL}=risk"
     pods: list[Any] = api.list_namespaced_pod(namespace, label_selector=selector).items
     running = [p for p in pods if p.status.phase == "Running" and p.status.pod_ip]
     if not running:

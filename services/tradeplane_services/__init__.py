@@ -1,4 +1,4 @@
-"""The five bundled trading services: order, risk, market-data, execution, position.
+"""The bundled services: order, risk, market-data, execution, position, and analytics (their read side).
 
 One package, one image, one process per service: `tradeplane-svc <component> [--config PATH]`.
 Environment (the operator renders these into each pod):

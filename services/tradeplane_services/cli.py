@@ -10,6 +10,7 @@ tradeplane-svc client md-tail [--seconds S] [--record FILE]
 tradeplane-svc loadgen --rate R --seconds S [--target order|echo]
 tradeplane-svc echo                                       the loadgen's baseline server
 tradeplane-svc log info|dump --account N|replay --to-sequence N    read the event log
+tradeplane-svc query ohlcv|vwap|positions|tca|kpis|last [...]      ask analytics
 """
 
 from __future__ import annotations
@@ -25,13 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from tradeplane_services import client as clients
+from tradeplane_services.catalog import BUNDLED
 from tradeplane_services.config import (
-    COMPONENTS,
-    DEFAULT_PORTS,
     Address,
     ConfigError,
-    Environment,
-    Settings,
     parse_address,
     read_environment,
 )
@@ -42,30 +40,6 @@ from tradeplane_services.protocol import (
     TimeInForce,
     price_units,
 )
-from tradeplane_services.runtime import Service
-
-
-def service_factory(component: str) -> Any:
-    # Imported on demand: each process loads only its own service.
-    if component == "order":
-        from tradeplane_services.order import OrderService
-
-        return OrderService
-    if component == "risk":
-        from tradeplane_services.risk import RiskService
-
-        return RiskService
-    if component == "market-data":
-        from tradeplane_services.marketdata import MarketDataService
-
-        return MarketDataService
-    if component == "execution":
-        from tradeplane_services.execution import ExecutionService
-
-        return ExecutionService
-    from tradeplane_services.position import PositionService
-
-    return PositionService
 
 
 def _address(text: str) -> Address:
@@ -76,7 +50,7 @@ def _address(text: str) -> Address:
 
 
 def _default(component: str) -> Address:
-    return Address("127.0.0.1", DEFAULT_PORTS[component])
+    return Address("127.0.0.1", BUNDLED[component].port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tradeplane-svc", description="tradeplane's bundled trading services"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for component in COMPONENTS:
+    for component in BUNDLED:
         service = commands.add_parser(component, help=f"run the {component} service")
         service.add_argument("--config", help="settings file (default $TRADEPLANE_CONFIG)")
 
-    stack = commands.add_parser("stack", help="run all five services as local processes")
+    stack = commands.add_parser("stack", help="run every bundled service as a local process")
     stack.add_argument("--host", default="127.0.0.1", help="address every service binds")
     stack.add_argument("--config", type=Path, help="YAML with a section of settings per component")
     stack.add_argument("--workdir", type=Path, help="logs and position state (default: a temp dir)")
@@ -118,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tradeplane_services import desk
 
     desk.add_arguments(commands.add_parser("log", help="read the event log: info, dump, replay"))
+    from tradeplane_services import query
+
+    query.add_arguments(commands.add_parser("query", help="ask analytics: bars, VWAP, positions, TCA, KPIs"))
     echo = commands.add_parser("echo", help="a bare echo server over the same transport (baseline)")
     echo.add_argument("--bind", default="127.0.0.1")
     echo.add_argument("--port", type=int, default=7000)
@@ -127,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     command = arguments.command
-    if command in COMPONENTS:
+    if command in BUNDLED:
         from tradeplane_services.runtime import run
 
         try:
@@ -135,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as error:
             print(f"tradeplane-svc {command}: {error}", file=sys.stderr)
             return 2
-        return run(_checked_factory(command), environment)
+        return run(BUNDLED[command].service_class(), environment)
     if command == "stack":
         from tradeplane_services.stack import run_stack
 
@@ -151,19 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         from tradeplane_services import desk
 
         return desk.main(arguments)
+    if command == "query":
+        from tradeplane_services import query
+
+        return query.main(arguments)
     from tradeplane_services import loadgen
 
     return loadgen.serve_echo(arguments.bind, arguments.port)
-
-
-def _checked_factory(component: str) -> Any:
-    factory = service_factory(component)
-
-    def build(environment: Environment, settings: Settings) -> Service:
-        service: Service = factory(environment, settings)
-        return service
-
-    return build
 
 
 def run_client(arguments: argparse.Namespace) -> int:

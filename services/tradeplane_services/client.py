@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Self
 
+from tradeplane_services.catalog import ADMIN
 from tradeplane_services.config import Address
 from tradeplane_services.protocol import (
     CancelOrder,
@@ -41,7 +42,6 @@ from tradeplane_services.protocol import (
     symbol_bytes,
     symbol_text,
 )
-from tradeplane_services.roles import ADMIN
 from tradeplane_services.sessions import Credentials, credentials, logon
 
 

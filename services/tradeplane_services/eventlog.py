@@ -56,6 +56,7 @@ DUPLICATE_WINDOW_SECONDS = 120.0
 APPEND_TIMEOUT_SECONDS = 2.0
 FETCH_BATCH = 512
 FRAME_LENGTH = struct.Struct("<H")
+REVISION_HEADER = "Tradeplane-Revision"  # the writer's pod-template revision: KPIs per canary revision
 
 
 def partition_of(account: int) -> int:
@@ -113,6 +114,7 @@ class EventLog:
     servers: list[str]
     replicas: int = 1
     name: str = "tradeplane"
+    revision: str = ""  # stamped on every append (REVISION_HEADER) when set
     nc: Client | None = None
     js: JetStreamContext | None = None
     reconnects: int = 0
@@ -186,6 +188,7 @@ class EventLog:
         a caller acknowledges nothing before this returns."""
         assert self.js is not None
         sequences: dict[int, int] = {}
+        revision = {REVISION_HEADER: self.revision} if self.revision else {}
         delay = 0.05
         while len(sequences) < len(events):
             waiting = [index for index in range(len(events)) if index not in sequences]
@@ -194,7 +197,7 @@ class EventLog:
                     await self.js.publish_async(
                         subject(events[i].kind, events[i].partition),
                         encode_event(events[i].messages),
-                        headers={"Nats-Msg-Id": events[i].event_id},
+                        headers={"Nats-Msg-Id": events[i].event_id, **revision},
                     )
                     for i in waiting
                 ]

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Hashable
 from typing import Any, Protocol
 
-from tradeplane_services.config import Environment, ExecutionSettings, Settings
+from tradeplane_services.config import Environment
 from tradeplane_services.eventlog import Append, EventLog, partition_of
 from tradeplane_services.matching import MatchingEngine, VenueEvent
 from tradeplane_services.protocol import (
@@ -34,6 +34,7 @@ from tradeplane_services.protocol import (
     VenueReport,
 )
 from tradeplane_services.runtime import Connection, Service, fields, log, wait_until
+from tradeplane_services.settings import ExecutionSettings, Settings
 
 NEW, TRADE = int(ExecType.NEW), int(ExecType.TRADE)
 
@@ -84,7 +85,9 @@ class ExecutionService(Service):
         self.held: list[tuple[Connection, VenueReport]] = []  # reports waiting for fills before them
         self.committing: asyncio.Task[None] | None = None
         if environment.event_log:
-            self.event_log = EventLog(environment.event_log, environment.event_log_replicas, "execution")
+            self.event_log = EventLog(
+                environment.event_log, environment.event_log_replicas, "execution", environment.revision
+            )
         else:
             log.warning("TRADEPLANE_EVENT_LOG is not set: fills are reported but kept nowhere")
 

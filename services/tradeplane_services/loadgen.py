@@ -31,7 +31,7 @@ from typing import Any, cast
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from tradeplane_services.config import DEFAULT_SYMBOLS, Address, parse_address
+from tradeplane_services.config import Address, parse_address
 from tradeplane_services.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -48,6 +48,7 @@ from tradeplane_services.protocol import (
 )
 from tradeplane_services.runtime import quiet_garbage_collector
 from tradeplane_services.sessions import Credentials, credentials, logon
+from tradeplane_services.settings import DEFAULT_SYMBOLS
 
 NEW_ORDER = layout_of(NewOrder)
 REPORT = layout_of(ExecutionReport)

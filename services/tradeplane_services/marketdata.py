@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tradeplane_services.config import Address, Environment, MarketDataSettings, Settings
+from tradeplane_services.config import Address, Environment
 from tradeplane_services.protocol import (
     BATCH_PREFIX,
     TICK_DTYPE,
@@ -50,11 +50,13 @@ from tradeplane_services.runtime import (
     log,
 )
 from tradeplane_services.sessions import Credentials, Keyring
+from tradeplane_services.settings import MarketDataSettings, Settings
 
 SNAPSHOT_REQUEST = ReplayRequest(0, 0)
 PACKETS_PER_ROUND = 64
 SNAPSHOT_LIMIT = (0xFFFF - BATCH_PREFIX) // TICK_DTYPE.itemsize  # a snapshot travels over TCP: one frame
 TickHandler = Callable[[np.ndarray[Any, Any]], None]
+PacketHandler = Callable[[MarketDataBatch, int], None]  # a batch and its packet sequence
 
 
 def ticks_per_packet(max_packet_bytes: int) -> int:
@@ -323,8 +325,10 @@ class MarketDataSubscriber:
         credentials: Credentials,
         silence_seconds: float = 1.0,
         max_held_packets: int = 20_000,
+        on_packet: PacketHandler | None = None,
     ) -> None:
         self.on_ticks = on_ticks
+        self.on_packet = on_packet  # sees every delivered batch with its sequence (snapshots included)
         self.group = group
         self.interface = interface or "0.0.0.0"  # the wildcard lets the kernel pick (pods)
         self.metrics = metrics
@@ -424,7 +428,7 @@ class MarketDataSubscriber:
         expected = self.expected
         if batch.flags & BatchFlags.SNAPSHOT:
             self.stats.snapshots += 1
-            self._deliver(batch)
+            self._deliver(batch, sequence)
             self.expected = sequence + 1
             for old in [s for s in self.held if s <= sequence]:
                 del self.held[old]
@@ -436,7 +440,7 @@ class MarketDataSubscriber:
             return
         if expected is None or sequence == expected:
             self.expected = sequence + 1
-            self._deliver(batch)
+            self._deliver(batch, sequence)
             if self.held:
                 self._drain()
         elif sequence < expected:
@@ -467,12 +471,14 @@ class MarketDataSubscriber:
             batch = held.pop(expected)
             expected += 1
             self.expected = expected
-            self._deliver(batch)
+            self._deliver(batch, expected - 1)
         if held:
             self._ask_replay(min(held) - 1)
 
-    def _deliver(self, batch: MarketDataBatch) -> None:
+    def _deliver(self, batch: MarketDataBatch, sequence: int) -> None:
         self.stats.packets += 1
+        if self.on_packet is not None:
+            self.on_packet(batch, sequence)
         if batch.tick_count:
             self.stats.ticks += batch.tick_count
             self.on_ticks(batch.ticks)

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from tradeplane_services.config import ConfigError, Environment, OrderSettings, Settings, parse_address
+from tradeplane_services.config import ConfigError, Environment, parse_address
 from tradeplane_services.eventlog import EventLog, partition_of
 from tradeplane_services.partitions import LeaseTable, describe_owners
 from tradeplane_services.protocol import (
@@ -50,6 +50,7 @@ from tradeplane_services.runtime import (
     run_for_life,
     wait_until,
 )
+from tradeplane_services.settings import OrderSettings, Settings
 
 PENDING_NEW, NEW, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED = (int(s) for s in OrderStatus)
 OK, RISK_UNAVAILABLE = int(Reason.OK), int(Reason.RISK_UNAVAILABLE)

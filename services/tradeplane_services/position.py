@@ -30,7 +30,7 @@ from typing import Any
 import nats.errors
 import numpy as np
 
-from tradeplane_services.config import Environment, PositionSettings, Settings
+from tradeplane_services.config import Environment
 from tradeplane_services.eventlog import Event, EventLog, Snapshots, partition_of, subject_filter
 from tradeplane_services.marketdata import subscribe_if_published
 from tradeplane_services.protocol import (
@@ -46,6 +46,7 @@ from tradeplane_services.protocol import (
     symbol_text,
 )
 from tradeplane_services.runtime import Connection, Service, fields, log, run_for_life
+from tradeplane_services.settings import PositionSettings, Settings
 
 BUY = int(Side.BUY)
 FILLS = subject_filter("fill")

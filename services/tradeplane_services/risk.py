@@ -38,7 +38,7 @@ import nats.errors
 import numpy as np
 from nats.js.kv import KeyValue
 
-from tradeplane_services.config import Environment, RiskSettings, Settings
+from tradeplane_services.config import Environment
 from tradeplane_services.eventlog import (
     LEASE_BUCKET,
     PARTITIONS,
@@ -89,6 +89,7 @@ from tradeplane_services.runtime import (
     spin_for,
     wait_until,
 )
+from tradeplane_services.settings import RiskSettings, Settings
 
 MASK64 = (1 << 64) - 1
 _MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)

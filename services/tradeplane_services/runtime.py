@@ -31,7 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tradeplane_services.config import Address, ConfigError, Environment, Settings, load_settings
+from tradeplane_services.catalog import CALLERS
+from tradeplane_services.config import Address, ConfigError, Environment, load_settings
 from tradeplane_services.protocol import (
     LAYOUTS,
     Challenge,
@@ -48,7 +49,6 @@ from tradeplane_services.protocol import (
     layout_of,
     reject_for,
 )
-from tradeplane_services.roles import CALLERS
 from tradeplane_services.sessions import (
     NONCE_BYTES,
     AuthenticationError,
@@ -59,6 +59,7 @@ from tradeplane_services.sessions import (
     identity_text,
     logon_proof,
 )
+from tradeplane_services.settings import Settings
 
 # Microsecond resolution where trading latencies live (5us-2ms), coarse out to 100ms.
 LATENCY_BUCKETS_SECONDS = tuple(
@@ -509,7 +510,7 @@ HttpRoute = Callable[[dict[str, list[str]]], tuple[int, str, bytes]]
 
 
 class Service(ConnectionOwner):
-    """Base of the five services; subclasses set `handlers` and override the hooks they need."""
+    """Base of the bundled services; subclasses set `handlers` and override the hooks they need."""
 
     name = "service"
 
@@ -714,7 +715,8 @@ class HttpEndpoint:
         if path == "/readyz":
             if service.draining:
                 return 503, "text/plain", b"draining\n"
-            if not service.ready():
+            # Ready means answering: the wire port opens after start() returns, a moment after this server.
+            if service.wire_server is None or not service.ready():
                 return 503, "text/plain", b"not ready\n"
             return 200, "text/plain", b"ready\n"
         if path == "/status":

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tradeplane_services.catalog import CLIENT, IDENTITIES
 from tradeplane_services.protocol import (
     Challenge,
     FrameError,
@@ -35,7 +36,6 @@ from tradeplane_services.protocol import (
     StreamDecoder,
     encode,
 )
-from tradeplane_services.roles import CLIENT, IDENTITIES
 
 KEY_BYTES = 32
 NONCE_BYTES = 16

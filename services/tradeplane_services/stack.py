@@ -22,24 +22,22 @@ from typing import Any
 
 import yaml
 
-from tradeplane_services.config import COMPONENTS, DEFAULT_PORTS, Address, ConfigError, parse_settings
+from tradeplane_services.catalog import BUNDLED, start_order
+from tradeplane_services.config import Address, ConfigError, parse_settings
 from tradeplane_services.eventlog import STREAM
 from tradeplane_services.natsserver import NatsServers
 from tradeplane_services.sessions import Credentials, Keyring, generate_keyring
 
-START_ORDER = ("market-data", "position", "risk", "execution", "order")
-METRICS_PORTS = {"order": 9101, "risk": 9102, "market-data": 9103, "execution": 9104, "position": 9105}
+START_ORDER = start_order()
+# Beside the wire ports: 7001 serves its metrics on 9101, and so on.
+METRICS_PORT_SHIFT = 2100
 REPLICA_PORT_STEP = 100  # replica n of a component listens n * 100 above the first one's ports
 
 
-def replica_name(component: str, replica: int) -> str:
-    """The first replica is named after its component, the others `<component>-<n>`."""
-    return component if replica == 0 else f"{component}-{replica}"
-
-
 def parse_replica_name(name: str) -> tuple[str, int]:
+    """`risk-1` is replica 1 of risk; a component's first replica is named after it."""
     component, _, number = name.rpartition("-")
-    if number.isdigit() and component in DEFAULT_PORTS:
+    if number.isdigit() and component in BUNDLED:
         return component, int(number)
     return name, 0
 
@@ -52,17 +50,17 @@ def multicast_group_for(host: str) -> Address:
 def load_stack_config(path: Path | None) -> dict[str, dict[str, Any]]:
     """Per-component settings from one file with a section per component; each section is validated."""
     if path is None:
-        return {component: {} for component in COMPONENTS}
+        return {component: {} for component in BUNDLED}
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with a section per component")
-    unknown = sorted(set(data) - set(COMPONENTS))
+    unknown = sorted(set(data) - set(BUNDLED))
     if unknown:
-        raise ConfigError(f"{path}: unknown sections {unknown}; expected some of {list(COMPONENTS)}")
-    sections = {component: data.get(component) or {} for component in COMPONENTS}
+        raise ConfigError(f"{path}: unknown sections {unknown}; expected some of {list(BUNDLED)}")
+    sections = {component: data.get(component) or {} for component in BUNDLED}
     for component, section in sections.items():
         parse_settings(component, section, f"{path}: {component}")
     return sections
@@ -70,7 +68,7 @@ def load_stack_config(path: Path | None) -> dict[str, dict[str, Any]]:
 
 @dataclass
 class Stack:
-    """Five service processes and the event log on `host`; start(), wait_ready(), kill()/restart() one,
+    """The bundled service processes and the event log on `host`; start(), wait_ready(), kill()/restart() one,
     stop(). `events` is the event log's nats-server(s): kill and restart them through it."""
 
     host: str
@@ -95,11 +93,10 @@ class Stack:
     def address(self, name: str) -> Address:
         """Where a component (or replica, `risk-1`) listens for sessions."""
         component, replica = parse_replica_name(name)
-        return Address(self.host, DEFAULT_PORTS[component] + REPLICA_PORT_STEP * replica)
+        return Address(self.host, BUNDLED[component].port + REPLICA_PORT_STEP * replica)
 
     def metrics_port(self, name: str) -> int:
-        component, replica = parse_replica_name(name)
-        return METRICS_PORTS[component] + REPLICA_PORT_STEP * replica
+        return self.address(name).port + METRICS_PORT_SHIFT
 
     def metrics_url(self, name: str, path: str = "/metrics") -> str:
         return f"http://{self.host}:{self.metrics_port(name)}{path}"
@@ -117,9 +114,8 @@ class Stack:
             "TRADEPLANE_PORT": str(self.address(name).port),
             "TRADEPLANE_METRICS_PORT": str(self.metrics_port(name)),
             "TRADEPLANE_KEYS_DIR": str(self.keys_dir),
-            "TRADEPLANE_RISK_ADDR": str(self.address("risk")),
-            "TRADEPLANE_EXECUTION_ADDR": str(self.address("execution")),
-            "TRADEPLANE_MARKET_DATA_ADDR": str(self.address("market-data")),
+            "TRADEPLANE_STATE_DIR": str(self.workdir / name),
+            **{peer.peer_variable: str(self.address(peer.name)) for peer in BUNDLED.values()},
             "TRADEPLANE_EVENT_LOG": self.events.url,
             "TRADEPLANE_EVENT_LOG_REPLICAS": str(self.event_log_servers),
             **self.extra_env,

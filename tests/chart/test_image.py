@@ -13,8 +13,11 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 from chart.chartkit import CHART, DOCKERFILE, REPO_ROOT
+
+from tradeplane import cli
 
 
 def instructions(name: str) -> list[list[str]]:
@@ -23,13 +26,26 @@ def instructions(name: str) -> list[list[str]]:
     return [words[1:] for words in lines if words and words[0] == name]
 
 
-def test_build_context_installs_the_tradeplane_command(tmp_path: Path) -> None:
+def ignored() -> list[str]:
+    """Paths the Dockerfile's own ignore file keeps out of the build context."""
+    lines = DOCKERFILE.with_name(DOCKERFILE.name + ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_build_context_installs_the_tradeplane_command_without_the_development_packages(
+    tmp_path: Path,
+) -> None:
     context = tmp_path / "context"
+    excluded = {REPO_ROOT / path for path in ignored() if not path.startswith("**")}
+
+    def skip(directory: str, names: list[str]) -> set[str]:
+        return {name for name in names if name == "__pycache__" or Path(directory, name) in excluded}
+
     for *sources, destination in (args for args in instructions("COPY") if not args[0].startswith("--from")):
         for source in sources:
             target = context / (source if destination in ("./", ".") else destination)
             if (REPO_ROOT / source).is_dir():
-                shutil.copytree(REPO_ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+                shutil.copytree(REPO_ROOT / source, target, ignore=skip)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(REPO_ROOT / source, target)
@@ -53,6 +69,7 @@ def test_build_context_installs_the_tradeplane_command(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("tradeplane-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "tradeplane/cli.py" in names
+    assert not [name for name in names if name.startswith(("tradeplane/cluster/", "tradeplane/demo/"))]
     (entry_points,) = (name for name in names if name.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     (entrypoint,) = instructions("ENTRYPOINT")
@@ -76,3 +93,11 @@ def test_chart_app_version_is_the_project_version() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     assert chart["appVersion"] == project["version"]
+
+
+def test_the_command_works_without_the_development_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "tradeplane.cluster.commands", raising=False)
+    for package in ("tradeplane.cluster", "tradeplane.demo"):
+        monkeypatch.setitem(sys.modules, package, None)  # as absent as in the image: imports fail
+    commands = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"operator", "promote", "abort"} <= set(commands) and not {"cluster", "demo"} & set(commands)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from chart.chartkit import MODES, Helm, Manifest, one
 
-from tradeplane import analysis, handlers, rollout_handlers
+from tradeplane import measurement, metrics
 
 OPERATOR = "tradeplane-system/tp-tradeplane"
 GRAFANA_VARIABLES = {
@@ -95,8 +95,9 @@ def test_alerts_fire_when_they_should(manifests: list[Manifest], tmp_path: Path)
                             {"severity": "warning", **order, **operator},
                             "TradingService trading/order rolled back its canary",
                             "The canary failed the p99 gate and was scaled to zero; the revision is not "
-                            "retried until the spec changes. kubectl describe tradingservice -n trading "
-                            "order shows the value, threshold and sample count.",
+                            "retried until its pod template changes or tradeplane retry asks for it. kubectl "
+                            "describe tradingservice -n trading order shows the value, threshold and sample "
+                            "count.",
                         ),
                     },
                     # Ten minutes on, with no new rollback, it resolves.
@@ -188,7 +189,7 @@ def exported_metrics() -> set[str]:
     """Sample names of the operator's metrics, and of those the services export for the canary gate."""
     operator = [
         value
-        for module in (handlers, rollout_handlers)
+        for module in (metrics,)
         for value in vars(module).values()
         if isinstance(value, prometheus_client.metrics.MetricWrapperBase)
     ]
@@ -198,8 +199,8 @@ def exported_metrics() -> set[str]:
         for family in metric.describe()
         for suffix in SUFFIXES[family.type]
     }
-    services = {f"{analysis.LATENCY_METRIC}{suffix}" for suffix in SUFFIXES["histogram"]}
-    return names | services | {analysis.REQUESTS_METRIC}
+    services = {f"{measurement.LATENCY_METRIC}{suffix}" for suffix in SUFFIXES["histogram"]}
+    return names | services | {measurement.REQUESTS_METRIC}
 
 
 def test_rules_and_dashboard_read_only_metrics_that_exist(manifests: list[Manifest]) -> None:

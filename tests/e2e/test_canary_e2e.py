@@ -36,7 +36,7 @@ def stable(
 ) -> Rollout:
     """Revision one of the risk service, analysed through Prometheus, Ready on two running pods."""
     rollout = Rollout(
-        kubectl, namespace, {"analysis": {"provider": "prometheus", "prometheusUrl": prometheus.url}}
+        kubectl, namespace, {"analysis": {"provider": "prometheus", "prometheus": {"url": prometheus.url}}}
     )
     rollout.apply({"maxOrderQuantity": 50_000})
     rollout.wait_ready()

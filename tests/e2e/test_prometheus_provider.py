@@ -12,7 +12,9 @@ from e2e.prometheus import run_prometheus, static_scrape_config
 from rollout.latency_server import LatencyServer, latency_server
 
 from support import wait_for
-from tradeplane.analysis import PrometheusProvider, ProviderUnavailable, ScrapeProvider, Target
+from tradeplane.measurement import ProviderUnavailable, Target
+from tradeplane.providers.prometheus import PrometheusProvider
+from tradeplane.providers.scrape import ScrapeProvider
 
 pytestmark = pytest.mark.prometheus
 

@@ -19,7 +19,7 @@ from e2e.scenario import NAME, SLOW_MICROS, Rollout, traffic
 from support import Kubectl, get_json, wait_for
 from tradeplane.api import BUNDLED_PORTS
 from tradeplane.cluster.podrunner import PodRunner
-from tradeplane.rendering import REVISION_LABEL
+from tradeplane.labels import REVISION_LABEL
 
 pytestmark = pytest.mark.cluster
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tradeplane.api import parse_quantity
+from tradeplane.quantity import integer_quantity
 from tradeplane_infra.instances import AWS_INSTANCE_TYPES
 from tradeplane_infra.nodeconfig import (
     CLOUD_CONFIG_CONTENT_TYPE,
@@ -87,9 +87,9 @@ def test_reserved_memory_matches_the_reservations(kube: str, system: str, evicti
     config = kubelet_config(
         kube_reserved_memory=kube, system_reserved_memory=system, eviction_hard_memory=eviction
     )
-    reserved = sum(parse_quantity(entry["limits"]["memory"]) for entry in config["reservedMemory"])
+    reserved = sum(integer_quantity(entry["limits"]["memory"]) for entry in config["reservedMemory"])
     assert reserved == sum(
-        parse_quantity(text)
+        integer_quantity(text)
         for text in (
             config["kubeReserved"]["memory"],
             config["systemReserved"]["memory"],

@@ -18,8 +18,8 @@ import yaml
 from support import Kubectl, get_json, wait_for
 from tradeplane import rendering
 from tradeplane.api import TradingServiceSpec
+from tradeplane.naming import Owner
 from tradeplane.reconcile import is_subset
-from tradeplane.rendering import Owner
 from tradeplane.revision import template_revision
 
 pytestmark = pytest.mark.cluster

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from tradeplane import placement
+from tradeplane import capacity, podspec, quantity
 from tradeplane.api import TradingServiceSpec
-from tradeplane.placement import Amounts, NodeView, PodView, PoolSnapshot
+from tradeplane.capacity import Amounts, NodeView, PodView, PoolSnapshot
 
 GiB = 2**30
 
@@ -46,19 +46,19 @@ def pool(*nodes: NodeView, used: dict[str, dict[str, str]] | None = None) -> Poo
 
 class TestPodSpec:
     def test_requests_equal_limits_with_integer_cpu_and_hugepages(self) -> None:
-        resources = placement.resources(spec(resources={"cpus": 3, "memory": "8192Mi"}))
+        resources = podspec.resources(spec(resources={"cpus": 3, "memory": "8192Mi"}))
         assert resources["requests"] == resources["limits"] == {"cpu": "3", "memory": "8Gi"}
 
     def test_hugepages_are_requested_and_mounted_from_their_medium(self) -> None:
         service = spec()
-        assert placement.resources(service)["limits"]["hugepages-1Gi"] == "2Gi"
-        volume, mount = placement.hugepages_volume(service) or ({}, {})
+        assert podspec.resources(service)["limits"]["hugepages-1Gi"] == "2Gi"
+        volume, mount = podspec.hugepages_volume(service) or ({}, {})
         assert volume == {"name": "hugepages", "emptyDir": {"medium": "HugePages-1Gi"}}
         assert mount["mountPath"] == "/dev/hugepages"
-        assert placement.hugepages_volume(spec(resources={"cpus": 1, "memory": "1Gi"})) is None
+        assert podspec.hugepages_volume(spec(resources={"cpus": 1, "memory": "1Gi"})) is None
 
     def test_pool_affinity_toleration_and_host_spread(self) -> None:
-        rules = placement.affinity(spec(placement={"pool": "fast"}), {"app": "x"})
+        rules = podspec.affinity(spec(placement={"pool": "fast"}), {"app": "x"})
         term = rules["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
         assert term["matchExpressions"] == [
             {"key": "tradeplane.io/pool", "operator": "In", "values": ["fast"]}
@@ -68,27 +68,27 @@ class TestPodSpec:
             "labelSelector": {"matchLabels": {"app": "x"}},
             "topologyKey": "kubernetes.io/hostname",
         }
-        assert placement.tolerations(spec(placement={"pool": "fast"})) == [
+        assert podspec.tolerations(spec(placement={"pool": "fast"})) == [
             {"key": "tradeplane.io/pool", "operator": "Equal", "value": "fast", "effect": "NoSchedule"}
         ]
-        assert "podAntiAffinity" not in placement.affinity(spec(placement={"spread": "none"}), {"app": "x"})
+        assert "podAntiAffinity" not in podspec.affinity(spec(placement={"spread": "none"}), {"app": "x"})
 
     def test_isolation_asks_become_crio_annotations(self) -> None:
-        assert placement.isolation_annotations(spec()) == {}
+        assert podspec.isolation_annotations(spec()) == {}
         isolated = spec(placement={"isolation": {"cpuLoadBalancing": False, "cpuQuota": False}})
-        assert placement.isolation_annotations(isolated) == {
+        assert podspec.isolation_annotations(isolated) == {
             "cpu-load-balancing.crio.io": "disable",
             "cpu-quota.crio.io": "disable",
         }
 
     def test_capabilities_dropped_unless_asked(self) -> None:
-        context = placement.container_security_context(spec())
+        context = podspec.container_security_context(spec())
         assert context["capabilities"] == {"drop": ["ALL"]}
         assert context["readOnlyRootFilesystem"] is True
         assert context["allowPrivilegeEscalation"] is False
-        raw = placement.container_security_context(spec(network={"capabilities": ["NET_RAW"]}))
+        raw = podspec.container_security_context(spec(network={"capabilities": ["NET_RAW"]}))
         assert raw["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}
-        assert placement.pod_security_context()["runAsNonRoot"] is True
+        assert podspec.pod_security_context()["runAsNonRoot"] is True
 
 
 class TestGuaranteedCheck:
@@ -106,12 +106,12 @@ class TestGuaranteedCheck:
     def test_a_guaranteed_pod_passes(self) -> None:
         amounts = {"cpu": "2", "memory": "1Gi", "hugepages-2Mi": "64Mi"}
         pod = {"containers": [self.container("app", amounts, amounts)]}
-        assert placement.qos_violations(pod) == []
+        assert podspec.qos_violations(pod) == []
 
     def test_a_sidecar_without_limits_is_named(self) -> None:
         amounts = {"cpu": "2", "memory": "1Gi"}
         pod = {"containers": [self.container("app", amounts, amounts), self.container("proxy", None, None)]}
-        assert placement.qos_violations(pod) == [
+        assert podspec.qos_violations(pod) == [
             "containers[proxy]: no cpu limit",
             "containers[proxy]: no memory limit",
         ]
@@ -120,11 +120,11 @@ class TestGuaranteedCheck:
         amounts = {"cpu": "2", "memory": "1Gi"}
         init = self.container("setup", {"cpu": "1", "memory": "1Gi"}, amounts)
         pod = {"initContainers": [init], "containers": [self.container("app", amounts, amounts)]}
-        assert placement.qos_violations(pod) == ["initContainers[setup]: cpu request 1 != limit 2"]
+        assert podspec.qos_violations(pod) == ["initContainers[setup]: cpu request 1 != limit 2"]
 
     def test_fractional_cpu_gets_no_exclusive_core(self) -> None:
         amounts = {"cpu": "1500m", "memory": "1Gi"}
-        problems = placement.qos_violations({"containers": [self.container("app", amounts, amounts)]})
+        problems = podspec.qos_violations({"containers": [self.container("app", amounts, amounts)]})
         assert problems == ["containers[app]: cpu 1500m is not an integer, so no core is exclusive"]
 
 
@@ -142,12 +142,12 @@ class TestGuaranteedCheck:
     ],
 )
 def test_any_kubernetes_quantity_parses_exactly(text: str, value: Fraction) -> None:
-    assert placement.parse_resource_quantity(text) == value
+    assert quantity.parse_quantity(text) == value
 
 
 def test_a_malformed_quantity_is_refused() -> None:
     with pytest.raises(ValueError, match="not a Kubernetes quantity"):
-        placement.parse_resource_quantity("12 cores")
+        quantity.parse_quantity("12 cores")
 
 
 def test_pod_requests_take_the_larger_of_containers_and_init_containers_plus_overhead() -> None:
@@ -161,7 +161,7 @@ def test_pod_requests_take_the_larger_of_containers_and_init_containers_plus_ove
             "overhead": {"cpu": "100m"},
         }
     }
-    requests = placement.pod_requests(pod)
+    requests = capacity.pod_requests(pod)
     assert requests.get("cpu") == 4100
     assert requests.get("memory") == GiB
     assert requests.get("hugepages-1Gi") == 2 * GiB
@@ -170,13 +170,13 @@ def test_pod_requests_take_the_larger_of_containers_and_init_containers_plus_ove
 
 class TestPreflight:
     def test_fits_when_two_nodes_have_room(self) -> None:
-        verdict = placement.preflight(spec(), pool(node("a"), node("b")), pods_needed=2)
+        verdict = capacity.preflight(spec(), pool(node("a"), node("b")), pods_needed=2)
         assert verdict.fits
         assert verdict.reason == "Fits"
 
     def test_hugepages_beyond_any_node_names_the_shortfall(self) -> None:
         big = spec(resources={"cpus": 2, "memory": "4Gi", "hugepages": {"pageSize": "1Gi", "amount": "20Gi"}})
-        verdict = placement.preflight(big, pool(node("a"), node("b", hugepages="18Gi")), pods_needed=2)
+        verdict = capacity.preflight(big, pool(node("a"), node("b", hugepages="18Gi")), pods_needed=2)
         assert not verdict.fits
         assert verdict.reason == "InsufficientHugepages"
         assert "20Gi hugepages-1Gi each" in verdict.message
@@ -184,21 +184,21 @@ class TestPreflight:
 
     def test_requests_of_running_pods_are_subtracted(self) -> None:
         used = {"a": {"cpu": "30", "pods": "3"}, "b": {"cpu": "29500m"}}
-        verdict = placement.preflight(spec(), pool(node("a"), node("b"), used=used), pods_needed=1)
+        verdict = capacity.preflight(spec(), pool(node("a"), node("b"), used=used), pods_needed=1)
         assert not verdict.fits
         assert verdict.reason == "InsufficientCPU"
         assert "4 cpu each" in verdict.message
         assert "is 2.5 (b)" in verdict.message
 
     def test_an_unknown_pool_has_no_nodes(self) -> None:
-        verdict = placement.preflight(spec(placement={"pool": "gpu"}), pool(), pods_needed=1)
+        verdict = capacity.preflight(spec(placement={"pool": "gpu"}), pool(), pods_needed=1)
         assert (verdict.fits, verdict.reason) == (False, "UnknownPool")
         assert "tradeplane.io/pool=gpu" in verdict.message
 
     def test_nodes_that_cannot_take_pods_are_no_nodes(self) -> None:
         taint = {"key": "maintenance", "value": "yes", "effect": "NoSchedule"}
         nodes = pool(node("a", ready=False), node("b", cordoned=True), node("c", taints=[taint]))
-        verdict = placement.preflight(spec(), nodes, pods_needed=1)
+        verdict = capacity.preflight(spec(), nodes, pods_needed=1)
         assert verdict.reason == "NoNodes"
         assert "a (NotReady)" in verdict.message
         assert "b (cordoned)" in verdict.message
@@ -206,33 +206,33 @@ class TestPreflight:
 
     def test_the_pool_taint_itself_is_tolerated(self) -> None:
         taint = {"key": "tradeplane.io/pool", "value": "trading", "effect": "NoSchedule"}
-        assert placement.preflight(spec(), pool(node("a", taints=[taint])), pods_needed=1).fits
+        assert capacity.preflight(spec(), pool(node("a", taints=[taint])), pods_needed=1).fits
 
     def test_host_spread_needs_a_node_per_pod(self) -> None:
-        verdict = placement.preflight(spec(), pool(node("a"), node("b")), pods_needed=3)
+        verdict = capacity.preflight(spec(), pool(node("a"), node("b")), pods_needed=3)
         assert (verdict.fits, verdict.reason) == (False, "InsufficientNodes")
-        shared = placement.preflight(
+        shared = capacity.preflight(
             spec(placement={"spread": "none"}), pool(node("a"), node("b")), pods_needed=3
         )
         assert shared.fits
 
     def test_nodes_already_running_the_revision_are_out_for_host_spread(self) -> None:
-        verdict = placement.preflight(spec(), pool(node("a"), node("b")), pods_needed=1, occupied={"a", "b"})
+        verdict = capacity.preflight(spec(), pool(node("a"), node("b")), pods_needed=1, occupied={"a", "b"})
         assert verdict.reason == "InsufficientNodes"
         assert "a, b already run one" in verdict.message
 
     def test_single_numa_node_needs_the_cores_on_one_numa_node(self) -> None:
         wide = spec(resources={"cpus": 20, "memory": "8Gi"})
         two_sockets = node("a", labels={"tradeplane.io/numa-nodes": "2"})
-        verdict = placement.preflight(wide, pool(two_sockets), pods_needed=1)
+        verdict = capacity.preflight(wide, pool(two_sockets), pods_needed=1)
         assert verdict.reason == "InsufficientCPUPerNUMANode"
         assert "the largest in pool trading has 16" in verdict.message
         relaxed = spec(resources={"cpus": 20, "memory": "8Gi"}, placement={"numa": "best-effort"})
-        assert placement.preflight(relaxed, pool(two_sockets), pods_needed=1).fits
+        assert capacity.preflight(relaxed, pool(two_sockets), pods_needed=1).fits
 
     def test_a_partial_view_says_so(self) -> None:
         snapshot = PoolSnapshot("trading", [node("a")], {}, partial=True)
-        assert "not counted" in placement.preflight(spec(), snapshot, pods_needed=1).message
+        assert "not counted" in capacity.preflight(spec(), snapshot, pods_needed=1).message
 
 
 def pod_view(**changes: Any) -> PodView:
@@ -257,7 +257,7 @@ def test_admission_failures_are_failed_pods_with_kubelet_reasons() -> None:
         pod_view(name="running"),
         pod_view(name="going", phase="Failed", reason="OutOfcpu", deleting=True),
     ]
-    assert [pod.name for pod in placement.admission_failures(pods)] == ["topology", "smt", "pages"]
+    assert [pod.name for pod in capacity.admission_failures(pods)] == ["topology", "smt", "pages"]
 
 
 def test_pod_view_reads_the_scheduler_refusal() -> None:
@@ -283,5 +283,5 @@ def test_pod_view_reads_the_scheduler_refusal() -> None:
 
 def test_pods_to_place_counts_unscheduled_and_missing_pods() -> None:
     pods = [pod_view(), pod_view(node=None), pod_view(phase="Failed"), pod_view(deleting=True)]
-    assert placement.pods_to_place(3, pods) == 2
-    assert placement.pods_to_place(1, pods) == 0
+    assert capacity.pods_to_place(3, pods) == 2
+    assert capacity.pods_to_place(1, pods) == 0

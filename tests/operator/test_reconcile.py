@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tradeplane import reconcile, rendering
+import pytest
+
+from tradeplane import podspec, reconcile
 from tradeplane.api import TradingServiceSpec
-from tradeplane.placement import Amounts, NodeView, PodView, PoolSnapshot
+from tradeplane.capacity import Amounts, NodeView, PodView, PoolSnapshot
+from tradeplane.labels import REVISION_LABEL
 from tradeplane.reconcile import Decision, View, decide, is_subset
 from tradeplane.revision import template_revision
 
@@ -107,7 +110,7 @@ class Cluster:
             if kind != "Deployment":
                 continue
             replicas = live["spec"]["replicas"]
-            revision = live["spec"]["template"]["metadata"]["labels"][rendering.REVISION_LABEL]
+            revision = live["spec"]["template"]["metadata"]["labels"][REVISION_LABEL]
             live["status"] = {
                 "observedGeneration": 1,
                 "replicas": replicas,
@@ -336,19 +339,20 @@ def test_a_routed_split_patches_the_route_weights_and_adds_a_canary_service() ->
     cluster.spec = {**routed, "image": "svc:2"}
     route = {"spec": {"rules": [{"backendRefs": [{"name": "order", "port": 7001}]}]}}
     view = cluster.view()
-    decision = decide(view, now=NOW, pool=trading_pool(), route=route)
+    decision = decide(view, now=NOW, pool=trading_pool(), traffic_object=route)
     services = {m["metadata"]["name"]: m for m in decision.apply if m["kind"] == "Service"}
-    assert services["order-canary"]["spec"]["selector"][rendering.REVISION_LABEL] == template_revision(
+    assert services["order-canary"]["spec"]["selector"][REVISION_LABEL] == template_revision(
         TradingServiceSpec.model_validate(cluster.spec)
     )
     # No canary pod is ready yet: the route sends all traffic to the stable Service.
-    assert decision.route_rules == [{"backendRefs": [{"port": 7001, "name": "order", "weight": 100}]}]
+    rules = [{"backendRefs": [{"port": 7001, "name": "order", "weight": 100}]}]
+    assert decision.traffic_patch == {"spec": {"rules": rules}}
 
 
 def test_a_named_route_that_does_not_exist_is_degraded() -> None:
     cluster = Cluster({**SPEC, "rollout": {"httpRoute": {"name": "orders"}}})
     cluster.converge()
-    assert condition(cluster.status, "Degraded")["reason"] == "RouteNotFound"
+    assert condition(cluster.status, "Degraded")["reason"] == "HTTPRouteNotFound"
 
 
 def test_a_stored_spec_the_models_refuse_is_reported_and_nothing_applied() -> None:
@@ -357,6 +361,25 @@ def test_a_stored_spec_the_models_refuse_is_reported_and_nothing_applied() -> No
     assert decision.apply == []
     assert cluster.status["phase"] == "Degraded"
     assert "spec.resources.cpus" in condition(cluster.status, "Degraded")["message"]
+
+
+def test_a_pod_that_would_not_be_guaranteed_is_reported_and_nothing_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = Cluster(SPEC)
+    cluster.converge()
+    applied = dict(cluster.children)
+
+    def burstable(spec: TradingServiceSpec) -> dict[str, Any]:
+        return {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
+
+    monkeypatch.setattr(podspec, "resources", burstable)
+    decision = cluster.reconcile()
+    assert decision.apply == [] and decision.delete == [] and cluster.children == applied
+    degraded = condition(cluster.status, "Degraded")
+    assert (cluster.status["phase"], degraded["reason"]) == ("Degraded", "RenderError")
+    assert "pod would not be Guaranteed: containers[order]: cpu request 1 != limit 2" in degraded["message"]
+    assert reasons(decision) == ["RenderError"]
 
 
 def test_subset_compares_what_was_applied_with_what_is_stored() -> None:

@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tradeplane import rendering
+from tradeplane import podspec, rendering
 from tradeplane.api import BUNDLED_PORTS, TradingServiceSpec
-from tradeplane.placement import qos_violations
-from tradeplane.rendering import Owner
+from tradeplane.labels import APPLIED_ANNOTATION
+from tradeplane.naming import Owner
+from tradeplane.podspec import qos_violations
 from tradeplane.revision import template_revision
 
 OWNER = Owner("order", "trading", "uid-1")
@@ -58,7 +59,7 @@ def test_a_service_consists_of_its_revision_config_deployment_service_and_budget
                 "blockOwnerDeletion": True,
             }
         ]
-        assert rendering.APPLIED_ANNOTATION in metadata["annotations"]
+        assert APPLIED_ANNOTATION in metadata["annotations"]
 
 
 def test_offline_rendering_has_no_owner_reference() -> None:
@@ -82,7 +83,7 @@ def test_the_pod_template_is_the_same_for_stable_and_canary() -> None:
 
 
 def test_the_pod_is_guaranteed_pinned_and_hugepage_backed() -> None:
-    template = rendering.pod_template(OWNER, spec(), "r1")
+    template = podspec.pod_template(OWNER, spec(), "r1")
     pod = template["spec"]
     assert qos_violations(pod) == []
     container = pod["containers"][0]
@@ -109,8 +110,7 @@ def test_the_pod_is_guaranteed_pinned_and_hugepage_backed() -> None:
 
 def test_the_environment_tells_the_service_where_it_is_and_where_its_peers_are() -> None:
     env = {
-        var["name"]: var
-        for var in rendering.pod_template(OWNER, spec(), "r1")["spec"]["containers"][0]["env"]
+        var["name"]: var for var in podspec.pod_template(OWNER, spec(), "r1")["spec"]["containers"][0]["env"]
     }
     assert env["TRADEPLANE_REVISION"]["value"] == "r1"
     assert env["TRADEPLANE_SERVICE"]["value"] == "order"
@@ -125,7 +125,7 @@ def test_the_environment_tells_the_service_where_it_is_and_where_its_peers_are()
         "TRADEPLANE_RISK_ADDR": "risk.trading.svc:7002",
         "TRADEPLANE_EXECUTION_ADDR": "execution.trading.svc:7004",
     }
-    risk = rendering.pod_template(OWNER, spec(component="risk"), "r1")["spec"]["containers"][0]["env"]
+    risk = podspec.pod_template(OWNER, spec(component="risk"), "r1")["spec"]["containers"][0]["env"]
     assert [var["name"] for var in risk if var["name"].endswith("_ADDR")] == ["TRADEPLANE_MARKET_DATA_ADDR"]
 
 
@@ -133,7 +133,7 @@ def test_an_event_log_reaches_bundled_components_and_changes_the_revision() -> N
     event_log = {"servers": ["nats://nats-0.nats:4222", "nats://nats-1.nats:4222"], "replicas": 3}
 
     def env(**fields: Any) -> dict[str, str]:
-        container = rendering.pod_template(OWNER, spec(**fields), "r1")["spec"]["containers"][0]
+        container = podspec.pod_template(OWNER, spec(**fields), "r1")["spec"]["containers"][0]
         return {var["name"]: var.get("value", "") for var in container["env"]}
 
     position = env(component="position", eventLog=event_log)
@@ -144,7 +144,7 @@ def test_an_event_log_reaches_bundled_components_and_changes_the_revision() -> N
 
 
 def test_a_drain_setting_stretches_the_grace_period() -> None:
-    slow = rendering.pod_template(OWNER, spec(config={"drainTimeoutSeconds": 29.5}), "r1")
+    slow = podspec.pod_template(OWNER, spec(config={"drainTimeoutSeconds": 29.5}), "r1")
     assert slow["spec"]["terminationGracePeriodSeconds"] == 5 + 30 + 5
 
 
@@ -153,7 +153,7 @@ def test_isolation_runtime_class_and_capabilities_reach_the_pod() -> None:
         placement={"runtimeClassName": "performance", "isolation": {"irqLoadBalancing": False}},
         network={"capabilities": ["NET_ADMIN"]},
     )
-    template = rendering.pod_template(OWNER, isolated, "r1")
+    template = podspec.pod_template(OWNER, isolated, "r1")
     assert template["metadata"]["annotations"] == {"irq-load-balancing.crio.io": "disable"}
     assert template["spec"]["runtimeClassName"] == "performance"
     capabilities = template["spec"]["containers"][0]["securityContext"]["capabilities"]
@@ -195,7 +195,7 @@ def test_a_stored_revision_renders_the_same_pods_under_a_newer_spec() -> None:
     restored = rendering.spec_from_revision(stored["data"], newer)
     assert template_revision(restored) == revision
     assert restored.replicas == 5
-    assert rendering.pod_template(OWNER, restored, revision) == rendering.pod_template(OWNER, old, revision)
+    assert podspec.pod_template(OWNER, restored, revision) == podspec.pod_template(OWNER, old, revision)
 
 
 def test_a_default_port_in_the_stored_revision_survives_a_spec_that_sets_one() -> None:
@@ -206,7 +206,7 @@ def test_a_default_port_in_the_stored_revision_survives_a_spec_that_sets_one() -
 
 
 def test_quantities_are_rendered_as_the_api_server_stores_them() -> None:
-    template = rendering.pod_template(OWNER, spec(resources={"cpus": 1, "memory": "8192Mi"}), "r1")
+    template = podspec.pod_template(OWNER, spec(resources={"cpus": 1, "memory": "8192Mi"}), "r1")
     assert template["spec"]["containers"][0]["resources"]["requests"]["memory"] == "8Gi"
 
 
@@ -236,7 +236,7 @@ def test_the_applied_stamp_follows_the_content() -> None:
     first = rendering.deployment(OWNER, spec(), "r1", "stable", 3)
     again = rendering.deployment(OWNER, spec(), "r1", "stable", 3)
     paused = rendering.deployment(OWNER, spec(), "r1", "stable", 3, paused=True)
-    stamp = rendering.APPLIED_ANNOTATION
+    stamp = APPLIED_ANNOTATION
     assert first["metadata"]["annotations"][stamp] == again["metadata"]["annotations"][stamp]
     assert first["metadata"]["annotations"][stamp] != paused["metadata"]["annotations"][stamp]
     assert paused["spec"]["paused"] is True
@@ -250,13 +250,14 @@ def test_the_applied_stamp_follows_the_content() -> None:
         ("risk", ["risk", "order", "admin"]),
         ("execution", ["execution", "order"]),
         ("position", ["position", "client", "admin"]),
-        ("market-data", ["market-data", "risk", "position", "client", "admin"]),
+        ("market-data", ["market-data", "risk", "position", "analytics", "client", "admin"]),
+        ("analytics", ["analytics"]),
     ],
 )
 def test_a_bundled_pod_holds_its_own_session_key_and_its_callers_only(
     component: str, identities: list[str]
 ) -> None:
-    pod = rendering.pod_template(OWNER, spec(component=component, config={}), "r1")["spec"]
+    pod = podspec.pod_template(OWNER, spec(component=component, config={}), "r1")["spec"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == "session-keys"]
     assert volume["secret"]["secretName"] == "tradeplane-session-keys"
     assert [item["key"] for item in volume["secret"]["items"]] == identities
@@ -265,7 +266,7 @@ def test_a_bundled_pod_holds_its_own_session_key_and_its_callers_only(
         "volumeMounts"
     ]
     assert {"name": "TRADEPLANE_KEYS_DIR", "value": "/etc/tradeplane-keys"} in container["env"]
-    named = rendering.pod_template(
+    named = podspec.pod_template(
         OWNER, spec(component=component, config={}, network={"sessionKeys": "k"}), "r1"
     )
     assert [v["secret"]["secretName"] for v in named["spec"]["volumes"] if "secret" in v] == ["k"]
@@ -273,7 +274,7 @@ def test_a_bundled_pod_holds_its_own_session_key_and_its_callers_only(
 
 def test_a_custom_component_gets_no_session_keys() -> None:
     custom = spec(component="custom", command=["serve"], port=8000, config={})
-    pod = rendering.pod_template(OWNER, custom, "r1")["spec"]
+    pod = podspec.pod_template(OWNER, custom, "r1")["spec"]
     assert not [v for v in pod["volumes"] if "secret" in v]
     assert "TRADEPLANE_KEYS_DIR" not in {variable["name"] for variable in pod["containers"][0]["env"]}
 
@@ -302,7 +303,7 @@ DESK = {"clients": [{"cidr": "10.20.0.0/16"}]}
         ("risk", ["order"], True, [("market-data", 7003)]),
         ("execution", ["order"], False, []),
         ("position", [], True, [("market-data", 7003)]),
-        ("market-data", ["risk", "position"], True, []),
+        ("market-data", ["risk", "position", "analytics"], True, []),
     ],
 )
 def test_a_policy_lets_in_only_the_callers_and_lets_out_only_to_the_called(
@@ -342,11 +343,22 @@ def test_a_service_with_an_event_log_may_reach_its_servers_ports() -> None:
     assert all("to" in rule for rule in policy_of("execution")["egress"])
 
 
+def test_analytics_with_a_clickhouse_server_may_reach_its_http_port() -> None:
+    config = {"clickhouseUrl": "https://reader@clickhouse.data.svc"}
+    policy = rendering.network_policy(OWNER, spec(component="analytics", config=config))
+    assert policy is not None
+    assert policy["spec"]["egress"][-1] == {"ports": [{"protocol": "TCP", "port": 8443}]}
+    embedded = policy_of("analytics", **DESK)
+    assert all("to" in rule for rule in embedded["egress"]), "chDB in the pod needs no egress"
+    # Nobody calls its wire port; the desk asks over HTTP, from where `metricsFrom` allows.
+    assert [rule["ports"][0].get("port") for rule in embedded["ingress"]] == [9100, None]
+
+
 def test_market_data_reaches_its_subscribers_by_udp_and_they_let_it_in() -> None:
     udp = [{"protocol": "UDP"}]
     feed = policy_of("market-data")["egress"][-1]
-    assert (components_in(feed["to"]), feed["ports"]) == (["risk", "position"], udp)
-    for subscriber in ("risk", "position"):
+    assert (components_in(feed["to"]), feed["ports"]) == (["risk", "position", "analytics"], udp)
+    for subscriber in ("risk", "position", "analytics"):
         assert {"from": [_pods("market-data")], "ports": udp} in policy_of(subscriber)["ingress"]
 
 

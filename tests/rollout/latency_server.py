@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from tradeplane.analysis import LATENCY_METRIC, REQUESTS_METRIC
+from tradeplane.measurement import LATENCY_METRIC, REQUESTS_METRIC
 
 # Microsecond resolution around the SLOs trading services care about, as the bundled services export.
 BUCKETS = (

@@ -16,20 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rollout.latency_server import BUCKETS, latency_server
 
-from tradeplane.analysis import (
-    DEFAULT_P99_QUERY,
-    Counts,
-    Measurement,
-    PrometheusProvider,
-    ProviderUnavailable,
-    ScrapeProvider,
-    Target,
-    bucket_quantile,
-    judge,
-    parse_counts,
-    render_query,
-)
 from tradeplane.api import SLO, Analysis, Verdict
+from tradeplane.judge import judge
+from tradeplane.measurement import Measurement, ProviderUnavailable, Target
+from tradeplane.providers.prometheus import DEFAULT_P99_QUERY, PrometheusProvider, render_query
+from tradeplane.providers.scrape import Counts, ScrapeProvider, bucket_quantile, parse_counts
 
 NOW = datetime(2025, 6, 3, 12, 0, tzinfo=UTC)
 INF = math.inf

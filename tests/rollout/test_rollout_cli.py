@@ -14,7 +14,7 @@ import yaml
 from support import Kubectl, get_json
 from tradeplane.cli import main
 from tradeplane.cluster import toolchain
-from tradeplane.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION
+from tradeplane.labels import ABORT_ANNOTATION, PROMOTE_ANNOTATION
 
 pytestmark = pytest.mark.cluster
 

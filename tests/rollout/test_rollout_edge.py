@@ -1,4 +1,4 @@
-"""The rollout's edge: measuring through the configured provider, and the operator's rollout metrics."""
+"""The analysis edge (measuring through the configured provider) and the operator's rollout metrics."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from prometheus_client import REGISTRY
 from rollout.latency_server import latency_server
 from rollout.world import make_spec
 
+from tradeplane.analysis import measure
 from tradeplane.api import AnalysisResult, TradingServiceStatus, Verdict
-from tradeplane.rollout_handlers import forget, measure, record
+from tradeplane.metrics import forget, record
+from tradeplane.providers import Providers
 
 NOW = datetime(2025, 6, 7, 12, 0, tzinfo=UTC)
 
@@ -33,7 +35,9 @@ def test_measure_judges_the_canary_pods_by_their_component_label() -> None:
     spec = with_analysis(provider="scrape", minSamples=100)
     with latency_server("order", "v2", started=time.time()) as canary:
         canary.observe(3e-3, count=150)
-        result = asyncio.run(measure(spec, canary_status(), "trading", "order-a", [canary.endpoint], [], NOW))
+        result = asyncio.run(
+            measure(Providers(), spec, canary_status(), "trading", "order-a", [canary.endpoint], [], NOW)
+        )
     assert (result.verdict, result.gate, result.samples, result.revision) == (Verdict.FAIL, "p99", 150, "v2")
 
 
@@ -46,7 +50,16 @@ def test_measure_compares_with_the_stable_when_a_regression_gate_is_set() -> Non
         canary.observe(90e-6, count=150)
         stable.observe(30e-6, count=150)
         result = asyncio.run(
-            measure(spec, canary_status(), "trading", "order", [canary.endpoint], [stable.endpoint], NOW)
+            measure(
+                Providers(),
+                spec,
+                canary_status(),
+                "trading",
+                "order",
+                [canary.endpoint],
+                [stable.endpoint],
+                NOW,
+            )
         )
     assert (result.verdict, result.gate) == (Verdict.FAIL, "baseline")
     assert result.baselineP99Micros is not None and result.value is not None

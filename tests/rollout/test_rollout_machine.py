@@ -11,13 +11,7 @@ from hypothesis import strategies as st
 from rollout.world import START, World, make_spec, verdict_result
 
 from tradeplane.api import Phase, TradingServiceStatus, Verdict, parse_duration
-from tradeplane.rollout import (
-    Observed,
-    analysis_due,
-    canary_replicas_for,
-    plan_workloads,
-    spec_fingerprint,
-)
+from tradeplane.rollout import Observed, analysis_due, canary_replicas_for, plan_workloads, retry_request
 
 ALWAYS_FROZEN = {"start": "00:00", "end": "00:00", "timezone": "UTC"}
 
@@ -245,22 +239,50 @@ def test_failure_limit_counts_failed_intervals() -> None:
     assert world.state.failedRevision == "v2"
 
 
-def test_a_failed_revision_is_not_retried_until_the_spec_changes() -> None:
+def test_a_failed_revision_is_retried_only_by_a_new_template_or_a_retry_request() -> None:
     world = canary(deployed())
     world.verdict = Verdict.FAIL
     world.run_until(lambda world: world.state.phase == Phase.ROLLED_BACK)
+    assert world.state.rollbackOutcome == "Failed"
     world.verdict = Verdict.PASS
     world.change_spec(world.spec.model_copy(update={"paused": True}))  # not a change of what runs
     for _ in range(30):
         world.tick()
     assert world.state.phase == Phase.ROLLED_BACK and world.state.canaryRevision is None
     assert world.plans[-1].canary_replicas == 0 and world.rollbacks == ["p99"]
+    # Operational edits (the SLO, freeze windows) leave the pod template, so the revision stays failed.
     relaxed = world.spec.model_dump(mode="json", exclude_none=True)
     relaxed["slo"]["p99LatencyMicros"] = 500
     relaxed["paused"] = False
     world.change_spec(make_spec(**relaxed))
     world.tick()
+    assert (world.state.phase, world.state.canaryRevision) == (Phase.ROLLED_BACK, None)
+    world.retry = retry_request("v2", world.generation, "a")
+    world.tick()
     assert (world.state.phase, world.state.canaryRevision, world.state.step) == (Phase.PROGRESSING, "v2", 1)
+    assert world.events[-2].reason == "Retrying" and world.state.failedRevision is None
+    # The same request is honoured once: a second failure holds again.
+    world.verdict = Verdict.FAIL
+    world.run_until(lambda world: world.state.phase == Phase.ROLLED_BACK)
+    for _ in range(5):
+        world.tick()
+    assert world.state.canaryRevision is None and world.rollbacks == ["p99", "p99"]
+
+
+def test_a_canary_never_judged_is_rolled_back_as_inconclusive_not_failed() -> None:
+    world = canary(deployed(rollout=with_rollout(analysis={"interval": "1s", "inconclusiveLimit": 3})))
+    world.verdict = Verdict.INCONCLUSIVE
+    world.run_until(lambda world: world.state.phase == Phase.ROLLED_BACK)
+    state = world.state
+    assert (state.failedRevision, state.rollbackOutcome, world.rollbacks) == (
+        "v2",
+        "Inconclusive",
+        ["inconclusive"],
+    )
+    assert [e.reason for e in world.events if e.type == "Warning"] == ["RolledBackInconclusive"]
+    progressing = next(c for c in state.conditions if c.type == "Progressing")
+    assert progressing.reason == "Inconclusive" and "never judged, not failed" in progressing.message
+    assert progressing.observedGeneration == world.generation
 
 
 def test_a_new_revision_after_a_rollback_starts_a_fresh_canary() -> None:
@@ -276,12 +298,6 @@ def test_a_new_revision_after_a_rollback_starts_a_fresh_canary() -> None:
         1,
         None,
     )
-
-
-def test_spec_fingerprint_ignores_pause_only() -> None:
-    spec = make_spec()
-    assert spec_fingerprint(spec) == spec_fingerprint(spec.model_copy(update={"paused": True}))
-    assert spec_fingerprint(spec) != spec_fingerprint(make_spec(replicas=5))
 
 
 def test_pods_that_never_become_ready_roll_back() -> None:
@@ -351,6 +367,7 @@ def test_a_request_left_from_an_earlier_attempt_does_not_apply_to_a_retry() -> N
     relaxed["slo"]["p99LatencyMicros"] = 500
     relaxed["rollout"]["freezeWindows"] = []
     world.change_spec(make_spec(**relaxed))
+    world.retry = retry_request("v2", world.generation, "once")
     world.verdict = None
     for _ in range(60):
         world.tick()
@@ -421,20 +438,20 @@ def test_a_promote_request_waits_for_the_window_to_close() -> None:
 # -- the HTTPRoute split ---------------------------------------------------------------------------
 
 
-def test_route_weights_follow_the_steps_once_canary_pods_are_ready() -> None:
+def test_traffic_weights_follow_the_steps_once_canary_pods_are_ready() -> None:
     world = deployed(rollout=with_rollout(httpRoute={"name": "orders"}))
-    assert world.plans[-1].route_weight == 0
+    assert world.plans[-1].traffic_weight == 0
     world.revision = "v2"
     plan = world.tick()
-    assert (plan.canary_replicas, plan.route_weight) == (1, 0), "no traffic to a canary with no ready pod"
+    assert (plan.canary_replicas, plan.traffic_weight) == (1, 0), "no traffic to a canary with no ready pod"
     plan = world.tick()
-    assert plan.route_weight == 5
+    assert plan.traffic_weight == 5
     world.run_until(lambda world: world.state.step == 3)
     world.tick()
-    assert world.plans[-1].route_weight == 50 and world.plans[-1].canary_replicas == 2
+    assert world.plans[-1].traffic_weight == 50 and world.plans[-1].canary_replicas == 2
     world.verdict = Verdict.FAIL
     world.run_until(lambda world: world.rollbacks)
-    assert world.plans[-1].route_weight == 0
+    assert world.plans[-1].traffic_weight == 0
 
 
 def test_actual_weight_is_the_ready_replica_ratio() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tradeplane.rollout import route_canary_weight, route_rules
+from tradeplane.traffic.http_route import route_canary_weight, route_rules
 
 OTHER_RULE = {"matches": [{"path": {"value": "/other"}}], "backendRefs": [{"name": "other", "port": 80}]}
 

@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tradeplane.api import AnalysisResult, TradingServiceSpec, TradingServiceStatus, Verdict, now_iso
-from tradeplane.rollout import Event, Observed, Plan, analysis_due, plan_workloads, request
+from tradeplane.events import Event
+from tradeplane.rollout import Observed, Plan, analysis_due, plan_workloads, request
 
 START = datetime(2025, 6, 7, 12, 0, tzinfo=UTC)  # a Saturday: no exchange session
 
@@ -71,10 +72,11 @@ class World:
     canary_template: str | None = None
     canary_ready: int = 0
     canary_stalled: bool = False
-    route_weight: int | None = None
+    traffic_weight: int | None = None
     generation: int = 1
     promote: str | None = None
     abort: str | None = None
+    retry: str | None = None
     verdict: Verdict | None = Verdict.PASS
     events: list[Event] = field(default_factory=list)
     rollbacks: list[str] = field(default_factory=list)
@@ -100,11 +102,12 @@ class World:
             stable_template_revision=self.stable_template,
             stable_updated=self.spec.replicas if self.stable_template else 0,
             stable_settled=self.stable_template is not None and self.stable_ready == self.spec.replicas,
-            route_weight=self.route_weight,
+            traffic_weight=self.traffic_weight,
             analysis=analysis,
             generation=self.generation,
             promote=self.promote,
             abort=self.abort,
+            retry=self.retry,
         )
 
     def tick(self) -> Plan:
@@ -135,7 +138,7 @@ class World:
         self.stable_template = plan.stable_revision
         self.stable_paused = plan.stable_paused
         self.stable_ready = self.spec.replicas
-        self.route_weight = plan.route_weight
+        self.traffic_weight = plan.traffic_weight
 
     def change_spec(self, spec: TradingServiceSpec) -> None:
         self.spec = spec

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tradeplane_services.config import ConfigError, RiskSettings, load_settings, read_environment
+from tradeplane_services.config import ConfigError, load_settings, read_environment
 from tradeplane_services.protocol import KillSwitchState
+from tradeplane_services.settings import RiskSettings
 from tradeplane_services.stack import load_stack_config
 
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tradeplane_services.config import RiskSettings
 from tradeplane_services.protocol import KillSwitchState, OrderType, Reason, Side, price_units, symbol_bytes
 from tradeplane_services.risk import CHECK_DTYPE, RiskEngine
+from tradeplane_services.settings import RiskSettings
 
 AAPL, MSFT, HALT = symbol_bytes("AAPL"), symbol_bytes("MSFT"), symbol_bytes("HALT")
 BUY, SELL, LIMIT, MARKET = int(Side.BUY), int(Side.SELL), int(OrderType.LIMIT), int(OrderType.MARKET)

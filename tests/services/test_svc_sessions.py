@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tradeplane_services.catalog import BUNDLED, CALLERS, CLIENT
 from tradeplane_services.client import OrderSession, WireClient, positions, set_kill_switch
-from tradeplane_services.config import COMPONENTS
 from tradeplane_services.protocol import (
     HEADER,
     LAYOUTS,
@@ -49,7 +49,6 @@ from tradeplane_services.protocol import (
     price_units,
     symbol_bytes,
 )
-from tradeplane_services.roles import CALLERS, CLIENT
 from tradeplane_services.sessions import (
     AuthenticationError,
     Credentials,
@@ -129,7 +128,7 @@ def error_lines(stack: Stack) -> list[str]:
 
 @pytest.fixture
 def fast_stack(make_stack: StackFactory) -> Stack:
-    return make_stack({component: dict(FAST) for component in COMPONENTS})
+    return make_stack({component: dict(FAST) for component in BUNDLED})
 
 
 def test_every_port_challenges_and_refuses_anything_before_a_logon(fast_stack: Stack) -> None:
@@ -282,7 +281,7 @@ def test_hostile_sequences_of_well_formed_messages_kill_no_session_and_no_servic
     stack = make_stack()
     sessions = {
         (component, identity): WireClient(stack.address(component), creds=stack.credentials(identity))
-        for component in COMPONENTS
+        for component in BUNDLED
         for identity in CALLERS[component]
     }
 
@@ -324,7 +323,7 @@ def test_hostile_sequences_of_well_formed_messages_kill_no_session_and_no_servic
     attack()
     for session in sessions.values():
         session.close()
-    for component in COMPONENTS:
+    for component in BUNDLED:
         assert stack.processes[component].poll() is None, stack.log_tail(component)
     assert not error_lines(stack), "\n".join(error_lines(stack)[:5])
 

@@ -13,9 +13,10 @@ from typing import Any
 
 from kubernetes import client, config
 
-from tradeplane.analysis import Measurement, ScrapeProvider, Target
 from tradeplane.api import BUNDLED_PORTS, DEFAULT_METRICS_PORT, GROUP, PLURAL, VERSION
-from tradeplane.rendering import NAME_LABEL, REVISION_LABEL
+from tradeplane.labels import NAME_LABEL, REVISION_LABEL
+from tradeplane.measurement import Measurement, Target
+from tradeplane.providers.scrape import ScrapeProvider
 from tradeplane_services.client import positions
 from tradeplane_services.config import Address
 from tradeplane_services.protocol import price_value, symbol_text

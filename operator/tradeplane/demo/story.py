@@ -38,9 +38,9 @@ from tradeplane.demo.observe import Observer, Snapshot
 from tradeplane.demo.screen import render
 from tradeplane.demo.traffic import RiskTraffic
 from tradeplane.sessions_cli import DEFAULT_SECRET, ensure_secret, secret_credentials
+from tradeplane_services.catalog import CLIENT
 from tradeplane_services.config import Address
 from tradeplane_services.natsserver import CLIENT_PORT, NatsServers
-from tradeplane_services.roles import CLIENT
 from tradeplane_services.sessions import Credentials
 
 NAMESPACE = "trading"

@@ -19,7 +19,7 @@ from typing import Any
 from kubernetes import client, config
 
 from tradeplane.demo.background import BackgroundLoop
-from tradeplane.rendering import NAME_LABEL, REVISION_LABEL
+from tradeplane.labels import NAME_LABEL, REVISION_LABEL
 from tradeplane.sessions_cli import secret_credentials
 from tradeplane_services.protocol import OrderType, RiskCheck, Side, encode, price_units, symbol_bytes
 from tradeplane_services.sessions import logon

@@ -1,178 +1,27 @@
-"""Placement: what makes a pod CPU-pinned and hugepage-backed, and whether the pool has room for it.
+"""Capacity: whether the pool has room for the pods still to be placed, from observed nodes and pods.
 
-Pod-spec fragments (pure, from the spec):
-
-- Guaranteed QoS: the kubelet's static CPU manager gives exclusive cores only to Guaranteed pods with an
-  integer cpu, where every container and init container has cpu and memory requests == limits.
-  `qos_violations` checks a whole pod spec, so no rendered pod can be Burstable by accident.
-- hugepages-<size> with requests == limits, mounted through an emptyDir of medium HugePages-<size>.
-- node affinity to the pool label and a toleration of the pool's taint; one replica per host on request.
-- CRI-O annotations for the isolation asks, and the runtime class that enables them.
-- a restricted security context: non-root, read-only root filesystem, no privilege escalation, every
-  capability dropped, NET_ADMIN / NET_RAW added back only when the spec asks.
-
-Preflight (pure, from observed nodes and pods): free capacity on a node is its allocatable minus the
-requests of its non-terminal pods; the verdict says whether the pods still to be placed fit, and if not,
-which resource is short, by how much, where. Pods failed by kubelet admission are recognised too.
+Free capacity on a node is its allocatable minus the requests of its non-terminal pods; the `Fit` says
+whether the pods still to be placed fit, and if not, which resource is short, by how much, where. Pods
+failed by kubelet admission are recognised too. Pure: the controller reads the pool, this judges it.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
-from tradeplane.api import POOL_LABEL, TradingServiceSpec, canonical_quantity
+from tradeplane.api import TradingServiceSpec
+from tradeplane.labels import NUMA_NODES_LABEL, POOL_LABEL
+from tradeplane.podspec import CPU, MEMORY, resources
+from tradeplane.quantity import parse_quantity
 
-HOSTNAME_KEY = "kubernetes.io/hostname"
-NUMA_NODES_LABEL = "tradeplane.io/numa-nodes"
-CRIO_ANNOTATIONS = {
-    "cpuLoadBalancing": "cpu-load-balancing.crio.io",
-    "irqLoadBalancing": "irq-load-balancing.crio.io",
-    "cpuQuota": "cpu-quota.crio.io",
-}
-HUGEPAGES_MOUNT = "/dev/hugepages"
-RUN_AS_USER = 10001
 # Kubelet admission rejections that leave a Failed pod behind which nothing reschedules.
 ADMISSION_FAILURE_REASONS = frozenset(
     {"TopologyAffinityError", "SMTAlignmentError", "UnexpectedAdmissionError", "NodeAffinity"}
 )
-CPU = "cpu"
-MEMORY = "memory"
 PODS = "pods"
-
-
-# -- pod-spec fragments ---------------------------------------------------------------------------
-
-
-def hugepages_resource(spec: TradingServiceSpec) -> str | None:
-    pages = spec.resources.hugepages
-    return f"hugepages-{pages.pageSize}" if pages else None
-
-
-def resources(spec: TradingServiceSpec) -> dict[str, Any]:
-    """requests == limits, integer cpu: the pod is Guaranteed and its cores are exclusive."""
-    amounts = {CPU: str(spec.resources.cpus), MEMORY: canonical_quantity(spec.resources.memory)}
-    pages = spec.resources.hugepages
-    if pages:
-        amounts[f"hugepages-{pages.pageSize}"] = canonical_quantity(pages.amount)
-    return {"requests": dict(amounts), "limits": dict(amounts)}
-
-
-def hugepages_volume(spec: TradingServiceSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The emptyDir of medium HugePages-<size> and its mount, when the spec asks hugepages."""
-    pages = spec.resources.hugepages
-    if not pages:
-        return None
-    volume = {"name": "hugepages", "emptyDir": {"medium": f"HugePages-{pages.pageSize}"}}
-    return volume, {"name": "hugepages", "mountPath": HUGEPAGES_MOUNT}
-
-
-def affinity(spec: TradingServiceSpec, pod_selector: Mapping[str, str]) -> dict[str, Any]:
-    """Nodes of the pool only; with spread: host, no two pods of `pod_selector` on one node."""
-    rules: dict[str, Any] = {
-        "nodeAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [
-                    {
-                        "matchExpressions": [
-                            {"key": POOL_LABEL, "operator": "In", "values": [spec.placement.pool]}
-                        ]
-                    }
-                ]
-            }
-        }
-    }
-    if spec.placement.spread == "host":
-        rules["podAntiAffinity"] = {
-            "requiredDuringSchedulingIgnoredDuringExecution": [
-                {"labelSelector": {"matchLabels": dict(pod_selector)}, "topologyKey": HOSTNAME_KEY}
-            ]
-        }
-    return rules
-
-
-def tolerations(spec: TradingServiceSpec) -> list[dict[str, Any]]:
-    return [{"key": POOL_LABEL, "operator": "Equal", "value": spec.placement.pool, "effect": "NoSchedule"}]
-
-
-def isolation_annotations(spec: TradingServiceSpec) -> dict[str, str]:
-    """CRI-O turns off what the spec asks for on the pod's exclusive cores (with its runtime class)."""
-    isolation = spec.placement.isolation.model_dump()
-    return {annotation: "disable" for key, annotation in CRIO_ANNOTATIONS.items() if not isolation[key]}
-
-
-def pod_security_context() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS_USER,
-        "runAsGroup": RUN_AS_USER,
-        "fsGroup": RUN_AS_USER,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def container_security_context(spec: TradingServiceSpec) -> dict[str, Any]:
-    capabilities: dict[str, Any] = {"drop": ["ALL"]}
-    if spec.network.capabilities:
-        capabilities["add"] = list(spec.network.capabilities)
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": capabilities,
-    }
-
-
-def qos_violations(pod_spec: Mapping[str, Any]) -> list[str]:
-    """Why a pod spec would not be Guaranteed with exclusive cores; empty when it is."""
-    problems = []
-    for kind in ("initContainers", "containers"):
-        for container in pod_spec.get(kind, []):
-            name = f"{kind}[{container.get('name')}]"
-            requests = container.get("resources", {}).get("requests", {})
-            limits = container.get("resources", {}).get("limits", {})
-            for resource in (CPU, MEMORY):
-                if resource not in limits:
-                    problems.append(f"{name}: no {resource} limit")
-                elif requests.get(resource, limits[resource]) != limits[resource]:
-                    problems.append(
-                        f"{name}: {resource} request {requests[resource]} != limit {limits[resource]}"
-                    )
-            cpu = limits.get(CPU)
-            if cpu is not None and parse_resource_quantity(str(cpu)).denominator != 1:
-                problems.append(f"{name}: cpu {cpu} is not an integer, so no core is exclusive")
-            for resource, amount in limits.items():
-                if resource.startswith("hugepages-") and requests.get(resource, amount) != amount:
-                    problems.append(f"{name}: {resource} request {requests[resource]} != limit {amount}")
-    return problems
-
-
-# -- quantities ------------------------------------------------------------------------------------
-
-_QUANTITY = re.compile(r"^([+-]?[0-9]*\.?[0-9]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$")
-_SUFFIX_VALUES: dict[str, Fraction] = {
-    "n": Fraction(1, 10**9),
-    "u": Fraction(1, 10**6),
-    "m": Fraction(1, 1000),
-    "": Fraction(1),
-    **{suffix: Fraction(1000**power) for power, suffix in enumerate("kMGTPE", start=1)},
-    **{f"{suffix}i": Fraction(1024**power) for power, suffix in enumerate("KMGTPE", start=1)},
-}
-
-
-def parse_resource_quantity(text: str) -> Fraction:
-    """Any Kubernetes quantity, exactly: `100m`, `0.5`, `1e3`, `129M`, `128Mi`."""
-    match = _QUANTITY.fullmatch(text.strip())
-    if not match:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity")
-    number, suffix = Fraction(match.group(1)), match.group(2) or ""
-    if suffix[:1] in ("e", "E"):
-        return number * Fraction(10) ** int(suffix[1:])
-    return number * _SUFFIX_VALUES[suffix]
 
 
 def format_amount(resource: str, amount: int) -> str:
@@ -199,7 +48,7 @@ class Amounts:
         for resource, quantity in quantities.items():
             if resource not in (CPU, MEMORY, PODS) and not resource.startswith("hugepages-"):
                 continue
-            amount = parse_resource_quantity(str(quantity))
+            amount = parse_quantity(str(quantity))
             values[resource] = math.ceil(amount * 1000) if resource == CPU else math.ceil(amount)
         return cls(values)
 
@@ -355,7 +204,7 @@ class PoolSnapshot:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Fit:
     fits: bool
     reason: str
     message: str
@@ -370,16 +219,16 @@ def shortage_reason(resource: str) -> str:
 
 def preflight(
     spec: TradingServiceSpec, snapshot: PoolSnapshot, pods_needed: int, occupied: Iterable[str] = ()
-) -> Verdict:
+) -> Fit:
     """Do `pods_needed` more pods of this spec fit on the pool? `occupied`: nodes already running one of
     the same revision, which spread: host rules out."""
     pool = spec.placement.pool
     if not snapshot.nodes:
-        return Verdict(False, "UnknownPool", f"no node is labelled {POOL_LABEL}={pool}")
+        return Fit(False, "UnknownPool", f"no node is labelled {POOL_LABEL}={pool}")
     usable = [node for node in snapshot.nodes if node.ready and not node.cordoned and not node.foreign_taints]
     if not usable:
         states = ", ".join(f"{node.name} ({_unusable(node)})" for node in snapshot.nodes)
-        return Verdict(False, "NoNodes", f"pool {pool} has no Ready, schedulable node: {states}")
+        return Fit(False, "NoNodes", f"pool {pool} has no Ready, schedulable node: {states}")
     request = spec_requests(spec)
     host_spread = spec.placement.spread == "host"
     taken = set(occupied)
@@ -397,9 +246,7 @@ def preflight(
     room = sum(slots.values())
     if room >= pods_needed:
         caveat = " (pods of unwatched namespaces not counted)" if snapshot.partial else ""
-        return Verdict(
-            True, "Fits", f"pool {pool} has room for {room} more pod(s), {pods_needed} needed{caveat}"
-        )
+        return Fit(True, "Fits", f"pool {pool} has room for {room} more pod(s), {pods_needed} needed{caveat}")
     return _shortage(spec, snapshot, usable, request, pods_needed, room, taken if host_spread else set())
 
 
@@ -411,7 +258,7 @@ def _unusable(node: NodeView) -> str:
     return "tainted " + ", ".join(node.foreign_taints)
 
 
-def _numa_shortage(spec: TradingServiceSpec, nodes: Sequence[NodeView]) -> Verdict | None:
+def _numa_shortage(spec: TradingServiceSpec, nodes: Sequence[NodeView]) -> Fit | None:
     """single-numa-node: all of a pod's cores on one NUMA node, or the kubelet refuses it
     (TopologyAffinityError). Nodes say how many NUMA nodes share their cores."""
     if spec.placement.numa != "single-numa-node":
@@ -420,7 +267,7 @@ def _numa_shortage(spec: TradingServiceSpec, nodes: Sequence[NodeView]) -> Verdi
     if max(per_numa.values()) >= spec.resources.cpus * 1000:
         return None
     best = max(nodes, key=lambda node: per_numa[node.name])
-    return Verdict(
+    return Fit(
         False,
         "InsufficientCPUPerNUMANode",
         f"numa: single-numa-node needs {spec.resources.cpus} cpus on one NUMA node; the largest in pool "
@@ -437,7 +284,7 @@ def _shortage(
     pods_needed: int,
     room: int,
     taken: set[str],
-) -> Verdict:
+) -> Fit:
     pool = spec.placement.pool
     needs = {resource: amount for resource, amount in request.values.items() if amount > 0}
     candidates = [node for node in nodes if node.name not in taken]
@@ -449,7 +296,7 @@ def _shortage(
         }
         if not any(short.values()):
             already = f" ({', '.join(sorted(taken))} already run one)" if taken else ""
-            return Verdict(
+            return Fit(
                 False,
                 "InsufficientNodes",
                 f"spread: host puts one pod per node: {pods_needed} pod(s) to place, {len(candidates)} "
@@ -466,7 +313,7 @@ def _shortage(
     best = max(nodes, key=lambda node: snapshot.free(node).get(resource))
     most = max(snapshot.free(best).get(resource), 0)
     caveat = " (pods of unwatched namespaces not counted)" if snapshot.partial else ""
-    return Verdict(
+    return Fit(
         False,
         shortage_reason(resource),
         f"{pods_needed} pod(s) need {format_amount(resource, needs[resource])} {resource} each; pool "

@@ -1,0 +1,22 @@
+"""The labels and annotations tradeplane writes and reads, defined once at the bottom of the layers."""
+
+from __future__ import annotations
+
+NAME_LABEL = "app.kubernetes.io/name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+MANAGER = "tradeplane"
+"""The value of managed-by, the server-side apply field manager and the Events' source."""
+REVISION_LABEL = "tradeplane.io/revision"
+ROLE_LABEL = "tradeplane.io/role"
+POOL_LABEL = "tradeplane.io/pool"
+"""On nodes: the trading pool they belong to (and the key of the pool's taint)."""
+NUMA_NODES_LABEL = "tradeplane.io/numa-nodes"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+APPLIED_ANNOTATION = "tradeplane.io/applied"
+"""On every child: a digest of what was applied, so drift and updates are told apart."""
+PROMOTE_ANNOTATION = "tradeplane.io/promote"
+ABORT_ANNOTATION = "tradeplane.io/abort"
+RETRY_ANNOTATION = "tradeplane.io/retry"
+CANARY_SUFFIX = "-canary"

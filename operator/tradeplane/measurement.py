@@ -1,0 +1,53 @@
+"""What a metrics provider measures of a revision, and the interface every provider implements.
+
+A provider measures one revision of one service over a window: p99 latency, the number of latency
+samples, requests and errors, from the histogram and counters every bundled service exports (and custom
+services are asked to export, see DESIGN.md). Providers compute p99 the way Prometheus'
+`histogram_quantile` does, so they agree on the same data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+LATENCY_METRIC = "tradeplane_request_duration_seconds"
+REQUESTS_METRIC = "tradeplane_requests_total"
+ERROR_OUTCOME = "error"
+QUANTILE = 0.99
+
+
+class ProviderUnavailable(Exception):
+    """The provider could not produce figures (unreachable, refused, or answered nonsense)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One revision of one service. `endpoints` are host:port of its ready pods' metrics servers."""
+
+    namespace: str
+    service: str
+    revision: str
+    endpoints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Figures of one revision over one window. p99 is None when the window saw no requests."""
+
+    p99_seconds: float | None
+    samples: int
+    requests: int
+    errors: int
+
+    @property
+    def p99_micros(self) -> float | None:
+        return None if self.p99_seconds is None else round(self.p99_seconds * 1e6, 1)
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+
+class MetricsProvider(Protocol):
+    async def measure(self, target: Target, window: str) -> Measurement: ...

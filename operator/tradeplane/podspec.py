@@ -1,0 +1,322 @@
+"""The pod a TradingService runs, from its spec alone: read this module top to bottom to follow a spec into
+its pod template. Pure, no I/O.
+
+- Guaranteed QoS: the kubelet's static CPU manager gives exclusive cores only to Guaranteed pods with an
+  integer cpu, where every container and init container has cpu and memory requests == limits.
+  `qos_violations` checks the whole rendered pod spec, so no pod can be Burstable by accident.
+- hugepages-<size> with requests == limits, mounted through an emptyDir of medium HugePages-<size>.
+- node affinity to the pool label and a toleration of the pool's taint; one replica per host on request.
+- CRI-O annotations for the isolation asks, and the runtime class that enables them.
+- a restricted security context: non-root, read-only root filesystem, no privilege escalation, every
+  capability dropped, NET_ADMIN / NET_RAW added back only when the spec asks.
+- what a bundled component needs beyond its spec (from the component catalog): its command, config
+  defaults, the peers it calls and whose session keys it holds. The services read their settings from
+  `TRADEPLANE_CONFIG` (the ConfigMap, top-level camelCase keys as in `spec.config`) and where to listen
+  and whom to call from `TRADEPLANE_*` variables. Peers are addressed by Service DNS name,
+  `<component>.<namespace>.svc:<port>`: the bundled stack names its TradingServices after their
+  components (see samples/), so each finds the others without lookups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from tradeplane.api import TradingServiceSpec
+from tradeplane.labels import HOSTNAME_LABEL, NAME_LABEL, POOL_LABEL, REVISION_LABEL
+from tradeplane.naming import Owner, labels, revision_object_name
+from tradeplane.quantity import canonical_quantity, parse_quantity
+from tradeplane_services.catalog import BUNDLED, CUSTOM, callees
+
+CRIO_ANNOTATIONS = {
+    "cpuLoadBalancing": "cpu-load-balancing.crio.io",
+    "irqLoadBalancing": "irq-load-balancing.crio.io",
+    "cpuQuota": "cpu-quota.crio.io",
+}
+HUGEPAGES_MOUNT = "/dev/hugepages"
+RUN_AS_USER = 10001
+CPU = "cpu"
+MEMORY = "memory"
+SERVICE_COMMAND = "tradeplane-svc"
+CONFIG_DIR = "/etc/tradeplane"
+CONFIG_FILE = "config.yaml"
+STATE_DIR = "/var/lib/tradeplane"
+# Session keys: a Secret volume of its own (a mount inside the read-only config volume cannot be made).
+KEYS_DIR = "/etc/tradeplane-keys"
+PRESTOP_SLEEP_SECONDS = 5
+DEFAULT_DRAIN_SECONDS = 10
+# Margin past the drain for the process to exit after finishing in-flight work.
+EXIT_MARGIN_SECONDS = 5
+
+
+class RenderError(ValueError):
+    """A rendered pod broke a rule the operator guarantees (e.g. a pod that is not Guaranteed)."""
+
+
+def pod_template(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[str, Any]:
+    pod_labels = {**labels(owner, spec), REVISION_LABEL: revision}
+    same_revision = {NAME_LABEL: owner.name, REVISION_LABEL: revision}
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": revision_object_name(owner, revision)}},
+        {"name": "state", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "state", "mountPath": STATE_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    identities = session_identities(spec)
+    if identities:
+        keys = {"secretName": spec.network.sessionKeys, "defaultMode": 0o440}
+        keys["items"] = [{"key": identity, "path": identity} for identity in identities]
+        volumes.append({"name": "session-keys", "secret": keys})
+        mounts.append({"name": "session-keys", "mountPath": KEYS_DIR, "readOnly": True})
+    hugepages = hugepages_volume(spec)
+    if hugepages:
+        volumes.append(hugepages[0])
+        mounts.append(hugepages[1])
+    container: dict[str, Any] = {
+        "name": container_name(spec),
+        "image": spec.image,
+        "command": command(spec),
+        "ports": [
+            {"name": "wire", "containerPort": spec.wire_port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": spec.metricsPort, "protocol": "TCP"},
+        ],
+        "env": environment(spec, owner.namespace, revision, owner.name),
+        "resources": resources(spec),
+        "volumeMounts": mounts,
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "securityContext": container_security_context(spec),
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "affinity": affinity(spec, same_revision),
+        "tolerations": tolerations(spec),
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    if spec.placement.runtimeClassName:
+        pod_spec["runtimeClassName"] = spec.placement.runtimeClassName
+    problems = qos_violations(pod_spec)
+    if problems:
+        raise RenderError(
+            f"{owner.namespace}/{owner.name}: pod would not be Guaranteed: {'; '.join(problems)}"
+        )
+    metadata: dict[str, Any] = {"labels": pod_labels}
+    annotations = isolation_annotations(spec)
+    if annotations:
+        metadata["annotations"] = annotations
+    return {"metadata": metadata, "spec": pod_spec}
+
+
+# -- pod-spec fragments ---------------------------------------------------------------------------
+
+
+def resources(spec: TradingServiceSpec) -> dict[str, Any]:
+    """requests == limits, integer cpu: the pod is Guaranteed and its cores are exclusive."""
+    amounts = {CPU: str(spec.resources.cpus), MEMORY: canonical_quantity(spec.resources.memory)}
+    pages = spec.resources.hugepages
+    if pages:
+        amounts[f"hugepages-{pages.pageSize}"] = canonical_quantity(pages.amount)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def hugepages_volume(spec: TradingServiceSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The emptyDir of medium HugePages-<size> and its mount, when the spec asks hugepages."""
+    pages = spec.resources.hugepages
+    if not pages:
+        return None
+    volume = {"name": "hugepages", "emptyDir": {"medium": f"HugePages-{pages.pageSize}"}}
+    return volume, {"name": "hugepages", "mountPath": HUGEPAGES_MOUNT}
+
+
+def affinity(spec: TradingServiceSpec, pod_selector: Mapping[str, str]) -> dict[str, Any]:
+    """Nodes of the pool only; with spread: host, no two pods of `pod_selector` on one node."""
+    rules: dict[str, Any] = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": POOL_LABEL, "operator": "In", "values": [spec.placement.pool]}
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+    if spec.placement.spread == "host":
+        rules["podAntiAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": dict(pod_selector)}, "topologyKey": HOSTNAME_LABEL}
+            ]
+        }
+    return rules
+
+
+def tolerations(spec: TradingServiceSpec) -> list[dict[str, Any]]:
+    return [{"key": POOL_LABEL, "operator": "Equal", "value": spec.placement.pool, "effect": "NoSchedule"}]
+
+
+def isolation_annotations(spec: TradingServiceSpec) -> dict[str, str]:
+    """CRI-O turns off what the spec asks for on the pod's exclusive cores (with its runtime class)."""
+    isolation = spec.placement.isolation.model_dump()
+    return {annotation: "disable" for key, annotation in CRIO_ANNOTATIONS.items() if not isolation[key]}
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context(spec: TradingServiceSpec) -> dict[str, Any]:
+    capabilities: dict[str, Any] = {"drop": ["ALL"]}
+    if spec.network.capabilities:
+        capabilities["add"] = list(spec.network.capabilities)
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": capabilities,
+    }
+
+
+def qos_violations(pod_spec: Mapping[str, Any]) -> list[str]:
+    """Why a pod spec would not be Guaranteed with exclusive cores; empty when it is."""
+    problems = []
+    for kind in ("initContainers", "containers"):
+        for container in pod_spec.get(kind, []):
+            name = f"{kind}[{container.get('name')}]"
+            requests = container.get("resources", {}).get("requests", {})
+            limits = container.get("resources", {}).get("limits", {})
+            for resource in (CPU, MEMORY):
+                if resource not in limits:
+                    problems.append(f"{name}: no {resource} limit")
+                elif requests.get(resource, limits[resource]) != limits[resource]:
+                    problems.append(
+                        f"{name}: {resource} request {requests[resource]} != limit {limits[resource]}"
+                    )
+            cpu = limits.get(CPU)
+            if cpu is not None and parse_quantity(str(cpu)).denominator != 1:
+                problems.append(f"{name}: cpu {cpu} is not an integer, so no core is exclusive")
+            for resource, amount in limits.items():
+                if resource.startswith("hugepages-") and requests.get(resource, amount) != amount:
+                    problems.append(f"{name}: {resource} request {requests[resource]} != limit {amount}")
+    return problems
+
+
+# -- the component ------------------------------------------------------------------------------------
+
+
+def container_name(spec: TradingServiceSpec) -> str:
+    return "service" if spec.component == CUSTOM else str(spec.component)
+
+
+def command(spec: TradingServiceSpec) -> list[str]:
+    if spec.component == CUSTOM:
+        return list(spec.command)
+    return [SERVICE_COMMAND, str(spec.component)]
+
+
+def config(spec: TradingServiceSpec) -> dict[str, Any]:
+    """The component's defaults, overridden key by key (deeply) by `spec.config`."""
+    defaults = BUNDLED[spec.component].rendered_defaults if spec.component in BUNDLED else {}
+    return _merge(dict(defaults), spec.config)
+
+
+def calling_components(spec: TradingServiceSpec) -> list[str]:
+    """The bundled components that open sessions to this one."""
+    return BUNDLED[spec.component].bundled_callers if spec.component in BUNDLED else []
+
+
+def called_components(spec: TradingServiceSpec) -> list[str]:
+    """The bundled components this one opens sessions to."""
+    return callees(spec.component)
+
+
+def takes_clients(spec: TradingServiceSpec) -> bool:
+    """Whether identities from outside the stack (trading clients, admins) log on to this component;
+    a custom component's callers are unknown, so it is treated as taking them."""
+    return spec.component == CUSTOM or BUNDLED[spec.component].takes_clients
+
+
+def session_identities(spec: TradingServiceSpec) -> list[str]:
+    """Whose session keys a bundled component's pod holds: its own (to log on to its peers) and its
+    callers' (to check their logons). Custom components hold none."""
+    if spec.component == CUSTOM:
+        return []
+    return [spec.component, *BUNDLED[spec.component].callers]
+
+
+def drain_seconds(spec: TradingServiceSpec) -> int:
+    """How long the service may take to drain on SIGTERM (its `drainTimeoutSeconds` setting)."""
+    value = spec.config.get("drainTimeoutSeconds", DEFAULT_DRAIN_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return DEFAULT_DRAIN_SECONDS  # the service refuses such a value itself, naming the key
+    return math.ceil(value)
+
+
+def termination_grace_seconds(spec: TradingServiceSpec) -> int:
+    """preStop sleep (endpoints go first), then the drain, then a margin to exit."""
+    return PRESTOP_SLEEP_SECONDS + drain_seconds(spec) + EXIT_MARGIN_SECONDS
+
+
+def environment(
+    spec: TradingServiceSpec, namespace: str, revision: str, service: str
+) -> list[dict[str, Any]]:
+    """The container's env: where to listen, the revision it runs, its config file and its peers."""
+    variables: list[dict[str, Any]] = [
+        {"name": "TRADEPLANE_SERVICE", "value": service},
+        {"name": "TRADEPLANE_REVISION", "value": revision},
+        {"name": "TRADEPLANE_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
+        {"name": "TRADEPLANE_BIND", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        # A stable name per replica: risk's partition lease owner id (it advertises podIP:port to order).
+        {"name": "TRADEPLANE_REPLICA", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "TRADEPLANE_PORT", "value": str(spec.wire_port)},
+        {"name": "TRADEPLANE_METRICS_PORT", "value": str(spec.metricsPort)},
+        {"name": "TRADEPLANE_STATE_DIR", "value": STATE_DIR},
+    ]
+    if spec.component != CUSTOM:
+        variables.append({"name": "TRADEPLANE_KEYS_DIR", "value": KEYS_DIR})
+        variables += [
+            # Only the peers it calls: what its NetworkPolicy lets it reach, and all it needs to find.
+            {"name": BUNDLED[peer].peer_variable, "value": f"{peer}.{namespace}.svc:{BUNDLED[peer].port}"}
+            for peer in called_components(spec)
+        ]
+    if spec.component != CUSTOM and spec.eventLog is not None:
+        variables += [
+            {"name": "TRADEPLANE_EVENT_LOG", "value": ",".join(spec.eventLog.servers)},
+            {"name": "TRADEPLANE_EVENT_LOG_REPLICAS", "value": str(spec.eventLog.replicas)},
+        ]
+    return variables
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,92 @@
+"""The prometheus provider: figures from a Prometheus server's HTTP API, with PromQL templates."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+
+import httpx
+
+from tradeplane.api import Analysis
+from tradeplane.measurement import (
+    ERROR_OUTCOME,
+    LATENCY_METRIC,
+    QUANTILE,
+    REQUESTS_METRIC,
+    Measurement,
+    ProviderUnavailable,
+    Target,
+)
+
+PLACEHOLDERS = ("service", "namespace", "revision", "window")
+# Templates: {service}, {namespace}, {revision} and {window} are filled in, other braces are PromQL's.
+_SELECTED = '{service="{service}",revision="{revision}"}[{window}]'
+DEFAULT_P99_QUERY = f"histogram_quantile({QUANTILE}, sum by (le) (rate({LATENCY_METRIC}_bucket{_SELECTED})))"
+SAMPLES_QUERY = f"sum(increase({LATENCY_METRIC}_count{_SELECTED}))"
+REQUESTS_QUERY = f"sum by (outcome) (increase({REQUESTS_METRIC}{_SELECTED}))"
+
+
+def render_query(template: str, target: Target, window: str) -> str:
+    """Fill `{service}`, `{namespace}`, `{revision}` and `{window}`; every other brace is PromQL's."""
+    values = {
+        "service": _label_value(target.service),
+        "namespace": _label_value(target.namespace),
+        "revision": _label_value(target.revision),
+        "window": window,
+    }
+    return re.sub(r"\{(" + "|".join(PLACEHOLDERS) + r")\}", lambda match: values[match.group(1)], template)
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class PrometheusProvider:
+    """Figures from a Prometheus server's HTTP API (`/api/v1/query`)."""
+
+    def __init__(self, url: str, p99_query: str | None = None, timeout: float = 2.0) -> None:
+        self.url = url.rstrip("/")
+        self.p99_query = p99_query or DEFAULT_P99_QUERY
+        self.timeout = timeout
+
+    async def measure(self, target: Target, window: str) -> Measurement:
+        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout) as client:
+            p99, samples, by_outcome = await asyncio.gather(
+                self._query(client, render_query(self.p99_query, target, window)),
+                self._query(client, render_query(SAMPLES_QUERY, target, window)),
+                self._query(client, render_query(REQUESTS_QUERY, target, window)),
+            )
+        outcomes = {labels.get("outcome", ""): value for labels, value in by_outcome if not math.isnan(value)}
+        p99_values = [value for _, value in p99 if not math.isnan(value)]
+        return Measurement(
+            p99_seconds=p99_values[0] if p99_values else None,
+            samples=round(sum(value for _, value in samples if not math.isnan(value))),
+            requests=round(sum(outcomes.values())),
+            errors=round(outcomes.get(ERROR_OUTCOME, 0.0)),
+        )
+
+    async def _query(self, client: httpx.AsyncClient, query: str) -> list[tuple[dict[str, str], float]]:
+        try:
+            response = await client.get("/api/v1/query", params={"query": query})
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as error:
+            raise ProviderUnavailable(f"prometheus at {self.url}: {error or type(error).__name__}") from error
+        if body.get("status") != "success":
+            raise ProviderUnavailable(
+                f"prometheus at {self.url} refused {query!r}: {body.get('errorType')}: {body.get('error')}"
+            )
+        data = body["data"]
+        if data.get("resultType") != "vector":
+            raise ProviderUnavailable(
+                f"{query!r} gave a {data.get('resultType')}, expected an instant vector"
+            )
+        return [(item["metric"], float(item["value"][1])) for item in data["result"]]
+
+
+def from_analysis(analysis: Analysis) -> PrometheusProvider:
+    settings = analysis.prometheus
+    if settings is None:
+        # The models refuse this spec; a caller that skipped them gets an error, not a default.
+        raise ValueError("spec.rollout.analysis.prometheus: the prometheus provider needs prometheus.url")
+    return PrometheusProvider(settings.url, settings.p99Query)
