@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tradeplane_services.config import RiskSettings
 from tradeplane_services.eventlog import PARTITIONS, partition_of
 from tradeplane_services.partitions import Lease, LeaseTable, preferred_owner, replica_identity
 from tradeplane_services.protocol import (
@@ -24,6 +23,7 @@ from tradeplane_services.protocol import (
     symbol_bytes,
 )
 from tradeplane_services.risk import RiskEngine
+from tradeplane_services.settings import RiskSettings
 
 AAPL = symbol_bytes("AAPL")
 SECOND = 1_000_000_000
