@@ -291,6 +291,8 @@ def environment(
         {"name": "TRADEPLANE_REVISION", "value": revision},
         {"name": "TRADEPLANE_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
         {"name": "TRADEPLANE_BIND", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        # A stable name per replica: risk's partition lease owner id (it advertises podIP:port to order).
+        {"name": "TRADEPLANE_REPLICA", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "TRADEPLANE_PORT", "value": str(spec.wire_port)},
         {"name": "TRADEPLANE_METRICS_PORT", "value": str(spec.metricsPort)},
         {"name": "TRADEPLANE_STATE_DIR", "value": STATE_DIR},

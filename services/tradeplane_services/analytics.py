@@ -63,6 +63,7 @@ from tradeplane_services.protocol import (
     ExecType,
     Fill,
     MarketDataBatch,
+    PartitionClaim,
     ProtocolError,
     Reason,
     Side,
@@ -237,6 +238,8 @@ class EventBatch:
         for frame, body in enumerate(frames):
             if isinstance(body, Fill) and kind == "fill":
                 self.fills.append(fill_row(sequence, frame, partition, logged, revision, body))
+            elif isinstance(body, PartitionClaim):
+                continue  # which risk replica answers for a partition: no order in it
             elif hasattr(body, "order_id"):
                 self.orders.append(order_row(sequence, frame, partition, logged, kind, revision, body))
             else:

@@ -8,6 +8,7 @@ environment (the operator renders them into the pod), see the package docstring.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,13 @@ class Environment:
     market_data_group: Address | None = None
     event_log: list[str] = field(default_factory=list)  # nats:// URLs of the event log's servers
     event_log_replicas: int = 1  # the stream's and snapshot bucket's replicas, when a service creates them
+    replica: str | None = None  # a stable name of this replica (the pod name): risk's lease owner id
+    advertise: Address | None = None  # where peers reach this replica, when not bind:port
+
+    def advertised_address(self) -> Address:
+        if self.advertise is not None:
+            return self.advertise
+        return Address(self.bind if self.bind != "0.0.0.0" else socket.gethostname(), self.port)
 
     def peer(self, name: str) -> Address | None:
         return self.peers.get(name)
@@ -139,6 +147,7 @@ def read_environment(name: str, config: str | None, env: dict[str, str] | None =
     }
     group_text = env.get("TRADEPLANE_MARKET_DATA_GROUP")
     group = parse_address(group_text, "TRADEPLANE_MARKET_DATA_GROUP") if group_text else None
+    advertise = env.get("TRADEPLANE_ADVERTISE_ADDR")
     return Environment(
         component=name,
         revision=env.get("TRADEPLANE_REVISION") or "dev",
@@ -152,4 +161,6 @@ def read_environment(name: str, config: str | None, env: dict[str, str] | None =
         market_data_group=group,
         event_log=parse_event_log(env.get("TRADEPLANE_EVENT_LOG") or ""),
         event_log_replicas=_bounded("TRADEPLANE_EVENT_LOG_REPLICAS", 1, 1, 5, env),
+        replica=env.get("TRADEPLANE_REPLICA") or None,
+        advertise=parse_address(advertise, "TRADEPLANE_ADVERTISE_ADDR") if advertise else None,
     )

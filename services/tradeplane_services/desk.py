@@ -3,6 +3,7 @@
     tradeplane-svc log info                         the stream: events, sequences, replicas; the snapshot
     tradeplane-svc log dump --account N             every fill of an account, with its log sequence
     tradeplane-svc log replay --to-sequence N       positions as they stood at sequence N
+    tradeplane-svc log partitions                   risk's account partitions, their owners and members
 
 The log is TRADEPLANE_EVENT_LOG (or --event-log); the commands only read it.
 """
@@ -11,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 
 import nats.errors
+import nats.js.errors
 
 from tradeplane_services.client import describe
 from tradeplane_services.config import ConfigError, parse_event_log
-from tradeplane_services.eventlog import STREAM, EventLog, partition_of, subject_filter
+from tradeplane_services.eventlog import LEASE_BUCKET, STREAM, EventLog, partition_of, subject_filter
+from tradeplane_services.partitions import MEMBER_PREFIX, LeaseTable
 from tradeplane_services.position import FILLS, SNAPSHOT_KEY, PositionBook
 from tradeplane_services.protocol import Fill, ProtocolError, Side, price_value, symbol_text
 
@@ -40,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replay = actions.add_parser("replay", help="positions as they stood at a log sequence")
     replay.add_argument("--to-sequence", type=int, required=True)
     replay.add_argument("--account", type=int, default=0, help="only this account (default: all)")
+    actions.add_parser("partitions", help="risk's account partitions, who owns each, and the risk replicas")
 
 
 def describe_fill(sequence: int, fill: Fill) -> str:
@@ -86,6 +91,29 @@ async def replay(log: EventLog, stop: int, account: int) -> None:
         print("  " + describe(report))
 
 
+async def partitions(log: EventLog) -> None:
+    """The lease bucket as it is: a line per partition, then the members."""
+    bucket = await log.bucket(LEASE_BUCKET)
+    try:
+        keys = await bucket.keys()
+    except nats.js.errors.NoKeysError:
+        keys = []
+    table = LeaseTable()
+    for key in keys:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            entry = await bucket.get(key)
+            table.apply(key, entry.value, entry.revision or 0, deleted=False)
+    print(f"{'partition':<10} {'owner':<24} {'state':<10} address")
+    for partition, lease in table.owners().items():
+        if lease is None:
+            print(f"{partition:<10} {'-':<24} {'free':<10} -")
+        else:
+            state = "serving" if lease.serving else "replaying"
+            print(f"{partition:<10} {lease.owner:<24} {state:<10} {lease.address}")
+    members = sorted(key.removeprefix(MEMBER_PREFIX) for key in table.leases if key.startswith(MEMBER_PREFIX))
+    print(f"members: {', '.join(members) or 'none'}")
+
+
 async def run_async(arguments: argparse.Namespace) -> None:
     log = EventLog(parse_event_log(arguments.event_log), name="tradeplane-svc log")
     await log.connect(attempts=2)  # a person waits for an answer, not for ever
@@ -94,6 +122,8 @@ async def run_async(arguments: argparse.Namespace) -> None:
             await info(log)
         elif arguments.action == "dump":
             await dump(log, arguments.account, arguments.from_sequence, arguments.to_sequence)
+        elif arguments.action == "partitions":
+            await partitions(log)
         else:
             await replay(log, arguments.to_sequence, arguments.account)
     finally:

@@ -16,6 +16,10 @@ Durability is explicit at each step:
 Snapshots of projections live in a JetStream key-value bucket; a snapshot is replaced only by one that
 reflects a later sequence, with revision-checked updates so two replicas never overwrite each other
 blindly.
+
+A single writer per subject (risk, the owner of a partition) appends with `append_fenced`: the event is
+stored only if the subject's last event is still the one the writer saw, so a writer that lost its
+partition to another finds out at its next append instead of writing beside the new owner.
 """
 
 from __future__ import annotations
@@ -43,7 +47,11 @@ from tradeplane_services.runtime import fields, log
 STREAM = "TRADEPLANE_EVENTS"
 SUBJECT_ROOT = "tradeplane.events"
 PARTITIONS = 16
+RISK_KIND = "risk"  # reservations and claims: one writer per partition, fenced
+RELEASE_KIND = "release"  # orders that can trade no more
 SNAPSHOT_BUCKET = "tradeplane-snapshots"
+LEASE_BUCKET = "tradeplane-risk-leases"
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error code: the expected last sequence on the subject differs
 DUPLICATE_WINDOW_SECONDS = 120.0
 APPEND_TIMEOUT_SECONDS = 2.0
 FETCH_BATCH = 512
@@ -95,6 +103,10 @@ def decode_event(data: bytes, where: str) -> list[Any]:
         messages.append(message)
         offset += length
     return messages
+
+
+class Fenced(Exception):
+    """Another writer appended to the subject after the event this writer expected to be the last."""
 
 
 @dataclass
@@ -207,6 +219,37 @@ class EventLog:
                 delay = min(delay * 2, 1.0)
         return [sequences[index] for index in range(len(events))]
 
+    async def append_fenced(self, event: Append, expected_last: int) -> int:
+        """Store `event` only if the last event on its subject has sequence `expected_last` (0: none);
+        its sequence. Retries like `append` (the stream deduplicates before it checks the expectation, so a
+        retry after a lost acknowledgement gets the stored event's sequence); Fenced if another writer
+        came in between."""
+        assert self.js is not None
+        headers = {"Nats-Msg-Id": event.event_id, "Nats-Expected-Last-Subject-Sequence": str(expected_last)}
+        delay = 0.05
+        while True:
+            try:
+                acknowledgement = await self.js.publish(
+                    subject(event.kind, event.partition), encode_event(event.messages), headers=headers
+                )
+                return int(acknowledgement.seq)
+            except nats.js.errors.APIError as error:
+                if error.err_code == WRONG_LAST_SEQUENCE:
+                    raise Fenced(f"{subject(event.kind, event.partition)}: {error.description}") from None
+                log.warning("event log refused an append; retrying", extra=fields(error=repr(error)))
+            except (TimeoutError, nats.errors.Error) as error:
+                log.warning("event log append failed; retrying", extra=fields(error=repr(error)))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def last_sequence_on(self, kind: str, partition: int) -> int:
+        """The sequence of the last event on one subject (0: none yet)."""
+        assert self.js is not None
+        try:
+            return int((await self.js.get_last_msg(STREAM, subject(kind, partition))).seq or 0)
+        except nats.js.errors.NotFoundError:
+            return 0
+
     async def last_sequence(self) -> int:
         assert self.js is not None
         info = await self.js.stream_info(STREAM)
@@ -276,14 +319,17 @@ class EventLog:
         return Event(sequence, message.subject, decode_event(message.data, where))
 
     async def snapshots(self) -> Snapshots:
+        return Snapshots(await self.bucket(SNAPSHOT_BUCKET))
+
+    async def bucket(self, name: str) -> KeyValue:
+        """A key-value bucket, created (one revision per key, file storage) when missing."""
         assert self.js is not None
         try:
-            kv = await self.js.key_value(SNAPSHOT_BUCKET)
+            return await self.js.key_value(name)
         except nats.js.errors.BucketNotFoundError:
-            kv = await self.js.create_key_value(
-                bucket=SNAPSHOT_BUCKET, history=1, replicas=self.replicas, storage=StorageType.FILE
+            return await self.js.create_key_value(
+                bucket=name, history=1, replicas=self.replicas, storage=StorageType.FILE
             )
-        return Snapshots(kv)
 
     async def close(self) -> None:
         if self.nc is not None:

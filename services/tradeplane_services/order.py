@@ -20,7 +20,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from tradeplane_services.config import Environment
+from tradeplane_services.config import ConfigError, Environment, parse_address
+from tradeplane_services.eventlog import EventLog, partition_of
+from tradeplane_services.partitions import LeaseTable, describe_owners
 from tradeplane_services.protocol import (
     CancelOrder,
     CancelRoute,
@@ -39,11 +41,22 @@ from tradeplane_services.protocol import (
     RouteOrder,
     VenueReport,
 )
-from tradeplane_services.runtime import Connection, RequestMetrics, Service, fields, log, wait_until
+from tradeplane_services.runtime import (
+    Connection,
+    PeerLink,
+    RequestMetrics,
+    Service,
+    fields,
+    log,
+    run_for_life,
+    wait_until,
+)
 from tradeplane_services.settings import OrderSettings, Settings
 from tradeplane_services.split import AccountSplit, routing_route
 
 PENDING_NEW, NEW, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED = (int(s) for s in OrderStatus)
+OK, RISK_UNAVAILABLE = int(Reason.OK), int(Reason.RISK_UNAVAILABLE)
+PARTITION_TAKEOVER = int(Reason.PARTITION_TAKEOVER)
 E_NEW, E_REJECTED, E_TRADE, E_CANCELED, E_REPLACED, E_CANCEL_REJECTED = (int(e) for e in ExecType)
 OPEN = frozenset((NEW, PARTIALLY_FILLED))
 
@@ -108,6 +121,8 @@ class Order:
 
 
 Sink = Callable[[Any], bool]
+# To risk: the message and the account it concerns (which picks the risk replica); OK or why it cannot go.
+RiskSink = Callable[[RiskCheck | RiskUpdate, int], int]
 
 
 def _risk_check(order: Order, quantity: int, price: int, is_replace: int) -> RiskCheck:
@@ -118,13 +133,14 @@ def _risk_check(order: Order, quantity: int, price: int, is_replace: int) -> Ris
 
 
 class OrderManager:
-    """Order state and rules. `report(session, ExecutionReport)`, `to_risk(msg)`, `to_venue(msg)` do I/O;
-    the latter two return False when their peer is unreachable."""
+    """Order state and rules. `report(session, ExecutionReport)`, `to_risk(msg, account)`, `to_venue(msg)`
+    do I/O; to_risk answers OK or the Reason the message cannot reach risk, to_venue False when the venue
+    is unreachable."""
 
     def __init__(
         self,
         report: Callable[[Session, ExecutionReport], None],
-        to_risk: Sink,
+        to_risk: RiskSink,
         to_venue: Sink,
         metrics: RequestMetrics,
         risk_timeout_ns: int,
@@ -156,8 +172,11 @@ class OrderManager:
             return
         self.next_order_id += 1
         order = Order(self.next_order_id, session, message, received_ns)
-        if not self.to_risk(_risk_check(order, order.quantity, order.price, is_replace=0)):
-            self._refuse(session, message, Reason.RISK_UNAVAILABLE, received_ns, ok=False)
+        unreachable = self.to_risk(
+            _risk_check(order, order.quantity, order.price, is_replace=0), order.account
+        )
+        if unreachable:
+            self._refuse(session, message, Reason(unreachable), received_ns, ok=False)
             return
         self.orders[order.order_id] = order
         session.live[client_order_id] = order
@@ -180,8 +199,10 @@ class OrderManager:
             # Down to what already traded: only less exposure, nothing for risk to check.
             self._route_replace(order)
             return
-        if not self.to_risk(_risk_check(order, message.quantity - order.filled, message.price, is_replace=1)):
-            self._reject_change(order, Reason.RISK_UNAVAILABLE)
+        check = _risk_check(order, message.quantity - order.filled, message.price, is_replace=1)
+        unreachable = self.to_risk(check, order.account)
+        if unreachable:
+            self._reject_change(order, Reason(unreachable))
             self.metrics.record(received_ns, ok=False)
 
     def _changeable(
@@ -275,10 +296,10 @@ class OrderManager:
             if order is not None and order.status == PENDING_NEW:
                 self._risk_unanswered(order)
 
-    def risk_lost(self) -> None:
-        for order in [o for o in self.orders.values() if o.status == PENDING_NEW]:
+    def risk_lost(self, served: Callable[[int], bool] = lambda account: True) -> None:
+        """A risk replica went away: the orders it was deciding for (by account) are rejected."""
+        for order in [o for o in self.orders.values() if o.status == PENDING_NEW and served(o.account)]:
             self._risk_unanswered(order)
-        self.awaiting_risk.clear()
 
     def _risk_unanswered(self, order: Order) -> None:
         order.status = REJECTED
@@ -287,7 +308,7 @@ class OrderManager:
             self.report(order.session, self._execution_report(order, E_REJECTED, Reason.RISK_UNAVAILABLE))
         self.metrics.record(order.received_ns, ok=False)
         # Risk may have booked it before going quiet.
-        self.to_risk(RiskUpdate(order.order_id, 0, 0, 1))
+        self.to_risk(RiskUpdate(order.order_id, 0, 0, 1), order.account)
 
     # --- venue reports ----------------------------------------------------------------------------
 
@@ -300,7 +321,8 @@ class OrderManager:
             order.filled += message.last_quantity
             done = order.filled >= order.quantity
             order.status = FILLED if done else PARTIALLY_FILLED
-            self.to_risk(RiskUpdate(order.order_id, message.last_quantity, message.last_price, int(done)))
+            update = RiskUpdate(order.order_id, message.last_quantity, message.last_price, int(done))
+            self.to_risk(update, order.account)
             if order.session is not None:
                 self.report(
                     order.session,
@@ -417,7 +439,7 @@ class OrderManager:
     def _release(self, order: Order) -> None:
         """The order can trade no more: forget it and free its risk exposure."""
         self._retire(order)
-        self.to_risk(RiskUpdate(order.order_id, 0, 0, 1))
+        self.to_risk(RiskUpdate(order.order_id, 0, 0, 1), order.account)
 
     def _retire(self, order: Order) -> None:
         self.orders.pop(order.order_id, None)
@@ -472,6 +494,119 @@ class OrderManager:
         )
 
 
+class RiskRoutes:
+    """With an event log, risk is partitioned (partitions.py): a session per risk replica, and every message
+    about an account goes to the holder of its partition's lease, as the watched lease bucket says.
+
+    A partition without a serving owner, or whose owner this replica cannot reach, is in takeover: its
+    checks are refused with PARTITION_TAKEOVER, never sent elsewhere. A release that cannot go waits for
+    the partition's next owner, so no reservation outlives its order."""
+
+    def __init__(self, service: OrderService, event_log: EventLog) -> None:
+        self.service = service
+        self.event_log = event_log
+        self.table = LeaseTable()
+        self.links: dict[str, PeerLink] = {}  # by the address a lease names
+        self.deferred: list[tuple[RiskUpdate, int]] = []
+        self.task: asyncio.Task[None] | None = None
+        self.closing: set[asyncio.Task[None]] = set()  # links being stopped (kept referenced until done)
+
+    async def start(self) -> None:
+        await self.event_log.open()
+        self.task = run_for_life(self.table.follow(self.event_log), "watching the partition leases")
+
+    @property
+    def ready(self) -> bool:
+        """Every partition has a serving owner this replica has a session to: a takeover makes order
+        unready for its second or two, as it cannot take the orders of every account meanwhile."""
+        if not self.table.synced.is_set():
+            return False
+        for lease in self.table.owners().values():
+            link = None if lease is None or not lease.serving else self.links.get(lease.address)
+            if link is None or not link.connected:
+                return False
+        return True
+
+    def send(self, message: RiskCheck | RiskUpdate, account: int) -> int:
+        if type(message) is RiskUpdate and not message.done:
+            return OK  # a fill: risk reads fills from the log, where execution put them first
+        lease = self.table.partition(partition_of(account))
+        link = None if lease is None or not lease.serving else self._link(lease.address)
+        if link is None:
+            sent = False
+        elif type(message) is RiskUpdate:
+            sent = link.send_later(message)  # a release can share the next write
+        else:
+            sent = link.send(message)
+        if sent:
+            return OK
+        if type(message) is RiskUpdate:
+            self.deferred.append((message, account))
+        return PARTITION_TAKEOVER
+
+    def sweep(self) -> None:
+        """Sessions to every owner before its first order (a session takes a logon), none to addresses no
+        lease names any more (replicas gone), and the releases that waited for an owner."""
+        named = {lease.address for lease in self.table.owners().values() if lease is not None}
+        for address in named:
+            self._link(address)
+        for address in [a for a, link in self.links.items() if a not in named and not link.connected]:
+            link = self.links.pop(address)
+            self.service.links.remove(link)
+            closing = asyncio.get_running_loop().create_task(link.stop())
+            self.closing.add(closing)
+            closing.add_done_callback(self.closing.discard)
+        deferred, self.deferred = self.deferred, []
+        for message, account in deferred:
+            self.send(message, account)
+
+    def reachable(self) -> dict[str, Any]:
+        """Partition -> owner, whether it serves, whether this replica has a session to it."""
+        owners = describe_owners(self.table.owners())
+        for partition, lease in self.table.owners().items():
+            if lease is not None:
+                link = self.links.get(lease.address)
+                owners[str(partition)]["connected"] = link is not None and link.connected
+        return owners
+
+    def _link(self, address_text: str) -> PeerLink | None:
+        link = self.links.get(address_text)
+        if link is None:
+            try:
+                address = parse_address(address_text, "risk partition lease address")
+            except ConfigError as error:
+                log.error("lease names a bad address", extra=fields(error=str(error)))
+                return None
+            service = self.service
+            link = PeerLink(
+                f"risk {address_text}",
+                address,
+                {RiskResult: service.on_risk_result, KillSwitchStatus: service.on_kill_switch},
+                service.metrics,
+                service.credentials,
+                on_down=lambda: self._lost(address_text),
+                source=service.environment.bind,
+            )
+            self.links[address_text] = link
+            service.links.append(link)  # stopped with the service's own links
+            link.start()
+        return link
+
+    def _lost(self, address: str) -> None:
+        def served_there(account: int) -> bool:
+            lease = self.table.partition(partition_of(account))
+            return lease is not None and lease.address == address
+
+        self.service.manager.risk_lost(served_there)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.event_log.close()
+
+
 class OrderService(Service):
     """Client sessions in; risk and execution links out."""
 
@@ -480,7 +615,8 @@ class OrderService(Service):
     def __init__(self, environment: Environment, settings: Settings) -> None:
         super().__init__(environment, settings)
         assert isinstance(settings, OrderSettings)
-        # Risk is reached through its stable and, during an order-flow canary, its canary revision.
+        # Risk is reached through its stable and, during an order-flow canary, its canary revision; with
+        # an event log the stable's checks go to the owner of the account's partition (firm-wide limits).
         self.risk = AccountSplit(
             self,
             "risk",
@@ -488,6 +624,10 @@ class OrderService(Service):
             self.on_risk_down,
             self.risk_answer_seconds,
         )
+        self.risk_routes: RiskRoutes | None = None
+        if environment.event_log:
+            log_client = EventLog(environment.event_log, environment.event_log_replicas, "order")
+            self.risk_routes = RiskRoutes(self, log_client)
         self.execution = self.link(
             "execution", {VenueReport: self.on_venue_report}, on_down=self.on_venue_down
         )
@@ -508,15 +648,20 @@ class OrderService(Service):
         self.routes["/routing"] = self.routing_document
 
     async def start(self) -> None:
+        if self.risk_routes is not None:
+            await self.risk_routes.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(0.02)
             self.manager.expire_risk_checks(time.perf_counter_ns())
+            if self.risk_routes is not None:
+                self.risk_routes.sweep()
 
     def ready(self) -> bool:
-        return self.risk.connected and self.execution.connected
+        risk_ready = self.risk_routes.ready if self.risk_routes is not None else self.risk.connected
+        return risk_ready and self.execution.connected
 
     def reconfigure(self, settings: Settings) -> None:
         super().reconfigure(settings)
@@ -533,12 +678,18 @@ class OrderService(Service):
     def report(session: Session, report: ExecutionReport) -> None:
         session.connection.send(report)
 
-    def to_risk(self, message: RiskCheck | RiskUpdate) -> bool:
-        # A check holds an order up; an exposure update can share the next write. Both go to the
-        # revision of risk that booked the order.
+    def to_risk(self, message: RiskCheck | RiskUpdate, account: int) -> int:
+        # A check goes to the revision its account is routed to; an exposure update to the revision that
+        # booked the order. The stable's share goes to the partition's owner when there is an event log.
         if isinstance(message, RiskUpdate):
-            return self.risk.update_link(message.order_id, bool(message.done)).send_later(message)
-        return self.risk.route(message.account, message.order_id, not message.is_replace).send(message)
+            link = self.risk.update_link(message.order_id, bool(message.done))
+        else:
+            link = self.risk.route(account, message.order_id, not message.is_replace)
+        if link is self.risk.stable and self.risk_routes is not None:
+            return self.risk_routes.send(message, account)
+        # An exposure update can share the next write; a check holds an order up.
+        sent = link.send_later(message) if isinstance(message, RiskUpdate) else link.send(message)
+        return OK if sent else RISK_UNAVAILABLE
 
     def risk_answer_seconds(self) -> float:
         """How long a risk check can stay unanswered before the sweeper rejects it, with a margin."""
@@ -592,10 +743,13 @@ class OrderService(Service):
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self.risk_routes is not None:
+            await self.risk_routes.stop()
 
     def status(self) -> dict[str, Any]:
         manager = self.manager
         return {
             "openOrders": len(manager.orders),
             "killSwitch": KillSwitchState(manager.kill_switch).name,
+            "riskPartitions": self.risk_routes.reachable() if self.risk_routes else None,
         }

@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -47,7 +45,7 @@ from tradeplane_services.protocol import (
     symbol_bytes,
     symbol_text,
 )
-from tradeplane_services.runtime import Connection, Service, fields, log
+from tradeplane_services.runtime import Connection, Service, fields, log, run_for_life
 from tradeplane_services.settings import PositionSettings, Settings
 
 BUY = int(Side.BUY)
@@ -219,18 +217,11 @@ class PositionService(Service):
                 seconds=round(time.perf_counter() - started, 3),
             ),
         )
-        self._projection = asyncio.get_running_loop().create_task(
-            self._project(self.event_log.read(FILLS, self.book.sequence + 1, follow=True))
+        # Were it to stop following, this replica would answer stale positions as if current.
+        self._projection = run_for_life(
+            self._project(self.event_log.read(FILLS, self.book.sequence + 1, follow=True)),
+            "following the event log",
         )
-        self._projection.add_done_callback(self._projection_ended)
-
-    def _projection_ended(self, task: asyncio.Task[None]) -> None:
-        """Following the log only ends with the service; otherwise this replica would answer stale
-        positions as if current: it stops instead, and its replacement replays."""
-        if task.cancelled():
-            return
-        log.error("the projection stopped following the event log", exc_info=task.exception())
-        os.kill(os.getpid(), signal.SIGTERM)
 
     async def _load_snapshot(self, event_log: EventLog) -> dict[str, Any] | None:
         """The latest snapshot, waiting while the log cannot answer (a cluster electing a leader)."""

@@ -70,6 +70,8 @@ class Reason(IntEnum):
     DUPLICATE_ORDER = 29
     POSITION_LIMIT = 30
     CREDIT_LIMIT = 31
+    PARTITION_TAKEOVER = 32
+    FIRM_CREDIT_LIMIT = 33
     # Venue
     NO_LIQUIDITY = 40
     # Sessions
@@ -438,6 +440,50 @@ class Fill(NamedTuple):
     price: int
     order_id: int
     timestamp_ns: int
+
+
+@layout(
+    45,
+    "QI8sBIqB",
+    {
+        "symbol": SYMBOL,
+        "side": one_of(Side),
+        "quantity": POSITIVE,
+        "price": NON_NEGATIVE,
+        "is_replace": (frozenset((0, 1)).__contains__, "expected 0 or 1"),
+    },
+)
+class Reservation(NamedTuple):
+    """Risk -> event log: an order risk accepted and the exposure it reserves (a replace: instead of the
+    order's earlier reservation), logged before order hears of it, so the partition's next owner
+    rebuilds it."""
+
+    order_id: int
+    account: int
+    symbol: bytes
+    side: int
+    quantity: int
+    price: int  # the price its credit was reserved at: the limit price, or the reference for a market order
+    is_replace: int
+
+
+@layout(46, "QI")
+class Release(NamedTuple):
+    """Risk -> event log: the order can trade no more; what it still reserved is free again."""
+
+    order_id: int
+    account: int
+
+
+@layout(47, "BQ32s")
+class PartitionClaim(NamedTuple):
+    """Risk -> event log: a replica took the partition over under lease revision `lease_revision`; appended
+    only if no other risk event of the partition came after the one it saw, so a writer that lost the
+    partition fails its next append."""
+
+    partition: int
+    lease_revision: int
+    owner: bytes
 
 
 @layout(42, "I")

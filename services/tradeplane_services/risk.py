@@ -4,38 +4,71 @@ Checks, in the order that decides the reason code of an order failing several:
 
     kill switch HALTED, message-rate throttle (token bucket per account), unknown symbol, restricted
     symbol, max quantity, no reference price, price collar against the last trade, max notional,
-    duplicate order, kill switch REDUCING (only position-reducing orders), position limit, credit limit.
+    duplicate order, kill switch REDUCING (only position-reducing orders), position limit, credit limit,
+    firm credit limit.
 
 Position limit: per account and symbol, |filled position + open orders on the order's side + the order|.
 Credit: per account, notional of open orders plus notional already executed (a daily credit line).
+Firm credit: the same summed over every account, against `firmCreditLimit`. Partitioned, each partition
+owner sees only its accounts, so the limit is split into equal shares, one per partition: the shares add
+up to the limit whatever the replica count (what a skewed book loses is the price of no coordination on
+the order path). Unpartitioned, one replica sees every account and checks the whole.
 Duplicate: an accepted order with the same (account, symbol, side, quantity, price) inside the window,
 recognised by a 64-bit fingerprint of those fields.
 
 `check` evaluates one order in a few microseconds; `check_batch` evaluates a run of orders with numpy and
 gives exactly the results `check` would give one by one (a property test holds it to that): it vectorises
 everything up to the first order that breaks a stateful limit and finishes from there one by one.
+
+With an event log, limits are firm-wide: each account partition is answered for by one risk replica at a
+time (leases, partitions.py), which rebuilds the partition's exposure from the log before it answers and
+logs every acceptance before it answers it (PartitionLedger). Without one, each replica keeps its own
+exposure: run one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from itertools import repeat
 from typing import Any
 
+import nats.errors
 import numpy as np
+from nats.js.kv import KeyValue
 
 from tradeplane_services.config import Environment
+from tradeplane_services.eventlog import (
+    LEASE_BUCKET,
+    PARTITIONS,
+    RELEASE_KIND,
+    RISK_KIND,
+    Append,
+    Event,
+    EventLog,
+    Fenced,
+    Snapshots,
+    partition_of,
+    subject_filter,
+)
 from tradeplane_services.marketdata import subscribe_if_published
+from tradeplane_services.partitions import LeaseTable, PartitionOwner, replica_identity
 from tradeplane_services.protocol import (
+    I64,
     PRICE_SCALE,
     PROTOCOL_VERSION,
+    Fill,
     FrameError,
     FrameRun,
     KillSwitchState,
     KillSwitchStatus,
     OrderType,
+    PartitionClaim,
     ProtocolError,
     Reason,
+    Release,
+    Reservation,
     RiskCheck,
     RiskResult,
     RiskUpdate,
@@ -43,9 +76,19 @@ from tradeplane_services.protocol import (
     Side,
     decode_body,
     layout_of,
+    saturate,
     symbol_bytes,
+    symbol_text,
 )
-from tradeplane_services.runtime import Connection, Service, fields, log, spin_for
+from tradeplane_services.runtime import (
+    Connection,
+    Service,
+    fields,
+    log,
+    run_for_life,
+    spin_for,
+    wait_until,
+)
 from tradeplane_services.settings import RiskSettings, Settings
 
 MASK64 = (1 << 64) - 1
@@ -59,6 +102,8 @@ RESTRICTED_SYMBOL, MAX_QUANTITY = int(Reason.RESTRICTED_SYMBOL), int(Reason.MAX_
 NO_REFERENCE_PRICE, PRICE_COLLAR = int(Reason.NO_REFERENCE_PRICE), int(Reason.PRICE_COLLAR)
 MAX_NOTIONAL, DUPLICATE_ORDER = int(Reason.MAX_NOTIONAL), int(Reason.DUPLICATE_ORDER)
 POSITION_LIMIT, CREDIT_LIMIT = int(Reason.POSITION_LIMIT), int(Reason.CREDIT_LIMIT)
+FIRM_CREDIT_LIMIT = int(Reason.FIRM_CREDIT_LIMIT)
+PARTITION_TAKEOVER = int(Reason.PARTITION_TAKEOVER)
 LIMIT = int(OrderType.LIMIT)
 HALTED, REDUCING = int(KillSwitchState.HALTED), int(KillSwitchState.REDUCING)
 CHECK_DTYPE = layout_of(RiskCheck).dtype
@@ -90,9 +135,12 @@ def fingerprints(account: Any, symbol: Any, side: Any, quantity: Any, price: Any
 
 
 class Limits:
-    """RiskSettings in wire units (prices x PRICE_SCALE, nanoseconds)."""
+    """RiskSettings in wire units (prices x PRICE_SCALE, nanoseconds); the firm credit limit as the share of
+    one of `firm_shares` buckets."""
 
-    def __init__(self, settings: RiskSettings, symbols: list[bytes]) -> None:
+    def __init__(self, settings: RiskSettings, symbols: list[bytes], firm_shares: int = 1) -> None:
+        firm = settings.firmCreditLimit
+        self.firm_credit_share = None if firm is None else int(firm * PRICE_SCALE) // firm_shares
         self.max_quantity = settings.maxOrderQuantity
         self.max_notional = int(settings.maxOrderNotional * PRICE_SCALE)
         self.collar = settings.priceCollarPercent / 100
@@ -117,6 +165,7 @@ class AccountTable:
     def __init__(self, symbols: int, capacity: int = 64) -> None:
         self.symbols = symbols
         self.rows: dict[int, int] = {}  # account -> row
+        self.accounts: list[int] = []  # row -> account
         self.capacity = 0
         empty = np.zeros(0, dtype=np.int64)
         self.position, self.open_buy, self.open_sell = empty, empty, empty
@@ -146,8 +195,18 @@ class AccountTable:
             if row == self.capacity:
                 self._allocate(2 * self.capacity)
             self.rows[account] = row
+            self.accounts.append(account)
             self.tokens_view[row] = burst
         return row
+
+    def reset(self, rows: list[int], burst: float) -> None:
+        """Forget the exposure of these rows (their accounts keep the rows)."""
+        cells = (np.asarray(rows, dtype=np.int64)[:, None] * self.symbols + np.arange(self.symbols)).ravel()
+        for cell_array in (self.position, self.open_buy, self.open_sell):
+            cell_array[cells] = 0
+        self.credit_used[rows] = 0
+        self.tokens[rows] = burst
+        self.tokens_at[rows] = 0
 
 
 def _grown(array: np.ndarray[Any, Any], size: int) -> np.ndarray[Any, Any]:
@@ -163,13 +222,16 @@ Booking = tuple[int, int, int, int, int]
 class RiskEngine:
     """Risk state of every account and the checks; no I/O, time is passed in."""
 
-    def __init__(self, settings: RiskSettings) -> None:
+    def __init__(self, settings: RiskSettings, partitioned: bool = False) -> None:
+        # Firm credit buckets: one per partition when partitions have owners of their own, else one.
+        self.firm_shares = PARTITIONS if partitioned else 1
         self.symbols = [symbol_bytes(name) for name in settings.symbols]
         self.symbol_index = {symbol: index for index, symbol in enumerate(self.symbols)}
         order = np.argsort(np.array(self.symbols, dtype="S8"))
         self._sorted_symbols = np.array(self.symbols, dtype="S8")[order]
         self._sorted_index = order.astype(np.int64)
-        self.limits = Limits(settings, self.symbols)
+        self.limits = Limits(settings, self.symbols, self.firm_shares)
+        self.firm_credit = [0] * self.firm_shares  # credit used by the accounts of each bucket
         self.reference = np.zeros(len(self.symbols), dtype=np.int64)  # last trade price, 0: none yet
         self._reference = self.reference.tolist()
         self.accounts = AccountTable(len(self.symbols))
@@ -182,7 +244,12 @@ class RiskEngine:
     def reconfigure(self, settings: RiskSettings) -> None:
         if [symbol_bytes(name) for name in settings.symbols] != self.symbols:
             raise ValueError("symbols cannot change while the service runs; restart it")
-        self.limits = Limits(settings, self.symbols)
+        self.limits = Limits(settings, self.symbols, self.firm_shares)
+        # The batch path books credit per account only: sum the buckets afresh.
+        table = self.accounts
+        buckets = np.array(table.accounts, dtype=np.int64) % self.firm_shares
+        totals = np.bincount(buckets, weights=table.credit_used[: len(buckets)], minlength=self.firm_shares)
+        self.firm_credit = [int(total) for total in totals]
 
     @property
     def kill_switch(self) -> int:
@@ -216,6 +283,103 @@ class RiskEngine:
             int(table.open_sell[cell]),
             int(table.credit_used[row]),
         )
+
+    # --- rebuilding a partition from the event log ----------------------------------------------------
+
+    def forget_partition(self, partition: int) -> None:
+        """Drop every account's exposure in the partition: its next owner rebuilds it from the log."""
+        table = self.accounts
+        rows = [row for account, row in table.rows.items() if partition_of(account) == partition]
+        if not rows:
+            return
+        self.firm_credit[partition % self.firm_shares] -= int(table.credit_used[rows].sum())
+        table.reset(rows, self.limits.burst)
+        forgotten = set(rows)
+        self.open_orders = {o: b for o, b in self.open_orders.items() if b[0] not in forgotten}
+
+    def partition_state(self, partition: int) -> dict[str, Any]:
+        """The exposure of the partition's accounts as JSON: positions and open quantities by symbol,
+        credit used, and open orders (their bookings). Throttle and duplicate state are not exposure."""
+        table, names = self.accounts, [symbol_text(symbol) for symbol in self.symbols]
+        rows = {row: account for account, row in table.rows.items() if partition_of(account) == partition}
+        accounts = []
+        for row, account in rows.items():
+            cells = range(row * table.symbols, (row + 1) * table.symbols)
+            held = {
+                names[index]: [
+                    int(table.position[cell]),
+                    int(table.open_buy[cell]),
+                    int(table.open_sell[cell]),
+                ]
+                for index, cell in enumerate(cells)
+                if table.position[cell] or table.open_buy[cell] or table.open_sell[cell]
+            }
+            accounts.append([account, int(table.credit_used[row]), held])
+        orders = [
+            [order_id, rows[row], names[index], side, quantity, credit_price]
+            for order_id, (row, index, side, quantity, credit_price) in self.open_orders.items()
+            if row in rows
+        ]
+        return {"accounts": accounts, "orders": orders}
+
+    def restore_partition(self, partition: int, state: dict[str, Any]) -> None:
+        """Put back what `partition_state` gave, after forgetting the partition; symbols no longer
+        configured are left out."""
+        self.forget_partition(partition)
+        table, burst = self.accounts, self.limits.burst
+        for account, credit, held in state["accounts"]:
+            row = table.row(account, burst)
+            self._add_credit(row, credit)
+            for name, (position, open_buy, open_sell) in held.items():
+                index = self.symbol_index.get(symbol_bytes(name))
+                if index is not None:
+                    cell = row * table.symbols + index
+                    table.position[cell], table.open_buy[cell], table.open_sell[cell] = (
+                        position,
+                        open_buy,
+                        open_sell,
+                    )
+        for order_id, account, name, side, quantity, credit_price in state["orders"]:
+            index = self.symbol_index.get(symbol_bytes(name))
+            if index is not None:
+                self.open_orders[order_id] = (table.row(account, burst), index, side, quantity, credit_price)
+
+    def reservation(self, check: RiskCheck) -> Reservation:
+        """The log record of an order `check` just accepted."""
+        credit_price = self.open_orders[check.order_id][4]
+        order_id, account, symbol, side, _, quantity, _, is_replace = check
+        return Reservation(order_id, account, symbol, side, quantity, credit_price, is_replace)
+
+    def book_reservation(self, reservation: Reservation) -> None:
+        """Replay an accepted order: book its exposure as the check did (a replace: instead of the old)."""
+        index = self.symbol_index.get(reservation.symbol)
+        if index is None:
+            return  # a symbol no longer configured: nothing to check it against
+        if reservation.is_replace:
+            self.on_done(reservation.order_id)
+        row = self.accounts.row(reservation.account, self.limits.burst)
+        booking = (row, index, reservation.side, reservation.quantity, reservation.price)
+        self._book(booking, 1)
+        self.open_orders[reservation.order_id] = booking
+
+    def apply_fill(self, fill: Fill) -> None:
+        """A fill from the log; one of an order booked elsewhere still moves the position and credit."""
+        if fill.order_id in self.open_orders:
+            self.on_fill(fill.order_id, fill.quantity, fill.price)
+            return
+        index = self.symbol_index.get(fill.symbol)
+        if index is None:
+            return
+        table = self.accounts
+        row = table.row(fill.account, self.limits.burst)
+        signed = fill.quantity if fill.side == BUY else -fill.quantity
+        cell = row * table.symbols + index
+        table.position_view[cell] = saturate(table.position_view[cell] + signed, I64)
+        self._add_credit(row, fill.quantity * fill.price)
+
+    def account_of(self, order_id: int) -> int | None:
+        booking = self.open_orders.get(order_id)
+        return None if booking is None else self.accounts.accounts[booking[0]]
 
     # --- one order --------------------------------------------------------------------------------
 
@@ -319,6 +483,9 @@ class RiskEngine:
             return POSITION_LIMIT
         if table.credit_used_view[row] + notional > limits.credit_limit:
             return CREDIT_LIMIT
+        firm_share = limits.firm_credit_share
+        if firm_share is not None and self.firm_credit[account % self.firm_shares] + notional > firm_share:
+            return FIRM_CREDIT_LIMIT
         if key:
             self._remember({key: now_ns + limits.duplicate_window_ns}, now_ns)
         return OK
@@ -337,7 +504,14 @@ class RiskEngine:
             table.open_buy_view[cell] += sign * quantity
         else:
             table.open_sell_view[cell] += sign * quantity
-        table.credit_used_view[row] += sign * quantity * credit_price
+        self._add_credit(row, sign * quantity * credit_price)
+
+    def _add_credit(self, row: int, amount: int) -> None:
+        # A fill's notional can outgrow 64 bits (the venue trades what the wire allows): the credit used
+        # then stays at the limit of the array, which refuses every order after it.
+        view = self.accounts.credit_used_view
+        view[row] = saturate(view[row] + amount, I64)
+        self.firm_credit[self.accounts.accounts[row] % self.firm_shares] += amount
 
     def on_fill(self, order_id: int, quantity: int, price: int) -> None:
         booking = self.open_orders.get(order_id)
@@ -354,7 +528,7 @@ class RiskEngine:
         else:
             table.open_sell_view[cell] -= released
             table.position_view[cell] -= quantity
-        table.credit_used_view[row] += quantity * price - released * credit_price
+        self._add_credit(row, quantity * price - released * credit_price)
 
     def on_done(self, order_id: int) -> None:
         booking = self.open_orders.pop(order_id, None)
@@ -381,6 +555,8 @@ class RiskEngine:
         limits = self.limits
         if limits.kill_switch == HALTED:
             return np.full(count, KILL_SWITCH_HALTED, dtype=np.uint16)
+        if limits.firm_credit_share is not None:
+            return None  # one firm-wide sum across the run's accounts: one by one
         side, order_type = checks["side"], checks["order_type"]
         quantity, price = checks["quantity"].astype(np.int64), checks["price"]
         position = np.searchsorted(self._sorted_symbols, checks["symbol"]).clip(0, len(self.symbols) - 1)
@@ -510,6 +686,216 @@ def _cumsum_within_groups(groups: np.ndarray[Any, Any], values: np.ndarray[Any, 
     return result
 
 
+class PartitionLedger:
+    """One partition this replica holds the lease of: its takeover, its fenced commits, its follower.
+
+    Takeover: append a PartitionClaim to the partition's risk subject expecting the last event seen there
+    (so a previous owner's next append fails), load the partition's latest snapshot, replay its events
+    after the snapshot up to the claim (reservations, fills, releases), then answer. Until then, and from
+    the moment the lease is lost, checks of the partition are refused with PARTITION_TAKEOVER.
+
+    An accepted order is answered only once its Reservation is in the log: the reservations of one turn of
+    the loop go as one event (group commit), each expecting the previous one as the subject's last, so a
+    replica that lost the partition cannot add exposure beside its new owner. Fills (appended by
+    execution) and releases reach the exposure through the log, in log order: a fill never lands before the
+    reservation it fills, a release never before a fill of its order.
+
+    The owner's exposure is the fold of the partition's events up to the last one it read, plus its own
+    reservations not yet read back. When none are in flight and it has read back its last append, the
+    two are the same: only then, every `snapshotEveryEvents` events, it stores a snapshot (key
+    `risk.<partition>` of the snapshot bucket, replaced only by a later one).
+    """
+
+    def __init__(self, service: RiskService, partition: int, lease_revision: int) -> None:
+        assert service.event_log is not None
+        self.service = service
+        self.event_log = service.event_log
+        self.engine = service.engine
+        self.partition = partition
+        self.lease_revision = lease_revision
+        self.serving = False
+        self.last_sequence = 0  # of the last event on the partition's risk subject, ours or the claim
+        self.commits = 0
+        self.pending: list[tuple[Reservation, Connection, int]] = []  # waiting for the log
+        self.committing: asyncio.Task[None] | None = None
+        self.releases: list[Release] = []
+        self.releasing: asyncio.Task[None] | None = None
+        self.applied_fills: dict[int, int] = {}  # execution source -> last fill sequence applied
+        self.claimed_at = time.perf_counter()
+        self.takeover_seconds: float | None = None
+        self.replayed_events = 0
+        self.snapshot_sequence = 0  # the snapshot loaded at takeover, or the last one tried
+        self.task = asyncio.get_running_loop().create_task(self.run(), name=f"partition-{partition}")
+        self.task.add_done_callback(self._ended)
+
+    async def run(self) -> None:
+        self.engine.forget_partition(self.partition)
+        claim = Append(
+            RISK_KIND,
+            self.partition,
+            [PartitionClaim(self.partition, self.lease_revision, self.service.owner_bytes)],
+            f"claim-{self.partition}-{self.lease_revision}",
+        )
+        while True:
+            last = await self.event_log.last_sequence_on(RISK_KIND, self.partition)
+            try:
+                self.last_sequence = await self.event_log.append_fenced(claim, last)
+                break
+            except Fenced:
+                continue  # the previous owner appended after we looked: look again
+        await self.load_snapshot()
+        events = subject_filter("*", self.partition)
+        async for event in self.event_log.read(events, self.snapshot_sequence + 1, self.last_sequence):
+            self.apply(event, replaying=True)
+            self.replayed_events += 1
+        every = self.service.risk_settings.snapshotEveryEvents
+        # Nothing of ours in flight yet: the state is the fold up to the claim, worth keeping if long.
+        replayed_far = self.last_sequence - self.snapshot_sequence >= every
+        document = self.snapshot_document(self.last_sequence) if replayed_far else None
+        self.serving = True
+        self.service.owner.wake.set()
+        self.takeover_seconds = time.perf_counter() - self.claimed_at
+        log.info(
+            "partition taken over",
+            extra=fields(
+                partition=self.partition,
+                replayedEvents=self.replayed_events,
+                claimSequence=self.last_sequence,
+                snapshotSequence=self.snapshot_sequence,
+                seconds=round(self.takeover_seconds, 4),
+            ),
+        )
+        if document is not None:
+            await self.save_snapshot(document)
+        async for event in self.event_log.read(events, self.last_sequence + 1, follow=True):
+            self.apply(event, replaying=False)
+            quiet = self.committing is None and event.sequence >= self.last_sequence
+            if quiet and self.serving and event.sequence - self.snapshot_sequence >= every:
+                await self.save_snapshot(self.snapshot_document(event.sequence))
+
+    @property
+    def snapshot_key(self) -> str:
+        return f"risk.{self.partition}"
+
+    async def load_snapshot(self) -> None:
+        """The partition's exposure as of the latest snapshot before the claim; none: replay from 1."""
+        try:
+            document = await self.service.snapshots.load(self.snapshot_key)
+        except (TimeoutError, nats.errors.Error) as error:
+            log.warning("risk snapshot unavailable; replaying all", extra=fields(error=repr(error)))
+            return
+        if document is None or document["sequence"] >= self.last_sequence:
+            return
+        self.engine.restore_partition(self.partition, document["state"])
+        self.applied_fills = {int(source): last for source, last in document["fills"].items()}
+        self.snapshot_sequence = document["sequence"]
+
+    def snapshot_document(self, sequence: int) -> dict[str, Any]:
+        self.snapshot_sequence = sequence  # a failed try is tried again snapshotEveryEvents later
+        return {
+            "sequence": sequence,
+            "fills": {str(source): last for source, last in self.applied_fills.items()},
+            "state": self.engine.partition_state(self.partition),
+        }
+
+    async def save_snapshot(self, document: dict[str, Any]) -> None:
+        sequence = document["sequence"]
+        try:
+            await self.service.snapshots.save(self.snapshot_key, document)
+        except (TimeoutError, nats.errors.Error) as error:  # only takeover time depends on it
+            log.warning("risk snapshot not stored", extra=fields(error=repr(error), sequence=sequence))
+
+    def apply(self, event: Event, replaying: bool) -> None:
+        engine = self.engine
+        for message in event.messages:
+            kind = type(message)
+            if kind is Fill:
+                if message.fill_sequence > self.applied_fills.get(message.source, 0):
+                    self.applied_fills[message.source] = message.fill_sequence
+                    engine.apply_fill(message)
+            elif kind is Release:
+                engine.on_done(message.order_id)
+            elif kind is Reservation:
+                if replaying:  # ours are booked when accepted
+                    engine.book_reservation(message)
+            elif kind is PartitionClaim and not replaying and message.lease_revision != self.lease_revision:
+                log.warning("partition claimed by another replica", extra=fields(partition=self.partition))
+                self.service.lose(self.partition)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        # Following the log ends only with the partition; anything else leaves it to another replica.
+        error = task.exception()
+        log.error("partition follower stopped", extra=fields(partition=self.partition), exc_info=error)
+        self.service.lose(self.partition)
+
+    def reserve(self, reservation: Reservation, connection: Connection, received_ns: int) -> None:
+        self.pending.append((reservation, connection, received_ns))
+        if self.committing is None:
+            self.committing = asyncio.get_running_loop().create_task(self._commit())
+
+    async def _commit(self) -> None:
+        while self.pending and self.serving:
+            batch, self.pending = self.pending, []
+            self.commits += 1
+            event = Append(
+                RISK_KIND,
+                self.partition,
+                [reservation for reservation, _, _ in batch],
+                f"risk-{self.partition}-{self.lease_revision}-{self.commits}",
+            )
+            try:
+                self.last_sequence = await self.event_log.append_fenced(event, self.last_sequence)
+            except Fenced:
+                log.warning("partition fenced by a newer owner", extra=fields(partition=self.partition))
+                self.pending = batch + self.pending
+                self.service.lose(self.partition)
+                break
+            for reservation, connection, received_ns in batch:
+                if connection.connected:
+                    connection.send(RiskResult(reservation.order_id, OK))
+                self.service.metrics.record(received_ns)
+        batch, self.pending = self.pending, []
+        for reservation, connection, received_ns in batch:  # never logged: the order must not trade
+            if connection.connected:
+                connection.send(RiskResult(reservation.order_id, PARTITION_TAKEOVER))
+            self.service.metrics.record(received_ns)
+        self.committing = None
+
+    def release(self, release: Release) -> None:
+        self.releases.append(release)
+        if self.releasing is None:
+            self.releasing = asyncio.get_running_loop().create_task(self._append_releases())
+
+    async def _append_releases(self) -> None:
+        """Releases are facts order reports, not decisions: any replica may log them, unfenced."""
+        while self.releases:
+            releases, self.releases = self.releases, []
+            self.commits += 1
+            event_id = f"release-{self.partition}-{self.lease_revision}-{self.commits}"
+            await self.event_log.append([Append(RELEASE_KIND, self.partition, list(releases), event_id)])
+        self.releasing = None
+
+    def stop(self) -> None:
+        """Lost: refuse from now on; commits in flight finish (logged, they are the next owner's too)."""
+        self.serving = False
+        self.task.cancel()
+
+    @property
+    def busy(self) -> bool:
+        return self.committing is not None or self.releasing is not None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "serving": self.serving,
+            "leaseRevision": self.lease_revision,
+            "takeoverSeconds": self.takeover_seconds,
+            "replayedEvents": self.replayed_events,
+            "snapshotSequence": self.snapshot_sequence,
+        }
+
+
 class RiskService(Service):
     """Answers RiskCheck with RiskResult, books fills and completions, owns the kill switch."""
 
@@ -518,7 +904,7 @@ class RiskService(Service):
     def __init__(self, environment: Environment, settings: Settings) -> None:
         super().__init__(environment, settings)
         assert isinstance(settings, RiskSettings)
-        self.engine = RiskEngine(settings)
+        self.engine = RiskEngine(settings, partitioned=bool(environment.event_log))
         self.handlers = {
             RiskCheck: self.on_check,
             RiskUpdate: self.on_update,
@@ -526,17 +912,92 @@ class RiskService(Service):
         }
         self.batch_types = {layout_of(RiskCheck).type_id: settings.batchThreshold}
         self.market_data = subscribe_if_published(environment, self.on_ticks, self.metrics)
+        self.event_log: EventLog | None = None
+        self.ledgers: dict[int, PartitionLedger] = {}
+        self.replica = replica_identity(environment.replica)
+        self.owner_bytes = self.replica.encode()[:32]
+        self.leases = LeaseTable()
+        self.owner = PartitionOwner(
+            self.replica,
+            str(environment.advertised_address()),
+            self.leases,
+            self.take_over,
+            self.give_up,
+            self.serving,
+            lambda: self.risk_settings.partitionLeaseMillis / 1000,
+        )
+        self.lease_bucket: KeyValue | None = None
+        self.snapshots: Snapshots
+        self.tasks: list[asyncio.Task[None]] = []
+        if environment.event_log:
+            self.event_log = EventLog(environment.event_log, environment.event_log_replicas, "risk")
+        else:
+            log.warning("TRADEPLANE_EVENT_LOG is not set: limits hold per replica; run one risk replica")
+
+    @property
+    def risk_settings(self) -> RiskSettings:
+        assert isinstance(self.settings, RiskSettings)
+        return self.settings
 
     async def start(self) -> None:
         if self.market_data is not None:
             await self.market_data.start()
+        if self.event_log is None:
+            return
+        await self.event_log.open()
+        self.snapshots = await self.event_log.snapshots()
+        self.lease_bucket = await self.event_log.bucket(LEASE_BUCKET)
+        self.tasks = [
+            run_for_life(self.leases.follow(self.event_log), "watching the partition leases"),
+            run_for_life(self.owner.run(self.lease_bucket), "holding partition leases"),
+        ]
+
+    async def drain(self) -> None:
+        if self.event_log is None or self.lease_bucket is None:
+            return
+        for task in self.tasks:
+            task.cancel()
+        for partition in list(self.ledgers):
+            self.ledgers[partition].serving = False
+        await wait_until(lambda: not any(ledger.busy for ledger in self.ledgers.values()), 5.0)
+        await self.owner.release_all(self.lease_bucket)
 
     async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.market_data is not None:
             await self.market_data.stop()
+        if self.event_log is not None:
+            await self.event_log.close()
 
     def ready(self) -> bool:
-        return self.market_data is None or self.market_data.expected is not None
+        log_ready = self.event_log is None or self.event_log.connected
+        return log_ready and (self.market_data is None or self.market_data.expected is not None)
+
+    # --- partitions (with an event log) ---------------------------------------------------------------
+
+    def take_over(self, partition: int, lease_revision: int) -> None:
+        self.give_up(partition)
+        self.ledgers[partition] = PartitionLedger(self, partition, lease_revision)
+
+    def give_up(self, partition: int) -> None:
+        ledger = self.ledgers.pop(partition, None)
+        if ledger is not None:
+            ledger.stop()
+            self.engine.forget_partition(partition)
+
+    def lose(self, partition: int) -> None:
+        """The log says another replica owns the partition: stop answering and let the lease go."""
+        if partition in self.owner.owned:
+            self.owner.drop(partition)
+        else:
+            self.give_up(partition)
+
+    def serving(self, partition: int) -> bool:
+        ledger = self.ledgers.get(partition)
+        return ledger is not None and ledger.serving
 
     def on_ticks(self, ticks: np.ndarray[Any, Any]) -> None:
         self.engine.update_prices(ticks["symbol"], ticks["last_price"])
@@ -546,11 +1007,24 @@ class RiskService(Service):
 
     def on_check(self, connection: Connection, check: RiskCheck) -> None:
         self.inject_latency()
+        ledger = None
+        if self.event_log is not None:
+            ledger = self.ledgers.get(partition_of(check.account))
+            if ledger is None or not ledger.serving:
+                connection.send(RiskResult(check.order_id, PARTITION_TAKEOVER))
+                self.metrics.record(connection.received_ns)
+                return
         reason = self.engine.check(*check[:7], time.perf_counter_ns(), check.is_replace)
+        if ledger is not None and reason == OK:
+            ledger.reserve(self.engine.reservation(check), connection, connection.received_ns)
+            return
         connection.send(RiskResult(check.order_id, reason))
         self.metrics.record(connection.received_ns)
 
     def on_run(self, connection: Connection, run: FrameRun) -> None:
+        if self.event_log is not None:  # every acceptance waits for the log: nothing to gain in a batch
+            self._check_one_by_one(connection, run)
+            return
         checks = np.frombuffer(run.data, dtype=CHECK_DTYPE)
         reasons = self.engine.check_batch(checks, time.perf_counter_ns())
         if reasons is None:
@@ -580,7 +1054,14 @@ class RiskService(Service):
             self.on_check(connection, check)
 
     def on_update(self, connection: Connection, update: RiskUpdate) -> None:
-        self.engine.apply_update(update)
+        if self.event_log is None:
+            self.engine.apply_update(update)
+            return
+        # With the log, fills come from the log (execution appends them before anyone hears of them).
+        account = self.engine.account_of(update.order_id) if update.done else None
+        ledger = None if account is None else self.ledgers.get(partition_of(account))
+        if ledger is not None and account is not None:
+            ledger.release(Release(update.order_id, account))
 
     def on_kill_switch(self, connection: Connection, message: SetKillSwitch) -> None:
         self.set_kill_switch(message.state, f"session {connection.name}")
@@ -622,4 +1103,6 @@ class RiskService(Service):
                 for symbol, price in zip(engine.symbols, engine.reference, strict=True)
             },
             "marketData": self.market_data.stats.as_dict() if self.market_data else None,
+            "replica": self.replica if self.event_log is not None else None,
+            "partitions": {str(p): ledger.status() for p, ledger in sorted(self.ledgers.items())},
         }

@@ -22,7 +22,7 @@ import sys
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -237,7 +237,6 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received_ns = now = time.perf_counter_ns()
         owner = self.owner
-        handlers = self.handlers
         decoder = self.decoder
         items = decoder.feed(data)
         for item in items:
@@ -245,7 +244,8 @@ class Connection(asyncio.Protocol):
                 if type(item) is tuple:
                     message, sequence = cast(tuple[Any, int], item)
                     self.received_sequence = sequence
-                    handler = handlers.get(type(message))
+                    # Looked up per frame: a LogonAck changes the handlers of the frames behind it.
+                    handler = self.handlers.get(type(message))
                     if handler is None:
                         owner.unexpected(self, message, sequence)
                     else:
@@ -873,6 +873,20 @@ def run(service_factory: Callable[[Environment, Settings], Service], environment
         log.error("cannot start", extra=fields(error=str(error)))
         return 1
     return 0
+
+
+def run_for_life(coroutine: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+    """A task that must run as long as the service: should it end otherwise than canceled, the process
+    stops (SIGTERM) rather than serve without it, and its replacement starts clean."""
+
+    def ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            log.error("a task the service needs stopped", extra=fields(task=what), exc_info=task.exception())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    task = asyncio.get_running_loop().create_task(coroutine, name=what)
+    task.add_done_callback(ended)
+    return task
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.005) -> bool:

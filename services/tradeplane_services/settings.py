@@ -78,6 +78,12 @@ class RiskSettings(Settings):
     creditLimit: float = Field(
         1_000_000_000.0, gt=0, description="Per account: open-order notional plus executed notional."
     )
+    firmCreditLimit: float | None = Field(
+        None,
+        gt=0,
+        description="Firm-wide open-order plus executed notional; with an event log each of the 16 account"
+        " partitions may use an equal share. Unset: no firm-wide limit.",
+    )
     maxMessagesPerSecond: float = Field(1_000_000.0, gt=0, description="Per account token bucket.")
     duplicateWindowMillis: int = Field(
         500, ge=0, description="Identical orders (account, symbol, side, qty, price) inside it are refused."
@@ -86,6 +92,19 @@ class RiskSettings(Settings):
     killSwitch: KillSwitchState = KillSwitchState.ACTIVE
     batchThreshold: int = Field(
         8, ge=2, description="Runs of at least this many queued checks are evaluated as one numpy batch."
+    )
+    snapshotEveryEvents: int = Field(
+        1000,
+        ge=1,
+        description="With an event log: a partition's exposure goes to the log's KV store this often (at a"
+        " quiet moment), so a takeover replays from there.",
+    )
+    partitionLeaseMillis: int = Field(
+        2000,
+        ge=100,
+        le=60_000,
+        description="With an event log: a partition whose owner has not renewed its lease this long is taken"
+        " over by another replica.",
     )
 
     @field_validator("killSwitch", mode="before")

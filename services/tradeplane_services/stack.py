@@ -31,6 +31,15 @@ from tradeplane_services.sessions import Credentials, Keyring, generate_keyring
 START_ORDER = start_order()
 # Beside the wire ports: 7001 serves its metrics on 9101, and so on.
 METRICS_PORT_SHIFT = 2100
+REPLICA_PORT_STEP = 100  # replica n of a component listens n * 100 above the first one's ports
+
+
+def parse_replica_name(name: str) -> tuple[str, int]:
+    """`risk-1` is replica 1 of risk; a component's first replica is named after it."""
+    component, _, number = name.rpartition("-")
+    if number.isdigit() and component in BUNDLED:
+        return component, int(number)
+    return name, 0
 
 
 def multicast_group_for(host: str) -> Address:
@@ -81,24 +90,31 @@ class Stack:
     def credentials(self, identity: str) -> Credentials:
         return Credentials(identity, self.keyring)
 
-    def address(self, component: str) -> Address:
-        return Address(self.host, BUNDLED[component].port)
+    def address(self, name: str) -> Address:
+        """Where a component (or replica, `risk-1`) listens for sessions."""
+        component, replica = parse_replica_name(name)
+        return Address(self.host, BUNDLED[component].port + REPLICA_PORT_STEP * replica)
 
-    def metrics_url(self, component: str, path: str = "/metrics") -> str:
-        return f"http://{self.host}:{BUNDLED[component].port + METRICS_PORT_SHIFT}{path}"
+    def metrics_port(self, name: str) -> int:
+        return self.address(name).port + METRICS_PORT_SHIFT
 
-    def environment(self, component: str) -> dict[str, str]:
-        config = self.workdir / f"{component}.yaml"
+    def metrics_url(self, name: str, path: str = "/metrics") -> str:
+        return f"http://{self.host}:{self.metrics_port(name)}{path}"
+
+    def environment(self, name: str) -> dict[str, str]:
+        component, _ = parse_replica_name(name)
+        config = self.workdir / f"{name}.yaml"
         config.write_text(yaml.safe_dump(self.settings.get(component) or {}))
         env = {
             **os.environ,
             "TRADEPLANE_CONFIG": str(config),
             "TRADEPLANE_REVISION": self.revision,
+            "TRADEPLANE_REPLICA": name,
             "TRADEPLANE_BIND": self.host,
-            "TRADEPLANE_PORT": str(BUNDLED[component].port),
-            "TRADEPLANE_METRICS_PORT": str(BUNDLED[component].port + METRICS_PORT_SHIFT),
+            "TRADEPLANE_PORT": str(self.address(name).port),
+            "TRADEPLANE_METRICS_PORT": str(self.metrics_port(name)),
             "TRADEPLANE_KEYS_DIR": str(self.keys_dir),
-            "TRADEPLANE_STATE_DIR": str(self.workdir / component),
+            "TRADEPLANE_STATE_DIR": str(self.workdir / name),
             **{peer.peer_variable: str(self.address(peer.name)) for peer in BUNDLED.values()},
             "TRADEPLANE_EVENT_LOG": self.events.url,
             "TRADEPLANE_EVENT_LOG_REPLICAS": str(self.event_log_servers),
@@ -118,11 +134,12 @@ class Stack:
         for component in components:
             self.start_one(component)
 
-    def start_one(self, component: str) -> None:
-        log_file = open(self.workdir / f"{component}.log", "ab")  # noqa: SIM115 - the child keeps it
-        self.processes[component] = subprocess.Popen(
-            [sys.executable, "-m", "tradeplane_services", component],
-            env=self.environment(component),
+    def start_one(self, name: str) -> None:
+        """Start a component, or another replica of one (`risk-1`: ports 100 above the first's)."""
+        log_file = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "tradeplane_services", parse_replica_name(name)[0]],
+            env=self.environment(name),
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
@@ -169,8 +186,8 @@ class Stack:
         """SIGTERM every process, order first (so it drains while its peers still answer)."""
         codes = {}
         for component in reversed(START_ORDER):
-            if component in self.processes:
-                codes[component] = self.kill(component, signal.SIGTERM)
+            for name in [n for n in self.processes if parse_replica_name(n)[0] == component]:
+                codes[name] = self.kill(name, signal.SIGTERM)
         self.events.stop()
         return codes
 

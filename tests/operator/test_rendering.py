@@ -118,6 +118,7 @@ def test_the_environment_tells_the_service_where_it_is_and_where_its_peers_are()
     assert env["TRADEPLANE_PORT"]["value"] == "7001"
     assert env["TRADEPLANE_METRICS_PORT"]["value"] == "9100"
     assert env["TRADEPLANE_BIND"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["TRADEPLANE_REPLICA"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     # Only the peers it calls: order reaches risk and execution, nothing else.
     peers = {name: var["value"] for name, var in env.items() if name.endswith("_ADDR")}
     assert peers == {

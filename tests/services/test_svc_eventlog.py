@@ -26,6 +26,7 @@ from tradeplane_services.protocol import (
     ExecutionReport,
     Fill,
     ProtocolError,
+    Reason,
     Side,
     encode,
     price_units,
@@ -108,9 +109,15 @@ PAIRS = 300
 Book = dict[tuple[int, bytes], int]
 
 
-def trade_through(stack: Stack, faults: dict[int, Callable[[], None]]) -> tuple[Book, int]:
-    """Two order sessions send crossing pairs (every order trades in full), running `faults[n]` before pair n.
-    Returns what the clients were told: net quantity per (account, symbol), and the number of fills."""
+# While the log is down risk cannot make an acceptance durable: it refuses (fail closed) instead.
+FAIL_CLOSED = (Reason.RISK_UNAVAILABLE, Reason.PARTITION_TAKEOVER)
+QUIET_SECONDS = 3.0
+
+
+def trade_through(stack: Stack, faults: dict[int, Callable[[], None]]) -> tuple[Book, int, int]:
+    """Two order sessions send crossing pairs, running `faults[n]` before pair n. Every order trades in full
+    but those refused fail-closed and the partners they left: those are canceled once nothing moves.
+    Returns what the clients were told (net quantity per (account, symbol)), the fills and the refusals."""
     sessions = [OrderSession(stack.address("order")), OrderSession(stack.address("order"))]
     accounts: list[dict[int, int]] = [{}, {}]
     for pair in range(PAIRS):
@@ -127,15 +134,27 @@ def trade_through(stack: Stack, faults: dict[int, Callable[[], None]]) -> tuple[
         )
         time.sleep(0.002)
     told: Counter[tuple[int, bytes]] = Counter()
-    fills = 0
+    fills = refused = 0
     for session, open_orders in zip(sessions, accounts, strict=True):
         # Every order trades in full in the end (as much is bought as sold at one price), though not
         # always against its own pair: orders of the two sessions interleave.
         deadline = time.monotonic() + 60
+        moved = time.monotonic()
+        canceling: dict[int, int] = {}  # cancel's client order id -> the order's
         while open_orders:
             assert time.monotonic() < deadline, f"{len(open_orders)} orders never traded in full"
+            if not canceling and time.monotonic() - moved > QUIET_SECONDS:
+                canceling = {session.cancel(original): original for original in open_orders}
             for message in session.receive(1):
                 if not isinstance(message, ExecutionReport):
+                    continue
+                moved = time.monotonic()
+                if message.exec_type == ExecType.REJECTED and message.reason in FAIL_CLOSED:
+                    del open_orders[message.client_order_id]
+                    refused += 1
+                    continue
+                if message.exec_type == ExecType.CANCELED:
+                    del open_orders[canceling.get(message.client_order_id, message.client_order_id)]
                     continue
                 assert message.exec_type in (ExecType.NEW, ExecType.TRADE), f"not traded: {message}"
                 if message.exec_type == ExecType.TRADE:
@@ -145,7 +164,7 @@ def trade_through(stack: Stack, faults: dict[int, Callable[[], None]]) -> tuple[
                     if message.leaves_quantity == 0:
                         del open_orders[message.client_order_id]
         session.close()
-    return dict(told), fills
+    return dict(told), fills, refused
 
 
 def booked(stack: Stack) -> Book:
@@ -155,6 +174,8 @@ def booked(stack: Stack) -> Book:
 FAULTS: dict[str, tuple[int, Callable[[Stack], None], Callable[[Stack], None]]] = {
     # victim: (event log servers, kill, restart)
     "position": (1, lambda s: s.kill("position", signal.SIGKILL), lambda s: s.start_one("position")),
+    # Its replacement takes the partitions over once the leases expire; orders are refused meanwhile.
+    "risk": (1, lambda s: s.kill("risk", signal.SIGKILL), lambda s: s.start_one("risk")),
     "nats-server": (1, lambda s: s.events.kill(0), lambda s: s.events.start_one(0)),
     "one of three nats-servers (R3)": (3, lambda s: s.events.kill(1), lambda s: s.events.start_one(1)),
 }
@@ -166,8 +187,9 @@ def test_every_fill_a_client_was_told_of_is_in_positions_exactly_once_across_a_k
 ) -> None:
     servers, kill, restart = FAULTS[victim]
     stack = make_stack({"position": {"snapshotEveryEvents": 25}}, event_log_servers=servers)
-    told, fills = trade_through(stack, {100: lambda: kill(stack), 180: lambda: restart(stack)})
-    assert fills >= PAIRS * 2
+    told, fills, refused = trade_through(stack, {100: lambda: kill(stack), 180: lambda: restart(stack)})
+    assert refused == 0 or victim != "position", "risk answers while position is down"
+    assert fills >= 2 * (PAIRS - refused)
     stack.wait_ready(components=("position",))
     wait_for(lambda: booked(stack) == told, timeout=15, what="positions to equal the fills the clients got")
     assert stack.status("position")["fills"] == fills, "a fill was applied twice"
@@ -211,3 +233,28 @@ def test_the_desk_names_a_bad_event_log_address() -> None:
     command = [sys.executable, "-m", "tradeplane_services", "log", "--event-log", "http://x:4222", "info"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "'http://x:4222' is not a nats:// or tls:// URL" in result.stderr
+
+
+def test_a_position_canary_reads_the_same_log_and_aborting_it_loses_nothing(make_stack: StackFactory) -> None:
+    """A canary of position is one more projection of the log: started mid-stream it catches up from the
+    stable's snapshot and the tail; aborted (its pod deleted), it takes nothing with it."""
+    stack = make_stack({"position": {"snapshotEveryEvents": 25}})
+    canary_fills: list[int] = []
+
+    def start_canary() -> None:
+        stack.start_one("position-1")
+
+    def abort_canary() -> None:
+        stack.wait_ready(components=("position-1",))
+        canary_fills.append(stack.status("position-1")["fills"])
+        assert stack.kill("position-1", signal.SIGTERM) == 0
+
+    told, fills, refused = trade_through(stack, {60: start_canary, 200: abort_canary})
+    assert refused == 0 and canary_fills[0] > 0, "the canary projected the fills before its abort"
+    wait_for(lambda: booked(stack) == told, timeout=15, what="positions to equal the fills the clients got")
+    assert stack.status("position")["fills"] == fills
+    # The stable's next replica starts from whichever snapshot is latest, the canary's included.
+    stack.kill("position", signal.SIGKILL)
+    stack.start_one("position")
+    stack.wait_ready(components=("position",))
+    assert booked(stack) == told and stack.status("position")["fills"] == fills

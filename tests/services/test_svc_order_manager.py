@@ -39,7 +39,9 @@ class Harness:
         self.metrics = RequestMetrics(CollectorRegistry(), "order", "test")
         self.manager = OrderManager(
             lambda session, report: self.reports.append((session, report)),
-            lambda m: self.risk_up and (self.to_risk.append(m) or True),
+            lambda m, account: (
+                0 if self.risk_up and (self.to_risk.append(m) or True) else int(Reason.RISK_UNAVAILABLE)
+            ),
             lambda m: self.venue_up and (self.to_venue.append(m) or True),
             self.metrics,
             risk_timeout_ns=100 * MS,

@@ -280,9 +280,12 @@ def test_every_service_survives_random_bytes(make_stack: StackFactory, garbage: 
     assert all(process.poll() is None for process in stack.processes.values())
 
 
-def test_the_client_demo_and_the_load_generator_run_against_the_stack(stack: Stack) -> None:
+def test_the_client_demo_and_the_load_generator_run_against_the_stack(make_stack: StackFactory) -> None:
     import subprocess
     import sys
+
+    # An acceptance waits for an fsync of the log: on a loaded machine that outlasts the 500 ms default.
+    stack = make_stack({"order": {"riskTimeoutMillis": 5000}})
 
     demo = subprocess.run(
         [
@@ -306,6 +309,9 @@ def test_the_client_demo_and_the_load_generator_run_against_the_stack(stack: Sta
     assert demo.stdout.count("TRADE") == 4 and "positions:" in demo.stdout
     result = run_load(stack.address("order"), rate=2000, seconds=1.0, warmup=0.2, settle_seconds=0.5)
     assert (result.sent, result.answered, result.unanswered) == (2000, 2000, 0)
-    assert result.trades == 2000 and not result.rejects
+    # Each account partition commits its acceptances to the log on its own, so orders of different
+    # accounts may reach the venue in another order than sent, and an order may trade in more than one piece.
+    assert not result.rejects, result.rejects
+    assert result.trades >= 2000, result.trades
     assert sum(result.net_fills.values()) == 0, "every buy met a sell"
     assert result.percentiles_us["p50"] > 0 and result.measured == 1600
