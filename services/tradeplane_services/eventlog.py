@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -256,11 +256,17 @@ class EventLog:
         return int(info.state.last_seq)
 
     async def read(
-        self, filter_subject: str, start: int = 1, stop: int | None = None, follow: bool = False
+        self,
+        filter_subject: str,
+        start: int = 1,
+        stop: int | None = None,
+        follow: bool = False,
+        damaged: Callable[[ProtocolError], None] | None = None,
     ) -> AsyncIterator[Event]:
         """Events on `filter_subject` from sequence `start`: up to `stop` (default: the end of the log as
         it is now), or for ever with `follow`. Each is acknowledged once the caller has taken it; a lost
-        consumer (a server restart) is recreated from the next sequence."""
+        consumer (a server restart) is recreated from the next sequence. An event that cannot be decoded
+        raises ProtocolError, or with `damaged` is handed to it and passed over as an empty event."""
         assert self.js is not None
         next_sequence = max(1, start)
         if stop is None and not follow:
@@ -295,7 +301,13 @@ class EventLog:
                             return  # nothing more on this subject
                         continue
                     for message in messages:
-                        event = self._event(message)
+                        try:
+                            event = self._event(message)
+                        except ProtocolError as error:
+                            if damaged is None:
+                                raise
+                            damaged(error)
+                            event = Event(int(message.metadata.sequence.stream), message.subject, [])
                         if event.sequence < next_sequence:
                             await message.ack()  # redelivered to a consumer from before a reconnect
                             continue

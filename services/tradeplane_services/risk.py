@@ -725,6 +725,7 @@ class PartitionLedger:
         self.takeover_seconds: float | None = None
         self.replayed_events = 0
         self.snapshot_sequence = 0  # the snapshot loaded at takeover, or the last one tried
+        self.damaged_events = 0
         self.task = asyncio.get_running_loop().create_task(self.run(), name=f"partition-{partition}")
         self.task.add_done_callback(self._ended)
 
@@ -745,7 +746,10 @@ class PartitionLedger:
                 continue  # the previous owner appended after we looked: look again
         await self.load_snapshot()
         events = subject_filter("*", self.partition)
-        async for event in self.event_log.read(events, self.snapshot_sequence + 1, self.last_sequence):
+        replay = self.event_log.read(
+            events, self.snapshot_sequence + 1, self.last_sequence, damaged=self.damaged
+        )
+        async for event in replay:
             self.apply(event, replaying=True)
             self.replayed_events += 1
         every = self.service.risk_settings.snapshotEveryEvents
@@ -767,11 +771,18 @@ class PartitionLedger:
         )
         if document is not None:
             await self.save_snapshot(document)
-        async for event in self.event_log.read(events, self.last_sequence + 1, follow=True):
+        tail = self.event_log.read(events, self.last_sequence + 1, follow=True, damaged=self.damaged)
+        async for event in tail:
             self.apply(event, replaying=False)
             quiet = self.committing is None and event.sequence >= self.last_sequence
             if quiet and self.serving and event.sequence - self.snapshot_sequence >= every:
                 await self.save_snapshot(self.snapshot_document(event.sequence))
+
+    def damaged(self, error: ProtocolError) -> None:
+        """A frame no risk replica wrote (each writes what its own protocol version decodes): foreign input
+        on the partition's subjects, passed over loudly rather than stopping the partition for good."""
+        self.damaged_events += 1
+        log.error("undecodable event on a risk partition passed over", extra=fields(error=str(error)))
 
     @property
     def snapshot_key(self) -> str:
@@ -893,6 +904,7 @@ class PartitionLedger:
             "takeoverSeconds": self.takeover_seconds,
             "replayedEvents": self.replayed_events,
             "snapshotSequence": self.snapshot_sequence,
+            "damagedEvents": self.damaged_events,
         }
 
 

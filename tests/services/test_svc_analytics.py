@@ -214,7 +214,10 @@ def test_analytics_stores_every_fill_and_tick_once_across_kill_9_and_rebuilds_po
             "SELECT count(), uniqExact(log_sequence, frame) FROM fills"
         )
         assert stored_fills == distinct_fills == fills
-        assert store.rows("SELECT count() FROM order_events") == [(3,)]
+        assert store.rows("SELECT count() FROM order_events WHERE kind = 'order'") == [(3,)]
+        # Risk logs each order it accepted (kind risk) and, once it is done, its release.
+        by_kind = dict(store.rows("SELECT kind, count() FROM order_events GROUP BY kind"))
+        assert by_kind["risk"] >= by_kind["release"] > 0, by_kind
     finally:
         store.close()
 
