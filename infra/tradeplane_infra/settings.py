@@ -345,7 +345,13 @@ class Services(ConfigModel):
         return merged
 
     def by_component(self) -> dict[str, ServiceSettings]:
-        return {component: getattr(self, component.replace("-", "_")) for component in BUNDLED}
+        """The trading services this program sizes and declares (analytics, not latency-critical, is
+        declared by the desk that runs it)."""
+        return {
+            component: getattr(self, component.replace("-", "_"))
+            for component in BUNDLED
+            if component in DEFAULT_SERVICES
+        }
 
 
 def split_image(reference: str) -> tuple[str, str | None, str | None]:

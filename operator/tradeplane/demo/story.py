@@ -271,17 +271,12 @@ def _event_log() -> NatsServers:
 
 # Fills are logged and positions projected from the log. Order and risk run without it, one risk limit per
 # replica: partitioned risk answers only after the log's fsync, and on two shared cores beside the rest of
-# the stack that puts the canary story's checks past their 10 ms SLO. Analytics' ingestion would take a core.
+# the stack that puts the canary story's checks past their 10 ms SLO.
 LOGGED = frozenset({"execution", "position"})
-LEFT_OUT = frozenset({"analytics"})
 
 
 def _bring_up(args: argparse.Namespace, api: client.CoreV1Api, runner: PodRunner, event_log: str) -> int:
-    samples = [
-        sample
-        for sample in sorted(SAMPLES_DIR.glob("*.yaml"))
-        if (yaml.safe_load(sample.read_text()).get("spec") or {}).get("component") not in LEFT_OUT
-    ]
+    samples = sorted(SAMPLES_DIR.glob("*.yaml"))
     _say(f"applying {len(samples)} sample manifests from {SAMPLES_DIR}, event log {event_log}")
     for sample in samples:
         manifest = yaml.safe_load(sample.read_text())
