@@ -5,7 +5,6 @@ every order in flight when the routing switches."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -126,8 +125,14 @@ def test_orders_in_flight_at_a_switch_are_answered_by_the_revision_that_took_the
             lambda: answered_by_canary(send_orders(session, [7])[7]), 10, what="orders reaching the canary"
         )
         # 30 checks at 20 ms each: the canary is still working through them when the routing drops it.
+        routed_before = routed_to_canary(stable)
         in_flight = {session.new_order(Side.BUY, "AAPL", QUANTITY, FAR_PRICE, a): a for a in range(1, 31)}
-        time.sleep(0.05)
+        # Dropped only once order has sent all 30 there (on a loaded machine that takes a while).
+        wait_for(
+            lambda: routed_to_canary(stable) >= routed_before + 30,
+            10,
+            what="the 30 orders routed to the canary",
+        )
         dropped = {**routing(canary, 0), "canary": []}
         assert push(stable, dropped)[1]["weightBasisPoints"] == 0
         after = send_orders(session, list(range(31, 61)))
@@ -142,6 +147,10 @@ def test_a_bad_routing_is_refused_naming_the_field(stacks: tuple[Stack, Stack]) 
     assert status == 400 and "weightBasisPoints" in text
     status, text = push(stable, {**routing(canary, 100), "peer": "position"})
     assert status == 400 and "splits no orders to position" in text
+
+
+def routed_to_canary(stack: Stack) -> int:
+    return int(json.loads(http_get(stack, "/routing"))["risk"]["routed"].get("v2", 0))
 
 
 def http_get(stack: Stack, path: str) -> str:
