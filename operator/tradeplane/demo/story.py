@@ -47,11 +47,13 @@ NAMESPACE = "trading"
 SAMPLES_DIR = crd.REPO_ROOT / "samples"
 RISK = "risk"
 # Loose on purpose: the control plane, the operator and eleven service processes share two cores here,
-# where a healthy revision's in-process p99 reaches milliseconds under load. The injected latency is spun,
-# not slept, and blocks the service's one loop (its /metrics too), so the checks' rate is kept low enough
-# that the slow canary stays busy only part of the time and can still be measured.
-SLO_MICROS = 10_000
-SLOW_MICROS = 25_000
+# where a healthy revision's in-process p99 reaches milliseconds under load and now and then a stall past
+# 10 ms (seen in CI: 10.8 ms over one 5 s window). The gate sits on the 20 ms bucket bound, the bad revision
+# well above it. The injected latency is spun, not slept, and blocks the service's one loop (its /metrics
+# too), so the checks' rate is kept low enough that the slow canary stays busy only part of the time and
+# can still be measured.
+SLO_MICROS = 20_000
+SLOW_MICROS = 50_000
 RISK_CHECKS_PER_SECOND = 45.0
 ROLLOUT = {
     "steps": [{"weight": 25, "pause": "3s"}, {"weight": 50, "pause": "3s"}],
@@ -271,7 +273,7 @@ def _event_log() -> NatsServers:
 
 # Fills are logged and positions projected from the log. Order and risk run without it, one risk limit per
 # replica: partitioned risk answers only after the log's fsync, and on two shared cores beside the rest of
-# the stack that puts the canary story's checks past their 10 ms SLO.
+# the stack that puts the canary story's checks past their SLO.
 LOGGED = frozenset({"execution", "position"})
 
 
