@@ -78,34 +78,42 @@ def _set_paused(args: argparse.Namespace, paused: bool) -> str:
     return f"tradingservice {namespace}/{args.name} {'paused' if paused else 'resumed'}"
 
 
-def _request(args: argparse.Namespace, annotation: str, verb: str) -> str:
-    """Annotate the resource with the canary revision the request means, in this spec generation."""
+def _annotate_revision(
+    args: argparse.Namespace,
+    annotation: str,
+    status_field: str,
+    missing: str,
+    value_for: Callable[[str, int], str],
+) -> tuple[str, dict[str, Any]]:
+    """Annotate the resource with the revision its `status_field` names, bound to this spec generation;
+    return that revision and the status it was read from."""
     api, namespace = _api(args), _namespace(args)
     found = _get(api, namespace, args.name)
     status = found.get("status") or {}
-    canary = status.get("canaryRevision")
-    if not canary:
+    revision = status.get(status_field)
+    if not revision:
         phase = status.get("phase", "Pending")
-        raise CommandError(f"tradingservice {namespace}/{args.name} has no canary to {verb} (phase {phase})")
-    value = request(canary, found["metadata"]["generation"])
+        raise CommandError(f"tradingservice {namespace}/{args.name} has {missing} (phase {phase})")
+    value = value_for(revision, found["metadata"]["generation"])
     _patch(api, namespace, args.name, {"metadata": {"annotations": {annotation: value}}})
-    return f"tradingservice {namespace}/{args.name}: {verb} canary revision {canary} requested"
+    return revision, status
+
+
+def _request(args: argparse.Namespace, annotation: str, verb: str) -> str:
+    canary, _ = _annotate_revision(args, annotation, "canaryRevision", f"no canary to {verb}", request)
+    return f"tradingservice {_namespace(args)}/{args.name}: {verb} canary revision {canary} requested"
 
 
 def _retry(args: argparse.Namespace) -> str:
-    api, namespace = _api(args), _namespace(args)
-    found = _get(api, namespace, args.name)
-    status = found.get("status") or {}
-    failed = status.get("failedRevision")
-    if not failed:
-        phase = status.get("phase", "Pending")
-        raise CommandError(
-            f"tradingservice {namespace}/{args.name} has no rolled-back revision (phase {phase})"
-        )
-    value = retry_request(failed, found["metadata"]["generation"], secrets.token_hex(4))
-    _patch(api, namespace, args.name, {"metadata": {"annotations": {RETRY_ANNOTATION: value}}})
+    failed, status = _annotate_revision(
+        args,
+        RETRY_ANNOTATION,
+        "failedRevision",
+        "no rolled-back revision",
+        lambda revision, generation: retry_request(revision, generation, secrets.token_hex(4)),
+    )
     outcome = status.get("rollbackOutcome") or "Failed"
-    return f"tradingservice {namespace}/{args.name}: retry of revision {failed} ({outcome}) requested"
+    return f"tradingservice {_namespace(args)}/{args.name}: retry of revision {failed} ({outcome}) requested"
 
 
 def _pause(args: argparse.Namespace) -> str:

@@ -1,4 +1,4 @@
-"""`tradeplane pause|resume|promote|abort` against the real API server."""
+"""`tradeplane pause|resume|promote|abort|retry` against the real API server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 from support import Kubectl, get_json
 from tradeplane.cli import main
 from tradeplane.cluster import toolchain
-from tradeplane.labels import ABORT_ANNOTATION, PROMOTE_ANNOTATION
+from tradeplane.labels import ABORT_ANNOTATION, PROMOTE_ANNOTATION, RETRY_ANNOTATION
 
 pytestmark = pytest.mark.cluster
 
@@ -78,6 +78,39 @@ def test_promote_without_a_canary_says_so(
     assert (
         f"error: tradingservice {namespace}/order has no canary to promote (phase Ready)"
         in capsys.readouterr().err
+    )
+
+
+def test_retry_names_the_rolled_back_revision_once_per_request(
+    kube_env: Path, kubectl: Kubectl, namespace: str, service: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    set_status(kubectl, namespace, {"phase": "Ready", "stableRevision": "aaa"})
+    assert main(["retry", service, "-n", namespace]) == 1
+    assert (
+        f"error: tradingservice {namespace}/order has no rolled-back revision (phase Ready)"
+        in capsys.readouterr().err
+    )
+    set_status(
+        kubectl,
+        namespace,
+        {
+            "phase": "RolledBack",
+            "stableRevision": "aaa",
+            "failedRevision": "ccc",
+            "rollbackOutcome": "Inconclusive",
+        },
+    )
+    values = []
+    for _ in range(2):
+        assert main(["retry", service, "-n", namespace]) == 0
+        annotations = get_json(kubectl, "tradingservice", service, "-n", namespace)["metadata"]["annotations"]
+        values.append(annotations[RETRY_ANNOTATION])
+    assert all(value.startswith("ccc@1#") for value in values)
+    # Each request is its own: the operator honours a retry once, so a second must differ from the first.
+    assert values[0] != values[1]
+    assert (
+        f"tradingservice {namespace}/order: retry of revision ccc (Inconclusive) requested"
+        in capsys.readouterr().out
     )
 
 
