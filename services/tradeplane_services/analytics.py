@@ -70,7 +70,7 @@ from tradeplane_services.protocol import (
     symbol_bytes,
     symbol_text,
 )
-from tradeplane_services.runtime import Service, fields, log
+from tradeplane_services.runtime import Service, cancel_and_wait, fields, log
 from tradeplane_services.settings import AnalyticsSettings, Settings
 from tradeplane_services.tickstore import FILL_COLUMNS, ORDER_EVENT_COLUMNS, Nanoseconds, price_decimal
 
@@ -610,10 +610,7 @@ class AnalyticsService(Service):
 
     async def drain(self) -> None:
         """Stop taking input and store what was gathered (its events acknowledged)."""
-        for task in self.tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self.tasks)
         while (batch := self.ticks.take()) is not None:
             await asyncio.to_thread(self._store_ticks, feed_stream(self.channel), *batch)
         if self.events.messages and not self.events_rebuilding:
@@ -623,10 +620,7 @@ class AnalyticsService(Service):
                 await self.subscription.unsubscribe()
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self.tasks)
         if self.market_data is not None:
             await self.market_data.stop()
         if self.event_log is not None:

@@ -15,7 +15,6 @@ and kept nowhere.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Hashable
@@ -33,7 +32,7 @@ from tradeplane_services.protocol import (
     RouteOrder,
     VenueReport,
 )
-from tradeplane_services.runtime import Connection, Service, fields, log, wait_until
+from tradeplane_services.runtime import Connection, Service, cancel_and_wait, fields, log, wait_until
 from tradeplane_services.settings import ExecutionSettings, Settings
 
 NEW, TRADE = int(ExecType.NEW), int(ExecType.TRADE)
@@ -193,10 +192,7 @@ class ExecutionService(Service):
             log.error("stopping with fills the event log has not stored", extra=fields(fills=self.unstored))
 
     async def stop(self) -> None:
-        if self.committing is not None:
-            self.committing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.committing
+        await cancel_and_wait(self.committing)
         if self.event_log is not None:
             await self.event_log.close()
 

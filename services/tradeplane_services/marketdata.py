@@ -15,7 +15,6 @@ multicast subscriber that hears nothing, not even heartbeats, falls back to unic
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import struct
 import time
@@ -46,6 +45,7 @@ from tradeplane_services.runtime import (
     PeerLink,
     RequestMetrics,
     Service,
+    cancel_and_wait,
     fields,
     log,
 )
@@ -282,10 +282,7 @@ class MarketDataService(Service):
         }
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self.publisher.socket.close()
 
 
@@ -484,10 +481,7 @@ class MarketDataSubscriber:
             self.on_ticks(batch.ticks)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._transport is not None:
             self._transport.close()
         await self.link.stop()

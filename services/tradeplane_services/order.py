@@ -12,7 +12,6 @@ venue), so it runs without sockets in unit tests; `OrderService` wires it to con
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
@@ -46,6 +45,7 @@ from tradeplane_services.runtime import (
     PeerLink,
     RequestMetrics,
     Service,
+    cancel_and_wait,
     fields,
     log,
     run_for_life,
@@ -600,10 +600,7 @@ class RiskRoutes:
         self.service.manager.risk_lost(served_there)
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await cancel_and_wait(self.task)
         await self.event_log.close()
 
 
@@ -739,10 +736,7 @@ class OrderService(Service):
 
     async def stop(self) -> None:
         await self.risk.stop()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
         if self.risk_routes is not None:
             await self.risk_routes.stop()
 

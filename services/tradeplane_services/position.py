@@ -21,7 +21,6 @@ GET /positions[?account=N] on the metrics port answers JSON with the log `sequen
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -45,7 +44,7 @@ from tradeplane_services.protocol import (
     symbol_bytes,
     symbol_text,
 )
-from tradeplane_services.runtime import Connection, Service, fields, log, run_for_life
+from tradeplane_services.runtime import Connection, Service, cancel_and_wait, fields, log, run_for_life
 from tradeplane_services.settings import PositionSettings, Settings
 
 BUY = int(Side.BUY)
@@ -286,10 +285,7 @@ class PositionService(Service):
         await self.snapshot()
 
     async def stop(self) -> None:
-        if self._projection is not None:
-            self._projection.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._projection
+        await cancel_and_wait(self._projection)
         if self.market_data is not None:
             await self.market_data.stop()
         if self.event_log is not None:

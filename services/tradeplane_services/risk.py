@@ -29,7 +29,6 @@ exposure: run one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from itertools import repeat
 from typing import Any
@@ -83,6 +82,7 @@ from tradeplane_services.protocol import (
 from tradeplane_services.runtime import (
     Connection,
     Service,
+    cancel_and_wait,
     fields,
     log,
     run_for_life,
@@ -975,10 +975,7 @@ class RiskService(Service):
         await self.owner.release_all(self.lease_bucket)
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self.tasks)
         if self.market_data is not None:
             await self.market_data.stop()
         if self.event_log is not None:
