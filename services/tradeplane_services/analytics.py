@@ -71,7 +71,7 @@ from tradeplane_services.protocol import (
     symbol_text,
 )
 from tradeplane_services.runtime import Service, cancel_and_wait, fields, log
-from tradeplane_services.settings import AnalyticsSettings, Settings
+from tradeplane_services.settings import AnalyticsSettings
 from tradeplane_services.tickstore import FILL_COLUMNS, ORDER_EVENT_COLUMNS, Nanoseconds, price_decimal
 
 LAST_TICKS_BUCKET = "tradeplane-last-ticks"
@@ -331,12 +331,11 @@ def recorded_batch(store: tickstore.Store, stream: str) -> tuple[int, int] | Non
     return (int(rows[0][0]), int(rows[0][1])) if rows else None
 
 
-class AnalyticsService(Service):
+class AnalyticsService(Service[AnalyticsSettings]):
     name = "analytics"
 
-    def __init__(self, environment: Environment, settings: Settings) -> None:
+    def __init__(self, environment: Environment, settings: AnalyticsSettings) -> None:
         super().__init__(environment, settings)
-        assert isinstance(settings, AnalyticsSettings)
         self.rejections = Rejections(self.name, environment.revision)
         self.registry.register(self.rejections)
         self.store = open_store(settings, environment.state_dir)
@@ -399,15 +398,10 @@ class AnalyticsService(Service):
 
     # --- writing -----------------------------------------------------------------------------------
 
-    def _settings(self) -> AnalyticsSettings:
-        settings = self.settings
-        assert isinstance(settings, AnalyticsSettings)
-        return settings
-
     async def _write_ticks(self) -> None:
         stream = feed_stream(self.channel)
         while True:
-            settings = self._settings()
+            settings = self.settings
             deadline = time.monotonic() + settings.batchMillis / 1000
             while time.monotonic() < deadline and not self.ticks.due(settings.batchRows):
                 await asyncio.sleep(0.005)
@@ -437,7 +431,7 @@ class AnalyticsService(Service):
         """The durable consumer starts where the store ends: the recorded batch, rebuilt exactly."""
         event_log = self.event_log
         assert event_log is not None and event_log.js is not None
-        settings = self._settings()
+        settings = self.settings
         recorded = await asyncio.to_thread(recorded_batch, self.store, EVENTS_STREAM)
         first, self.events_rebuilding = (recorded[0], recorded[1]) if recorded else (1, 0)
         self.ingested_sequence = first - 1
@@ -458,7 +452,7 @@ class AnalyticsService(Service):
         target = await event_log.last_sequence()
         deadline = time.monotonic() + settings.batchMillis / 1000
         while True:
-            settings = self._settings()
+            settings = self.settings
             try:
                 messages = await subscription.fetch(min(settings.batchRows, 4096), timeout=0.05)
             except TimeoutError:  # nats-py raises its own or asyncio's
@@ -525,7 +519,7 @@ class AnalyticsService(Service):
                 )
             )
         while True:
-            await asyncio.sleep(self._settings().batchMillis / 1000)
+            await asyncio.sleep(self.settings.batchMillis / 1000)
             latest, self.ticks.latest = self.ticks.latest, {}
             if not latest:
                 continue

@@ -33,7 +33,7 @@ from tradeplane_services.protocol import (
     VenueReport,
 )
 from tradeplane_services.runtime import Connection, Service, cancel_and_wait, fields, log, wait_until
-from tradeplane_services.settings import ExecutionSettings, Settings
+from tradeplane_services.settings import ExecutionSettings
 
 NEW, TRADE = int(ExecType.NEW), int(ExecType.TRADE)
 
@@ -64,12 +64,11 @@ class Venue(Protocol):
 VENUES: dict[str, type[Venue]] = {"simulated": MatchingEngine}
 
 
-class ExecutionService(Service):
+class ExecutionService(Service[ExecutionSettings]):
     name = "execution"
 
-    def __init__(self, environment: Environment, settings: Settings) -> None:
+    def __init__(self, environment: Environment, settings: ExecutionSettings) -> None:
         super().__init__(environment, settings)
-        assert isinstance(settings, ExecutionSettings)
         self.venue: Venue = VENUES[settings.venue]()
         self.handlers = {
             RouteOrder: self.on_route,

@@ -50,7 +50,7 @@ from tradeplane_services.runtime import (
     log,
 )
 from tradeplane_services.sessions import Credentials, Keyring
-from tradeplane_services.settings import MarketDataSettings, Settings
+from tradeplane_services.settings import MarketDataSettings
 
 SNAPSHOT_REQUEST = ReplayRequest(0, 0)
 PACKETS_PER_ROUND = 64
@@ -206,12 +206,11 @@ class Publisher:
                     self.group = None
 
 
-class MarketDataService(Service):
+class MarketDataService(Service[MarketDataSettings]):
     name = "market-data"
 
-    def __init__(self, environment: Environment, settings: Settings) -> None:
+    def __init__(self, environment: Environment, settings: MarketDataSettings) -> None:
         super().__init__(environment, settings)
-        assert isinstance(settings, MarketDataSettings)
         self.publisher = Publisher(settings, environment.bind, environment.market_data_group, self.metrics)
         self.feed: SimulatedFeed | ReplayFeed = (
             ReplayFeed(Path(settings.replayFile)) if settings.replayFile else SimulatedFeed(settings.symbols)
@@ -229,7 +228,6 @@ class MarketDataService(Service):
         started, due_total, rate, sent_at = time.perf_counter(), 0, -1, 0.0
         while True:
             settings = self.settings
-            assert isinstance(settings, MarketDataSettings)
             now = time.perf_counter()
             if settings.ticksPerSecond != rate:
                 started, due_total, rate = now, 0, settings.ticksPerSecond

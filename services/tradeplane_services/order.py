@@ -51,7 +51,7 @@ from tradeplane_services.runtime import (
     run_for_life,
     wait_until,
 )
-from tradeplane_services.settings import OrderSettings, Settings
+from tradeplane_services.settings import OrderSettings
 from tradeplane_services.split import AccountSplit, routing_route
 
 PENDING_NEW, NEW, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED = (int(s) for s in OrderStatus)
@@ -604,14 +604,13 @@ class RiskRoutes:
         await self.event_log.close()
 
 
-class OrderService(Service):
+class OrderService(Service[OrderSettings]):
     """Client sessions in; risk and execution links out."""
 
     name = "order"
 
-    def __init__(self, environment: Environment, settings: Settings) -> None:
+    def __init__(self, environment: Environment, settings: OrderSettings) -> None:
         super().__init__(environment, settings)
-        assert isinstance(settings, OrderSettings)
         # Risk is reached through its stable and, during an order-flow canary, its canary revision; with
         # an event log the stable's checks go to the owner of the account's partition (firm-wide limits).
         self.risk = AccountSplit(
@@ -660,9 +659,8 @@ class OrderService(Service):
         risk_ready = self.risk_routes.ready if self.risk_routes is not None else self.risk.connected
         return risk_ready and self.execution.connected
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, settings: OrderSettings) -> None:
         super().reconfigure(settings)
-        assert isinstance(settings, OrderSettings)
         self.manager.risk_timeout_ns = settings.riskTimeoutMillis * 1_000_000
 
     def logged_on(self, connection: Connection) -> None:
@@ -691,7 +689,6 @@ class OrderService(Service):
     def risk_answer_seconds(self) -> float:
         """How long a risk check can stay unanswered before the sweeper rejects it, with a margin."""
         settings = self.settings
-        assert isinstance(settings, OrderSettings)
         return settings.riskTimeoutMillis / 1000 + 0.1
 
     def routing_document(self, query: dict[str, list[str]]) -> tuple[int, str, bytes]:

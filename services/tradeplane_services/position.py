@@ -45,7 +45,7 @@ from tradeplane_services.protocol import (
     symbol_text,
 )
 from tradeplane_services.runtime import Connection, Service, cancel_and_wait, fields, log, run_for_life
-from tradeplane_services.settings import PositionSettings, Settings
+from tradeplane_services.settings import PositionSettings
 
 BUY = int(Side.BUY)
 FILLS = subject_filter("fill")
@@ -170,12 +170,11 @@ class PositionBook:
                 yield self.report(key_account, symbol)
 
 
-class PositionService(Service):
+class PositionService(Service[PositionSettings]):
     name = "position"
 
-    def __init__(self, environment: Environment, settings: Settings) -> None:
+    def __init__(self, environment: Environment, settings: PositionSettings) -> None:
         super().__init__(environment, settings)
-        assert isinstance(settings, PositionSettings)
         self.book = PositionBook()
         self.handlers = {PositionQuery: self.on_query}
         self.routes["/positions"] = self.positions_route
@@ -234,7 +233,6 @@ class PositionService(Service):
 
     async def _project(self, events: AsyncIterator[Event]) -> None:
         settings = self.settings
-        assert isinstance(settings, PositionSettings)
         async for event in events:
             for fill in event.messages:
                 self.book.apply(fill)

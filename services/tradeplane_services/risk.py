@@ -89,7 +89,7 @@ from tradeplane_services.runtime import (
     spin_for,
     wait_until,
 )
-from tradeplane_services.settings import RiskSettings, Settings
+from tradeplane_services.settings import RiskSettings
 
 MASK64 = (1 << 64) - 1
 _MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)
@@ -752,7 +752,7 @@ class PartitionLedger:
         async for event in replay:
             self.apply(event, replaying=True)
             self.replayed_events += 1
-        every = self.service.risk_settings.snapshotEveryEvents
+        every = self.service.settings.snapshotEveryEvents
         # Nothing of ours in flight yet: the state is the fold up to the claim, worth keeping if long.
         replayed_far = self.last_sequence - self.snapshot_sequence >= every
         document = self.snapshot_document(self.last_sequence) if replayed_far else None
@@ -908,14 +908,13 @@ class PartitionLedger:
         }
 
 
-class RiskService(Service):
+class RiskService(Service[RiskSettings]):
     """Answers RiskCheck with RiskResult, books fills and completions, owns the kill switch."""
 
     name = "risk"
 
-    def __init__(self, environment: Environment, settings: Settings) -> None:
+    def __init__(self, environment: Environment, settings: RiskSettings) -> None:
         super().__init__(environment, settings)
-        assert isinstance(settings, RiskSettings)
         self.engine = RiskEngine(settings, partitioned=bool(environment.event_log))
         self.handlers = {
             RiskCheck: self.on_check,
@@ -936,7 +935,7 @@ class RiskService(Service):
             self.take_over,
             self.give_up,
             self.serving,
-            lambda: self.risk_settings.partitionLeaseMillis / 1000,
+            lambda: self.settings.partitionLeaseMillis / 1000,
         )
         self.lease_bucket: KeyValue | None = None
         self.snapshots: Snapshots
@@ -945,11 +944,6 @@ class RiskService(Service):
             self.event_log = EventLog(environment.event_log, environment.event_log_replicas, "risk")
         else:
             log.warning("TRADEPLANE_EVENT_LOG is not set: limits hold per replica; run one risk replica")
-
-    @property
-    def risk_settings(self) -> RiskSettings:
-        assert isinstance(self.settings, RiskSettings)
-        return self.settings
 
     async def start(self) -> None:
         if self.market_data is not None:
@@ -1085,8 +1079,7 @@ class RiskService(Service):
         for session in self.sessions:
             session.send(KillSwitchStatus(state))
 
-    def reconfigure(self, settings: Settings) -> None:
-        assert isinstance(settings, RiskSettings) and isinstance(self.settings, RiskSettings)
+    def reconfigure(self, settings: RiskSettings) -> None:
         previous = self.settings
         current_switch = self.engine.kill_switch
         try:

@@ -23,7 +23,7 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 import uvloop
@@ -518,12 +518,17 @@ HttpPost = Callable[[bytes], tuple[int, str, bytes]]
 MAX_POST_BYTES = 64 * 1024
 
 
-class Service(ConnectionOwner):
-    """Base of the bundled services; subclasses set `handlers` and override the hooks they need."""
+SettingsT = TypeVar("SettingsT", bound=Settings)
+
+
+class Service(ConnectionOwner, Generic[SettingsT]):
+    """Base of the bundled services, typed by their settings model (the catalog pairs each component with
+    its model, so `self.settings` is the subclass's own); subclasses set `handlers` and override the hooks
+    they need."""
 
     name = "service"
 
-    def __init__(self, environment: Environment, settings: Settings) -> None:
+    def __init__(self, environment: Environment, settings: SettingsT) -> None:
         self.environment = environment
         self.settings = settings
         self.registry = CollectorRegistry()
@@ -559,7 +564,7 @@ class Service(ConnectionOwner):
         """Whether the service can do its job (peers connected, state replayed)."""
         return True
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, settings: SettingsT) -> None:
         self.settings = settings
 
     async def drain(self) -> None:
@@ -714,7 +719,7 @@ class Service(ConnectionOwner):
 class HttpEndpoint:
     """/metrics, /healthz, /readyz, /status and the service's own read routes, over plain HTTP/1.1."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service[Any]) -> None:
         self.service = service
 
     def respond(self, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
@@ -781,7 +786,7 @@ class HttpEndpoint:
 class ConfigWatcher:
     """Reloads the config file when it changes (ConfigMap updates swap a symlink) or on SIGHUP."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service[Any]) -> None:
         self.service = service
         self.path = service.environment.config_path
         self._stamp = self._current_stamp()
@@ -814,7 +819,7 @@ class ConfigWatcher:
                 self.reload()
 
 
-async def serve_service(service: Service, started: Callable[[], None] | None = None) -> None:
+async def serve_service(service: Service[Any], started: Callable[[], None] | None = None) -> None:
     environment = service.environment
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -860,7 +865,7 @@ async def serve_service(service: Service, started: Callable[[], None] | None = N
     log.info("stopped")
 
 
-def run(service_factory: Callable[[Environment, Settings], Service], environment: Environment) -> int:
+def run(service_factory: Callable[[Environment, Any], Service[Any]], environment: Environment) -> int:
     """Load settings, build the service and serve it until SIGTERM; the process exit code."""
     component = environment.component
     try:

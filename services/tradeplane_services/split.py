@@ -39,7 +39,7 @@ class AccountSplit(Collector):
 
     def __init__(
         self,
-        service: Service,
+        service: Service[Any],
         peer: str,
         handlers: dict[type, Callable[[Connection, Any], None]],
         on_down: Callable[[], None],
@@ -206,7 +206,7 @@ class AccountSplit(Collector):
         yield weight
 
 
-def routing_route(service: Service) -> Callable[[bytes], tuple[int, str, bytes]]:
+def routing_route(service: Service[Any]) -> Callable[[bytes], tuple[int, str, bytes]]:
     """POST /routing: take the operator's routing for one of the service's splits; answer what it holds."""
 
     def take(body: bytes) -> tuple[int, str, bytes]:
