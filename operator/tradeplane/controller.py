@@ -22,7 +22,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -149,6 +149,8 @@ class Controller:
     pools: PoolCache = field(init=False)
     providers: Providers = field(default_factory=Providers)
     routing: RoutingPushes = field(default_factory=RoutingPushes)
+    leading: Callable[[], bool] = lambda: True
+    """May this replica act now? A standby watches and indexes, but reconciles nothing (leadership.py)."""
     _monitoring: tuple[float, bool] | None = None
 
     def __post_init__(self) -> None:
@@ -158,10 +160,19 @@ class Controller:
     def enqueue(self, key: ServiceKey | None, kwargs: Mapping[str, Any]) -> None:
         if self.indexes is None:
             self.indexes = Indexes.from_kwargs(kwargs)
-        if key is not None:
+        if key is not None and self.leading():
             self.queue.add(key)
 
+    def reconcile_all(self) -> None:
+        """Queue every indexed TradingService: on election, the new leader looks at everything at once."""
+        if self.indexes is not None:
+            for key in list(self.indexes.services):
+                self.queue.add(key)
+
     async def reconcile(self, key: ServiceKey) -> float | None:
+        if not self.leading():
+            # Deposed: the key is dropped; the next leader queues every TradingService when elected.
+            return None
         indexes = self._indexes()
         body = indexes.body(key)
         if body is None:
@@ -209,6 +220,9 @@ class Controller:
             traffic_object=traffic_object,
             callers=callers,
         )
+        if not self.leading():
+            # Lost the Lease while measuring: another replica may act already; write nothing.
+            return None
         again = await self._execute(view, body, decision)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         self._count_managed()
