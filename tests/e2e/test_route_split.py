@@ -111,7 +111,9 @@ def test_a_rollback_takes_the_canary_out_of_the_route(
         routed.apply({"maxOrderQuantity": 50_000, "latencyInjectionMicros": SLOW_MICROS})
         routed.wait(
             # A canary pod is in the route once its process answers /readyz: a cold start on a loaded machine.
-            lambda s: s.get("step") == 1 and s.get("actualWeight") == 25, 90, "the canary in the route"
+            lambda s: s.get("step") == 1 and s.get("actualWeight") == 25,
+            90,
+            "the canary in the route",
         )
         rolled_back = routed.wait(lambda s: s.get("phase") == "RolledBack", 60, "the canary rolled back")
     assert rolled_back["lastAnalysis"]["gate"] == "p99"
