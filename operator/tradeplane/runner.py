@@ -33,9 +33,11 @@ class Options:
 async def operate(options: Options, stop_flag: asyncio.Event | None = None) -> None:
     kube = Kube.from_environment(options.kubeconfig)
     controller = Controller(kube, tuple(options.namespaces), concurrency=options.concurrency)
-    election = None
+    leadership, election = None, None
     if options.lease is not None:
-        leadership = Leadership(kube, options.lease, on_elected=controller.reconcile_all)
+        # Its own connections: renewals never queue behind a burst of reconciles' requests.
+        election_kube = Kube.from_environment(options.kubeconfig, max_connections=2)
+        leadership = Leadership(election_kube, options.lease, on_elected=controller.reconcile_all)
         controller.leading = leadership.leading
         election = asyncio.create_task(leadership.run(), name="leader election")
     try:
@@ -49,9 +51,10 @@ async def operate(options: Options, stop_flag: asyncio.Event | None = None) -> N
             stop_flag=stop_flag,
         )
     finally:
-        if election is not None:
+        if leadership is not None and election is not None:
             election.cancel()
             await asyncio.gather(election, return_exceptions=True)
+            await leadership.kube.close()
         await controller.queue.stop()
         await kube.close()
 
