@@ -22,7 +22,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -149,6 +149,8 @@ class Controller:
     pools: PoolCache = field(init=False)
     providers: Providers = field(default_factory=Providers)
     routing: RoutingPushes = field(default_factory=RoutingPushes)
+    leading: Callable[[], bool] = lambda: True
+    """May this replica act now? A standby watches and indexes, but reconciles nothing (leadership.py)."""
     _monitoring: tuple[float, bool] | None = None
 
     def __post_init__(self) -> None:
@@ -158,10 +160,19 @@ class Controller:
     def enqueue(self, key: ServiceKey | None, kwargs: Mapping[str, Any]) -> None:
         if self.indexes is None:
             self.indexes = Indexes.from_kwargs(kwargs)
-        if key is not None:
+        if key is not None and self.leading():
             self.queue.add(key)
 
+    def reconcile_all(self) -> None:
+        """Queue every indexed TradingService: on election, the new leader looks at everything at once."""
+        if self.indexes is not None:
+            for key in list(self.indexes.services):
+                self.queue.add(key)
+
     async def reconcile(self, key: ServiceKey) -> float | None:
+        if not self.leading():
+            # Deposed: the key is dropped; the next leader queues every TradingService when elected.
+            return None
         indexes = self._indexes()
         body = indexes.body(key)
         if body is None:
@@ -209,13 +220,23 @@ class Controller:
             traffic_object=traffic_object,
             callers=callers,
         )
-        again = await self._execute(view, body, decision)
+        if not self.leading():
+            # Lost the Lease while measuring: another replica may act already; write nothing.
+            return None
+        again = await self._execute(view, body, decision, started)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         self._count_managed()
         return RESYNC_SECONDS if again is None else again
 
-    async def _execute(self, view: View, body: Mapping[str, Any], decision: Decision) -> float | None:
+    async def _execute(
+        self, view: View, body: Mapping[str, Any], decision: Decision, started: float
+    ) -> float | None:
         owner = view.owner
+        # Taking the orders off the canary cannot wait for the status write: a zero weight is the state a
+        # caller falls back to by itself anyway (its lease), so it is safe even from a view found stale.
+        withdraw = decision.routing is not None and decision.routing.weight_basis_points == 0
+        if withdraw:
+            await self._push_routing(view, decision)
         if decision.status is not None:
             try:
                 await self.kube.patch_status(
@@ -232,12 +253,9 @@ class Controller:
                     return CONFLICT_RETRY_SECONDS
                 raise
             metrics.WRITES.labels("patch", "TradingService/status").inc()
-        if decision.routing is not None and view.spec is not None:
-            # Before the applies: a rollback takes the orders off the canary first, pods go after.
-            callers = self._callers(owner.namespace, view.spec.component)
-            failed = await self.routing.push((owner.namespace, owner.name), decision.routing, callers)
-            metrics.ROUTING_PUSHES.labels("ok").inc(len(callers) - failed)
-            metrics.ROUTING_PUSHES.labels("failed").inc(failed)
+        if not withdraw:
+            # Any other table goes out once the status records the step it belongs to.
+            await self._push_routing(view, decision)
         for manifest in decision.apply:
             await self.kube.apply(manifest)
             metrics.WRITES.labels("apply", manifest["kind"]).inc()
@@ -271,7 +289,20 @@ class Controller:
             await self._post_event(body, note)
         status = view.status if decision.status is None else view.status.model_validate(decision.status)
         metrics.record(owner.namespace, owner.name, status, decision.rollback_reason)
-        return decision.requeue_after
+        if decision.requeue_after is None:
+            return None
+        # The delay counts from the reconcile's start, as `decide`'s clock does: a one-second analysis
+        # interval is one second apart, not one second plus the time this reconcile took.
+        return max(0.0, decision.requeue_after - (time.perf_counter() - started))
+
+    async def _push_routing(self, view: View, decision: Decision) -> None:
+        if decision.routing is None or view.spec is None:
+            return
+        owner = view.owner
+        callers = self._callers(owner.namespace, view.spec.component)
+        failed = await self.routing.push((owner.namespace, owner.name), decision.routing, callers)
+        metrics.ROUTING_PUSHES.labels("ok").inc(len(callers) - failed)
+        metrics.ROUTING_PUSHES.labels("failed").inc(failed)
 
     async def _post_event(self, body: Mapping[str, Any], note: Event) -> None:
         metadata = body["metadata"]

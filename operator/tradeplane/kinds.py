@@ -54,6 +54,7 @@ KINDS: dict[tuple[str, str], Kind] = {
         Kind("apps/v1", "ReplicaSet", "replicasets"),
         Kind("node.k8s.io/v1", "RuntimeClass", "runtimeclasses", namespaced=False),
         Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+        Kind("coordination.k8s.io/v1", "Lease", "leases"),
     )
 }
 

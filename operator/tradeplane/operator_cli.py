@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from pydantic import ValidationError
 from tradeplane import api, naming, rendering
 from tradeplane.kube import ApiError, Kube
 from tradeplane.labels import MANAGED_BY_LABEL, MANAGER, POOL_LABEL, REVISION_LABEL
+from tradeplane.leadership import LeaseSettings
 from tradeplane.revision import template_revision
 
 
@@ -145,10 +148,23 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here: the operator's dependencies (kopf, the rollout's calendars) slow every other command.
     from tradeplane import runner
 
+    lease = None
+    if args.lease:
+        try:
+            lease = LeaseSettings(
+                name=args.lease,
+                namespace=args.lease_namespace,
+                identity=args.identity,
+                lease_seconds=args.lease_seconds,
+                renew_deadline_seconds=args.lease_renew_deadline,
+                retry_seconds=args.lease_retry,
+            )
+        except ValueError as error:
+            print(f"error: --lease-*: {error}", file=sys.stderr)
+            return 2
     options = runner.Options(
         namespaces=() if args.all_namespaces else tuple(args.namespace or ()),
-        peering=args.peering,
-        priority=args.priority,
+        lease=lease,
         liveness=args.liveness,
         metrics_port=args.metrics_port,
         kubeconfig=args.kubeconfig,
@@ -179,10 +195,27 @@ def register(subparsers: Any) -> None:
     watched.add_argument(
         "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
     )
-    peering = run.add_mutually_exclusive_group()
-    peering.add_argument("--peering", help="kopf peering object: one active operator among replicas")
-    peering.add_argument("--standalone", action="store_true", help="no peering (the default)")
-    run.add_argument("--priority", type=int, default=0, help="peering priority; the highest is active")
+    election = run.add_mutually_exclusive_group()
+    election.add_argument("--lease", help="Lease that elects the one acting operator among replicas")
+    election.add_argument("--standalone", action="store_true", help="no leader election (the default)")
+    run.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the Lease (default: $POD_NAMESPACE, else default)",
+    )
+    run.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        help="this replica's name in the Lease (default: $POD_NAME, else host-pid)",
+    )
+    run.add_argument("--lease-seconds", type=int, default=4, help="a silent holder's Lease lapses after this")
+    run.add_argument(
+        "--lease-renew-deadline",
+        type=float,
+        default=3.0,
+        help="the holder stops acting this long after its last renewal (below --lease-seconds)",
+    )
+    run.add_argument("--lease-retry", type=float, default=0.5, help="seconds between renewals and tries")
     run.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     run.add_argument("--log-format", choices=["plain", "full", "json"], default="plain")

@@ -23,10 +23,14 @@ Manifest = dict[str, Any]
 
 # The modes the chart is tested in: value overrides for `helm --set-json`.
 MODES: dict[str, dict[str, Any]] = {
-    "cluster-wide, peered": {},
-    "namespaced, peered": {"watchNamespaces": ["desk-a", "desk-b"]},
-    "cluster-wide, standalone": {"replicas": 1, "peering": {"enabled": False}},
-    "namespaced, standalone": {"replicas": 1, "peering": {"enabled": False}, "watchNamespaces": ["desk-a"]},
+    "cluster-wide, elected": {},
+    "namespaced, elected": {"watchNamespaces": ["desk-a", "desk-b"]},
+    "cluster-wide, standalone": {"replicas": 1, "leaderElection": {"enabled": False}},
+    "namespaced, standalone": {
+        "replicas": 1,
+        "leaderElection": {"enabled": False},
+        "watchNamespaces": ["desk-a"],
+    },
     "monitoring": {
         "serviceMonitor": {"enabled": True},
         "prometheusRule": {"enabled": True},

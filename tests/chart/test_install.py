@@ -108,7 +108,7 @@ NEVER = [
     ("impersonate", "serviceaccounts", "{watched}"),
     ("delete", "tradingservices.tradeplane.io", "{watched}"),
     ("delete", "customresourcedefinitions.apiextensions.k8s.io", CLUSTER),
-    ("patch", "clusterkopfpeerings.kopf.dev", CLUSTER),
+    ("create", "leases.coordination.k8s.io", "{release}"),
 ]
 
 
@@ -139,13 +139,13 @@ def test_cluster_wide_install_grants_its_rules_everywhere_and_nothing_sensitive(
     user = release.service_account
     (role,) = find(release.manifests, "ClusterRole")
     assert_verdicts(kubectl, user, [(access, CLUSTER) for access in grants(role)], expected=True)
-    other_peering = Access("patch", "kopf.dev", "clusterkopfpeerings", name="another-operator")
-    assert_verdicts(kubectl, user, [(other_peering, CLUSTER)], expected=False)
+    other_lease = Access("patch", "coordination.k8s.io", "leases", name="another-operator")
+    assert_verdicts(kubectl, user, [(other_lease, release.namespace)], expected=False)
     assert_never(kubectl, release, watched="default")
 
-    # One pod per ordinal: the pod-index label that each replica's peering priority is read from.
+    # Two pods, each with its own stable name: its identity in the Lease.
     pods = get_json(kubectl, "pods", "-n", namespace, "-l", "app.kubernetes.io/instance=tp")["items"]
-    assert sorted(p["metadata"]["labels"]["apps.kubernetes.io/pod-index"] for p in pods) == ["0", "1"]
+    assert sorted(p["metadata"]["name"] for p in pods) == ["tp-tradeplane-0", "tp-tradeplane-1"]
     # The standby does not share the active pod's node.
     assert len({p["spec"]["nodeName"] for p in pods}) == 2
 
@@ -157,7 +157,8 @@ def test_namespaced_install_reaches_nothing_outside_the_watched_namespaces(
     user = release.service_account
     (cluster_role,) = find(release.manifests, "ClusterRole")
     assert_verdicts(kubectl, user, [(access, CLUSTER) for access in grants(cluster_role)], expected=True)
-    roles = find(release.manifests, "Role")
+    election = f"{release.name}-tradeplane-leader-election"
+    roles = [role for role in find(release.manifests, "Role") if role["metadata"]["name"] != election]
     assert {role["metadata"]["namespace"] for role in roles} == set(watched)
     namespaced = grants(roles[0])
     assert_verdicts(kubectl, user, [(a, scope) for a in namespaced for scope in watched], expected=True)

@@ -1,10 +1,11 @@
 """The chart's operator pods, run as they would run: on nothing but a token of the chart's ServiceAccount,
 with the chart's own command line. Its RBAC is enough to reconcile a TradingService end to end, and of two
-peered replicas exactly one is active until it goes.
+replicas exactly one acts, the holder of the chart's Lease, until it goes; a SIGKILLed holder is replaced
+within seconds.
 
 Pods do not really run on the local control plane, so each operator pod runs here as a process, started as
-the StatefulSet would start it: the container's args with POD_INDEX and POD_ID filled in as the kubelet
-would, only the ports moved so that two pods can share this host.
+the StatefulSet would start it: the container's args with POD_NAME set as the kubelet would, only the
+ports moved so that two pods can share this host.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -72,7 +74,7 @@ class OperatorPod:
         return [line for line in self.log.read_text().splitlines() if REFUSALS.search(line)]
 
     def stop(self) -> None:
-        """SIGTERM, as the kubelet stops a pod: kopf takes its record out of the peering on the way out."""
+        """SIGTERM, as the kubelet stops a pod: the operator gives its Lease up on the way out."""
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
@@ -83,21 +85,18 @@ class ChartOperator:
     release: Release
     start: Callable[[int], OperatorPod]
 
-    def peers(self, kubectl: Kubectl, namespace: str) -> dict[str, Any]:
-        """The records in the chart's KopfPeering of a watched namespace."""
-        (peering,) = (
-            p["metadata"]["name"]
-            for p in find(self.release.manifests, "KopfPeering")
-            if p["metadata"]["namespace"] == namespace
-        )
-        return get_json(kubectl, "kopfpeering", "-n", namespace, peering).get("status", {})
+    def holder(self, kubectl: Kubectl) -> str:
+        """The pod holding the chart's Lease ("" when nobody does)."""
+        (lease,) = find(self.release.manifests, "Lease")
+        found = get_json(kubectl, "lease", "-n", self.release.namespace, lease["metadata"]["name"])
+        return str(found.get("spec", {}).get("holderIdentity") or "")
 
 
 @pytest.fixture
 def chart_operator(
     install: Install, kubectl: Kubectl, kube_env: Path, watched: list[str], tmp_path: Path
 ) -> Iterator[ChartOperator]:
-    """The chart installed for the watched namespaces (2 peered replicas); `start(i)` runs pod i."""
+    """The chart installed for the watched namespaces (2 replicas, one elected); `start(i)` runs pod i."""
     release = install({"watchNamespaces": watched})
     account = one(release.manifests, "ServiceAccount")["metadata"]["name"]
     token = kubectl("create", "token", account, f"--namespace={release.namespace}", "--duration=15m").stdout
@@ -112,16 +111,16 @@ def chart_operator(
         ports = {"health": str(health), "metrics": str(metrics)}
         defaults = {p["name"]: str(p["containerPort"]) for p in container["ports"]}
         args = [
-            arg.replace("$(POD_INDEX)", str(index))
-            .replace(f":{defaults['health']}/", f":{ports['health']}/")
-            .replace(f"--metrics-port={defaults['metrics']}", f"--metrics-port={ports['metrics']}")
+            arg.replace(f":{defaults['health']}/", f":{ports['health']}/").replace(
+                f"--metrics-port={defaults['metrics']}", f"--metrics-port={ports['metrics']}"
+            )
             for arg in container["args"]
         ]
         log = tmp_path / f"{name}.log"
         with log.open("w") as output:
             process = subprocess.Popen(
                 [str(Path(sys.executable).with_name("tradeplane")), *args],
-                env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_ID": name},
+                env={**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": name},
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
@@ -191,32 +190,57 @@ def test_operator_reconciles_with_only_the_service_accounts_token(
     assert operator.metric("tradeplane_writes_total", verb="apply", kind="Deployment") >= 1
     assert operator.metric("tradeplane_writes_total", verb="patch", kind="TradingService/status") >= 1
     assert operator.metric("tradeplane_reconcile_errors_total") == 0
-    # kopf peering ran on the chart's KopfPeering, which the Role lets it patch by name only.
-    assert list(chart_operator.peers(kubectl, namespace)) == [operator.name]
+    # Elected on the chart's Lease, which its Role lets it read and patch by name only.
+    assert chart_operator.holder(kubectl) == operator.name
     assert operator.refusals() == []
 
 
-def test_of_two_peered_replicas_one_is_active_until_it_goes(
+def test_of_two_replicas_the_lease_holder_acts_until_it_goes(
     chart_operator: ChartOperator, kubectl: Kubectl, watched: list[str]
 ) -> None:
-    active, standby = chart_operator.start(0), chart_operator.start(1)
+    active = chart_operator.start(0)
+    wait_for(lambda: chart_operator.holder(kubectl) == active.name, timeout=20, what="pod 0 elected")
+    standby = chart_operator.start(1)
     namespace = watched[0]
-
-    def peers() -> dict[str, Any]:
-        return chart_operator.peers(kubectl, namespace)
-
-    wait_for(lambda: len(peers()) == 2, timeout=20, what="both peers recorded")
-    assert {name: peer["priority"] for name, peer in peers().items()} == {active.name: 0, standby.name: -1}
 
     kubectl("apply", "-f", "-", input=trading_service(namespace))
     wait_ready(kubectl, namespace, 2, [active, standby])
     assert active.writes() >= 1
     assert standby.writes() == 0, "the standby wrote while the active replica ran"
+    assert chart_operator.holder(kubectl) == active.name
 
-    # The active pod goes (a rolling update, a drained node): the standby takes over at once.
+    # The active pod goes (a rolling update, a drained node): it gives the Lease up on the way out.
     active.stop()
-    wait_for(lambda: list(peers()) == [standby.name], timeout=10, what="the active pod's record gone")
+    wait_for(lambda: chart_operator.holder(kubectl) == standby.name, timeout=10, what="the standby elected")
     kubectl("apply", "-f", "-", input=trading_service(namespace, replicas=1))
     wait_ready(kubectl, namespace, 1, [active, standby])
     assert standby.writes() >= 1
     assert active.refusals() == [] and standby.refusals() == []
+
+
+# leaseSeconds (4) + retrySeconds (0.5) + a reconcile, with room for a loaded 2-core machine.
+TAKEOVER_BOUND_SECONDS = 12.0
+
+
+def test_a_sigkilled_holder_is_replaced_within_seconds(
+    chart_operator: ChartOperator, kubectl: Kubectl, watched: list[str]
+) -> None:
+    active = chart_operator.start(0)
+    wait_for(lambda: chart_operator.holder(kubectl) == active.name, timeout=20, what="pod 0 elected")
+    standby = chart_operator.start(1)
+    namespace = watched[0]
+    kubectl("apply", "-f", "-", input=trading_service(namespace))
+    wait_ready(kubectl, namespace, 2, [active, standby])
+    assert standby.writes() == 0
+
+    # No word to anyone: the Lease stays with the dead pod until the standby sees it unrenewed.
+    active.process.kill()
+    killed = time.monotonic()
+    active.process.wait(timeout=10)
+    kubectl("apply", "-f", "-", input=trading_service(namespace, replicas=1))
+    wait_for(standby.writes, timeout=60, interval=0.05, what="the standby's first write")
+    takeover = time.monotonic() - killed
+    assert chart_operator.holder(kubectl) == standby.name
+    assert takeover < TAKEOVER_BOUND_SECONDS, f"the standby took {takeover:.1f}s to act"
+    wait_ready(kubectl, namespace, 1, [active, standby])
+    assert standby.refusals() == []

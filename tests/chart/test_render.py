@@ -48,11 +48,12 @@ def test_cluster_wide_mode_binds_everything_through_one_cluster_role(helm: Helm)
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": FULLNAME, "namespace": RELEASE_NAMESPACE}
     ]
-    assert not find(manifests, "Role") and not find(manifests, "RoleBinding")
+    # In the release namespace, only the leader election's Lease.
+    assert [r["metadata"]["name"] for r in find(manifests, "Role")] == [f"{FULLNAME}-leader-election"]
+    assert [b["roleRef"]["name"] for b in find(manifests, "RoleBinding")] == [f"{FULLNAME}-leader-election"]
     # kopf writes nothing to the resource itself: only its status is patched.
     assert granted(manifests, "ClusterRole", "tradingservices") == {"list", "watch"}
     assert granted(manifests, "ClusterRole", "tradingservices/status") == {"patch"}
-    assert granted(manifests, "ClusterRole", "clusterkopfpeerings") == {"list", "watch", "patch"}
     assert granted(manifests, "ClusterRole", "namespaces") == set()
     args = operator_container(manifests)["args"]
     assert "--all-namespaces" in args
@@ -61,8 +62,9 @@ def test_cluster_wide_mode_binds_everything_through_one_cluster_role(helm: Helm)
 
 def test_namespaced_mode_grants_only_inside_the_watched_namespaces(helm: Helm) -> None:
     manifests = helm.manifests({"watchNamespaces": WATCHED})
-    roles = find(manifests, "Role")
-    bindings = find(manifests, "RoleBinding")
+    election = f"{FULLNAME}-leader-election"
+    roles = [r for r in find(manifests, "Role") if r["metadata"]["name"] != election]
+    bindings = [b for b in find(manifests, "RoleBinding") if b["metadata"]["name"] != election]
     assert sorted(r["metadata"]["namespace"] for r in roles) == WATCHED
     assert sorted(b["metadata"]["namespace"] for b in bindings) == WATCHED
     for binding in bindings:
@@ -80,46 +82,53 @@ def test_namespaced_mode_grants_only_inside_the_watched_namespaces(helm: Helm) -
         "namespaces",
     }
     assert all(set(rule["verbs"]) <= READ for rule in cluster_rules)
-    assert granted(manifests, "Role", "kopfpeerings") == {"list", "watch", "patch"}
     args = operator_container(manifests)["args"]
     assert [arg for arg in args if arg.startswith("--namespace")] == [f"--namespace={ns}" for ns in WATCHED]
     assert "--all-namespaces" not in args
-    peerings = find(manifests, "KopfPeering")
-    assert sorted(p["metadata"]["namespace"] for p in peerings) == WATCHED
-    assert not find(manifests, "ClusterKopfPeering")
+    # The Lease stays in the release namespace, whatever the watched namespaces.
+    assert [lease["metadata"]["namespace"] for lease in find(manifests, "Lease")] == [RELEASE_NAMESPACE]
 
 
-def test_peered_replicas_each_get_their_own_priority(helm: Helm) -> None:
-    """kopf pauses every peer that sees another of the same priority: identical replicas would all pause."""
+def test_replicas_elect_one_operator_through_the_charts_lease(helm: Helm) -> None:
     manifests = helm.manifests()
     statefulset = one(manifests, "StatefulSet")
     assert statefulset["spec"]["replicas"] == 2
     container = operator_container(manifests)
-    assert f"--peering={FULLNAME}" in container["args"]
-    assert "--priority=-$(POD_INDEX)" in container["args"]
+    assert f"--lease={FULLNAME}" in container["args"]
+    assert f"--lease-namespace={RELEASE_NAMESPACE}" in container["args"]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
-    assert env["POD_INDEX"] == "metadata.labels['apps.kubernetes.io/pod-index']"
-    assert env["POD_ID"] == "metadata.name"
-    peering = one(manifests, "ClusterKopfPeering", FULLNAME)
-    assert peering["apiVersion"] == "kopf.dev/v1"
-    peering_rules = [rule for _, _, rule in rules(manifests) if "clusterkopfpeerings" in rule["resources"]]
-    # Every peer's record is in the one object: patching is limited to it, by name.
-    assert {tuple(rule["verbs"]): rule.get("resourceNames") for rule in peering_rules} == {
-        ("list", "watch"): None,
-        ("patch",): [FULLNAME],
-    }
+    assert env["POD_NAME"] == "metadata.name"
+    lease = one(manifests, "Lease", FULLNAME)
+    assert (lease["apiVersion"], lease["metadata"]["namespace"]) == (
+        "coordination.k8s.io/v1",
+        RELEASE_NAMESPACE,
+    )
+    lease_rules = [(kind, rule) for kind, _, rule in rules(manifests) if "leases" in rule["resources"]]
+    # Read and renew the one Lease, by name; no create (the chart renders it), no other Lease.
+    assert lease_rules == [
+        (
+            "Role",
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "resourceNames": [FULLNAME],
+                "verbs": ["get", "patch"],
+            },
+        )
+    ]
     assert one(manifests, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
 
 
 @pytest.mark.parametrize("watch", [[], WATCHED], ids=["cluster-wide", "namespaced"])
-def test_standalone_mode_has_no_peering(helm: Helm, watch: list[str]) -> None:
-    manifests = helm.manifests({"replicas": 1, "peering": {"enabled": False}, "watchNamespaces": watch})
+def test_standalone_mode_has_no_leader_election(helm: Helm, watch: list[str]) -> None:
+    values = {"replicas": 1, "leaderElection": {"enabled": False}, "watchNamespaces": watch}
+    manifests = helm.manifests(values)
     assert one(manifests, "StatefulSet")["spec"]["replicas"] == 1
     args = operator_container(manifests)["args"]
     assert "--standalone" in args
-    assert not any(arg.startswith(("--peering", "--priority")) for arg in args)
-    assert not find(manifests, "ClusterKopfPeering") and not find(manifests, "KopfPeering")
-    assert not any("peering" in r for _, _, rule in rules(manifests) for r in rule["resources"])
+    assert not any(arg.startswith("--lease") for arg in args)
+    assert not find(manifests, "Lease")
+    assert not any("leases" in rule["resources"] for _, _, rule in rules(manifests))
     assert not find(manifests, "PodDisruptionBudget")
 
 
@@ -172,7 +181,7 @@ def test_image_digest_pins_the_image(helm: Helm) -> None:
     [
         ({"replicas": "two"}, "at '/replicas': got string, want integer"),
         ({"replicas": 0}, "at '/replicas': minimum: got 0, want 1"),
-        ({"peering": {"enabled": False}}, "at '/peering/enabled': value must be true"),
+        ({"leaderElection": {"enabled": False}}, "at '/leaderElection/enabled': value must be true"),
         ({"watchNamespaces": ["Trading Desk"]}, "at '/watchNamespaces/0'"),
         (
             {"securityContext": {"readOnlyRootFilesystem": False}},
@@ -193,17 +202,18 @@ def test_schema_refuses_wrong_values_with_its_message(
 
 @pytest.mark.parametrize("mode", MODES)
 def test_operator_command_line_accepts_the_charts_arguments(helm: Helm, mode: str) -> None:
-    """The container's args through the real `tradeplane` parser, as the kubelet expands them for pod 1."""
+    """The container's args through the real `tradeplane` parser."""
     values = MODES[mode]
-    args = [arg.replace("$(POD_INDEX)", "1") for arg in operator_container(helm.manifests(values))["args"]]
+    args = operator_container(helm.manifests(values))["args"]
     parsed = cli.build_parser().parse_args(args)
     assert (parsed.command, parsed.action) == ("operator", "run")
     watched = values.get("watchNamespaces", [])
     assert parsed.namespace == (watched or None)
     assert parsed.all_namespaces is not bool(watched)
-    if values.get("peering", {}).get("enabled", True):
-        assert (parsed.peering, parsed.priority) == (FULLNAME, -1)
+    if values.get("leaderElection", {}).get("enabled", True):
+        assert (parsed.lease, parsed.lease_namespace) == (FULLNAME, RELEASE_NAMESPACE)
+        assert (parsed.lease_seconds, parsed.lease_renew_deadline, parsed.lease_retry) == (4, 3.0, 0.5)
     else:
-        assert (parsed.standalone, parsed.peering) == (True, None)
+        assert (parsed.standalone, parsed.lease) == (True, None)
     assert parsed.liveness == "http://0.0.0.0:8080/healthz"
     assert parsed.metrics_port == 9090

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -205,3 +206,67 @@ def test_a_runner_killed_outright_leaves_no_process_on_a_pod_address(
         wait_for(lambda: _get(f"http://{ip}:8080/") is None, timeout=10, what="the pod's process to end")
     finally:
         runner.kill()
+
+
+SLOW_SERVER = """
+import http.server, os, pathlib, time
+gate = pathlib.Path(os.environ["GATE"])
+while not (gate / "listen").exists():
+    time.sleep(0.05)
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        draining = (gate / "drain").exists()
+        self.send_response(503 if draining else 200); self.end_headers()
+http.server.HTTPServer((os.environ["TRADEPLANE_BIND"], 8080), Handler).serve_forever()
+"""
+
+
+def test_a_pod_is_ready_only_while_its_process_answers_the_readiness_probe(
+    kubectl: Kubectl, namespace: str, pod_runner: Callable[..., PodRunner], tmp_path: Path
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "slow",
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "tradeplane"},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.example/slow:1",
+                    "command": ["python", "-c", SLOW_SERVER],
+                    "env": [{"name": "GATE", "value": str(tmp_path)}],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
+                }
+            ]
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(pod))
+    runner = pod_runner(namespace)
+    (running,) = runner.wait_running(1)
+
+    def conditions() -> dict[str, str]:
+        status = json.loads(kubectl("get", "pod", "slow", "-n", namespace, "-o", "json").stdout)["status"]
+        return {c["type"]: c["status"] for c in status.get("conditions", [])}
+
+    def ready() -> bool:
+        return conditions().get("Ready") == "True"
+
+    # kwok said Ready at once; the runner takes it back while nothing listens, and keeps it so.
+    wait_for(lambda: conditions().get("Ready") == "False", what="the pod not Ready while nothing listens")
+    assert conditions()["ContainersReady"] == "False"
+    for _ in range(10):  # ten probes of the runner, each a miss: never Ready in between
+        assert not ready(), "Ready before the process listens"
+        assert _get(f"http://{running.ip}:8080/readyz") is None
+        time.sleep(0.3)
+
+    (tmp_path / "listen").touch()
+    wait_for(ready, what="the pod Ready once its process answers /readyz")
+    assert _get(f"http://{running.ip}:8080/readyz") is not None
+
+    (tmp_path / "drain").touch()  # /readyz turns 503, as a draining service's does
+    wait_for(lambda: not ready(), what="the pod not Ready once /readyz fails")

@@ -12,6 +12,7 @@ import yaml
 
 from support import Kubectl, get_json, wait_for
 from tradeplane.api import BUNDLED_PORTS
+from tradeplane.cluster.podrunner import PodRunner
 from tradeplane.demo.traffic import RiskTraffic
 
 NAME = "risk"
@@ -50,6 +51,8 @@ class Rollout:
     namespace: str
     rollout: dict[str, Any]
     seen: list[dict[str, Any]] = field(default_factory=list)
+    start_up_events: set[str] = field(default_factory=set)
+    """Events of the stack's start-up, not of the rollouts under test (run_with_market_data)."""
 
     def apply(self, config: dict[str, Any], **analysis: Any) -> None:
         rollout = {**self.rollout, "analysis": {**ANALYSIS, **self.rollout.get("analysis", {}), **analysis}}
@@ -84,9 +87,16 @@ class Rollout:
 
     def event_reasons(self, kind: str = "Warning") -> list[str]:
         """Reasons of the Events of this type the operator posted about the TradingService."""
+        return [
+            event["reason"]
+            for event in self.events(kind)
+            if event["metadata"]["uid"] not in self.start_up_events
+        ]
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
         found = get_json(self.kubectl, "events", "-n", self.namespace, "--field-selector", f"type={kind}")
         items: list[dict[str, Any]] = found["items"]  # type: ignore[assignment]
-        return [event["reason"] for event in items if event["involvedObject"]["kind"] == "TradingService"]
+        return [event for event in items if event["involvedObject"]["kind"] == "TradingService"]
 
 
 def traffic(kubeconfig: Path, namespace: str) -> RiskTraffic:
@@ -113,6 +123,28 @@ def bundled_manifest(
         "spec": spec,
     }
     return yaml.safe_dump(document)
+
+
+def run_with_market_data(
+    rollout: Rollout, pod_runner: Callable[..., PodRunner], config: dict[str, Any]
+) -> PodRunner:
+    """Risk (at `config`) and the market data it needs: risk answers its readiness probe only once its
+    market data flows, and the pod runner reports Ready from that probe. Back when every process is ready
+    and the TradingService says so."""
+    rollout.kubectl("apply", "-f", "-", input=bundled_manifest(rollout.namespace, "market-data", 1, 50_000))
+    rollout.apply(config)
+    runner = pod_runner(rollout.namespace)
+    runner.wait_running(3)
+    wait_for(
+        lambda: all(pod.ready for pod in runner.running.values()),
+        timeout=60,
+        what="risk and market data answering their readiness probes",
+    )
+    rollout.wait_ready()
+    # kwok marks pods Ready before any process listens; the runner takes that back until the probe answers,
+    # so the start-up may have posted NotReady: the stack's start, not a rollout's doing.
+    rollout.start_up_events = {event["metadata"]["uid"] for event in rollout.events("Warning")}
+    return runner
 
 
 ORDER_FLOW_STACK = (("market-data", 1), ("execution", 1), ("risk", 2), ("order", 1))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from e2e.conftest import OperatorProcess
 from e2e.prometheus import Prometheus
-from e2e.scenario import NAME, SLO_MICROS, SLOW_MICROS, Rollout, traffic
+from e2e.scenario import NAME, SLO_MICROS, SLOW_MICROS, Rollout, run_with_market_data, traffic
 
 from support import Kubectl, get_json, wait_for
 from tradeplane.api import now_iso
@@ -38,9 +38,7 @@ def stable(
     rollout = Rollout(
         kubectl, namespace, {"analysis": {"provider": "prometheus", "prometheus": {"url": prometheus.url}}}
     )
-    rollout.apply({"maxOrderQuantity": 50_000})
-    rollout.wait_ready()
-    pod_runner(namespace).wait_running(2)
+    run_with_market_data(rollout, pod_runner, {"maxOrderQuantity": 50_000})
     return rollout
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from e2e.conftest import OperatorProcess
-from e2e.scenario import NAME, SLOW_MICROS, Rollout, traffic
+from e2e.scenario import NAME, SLOW_MICROS, Rollout, run_with_market_data, traffic
 
 from support import Kubectl, get_json, wait_for
 from tradeplane.api import BUNDLED_PORTS
@@ -67,9 +67,7 @@ def routed(
     }
     kubectl("apply", "-f", "-", input=yaml.safe_dump(route))
     rollout = Rollout(kubectl, namespace, {"httpRoute": {"name": ROUTE}})
-    rollout.apply({"maxOrderQuantity": 50_000})
-    rollout.wait_ready()
-    pod_runner(namespace).wait_running(2)
+    run_with_market_data(rollout, pod_runner, {"maxOrderQuantity": 50_000})
     return rollout
 
 
@@ -112,7 +110,10 @@ def test_a_rollback_takes_the_canary_out_of_the_route(
     with traffic(kube_env, namespace):
         routed.apply({"maxOrderQuantity": 50_000, "latencyInjectionMicros": SLOW_MICROS})
         routed.wait(
-            lambda s: s.get("step") == 1 and s.get("actualWeight") == 25, 30, "the canary in the route"
+            # A canary pod is in the route once its process answers /readyz: a cold start on a loaded machine.
+            lambda s: s.get("step") == 1 and s.get("actualWeight") == 25,
+            90,
+            "the canary in the route",
         )
         rolled_back = routed.wait(lambda s: s.get("phase") == "RolledBack", 60, "the canary rolled back")
     assert rolled_back["lastAnalysis"]["gate"] == "p99"

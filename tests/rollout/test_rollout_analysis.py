@@ -148,7 +148,7 @@ def test_scrape_provider_measures_bucket_deltas_over_the_window() -> None:
     ("started_seconds_ago", "samples"),
     [
         pytest.param(5, 250, id="started-inside-the-window-counts-from-zero"),
-        pytest.param(3600, 0, id="older-than-the-window-needs-a-first-scrape"),
+        pytest.param(3600, 0, id="older-than-the-window-counts-from-a-baseline-scrape"),
     ],
 )
 def test_a_first_scrape_counts_a_process_by_its_start_time(started_seconds_ago: int, samples: int) -> None:
@@ -158,6 +158,30 @@ def test_a_first_scrape_counts_a_process_by_its_start_time(started_seconds_ago: 
             ScrapeProvider().measure(Target("t", "order", "rev1", (server.endpoint,)), "30s")
         )
     assert measured.samples == samples
+
+
+def test_a_new_leaders_first_measurement_counts_from_its_own_baseline_scrape() -> None:
+    """After a failover the history died with the old leader: the first analysis still has figures,
+    those of the short span after a baseline scrape, never the counts from before it."""
+    with latency_server("order", "rev1") as server:
+        server.observe(3e-3, count=1000)  # slow, before the new leader's baseline: not in its figures
+        stop = threading.Event()
+
+        def steady_traffic() -> None:
+            while not stop.is_set():
+                server.observe(30e-6, count=10)
+                time.sleep(0.005)
+
+        sender = threading.Thread(target=steady_traffic)
+        sender.start()
+        try:
+            target = Target("trading", "order", "rev1", (server.endpoint,))
+            measured = asyncio.run(ScrapeProvider(baseline_seconds=0.5).measure(target, "30s"))
+        finally:
+            stop.set()
+            sender.join()
+    assert 0 < measured.samples < 1000
+    assert measured.p99_seconds is not None and measured.p99_seconds <= 50e-6
 
 
 def test_scrape_provider_sums_the_revision_pods() -> None:

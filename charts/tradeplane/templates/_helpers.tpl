@@ -33,8 +33,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- include "tradeplane.fullname" . -}}
 {{- end -}}
 
-{{- define "tradeplane.peeringName" -}}
-{{- default (include "tradeplane.fullname" .) .Values.peering.name -}}
+{{- define "tradeplane.leaseName" -}}
+{{- default (include "tradeplane.fullname" .) .Values.leaderElection.name -}}
 {{- end -}}
 
 {{- define "tradeplane.metricsServiceName" -}}
@@ -105,7 +105,7 @@ when the object does not exist yet); no get, every read is served from kopf's wa
     verbs: [create]
 {{- end }}
 
-{{/* The operator's command line: `tradeplane operator run` with the mode, peering and endpoints. */}}
+{{/* The operator's command line: `tradeplane operator run` with the mode, leader election and endpoints. */}}
 {{- define "tradeplane.operatorArgs" -}}
 - operator
 - run
@@ -116,11 +116,16 @@ when the object does not exist yet); no get, every read is served from kopf's wa
 - --namespace={{ . }}
 {{- end }}
 {{- end }}
-{{- if .Values.peering.enabled }}
-- --peering={{ include "tradeplane.peeringName" . }}
-- --priority=-$(POD_INDEX)
+{{- with .Values.leaderElection }}
+{{- if .enabled }}
+- --lease={{ include "tradeplane.leaseName" $ }}
+- --lease-namespace={{ $.Release.Namespace }}
+- --lease-seconds={{ .leaseSeconds }}
+- --lease-renew-deadline={{ .renewDeadlineSeconds }}
+- --lease-retry={{ .retrySeconds }}
 {{- else }}
 - --standalone
+{{- end }}
 {{- end }}
 - --liveness=http://0.0.0.0:{{ .Values.health.port }}/healthz
 - --metrics-port={{ .Values.metrics.port }}

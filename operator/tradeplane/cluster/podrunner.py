@@ -10,8 +10,9 @@ process that exits is restarted after a growing back-off, and every process dies
 
 There is no kube-proxy or cluster DNS here, so env values of the form
 `<service>[.<namespace>[.svc[.cluster.local]]]:<port>` are replaced before the process starts by the
-Service's stand-in address on the runner's ServiceProxy, which looks the Service and its pods up at each
-connection (so a Service created later, or a pod replaced since, is found, as through DNS and kube-proxy).
+Service's stand-in address on the runner's ServiceProxy, which looks the Service and its Ready pods up at
+each connection (so a Service created later, or a pod replaced since, is found, as through DNS and
+kube-proxy).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,8 @@ from tradeplane.cluster.serviceproxy import ServiceProxy
 DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=tradeplane"
 _PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_MAX_SECONDS = 10.0
+PROBE_TIMEOUT_SECONDS = 1.0
+READY_CONDITIONS = ("Ready", "ContainersReady")
 _SERVICE_ADDRESS = re.compile(r"^([a-z0-9-]+)(?:\.([a-z0-9-]+))?(?:\.svc(?:\.cluster\.local)?)?:([0-9]+)$")
 
 
@@ -49,6 +54,9 @@ class RunningPod:
     ip: str
     process: subprocess.Popen[bytes]
     workdir: Path
+    probe: str | None = None
+    """URL of the readinessProbe, when the runner reports readiness for this pod."""
+    ready: bool = False
 
 
 def _die_with_runner() -> None:
@@ -98,10 +106,40 @@ def _volume_files(api: client.CoreV1Api, namespace: str, pod: Any) -> dict[str, 
     return mounted
 
 
+def readiness_url(pod: Any) -> str | None:
+    """The first container's httpGet readinessProbe as a URL on the pod IP; None without one."""
+    container = pod.spec.containers[0]
+    probe = container.readiness_probe
+    if probe is None or probe.http_get is None:
+        return None
+    port = probe.http_get.port
+    if isinstance(port, str) and not port.isdigit():
+        named = [p.container_port for p in container.ports or [] if p.name == port]
+        if not named:
+            raise LookupError(f"{pod.metadata.name}: readinessProbe port {port!r} names no container port")
+        port = named[0]
+    return f"http://{pod.status.pod_ip}:{port}{probe.http_get.path or '/'}"
+
+
+def probe_answers(url: str) -> bool:
+    """As the kubelet's httpGet probe: any status from 200 to 399 is a success."""
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_SECONDS) as response:
+            status: int = response.status
+    except OSError:  # refused, timed out, or an HTTPError (4xx/5xx; redirects are followed)
+        return False
+    return 200 <= status < 400
+
+
+def _is_ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
 def resolve_service(
     api: client.CoreV1Api, namespace: str, name: str, port: int
 ) -> tuple[int, list[str]] | None:
-    """The target port of a Service's `port` and its Running pods' IPs; None without such a Service."""
+    """The target port of a Service's `port` and its Ready pods' IPs, as kube-proxy's endpoints; None
+    without such a Service."""
     try:
         service: Any = api.read_namespaced_service(name, namespace)
     except client.ApiException as error:
@@ -121,7 +159,10 @@ def resolve_service(
     ips = sorted(
         p.status.pod_ip
         for p in pods
-        if p.status.phase == "Running" and p.status.pod_ip and p.metadata.deletion_timestamp is None
+        if p.status.phase == "Running"
+        and p.status.pod_ip
+        and p.metadata.deletion_timestamp is None
+        and _is_ready(p)
     )
     return target, ips
 
@@ -211,6 +252,9 @@ class PodRunner:
         env = _environment(pod, mounts)
         for key, value in env.items():
             env[key] = _service_address(self.proxy, self.namespace, value) or value
+        probe = readiness_url(pod)
+        if probe is not None:
+            self._report_ready(pod.metadata.name, False)
         log = (workdir / "output.log").open("ab")
         process = subprocess.Popen(
             command,
@@ -223,8 +267,35 @@ class PodRunner:
             preexec_fn=_die_with_runner,
         )
         self.running[pod.metadata.uid] = RunningPod(
-            pod.metadata.uid, pod.metadata.name, pod.status.pod_ip, process, workdir
+            pod.metadata.uid, pod.metadata.name, pod.status.pod_ip, process, workdir, probe
         )
+
+    def _report_ready(self, name: str, ready: bool) -> None:
+        """Set the pod's Ready and ContainersReady conditions, as the kubelet reports its probes."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        state, reason = ("True", "ReadinessProbeSucceeded") if ready else ("False", "ReadinessProbeFailed")
+        conditions = [
+            {"type": kind, "status": state, "reason": reason, "lastTransitionTime": now}
+            for kind in READY_CONDITIONS
+        ]
+        try:
+            self.api.patch_namespaced_pod_status(
+                name,
+                self.namespace,
+                {"status": {"conditions": conditions}},
+                _content_type="application/strategic-merge-patch+json",
+            )
+        except client.ApiException as error:
+            if error.status != 404:  # a pod deleted meanwhile has nothing left to report on
+                raise
+
+    def _probe(self, running: RunningPod) -> None:
+        if running.probe is None:
+            return
+        ready = running.process.poll() is None and probe_answers(running.probe)
+        if ready != running.ready:
+            self._report_ready(running.name, ready)
+            running.ready = ready
 
     def _stop_pod(self, uid: str) -> None:
         running = self.running.pop(uid)
@@ -244,7 +315,9 @@ class PodRunner:
         now = time.monotonic()
         for uid, running in list(self.running.items()):
             if running.process.poll() is not None:
-                # As a kubelet restarts a container that exited: again after a growing back-off.
+                # As a kubelet restarts a container that exited: not Ready, again after a growing back-off.
+                if running.probe is not None and running.ready:
+                    self._report_ready(running.name, False)
                 lines = (running.workdir / "output.log").read_text(errors="replace").splitlines()
                 self.exits[running.name] = f"exited {running.process.returncode}: {(lines or [''])[-1]}"
                 restarts = self.restarts.get(uid, 0) + 1
@@ -254,6 +327,8 @@ class PodRunner:
         for uid, pod in wanted.items():
             if uid not in self.running and uid not in self.skipped and now >= self.restart_after.get(uid, 0):
                 self._start(pod)
+        for running in self.running.values():
+            self._probe(running)
 
     def run(self, interval: float = 0.5) -> None:
         while not self._stop.is_set():

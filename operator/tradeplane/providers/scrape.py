@@ -26,6 +26,8 @@ from tradeplane.measurement import (
 
 PROCESS_START_METRIC = "process_start_time_seconds"
 STALE_HISTORY_SECONDS = 600.0
+BASELINE_SECONDS = 1.0
+"""A pod first seen takes a baseline scrape this long before its figures (capped at the window)."""
 
 
 def bucket_quantile(quantile: float, buckets: Mapping[float, float]) -> float | None:
@@ -128,7 +130,11 @@ class ScrapeProvider:
     It keeps each pod's scrapes of the last window in memory. A pod seen for the first time has nothing
     to subtract from, unless its page says (process_start_time_seconds) that its process started inside
     the window: then its counters started at zero inside the window, and all of them count. Otherwise
-    that interval is Inconclusive, which is safe: it never passes (after an operator restart, say).
+    (a new leader after a failover, an operator restart) the pod is scraped once as the baseline and
+    again `baseline_seconds` later: the first figures cover that short span instead of the whole window,
+    as a young history always does (the history covers less than the window until it is a window old),
+    and `minSamples` still decides whether they are enough. So a new leader's first analysis is not
+    wasted, and never passes on figures older than the baseline.
     """
 
     def __init__(
@@ -136,10 +142,12 @@ class ScrapeProvider:
         timeout: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        baseline_seconds: float = BASELINE_SECONDS,
     ) -> None:
         self.timeout = timeout
         self.clock = clock
         self.wall_clock = wall_clock
+        self.baseline_seconds = baseline_seconds
         self._histories: dict[tuple[str, str, str, str], deque[tuple[float, Counts]]] = {}
 
     async def measure(self, target: Target, window: str) -> Measurement:
@@ -147,23 +155,22 @@ class ScrapeProvider:
             raise ProviderUnavailable(f"revision {target.revision} has no ready pods to scrape")
         span = parse_duration(window)
         async with httpx.AsyncClient(timeout=self.timeout) as client:
-            pages = await asyncio.gather(
-                *(self._scrape(client, endpoint) for endpoint in target.endpoints), return_exceptions=True
-            )
-        texts: list[str] = []
-        for page in pages:
-            if isinstance(page, BaseException):
-                raise page
-            texts.append(page)
-        now = self.clock()
-        self._expire(now)
-        deltas = []
-        for endpoint, page in zip(target.endpoints, texts, strict=True):
-            try:
-                counts = parse_counts(page, target.service, target.revision)
-            except ValueError as error:
-                raise ProviderUnavailable(f"{endpoint}/metrics is not Prometheus text: {error}") from error
-            deltas.append(self._increase(endpoint, target, counts, now, span))
+            scrapes = await self._scrape_all(client, target)
+            now = self.clock()
+            self._expire(now)
+            unknown = [
+                endpoint
+                for endpoint, counts in scrapes.items()
+                if self._key(target, endpoint) not in self._histories
+                and not self._started_inside(counts, span)
+            ]
+            if unknown:
+                for endpoint in unknown:
+                    self._histories[self._key(target, endpoint)] = deque([(now, scrapes[endpoint])])
+                await asyncio.sleep(min(self.baseline_seconds, span))
+                scrapes = await self._scrape_all(client, target)
+                now = self.clock()
+        deltas = [self._increase(endpoint, target, counts, now, span) for endpoint, counts in scrapes.items()]
         window_counts = Counts.total(deltas)
         try:
             p99 = bucket_quantile(QUANTILE, window_counts.buckets) if window_counts.samples > 0 else None
@@ -176,6 +183,29 @@ class ScrapeProvider:
             errors=round(window_counts.requests.get(ERROR_OUTCOME, 0.0)),
         )
 
+    async def _scrape_all(self, client: httpx.AsyncClient, target: Target) -> dict[str, Counts]:
+        """Every pod of the revision at once: its counts by endpoint."""
+        pages = await asyncio.gather(
+            *(self._scrape(client, endpoint) for endpoint in target.endpoints), return_exceptions=True
+        )
+        scrapes = {}
+        for endpoint, page in zip(target.endpoints, pages, strict=True):
+            if isinstance(page, BaseException):
+                raise page
+            try:
+                scrapes[endpoint] = parse_counts(page, target.service, target.revision)
+            except ValueError as error:
+                raise ProviderUnavailable(f"{endpoint}/metrics is not Prometheus text: {error}") from error
+        return scrapes
+
+    @staticmethod
+    def _key(target: Target, endpoint: str) -> tuple[str, str, str, str]:
+        return (target.namespace, target.service, target.revision, endpoint)
+
+    def _started_inside(self, counts: Counts, span: float) -> bool:
+        """Did the pod's process start inside the window? Then its counters were zero at the start."""
+        return counts.started is not None and counts.started >= self.wall_clock() - span
+
     async def _scrape(self, client: httpx.AsyncClient, endpoint: str) -> str:
         try:
             response = await client.get(f"http://{endpoint}/metrics")
@@ -186,13 +216,12 @@ class ScrapeProvider:
 
     def _increase(self, endpoint: str, target: Target, counts: Counts, now: float, span: float) -> Counts:
         """Store this scrape; answer the increase since the newest scrape at least `span` old."""
-        key = (target.namespace, target.service, target.revision, endpoint)
-        scrapes = self._histories.setdefault(key, deque())
+        scrapes = self._histories.setdefault(self._key(target, endpoint), deque())
         while len(scrapes) > 1 and scrapes[1][0] <= now - span:
             scrapes.popleft()
         if scrapes:
             baseline = scrapes[0][1]
-        elif counts.started is not None and counts.started >= self.wall_clock() - span:
+        elif self._started_inside(counts, span):
             baseline = Counts({}, {})
         else:
             baseline = counts
