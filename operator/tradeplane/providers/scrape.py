@@ -9,6 +9,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol, Self, TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,6 +23,7 @@ from tradeplane.measurement import (
     REQUESTS_METRIC,
     Measurement,
     ProviderUnavailable,
+    Series,
     Target,
 )
 
@@ -100,6 +103,50 @@ class Counts:
         return Counts(buckets, requests)
 
 
+@dataclass(frozen=True)
+class Values:
+    """One series of one revision in one scrape, per value of its `by` label."""
+
+    values: dict[str, float]
+    started: float | None = None
+
+    def minus(self, earlier: Values) -> Values:
+        """Increase since `earlier`; a counter that went down means the process restarted from zero."""
+        if any(value < earlier.values.get(key, 0.0) for key, value in self.values.items()):
+            return self
+        return Values({key: value - earlier.values.get(key, 0.0) for key, value in self.values.items()})
+
+
+def parse_series(text: str, series: Series, service: str, revision: str) -> Values:
+    """The samples named `series.metric` of one service revision in a /metrics page, summed by `by`."""
+    values: dict[str, float] = {}
+    started = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == PROCESS_START_METRIC:
+                started = sample.value
+            elif (
+                sample.name == series.metric
+                and sample.labels.get("service") == service
+                and sample.labels.get("revision") == revision
+            ):
+                key = sample.labels.get(series.by, "") if series.by else ""
+                values[key] = values.get(key, 0.0) + sample.value
+    return Values(values, started)
+
+
+class Cumulative(Protocol):
+    """Counters of one scrape: they know when their process started and what they grew by."""
+
+    @property
+    def started(self) -> float | None: ...
+
+    def minus(self, earlier: Self) -> Self: ...
+
+
+Scraped = TypeVar("Scraped", bound=Cumulative)
+
+
 def parse_counts(text: str, service: str, revision: str) -> Counts:
     """The latency histogram and request counters of one service revision in a /metrics page."""
     buckets: dict[float, float] = {}
@@ -122,6 +169,10 @@ def parse_counts(text: str, service: str, revision: str) -> Counts:
     return Counts(buckets, requests, started)
 
 
+HistoryKey = tuple[str, str, str, str, Series | None]
+"""namespace, service, revision, endpoint, and the series (None: the latency histogram and requests)."""
+
+
 class ScrapeProvider:
     """Figures straight from the pods' /metrics: bucket deltas between now and a scrape a window ago.
 
@@ -140,30 +191,20 @@ class ScrapeProvider:
         self.timeout = timeout
         self.clock = clock
         self.wall_clock = wall_clock
-        self._histories: dict[tuple[str, str, str, str], deque[tuple[float, Counts]]] = {}
+        self._histories: dict[HistoryKey, deque[tuple[float, Cumulative]]] = {}
 
     async def measure(self, target: Target, window: str) -> Measurement:
-        if not target.endpoints:
-            raise ProviderUnavailable(f"revision {target.revision} has no ready pods to scrape")
-        span = parse_duration(window)
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
-            pages = await asyncio.gather(
-                *(self._scrape(client, endpoint) for endpoint in target.endpoints), return_exceptions=True
+        span, now, pages = parse_duration(window), *await self._pages(target)
+        deltas = [
+            self._increase(
+                (target.namespace, target.service, target.revision, endpoint, None),
+                self._parsed(endpoint, partial(parse_counts, page, target.service, target.revision)),
+                Counts({}, {}),
+                now,
+                span,
             )
-        texts: list[str] = []
-        for page in pages:
-            if isinstance(page, BaseException):
-                raise page
-            texts.append(page)
-        now = self.clock()
-        self._expire(now)
-        deltas = []
-        for endpoint, page in zip(target.endpoints, texts, strict=True):
-            try:
-                counts = parse_counts(page, target.service, target.revision)
-            except ValueError as error:
-                raise ProviderUnavailable(f"{endpoint}/metrics is not Prometheus text: {error}") from error
-            deltas.append(self._increase(endpoint, target, counts, now, span))
+            for endpoint, page in pages
+        ]
         window_counts = Counts.total(deltas)
         try:
             p99 = bucket_quantile(QUANTILE, window_counts.buckets) if window_counts.samples > 0 else None
@@ -176,6 +217,47 @@ class ScrapeProvider:
             errors=round(window_counts.requests.get(ERROR_OUTCOME, 0.0)),
         )
 
+    async def series(self, target: Target, window: str, series: Series) -> dict[str, float]:
+        """A counter's increase over the window (as for the latency histogram) or a gauge's value now,
+        summed over the revision's pods."""
+        if series.metric is None:
+            raise ProviderUnavailable("the scrape provider reads metrics by name; PromQL needs prometheus")
+        span, now, pages = parse_duration(window), *await self._pages(target)
+        totals: dict[str, float] = {}
+        for endpoint, page in pages:
+            parse = partial(parse_series, page, series, target.service, target.revision)
+            values = self._parsed(endpoint, parse)
+            if series.counter:
+                key = (target.namespace, target.service, target.revision, endpoint, series)
+                values = self._increase(key, values, Values({}), now, span)
+            for label, value in values.values.items():
+                totals[label] = totals.get(label, 0.0) + value
+        return totals
+
+    async def _pages(self, target: Target) -> tuple[float, list[tuple[str, str]]]:
+        """Now, and the /metrics page of every pod of the revision."""
+        if not target.endpoints:
+            raise ProviderUnavailable(f"revision {target.revision} has no ready pods to scrape")
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            pages = await asyncio.gather(
+                *(self._scrape(client, endpoint) for endpoint in target.endpoints), return_exceptions=True
+            )
+        texts: list[str] = []
+        for page in pages:
+            if isinstance(page, BaseException):
+                raise page
+            texts.append(page)
+        now = self.clock()
+        self._expire(now)
+        return now, list(zip(target.endpoints, texts, strict=True))
+
+    @staticmethod
+    def _parsed(endpoint: str, parse: Callable[[], Scraped]) -> Scraped:
+        try:
+            return parse()
+        except ValueError as error:
+            raise ProviderUnavailable(f"{endpoint}/metrics is not Prometheus text: {error}") from error
+
     async def _scrape(self, client: httpx.AsyncClient, endpoint: str) -> str:
         try:
             response = await client.get(f"http://{endpoint}/metrics")
@@ -184,16 +266,15 @@ class ScrapeProvider:
             raise ProviderUnavailable(f"{endpoint}/metrics: {error or type(error).__name__}") from error
         return response.text
 
-    def _increase(self, endpoint: str, target: Target, counts: Counts, now: float, span: float) -> Counts:
+    def _increase(self, key: HistoryKey, counts: Scraped, zero: Scraped, now: float, span: float) -> Scraped:
         """Store this scrape; answer the increase since the newest scrape at least `span` old."""
-        key = (target.namespace, target.service, target.revision, endpoint)
-        scrapes = self._histories.setdefault(key, deque())
+        scrapes: deque[tuple[float, Scraped]] = self._histories.setdefault(key, deque())  # type: ignore[assignment]
         while len(scrapes) > 1 and scrapes[1][0] <= now - span:
             scrapes.popleft()
         if scrapes:
             baseline = scrapes[0][1]
         elif counts.started is not None and counts.started >= self.wall_clock() - span:
-            baseline = Counts({}, {})
+            baseline = zero
         else:
             baseline = counts
         scrapes.append((now, counts))
