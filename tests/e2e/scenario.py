@@ -12,6 +12,7 @@ import yaml
 
 from support import Kubectl, get_json, wait_for
 from tradeplane.api import BUNDLED_PORTS
+from tradeplane.cluster.podrunner import PodRunner
 from tradeplane.demo.traffic import RiskTraffic
 
 NAME = "risk"
@@ -33,12 +34,14 @@ def risk_spec(config: dict[str, Any], slo_micros: int) -> dict[str, Any]:
     }
 
 
-def manifest(namespace: str, config: dict[str, Any], rollout: dict[str, Any]) -> dict[str, Any]:
+def manifest(
+    namespace: str, config: dict[str, Any], rollout: dict[str, Any], slo_micros: int = SLO_MICROS
+) -> dict[str, Any]:
     return {
         "apiVersion": "tradeplane.io/v1alpha1",
         "kind": "TradingService",
         "metadata": {"name": NAME, "namespace": namespace},
-        "spec": {**risk_spec(config, SLO_MICROS), "rollout": {"steps": STEPS, **rollout}},
+        "spec": {**risk_spec(config, slo_micros), "rollout": {"steps": STEPS, **rollout}},
     }
 
 
@@ -49,11 +52,12 @@ class Rollout:
     kubectl: Kubectl
     namespace: str
     rollout: dict[str, Any]
+    slo_micros: int = SLO_MICROS
     seen: list[dict[str, Any]] = field(default_factory=list)
 
     def apply(self, config: dict[str, Any], **analysis: Any) -> None:
         rollout = {**self.rollout, "analysis": {**ANALYSIS, **self.rollout.get("analysis", {}), **analysis}}
-        document = yaml.safe_dump(manifest(self.namespace, config, rollout))
+        document = yaml.safe_dump(manifest(self.namespace, config, rollout, self.slo_micros))
         self.kubectl("apply", "-f", "-", input=document)
 
     def status(self) -> dict[str, Any]:
@@ -87,6 +91,21 @@ class Rollout:
         found = get_json(self.kubectl, "events", "-n", self.namespace, "--field-selector", f"type={kind}")
         items: list[dict[str, Any]] = found["items"]  # type: ignore[assignment]
         return [event["reason"] for event in items if event["involvedObject"]["kind"] == "TradingService"]
+
+
+def start_stable(
+    kubectl: Kubectl,
+    namespace: str,
+    runner: PodRunner,
+    analysis: dict[str, Any],
+    slo_micros: int = SLO_MICROS,
+) -> Rollout:
+    """Revision one of the risk service with these analysis settings, Ready on two running pods."""
+    rollout = Rollout(kubectl, namespace, {"analysis": analysis}, slo_micros)
+    rollout.apply({"maxOrderQuantity": 50_000})
+    rollout.wait_ready()
+    runner.wait_running(2)
+    return rollout
 
 
 def traffic(kubeconfig: Path, namespace: str) -> RiskTraffic:
