@@ -6,12 +6,13 @@ machine. Providers are in `providers/`, the verdict's rules in `judge.py`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 
 from tradeplane.api import AnalysisResult, TradingServiceSpec, TradingServiceStatus
-from tradeplane.judge import judge
-from tradeplane.measurement import Measurement, MetricsProvider, ProviderUnavailable, Target
+from tradeplane.judge import gates_for, judge
+from tradeplane.measurement import Measurement, MetricsProvider, ProviderUnavailable, Series, Target
 from tradeplane.providers import Providers
 from tradeplane_services.catalog import CUSTOM
 
@@ -35,25 +36,30 @@ async def measure(
     stable_endpoints: Sequence[str],
     now: datetime,
 ) -> AnalysisResult:
-    """Judge the canary over the analysis window; the stable too when a regression gate is set."""
+    """Judge the canary over the analysis window; the stable too when a gate is relative to it."""
     if status.canaryRevision is None or status.stableRevision is None:
         raise NotACanary(f"{namespace}/{name} has no canary to analyse (phase {status.phase})")
     analysis = spec.rollout.analysis
     service = metric_service(name, spec)
     provider = providers.for_analysis(analysis)
     canary_target = Target(namespace, service, status.canaryRevision, tuple(canary_endpoints))
-    canary = await _measure(provider, canary_target, analysis.window)
+    gates = gates_for(spec.slo, analysis)
+    needs = tuple(dict.fromkeys(series for gate in gates for series in gate.needs))
+    canary = await _measure(provider, canary_target, analysis.window, needs)
     baseline = None
-    if analysis.maxRegressionVsBaseline is not None:
+    if any(gate.relative for gate in gates):
         stable_target = Target(namespace, service, status.stableRevision, tuple(stable_endpoints))
-        baseline = await _measure(provider, stable_target, analysis.window)
+        baseline = await _measure(provider, stable_target, analysis.window, needs)
     return judge(canary, baseline, spec.slo, analysis, status.canaryRevision, now)
 
 
 async def _measure(
-    provider: MetricsProvider, target: Target, window: str
+    provider: MetricsProvider, target: Target, window: str, needs: Sequence[Series]
 ) -> Measurement | ProviderUnavailable:
+    """The revision's figures and the series its gates read, or why the provider could not give them."""
     try:
-        return await provider.measure(target, window)
+        measured = await provider.measure(target, window)
+        series = {wanted: await provider.series(target, window, wanted) for wanted in needs}
     except ProviderUnavailable as unavailable:
         return unavailable
+    return dataclasses.replace(measured, series=series)

@@ -361,6 +361,114 @@ class ScrapeSettings(Model):
     timeoutSeconds: float = Field(default=2.0, gt=0, le=30, description="Longest wait for a pod's /metrics.")
 
 
+GATE_KINDS = ("rejectRate", "fillRatio", "metric")
+METRIC_NAME_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+
+
+class Gate(Model):
+    """A trading gate of the canary analysis, judged over the analysis window after the SLO gates.
+
+    rejectRate (risk): rejects as a fraction of decisions, from `tradeplane_decisions_total{reason}`. The
+    canary fails when its rate exceeds the stable's over the same window times `factor` plus `slack`,
+    overall and for each reason code on its own (a new reason at 2% fails even when the overall rate
+    hides it among the stable's usual duplicates). fillRatio (execution): fills per routed order, from
+    `tradeplane_fills_total` / `tradeplane_orders_total`; fails below the stable's ratio times `factor`
+    minus `slack`. metric: any series, judged against an absolute `threshold` or the stable's value times
+    `factor` (plus or minus `slack`), in `direction` max or min: a desk's own PnL or slippage.
+    """
+
+    kind: Literal["rejectRate", "fillRatio", "metric"] = Field(
+        description="rejectRate, fillRatio or metric; each kind's settings are described on its fields."
+    )
+    name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=NAME_PATTERN,
+        description="metric: the gate's name in verdicts (required); the other kinds are named by kind.",
+    )
+    factor: float | None = Field(
+        default=None,
+        gt=0,
+        description="Relative to the stable revision over the same window. rejectRate: the canary's rate "
+        "may be at most the stable's times this (default 2); fillRatio: at least the stable's times this "
+        "(default 0.8); metric: the bound is the stable's value times this.",
+    )
+    slack: float | None = Field(
+        default=None,
+        ge=0,
+        description="Absolute allowance on top of the relative bound, so a stable at zero does not make "
+        "one reject fail: rejectRate and fillRatio default 0.01 (one percentage point), metric 0.",
+    )
+    reasons: list[str] | None = Field(
+        default=None,
+        max_length=64,
+        description="rejectRate: the reason codes compared one by one (names such as MAX_QUANTITY); "
+        "default every reason either revision gave.",
+    )
+    query: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="metric, prometheus provider: a PromQL template giving one value per revision; "
+        "{service}, {namespace}, {revision} and {window} are filled in.",
+    )
+    metric: str | None = Field(
+        default=None,
+        pattern=METRIC_NAME_PATTERN,
+        max_length=200,
+        description="metric, either provider: a series the pods export with service and revision labels "
+        "(summed over the revision's pods and other labels).",
+    )
+    type: Literal["counter", "gauge"] = Field(
+        default="counter",
+        description="metric: a counter is judged by its increase over the window, a gauge by its value.",
+    )
+    direction: Literal["max", "min"] = Field(
+        default="max", description="metric: max fails above the bound, min fails below it."
+    )
+    threshold: float | None = Field(default=None, description="metric: an absolute bound, instead of factor.")
+
+    rules = (
+        Rule(
+            "self.kind != 'metric' || has(self.name)",
+            "a metric gate needs a name",
+            lambda gate: gate.kind != "metric" or gate.name is not None,
+            "name",
+        ),
+        Rule(
+            "self.kind != 'metric' || has(self.query) != has(self.metric)",
+            "a metric gate has either query (PromQL) or metric (a series name)",
+            lambda gate: gate.kind != "metric" or (gate.query is None) != (gate.metric is None),
+            "metric",
+        ),
+        Rule(
+            "self.kind != 'metric' || has(self.threshold) != has(self.factor)",
+            "a metric gate has either threshold (absolute) or factor (relative to the stable)",
+            lambda gate: gate.kind != "metric" or (gate.threshold is None) != (gate.factor is None),
+            "threshold",
+        ),
+        Rule(
+            "self.kind == 'metric' || (!has(self.query) && !has(self.metric) && !has(self.threshold))",
+            "query, metric and threshold belong to metric gates",
+            lambda gate: (
+                gate.kind == "metric"
+                or (gate.query is None and gate.metric is None and gate.threshold is None)
+            ),
+            "kind",
+        ),
+        Rule(
+            "self.kind == 'rejectRate' || !has(self.reasons)",
+            "reasons belong to rejectRate gates",
+            lambda gate: gate.kind == "rejectRate" or gate.reasons is None,
+            "reasons",
+        ),
+    )
+
+    @property
+    def label(self) -> str:
+        """The gate's name in verdicts, Events and the rollback counter."""
+        return self.name if self.kind == "metric" and self.name else self.kind
+
+
 class Analysis(Model):
     provider: Literal["prometheus", "scrape"] = Field(
         default="scrape",
@@ -382,6 +490,12 @@ class Analysis(Model):
     )
     maxRegressionVsBaseline: float | None = Field(
         default=None, ge=1, description="Canary p99 must stay under stable p99 times this."
+    )
+    gates: list[Gate] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Trading gates judged after the SLO gates, in order, over the same window and "
+        "provider: rejectRate, fillRatio and metric.",
     )
 
     # `has()` guards: the API server also checks the rules against the CRD's own `default: {}`.
@@ -405,6 +519,22 @@ class Analysis(Model):
             "the prometheus provider needs prometheus.url",
             lambda analysis: analysis.provider != "prometheus" or analysis.prometheus is not None,
             "prometheus",
+        ),
+        Rule(
+            "!has(self.gates) || (has(self.provider) && self.provider == 'prometheus') || "
+            "self.gates.all(gate, !has(gate.query))",
+            "a gate's query is PromQL: it needs the prometheus provider (scrape gates name a metric)",
+            lambda analysis: (
+                analysis.provider == "prometheus" or all(gate.query is None for gate in analysis.gates)
+            ),
+            "gates",
+        ),
+        Rule(
+            "!has(self.gates) || self.gates.all(gate, self.gates.exists_one(other, "
+            "(has(other.name) ? other.name : other.kind) == (has(gate.name) ? gate.name : gate.kind)))",
+            "gate names must be unique (rejectRate and fillRatio are named by kind)",
+            lambda analysis: len({gate.label for gate in analysis.gates}) == len(analysis.gates),
+            "gates",
         ),
     )
 
@@ -657,12 +787,32 @@ class Condition(Model):
     observedGeneration: int | None = None
 
 
+class GateResult(Model):
+    """One gate's verdict on one interval."""
+
+    gate: str
+    verdict: Verdict
+    value: float | None = Field(default=None, description="The canary's figure.")
+    baseline: float | None = Field(default=None, description="The stable's figure, for relative gates.")
+    threshold: float | None = Field(default=None, description="The bound the value was held to.")
+    samples: int = Field(default=0, description="Observations behind the value (decisions, orders, ...).")
+    message: str = ""
+
+
 class AnalysisResult(Model):
     verdict: Verdict
     gate: str | None = Field(
-        default=None, description="The gate that decided: provider, samples, p99, errorRate or baseline."
+        default=None,
+        description="The gate that decided: provider, samples, p99, errorRate, baseline, or a trading "
+        "gate (rejectRate, fillRatio, a metric gate's name).",
     )
     value: float | None = Field(default=None, description="The deciding gate's measured value.")
+    baselineValue: float | None = Field(
+        default=None, description="The stable's figure for the deciding gate, when it is relative."
+    )
+    gates: list[GateResult] = Field(
+        default_factory=list, description="Every trading gate's verdict on this interval, in order."
+    )
     p99Micros: float | None = None
     baselineP99Micros: float | None = None
     errorRate: float | None = None

@@ -3,18 +3,27 @@
 A provider measures one revision of one service over a window: p99 latency, the number of latency
 samples, requests and errors, from the histogram and counters every bundled service exports (and custom
 services are asked to export, see DESIGN.md). Providers compute p99 the way Prometheus'
-`histogram_quantile` does, so they agree on the same data.
+`histogram_quantile` does, so they agree on the same data. The trading gates read more `Series` of the
+same revision through the same providers: decisions by reason, orders, fills, and any series a desk names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 LATENCY_METRIC = "tradeplane_request_duration_seconds"
 REQUESTS_METRIC = "tradeplane_requests_total"
 ERROR_OUTCOME = "error"
 QUANTILE = 0.99
+DECISIONS_METRIC = "tradeplane_decisions_total"
+"""Risk decisions by `reason`: the reason code's name, OK for an accepted order."""
+ACCEPTED_REASON = "OK"
+ORDERS_METRIC = "tradeplane_orders_total"
+"""Orders routed to the venue (execution)."""
+FILLS_METRIC = "tradeplane_fills_total"
+"""Fills reported by the venue (execution), partial fills each counted."""
 
 
 class ProviderUnavailable(Exception):
@@ -32,6 +41,18 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Series:
+    """A series of one revision that a gate reads: a counter's increase over the window or a gauge's
+    value, summed over the revision's pods and labels, per value of the label `by` when it is set
+    (the key is "" otherwise). `query`, a PromQL template, replaces `metric` for the prometheus provider."""
+
+    metric: str | None = None
+    counter: bool = True
+    by: str | None = None
+    query: str | None = None
+
+
+@dataclass(frozen=True)
 class Measurement:
     """Figures of one revision over one window. p99 is None when the window saw no requests."""
 
@@ -39,6 +60,8 @@ class Measurement:
     samples: int
     requests: int
     errors: int
+    series: Mapping[Series, Mapping[str, float]] = field(default_factory=dict)
+    """The series the gates asked for; a series the revision does not export maps to {}."""
 
     @property
     def p99_micros(self) -> float | None:
@@ -51,3 +74,5 @@ class Measurement:
 
 class MetricsProvider(Protocol):
     async def measure(self, target: Target, window: str) -> Measurement: ...
+
+    async def series(self, target: Target, window: str, series: Series) -> dict[str, float]: ...

@@ -78,6 +78,7 @@ class ExecutionService(Service[ExecutionSettings]):
         self.source = time.time_ns()
         self.fill_sequence = 0
         self.stored_fills = 0
+        self.metrics.orders = self.metrics.fills = 0  # exported from the start: a fill ratio's inputs
         self.event_log: EventLog | None = None
         self.fills: list[Fill] = []  # this turn's fills, not yet handed to the log
         self.held: list[tuple[Connection, VenueReport]] = []  # reports waiting for fills before them
@@ -98,6 +99,7 @@ class ExecutionService(Service[ExecutionSettings]):
 
     def on_route(self, connection: Connection, message: RouteOrder) -> None:
         self.inject_latency()
+        self.metrics.orders = (self.metrics.orders or 0) + 1
         self.publish(self.venue.submit(connection, *message))
         self.metrics.record(connection.received_ns)
 
@@ -118,6 +120,7 @@ class ExecutionService(Service[ExecutionSettings]):
                 continue  # order acknowledged its client already; the venue's ack adds nothing
             if event.exec_type == TRADE:
                 self.fill_sequence += 1
+                self.metrics.fills = (self.metrics.fills or 0) + 1
                 if self.event_log is not None:
                     self.fills.append(
                         Fill(

@@ -104,6 +104,7 @@ MAX_NOTIONAL, DUPLICATE_ORDER = int(Reason.MAX_NOTIONAL), int(Reason.DUPLICATE_O
 POSITION_LIMIT, CREDIT_LIMIT = int(Reason.POSITION_LIMIT), int(Reason.CREDIT_LIMIT)
 FIRM_CREDIT_LIMIT = int(Reason.FIRM_CREDIT_LIMIT)
 PARTITION_TAKEOVER = int(Reason.PARTITION_TAKEOVER)
+REASON_NAMES = {int(reason): reason.name for reason in Reason}
 LIMIT = int(OrderType.LIMIT)
 HALTED, REDUCING = int(KillSwitchState.HALTED), int(KillSwitchState.REDUCING)
 CHECK_DTYPE = layout_of(RiskCheck).dtype
@@ -1015,9 +1016,11 @@ class RiskService(Service[RiskSettings]):
             ledger = self.ledgers.get(partition_of(check.account))
             if ledger is None or not ledger.serving:
                 connection.send(RiskResult(check.order_id, PARTITION_TAKEOVER))
+                self.metrics.decisions[REASON_NAMES[PARTITION_TAKEOVER]] += 1
                 self.metrics.record(connection.received_ns)
                 return
         reason = self.engine.check(*check[:7], time.perf_counter_ns(), check.is_replace)
+        self.metrics.decisions[REASON_NAMES[reason]] += 1
         if ledger is not None and reason == OK:
             ledger.reserve(self.engine.reservation(check), connection, connection.received_ns)
             return
@@ -1033,6 +1036,8 @@ class RiskService(Service[RiskSettings]):
         if reasons is None:
             self._check_one_by_one(connection, run)
             return
+        for reason, count in zip(*np.unique(reasons, return_counts=True), strict=True):
+            self.metrics.decisions[REASON_NAMES[int(reason)]] += int(count)
         if self.settings.latencyInjectionMicros:
             spin_for(self.settings.latencyInjectionMicros * run.frames)
         results = np.zeros(run.frames, dtype=RESULT_LAYOUT.dtype)

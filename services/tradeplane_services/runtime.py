@@ -124,7 +124,8 @@ def fields(**values: Any) -> dict[str, Any]:
 
 
 class RequestMetrics(Collector):
-    """The two series the canary analysis reads, for one service and revision.
+    """The series the canary analysis reads, for one service and revision: latency and requests for
+    every service, decisions by reason (risk) and orders and fills (execution) for the trading gates.
 
     A collector of its own rather than prometheus_client's Histogram: observing is a bisect and two
     additions (no lock, no linear bucket scan), and a batch of N requests answered together is one
@@ -139,6 +140,9 @@ class RequestMetrics(Collector):
         self.ok = 0
         self.errors = 0
         self.refusals: Counter[str] = Counter()  # session refusals by reason name
+        self.decisions: Counter[str] = Counter()  # risk decisions by reason name, OK when accepted
+        self.orders: int | None = None  # orders routed, counted by the services that route them
+        self.fills: int | None = None
         registry.register(self)
 
     def record(self, started_ns: int, count: int = 1, ok: bool = True) -> None:
@@ -178,6 +182,23 @@ class RequestMetrics(Collector):
         for reason, count in sorted(self.refusals.items()):
             refusals.add_metric([*self.labels.values(), reason], count)
         yield refusals
+        decisions = CounterMetricFamily(
+            "tradeplane_decisions",
+            "Pre-trade risk decisions by reason code: OK when accepted, the reject's reason otherwise.",
+            labels=[*self.labels, "reason"],
+        )
+        for reason, count in sorted(self.decisions.items()):
+            decisions.add_metric([*self.labels.values(), reason], count)
+        yield decisions
+        routed: tuple[tuple[str, int | None, str], ...] = (
+            ("tradeplane_orders", self.orders, "Orders routed to the venue."),
+            ("tradeplane_fills", self.fills, "Fills the venue reported, each partial fill counted."),
+        )
+        for name, routed_count, text in routed:
+            if routed_count is not None:
+                family = CounterMetricFamily(name, text, labels=list(self.labels))
+                family.add_metric(list(self.labels.values()), routed_count)
+                yield family
 
 
 def quiet_garbage_collector() -> None:

@@ -34,12 +34,14 @@ def risk_spec(config: dict[str, Any], slo_micros: int) -> dict[str, Any]:
     }
 
 
-def manifest(namespace: str, config: dict[str, Any], rollout: dict[str, Any]) -> dict[str, Any]:
+def manifest(
+    namespace: str, config: dict[str, Any], rollout: dict[str, Any], slo_micros: int = SLO_MICROS
+) -> dict[str, Any]:
     return {
         "apiVersion": "tradeplane.io/v1alpha1",
         "kind": "TradingService",
         "metadata": {"name": NAME, "namespace": namespace},
-        "spec": {**risk_spec(config, SLO_MICROS), "rollout": {"steps": STEPS, **rollout}},
+        "spec": {**risk_spec(config, slo_micros), "rollout": {"steps": STEPS, **rollout}},
     }
 
 
@@ -50,13 +52,14 @@ class Rollout:
     kubectl: Kubectl
     namespace: str
     rollout: dict[str, Any]
+    slo_micros: int = SLO_MICROS
     seen: list[dict[str, Any]] = field(default_factory=list)
     start_up_events: set[str] = field(default_factory=set)
     """Events of the stack's start-up, not of the rollouts under test (run_with_market_data)."""
 
     def apply(self, config: dict[str, Any], **analysis: Any) -> None:
         rollout = {**self.rollout, "analysis": {**ANALYSIS, **self.rollout.get("analysis", {}), **analysis}}
-        document = yaml.safe_dump(manifest(self.namespace, config, rollout))
+        document = yaml.safe_dump(manifest(self.namespace, config, rollout, self.slo_micros))
         self.kubectl("apply", "-f", "-", input=document)
 
     def status(self) -> dict[str, Any]:
@@ -97,6 +100,20 @@ class Rollout:
         found = get_json(self.kubectl, "events", "-n", self.namespace, "--field-selector", f"type={kind}")
         items: list[dict[str, Any]] = found["items"]  # type: ignore[assignment]
         return [event for event in items if event["involvedObject"]["kind"] == "TradingService"]
+
+
+def start_stable(
+    kubectl: Kubectl,
+    namespace: str,
+    pod_runner: Callable[..., PodRunner],
+    analysis: dict[str, Any],
+    slo_micros: int = SLO_MICROS,
+) -> Rollout:
+    """Revision one of the risk service with these analysis settings, Ready on two running pods beside
+    the market data it needs."""
+    rollout = Rollout(kubectl, namespace, {"analysis": analysis}, slo_micros)
+    run_with_market_data(rollout, pod_runner, {"maxOrderQuantity": 50_000})
+    return rollout
 
 
 def traffic(kubeconfig: Path, namespace: str) -> RiskTraffic:

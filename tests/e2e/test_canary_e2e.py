@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from e2e.conftest import OperatorProcess
 from e2e.prometheus import Prometheus
-from e2e.scenario import NAME, SLO_MICROS, SLOW_MICROS, Rollout, run_with_market_data, traffic
+from e2e.scenario import NAME, SLO_MICROS, SLOW_MICROS, Rollout, start_stable, traffic
 
 from support import Kubectl, get_json, wait_for
 from tradeplane.api import now_iso
@@ -35,11 +35,8 @@ def stable(
     pod_runner: Callable[..., PodRunner],
 ) -> Rollout:
     """Revision one of the risk service, analysed through Prometheus, Ready on two running pods."""
-    rollout = Rollout(
-        kubectl, namespace, {"analysis": {"provider": "prometheus", "prometheus": {"url": prometheus.url}}}
-    )
-    run_with_market_data(rollout, pod_runner, {"maxOrderQuantity": 50_000})
-    return rollout
+    analysis = {"provider": "prometheus", "prometheus": {"url": prometheus.url}}
+    return start_stable(kubectl, namespace, pod_runner, analysis)
 
 
 def test_a_good_canary_walks_every_step_and_its_pods_become_stable(kube_env: Path, stable: Rollout) -> None:

@@ -12,7 +12,7 @@ from e2e.prometheus import run_prometheus, static_scrape_config
 from rollout.latency_server import LatencyServer, latency_server
 
 from support import wait_for
-from tradeplane.measurement import ProviderUnavailable, Target
+from tradeplane.measurement import DECISIONS_METRIC, ProviderUnavailable, Series, Target
 from tradeplane.providers.prometheus import PrometheusProvider
 from tradeplane.providers.scrape import ScrapeProvider
 
@@ -60,6 +60,40 @@ def test_prometheus_and_direct_scrape_agree_on_p99(tmp_path: Path) -> None:
     # increase() extrapolates a little past the last scrape: counts agree to within a scrape interval.
     assert from_pods.samples <= from_prometheus.samples <= from_pods.samples * 1.5
     assert baseline.p99_seconds is not None and 20e-6 < baseline.p99_seconds <= 50e-6
+
+
+def test_prometheus_and_direct_scrape_agree_on_the_series_the_trading_gates_read(tmp_path: Path) -> None:
+    by_reason = Series(DECISIONS_METRIC, by="reason")
+    pnl = Series("desk_pnl", counter=False)
+    query = Series(query='sum(desk_pnl{service="{service}",revision="{revision}"}) * 2')
+    with (
+        latency_server("risk", "canary2") as canary,
+        run_prometheus(tmp_path, [static_scrape_config("risk", [canary.endpoint])]) as prometheus,
+    ):
+        started = time.time()
+        wait_for(lambda: prometheus.scraped_since(started) == 1, timeout=15, what="first scrapes")
+        target = Target("trading", "risk", "canary2", (canary.endpoint,))
+        direct = ScrapeProvider()
+        asyncio.run(direct.series(target, "1m", by_reason))  # the window's start
+        canary.decisions.labels("risk", "canary2", "OK").inc(300)
+        canary.decisions.labels("risk", "canary2", "MAX_QUANTITY").inc(100)
+        canary.pnl.labels("risk", "canary2").set(-1250.5)
+        stopped = time.time()
+        wait_for(lambda: prometheus.scraped_since(stopped) == 1, timeout=15, what="scrapes after the counts")
+        through_prometheus = PrometheusProvider(prometheus.url)
+        from_prometheus = {
+            series: asyncio.run(through_prometheus.series(target, "1m", series))
+            for series in (by_reason, pnl, query)
+        }
+        from_pods = {series: asyncio.run(direct.series(target, "1m", series)) for series in (by_reason, pnl)}
+    assert from_pods == {by_reason: {"OK": 300.0, "MAX_QUANTITY": 100.0}, pnl: {"": -1250.5}}
+    # increase() extrapolates a little past the last scrape: counts agree to within a scrape interval.
+    assert from_prometheus[by_reason].keys() == {"OK", "MAX_QUANTITY"}
+    assert 300 <= from_prometheus[by_reason]["OK"] <= 450
+    assert 100 <= from_prometheus[by_reason]["MAX_QUANTITY"] <= 150
+    assert from_prometheus[pnl] == {"": -1250.5} and from_prometheus[query] == {"": -2501.0}
+    with pytest.raises(ProviderUnavailable, match="PromQL needs prometheus"):
+        asyncio.run(direct.series(target, "1m", query))
 
 
 def test_a_revision_without_series_has_no_samples(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from tradeplane.measurement import LATENCY_METRIC, REQUESTS_METRIC
+from tradeplane.measurement import DECISIONS_METRIC, LATENCY_METRIC, REQUESTS_METRIC
 
 # Microsecond resolution around the SLOs trading services care about, as the bundled services export.
 BUCKETS = (
@@ -32,6 +32,8 @@ class LatencyServer:
     requests: Counter
     service: str
     revision: str
+    decisions: Counter
+    pnl: Gauge
 
     def observe(self, seconds: float, count: int = 1, outcome: str = "ok") -> None:
         for _ in range(count):
@@ -60,13 +62,23 @@ def latency_server(
         ["service", "revision", "outcome"],
         registry=registry,
     )
+    decisions = Counter(
+        DECISIONS_METRIC.removesuffix("_total"),
+        "Risk decisions by reason",
+        ["service", "revision", "reason"],
+        registry=registry,
+    )
+    pnl = Gauge("desk_pnl", "A desk's own figure", ["service", "revision"], registry=registry)
     # Series exist from the start, at zero, as in the services: Prometheus sees every increase.
     latency.labels(service, revision)
     for outcome in ("ok", "error"):
         requests.labels(service, revision, outcome)
+    for reason in ("OK", "MAX_QUANTITY"):
+        decisions.labels(service, revision, reason)
     server, thread = start_http_server(0, addr=address, registry=registry)
     try:
-        yield LatencyServer(f"{address}:{server.server_port}", latency, requests, service, revision)
+        endpoint = f"{address}:{server.server_port}"
+        yield LatencyServer(endpoint, latency, requests, service, revision, decisions, pnl)
     finally:
         server.shutdown()
         server.server_close()

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from support import wait_for
 from tradeplane_services.client import OrderSession, WireClient, positions, set_kill_switch
@@ -100,6 +101,34 @@ def test_health_readiness_and_metrics_carry_service_and_revision(stack: Stack) -
     buckets = histogram(stack, "order")
     assert buckets[float("inf")] >= 1
     assert {1e-06, 5e-06, 0.002, 0.1} <= set(buckets), "microsecond buckets from 1us to 100ms"
+
+
+def counter(stack: Stack, component: str, name: str, **labels: str) -> float:
+    """A counter's value in the component's /metrics, 0 when the sample is absent."""
+    _, text = http(stack, component, "/metrics")
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                assert sample.labels["service"] == component and sample.labels["revision"] == "dev"
+                return float(sample.value)
+    return 0.0
+
+
+def test_the_trading_gates_counters_count_decisions_by_reason_orders_and_fills(stack: Stack) -> None:
+    with OrderSession(stack.address("order")) as buyer, OrderSession(stack.address("order")) as seller:
+        buyer.report_for(buyer.new_order(Side.BUY, "AAPL", 1_000_000, AAPL, account=21))  # MAX_QUANTITY
+        buy = buyer.new_order(Side.BUY, "AAPL", 100, AAPL, account=21)
+        buyer.report_for(buy)
+        sell = seller.new_order(Side.SELL, "AAPL", 100, AAPL, account=22)
+        seller.report_for(sell, ExecType.TRADE)
+        buyer.report_for(buy, ExecType.TRADE)
+    decisions = "tradeplane_decisions_total"
+    assert counter(stack, "risk", decisions, reason="MAX_QUANTITY") == 1
+    assert counter(stack, "risk", decisions, reason="OK") == 2
+    assert counter(stack, "execution", "tradeplane_orders_total") == 2
+    # One trade, reported for each side of it.
+    wait_for(lambda: counter(stack, "execution", "tradeplane_fills_total") == 2, timeout=5, what="fills")
+    assert counter(stack, "order", "tradeplane_orders_total") == 0  # only execution routes orders
 
 
 @pytest.mark.parametrize(

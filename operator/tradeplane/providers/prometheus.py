@@ -16,12 +16,14 @@ from tradeplane.measurement import (
     REQUESTS_METRIC,
     Measurement,
     ProviderUnavailable,
+    Series,
     Target,
 )
 
 PLACEHOLDERS = ("service", "namespace", "revision", "window")
 # Templates: {service}, {namespace}, {revision} and {window} are filled in, other braces are PromQL's.
-_SELECTED = '{service="{service}",revision="{revision}"}[{window}]'
+_LABELS = '{service="{service}",revision="{revision}"}'
+_SELECTED = _LABELS + "[{window}]"
 DEFAULT_P99_QUERY = f"histogram_quantile({QUANTILE}, sum by (le) (rate({LATENCY_METRIC}_bucket{_SELECTED})))"
 SAMPLES_QUERY = f"sum(increase({LATENCY_METRIC}_count{_SELECTED}))"
 REQUESTS_QUERY = f"sum by (outcome) (increase({REQUESTS_METRIC}{_SELECTED}))"
@@ -36,6 +38,17 @@ def render_query(template: str, target: Target, window: str) -> str:
         "window": window,
     }
     return re.sub(r"\{(" + "|".join(PLACEHOLDERS) + r")\}", lambda match: values[match.group(1)], template)
+
+
+def series_query(series: Series) -> str:
+    """The PromQL template of a series: its own query, or the metric's increase (counter) or value
+    (gauge) for the revision, summed by the `by` label."""
+    if series.query is not None:
+        return series.query
+    if series.metric is None:
+        raise ValueError("a series needs a metric or a query")
+    selected = f"increase({series.metric}{_SELECTED})" if series.counter else series.metric + _LABELS
+    return f"sum by ({series.by}) ({selected})" if series.by else f"sum({selected})"
 
 
 def _label_value(value: str) -> str:
@@ -65,6 +78,16 @@ class PrometheusProvider:
             requests=round(sum(outcomes.values())),
             errors=round(outcomes.get(ERROR_OUTCOME, 0.0)),
         )
+
+    async def series(self, target: Target, window: str, series: Series) -> dict[str, float]:
+        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout) as client:
+            results = await self._query(client, render_query(series_query(series), target, window))
+        values: dict[str, float] = {}
+        for labels, value in results:
+            if not math.isnan(value):
+                key = labels.get(series.by, "") if series.by else ""
+                values[key] = values.get(key, 0.0) + value
+        return values
 
     async def _query(self, client: httpx.AsyncClient, query: str) -> list[tuple[dict[str, str], float]]:
         try:

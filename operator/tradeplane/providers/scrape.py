@@ -9,6 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, Self, TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,6 +22,7 @@ from tradeplane.measurement import (
     REQUESTS_METRIC,
     Measurement,
     ProviderUnavailable,
+    Series,
     Target,
 )
 
@@ -102,6 +104,50 @@ class Counts:
         return Counts(buckets, requests)
 
 
+@dataclass(frozen=True)
+class Values:
+    """One series of one revision in one scrape, per value of its `by` label."""
+
+    values: dict[str, float]
+    started: float | None = None
+
+    def minus(self, earlier: Values) -> Values:
+        """Increase since `earlier`; a counter that went down means the process restarted from zero."""
+        if any(value < earlier.values.get(key, 0.0) for key, value in self.values.items()):
+            return self
+        return Values({key: value - earlier.values.get(key, 0.0) for key, value in self.values.items()})
+
+
+def parse_series(text: str, series: Series, service: str, revision: str) -> Values:
+    """The samples named `series.metric` of one service revision in a /metrics page, summed by `by`."""
+    values: dict[str, float] = {}
+    started = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == PROCESS_START_METRIC:
+                started = sample.value
+            elif (
+                sample.name == series.metric
+                and sample.labels.get("service") == service
+                and sample.labels.get("revision") == revision
+            ):
+                key = sample.labels.get(series.by, "") if series.by else ""
+                values[key] = values.get(key, 0.0) + sample.value
+    return Values(values, started)
+
+
+class Cumulative(Protocol):
+    """Counters of one scrape: they know when their process started and what they grew by."""
+
+    @property
+    def started(self) -> float | None: ...
+
+    def minus(self, earlier: Self) -> Self: ...
+
+
+Scraped = TypeVar("Scraped", bound=Cumulative)
+
+
 def parse_counts(text: str, service: str, revision: str) -> Counts:
     """The latency histogram and request counters of one service revision in a /metrics page."""
     buckets: dict[float, float] = {}
@@ -122,6 +168,10 @@ def parse_counts(text: str, service: str, revision: str) -> Counts:
                 outcome = labels.get("outcome", "")
                 requests[outcome] = requests.get(outcome, 0.0) + sample.value
     return Counts(buckets, requests, started)
+
+
+HistoryKey = tuple[str, str, str, str, Series | None]
+"""namespace, service, revision, endpoint, and the series (None: the latency histogram and requests)."""
 
 
 class ScrapeProvider:
@@ -148,29 +198,14 @@ class ScrapeProvider:
         self.clock = clock
         self.wall_clock = wall_clock
         self.baseline_seconds = baseline_seconds
-        self._histories: dict[tuple[str, str, str, str], deque[tuple[float, Counts]]] = {}
+        self._histories: dict[HistoryKey, deque[tuple[float, Cumulative]]] = {}
 
     async def measure(self, target: Target, window: str) -> Measurement:
-        if not target.endpoints:
-            raise ProviderUnavailable(f"revision {target.revision} has no ready pods to scrape")
         span = parse_duration(window)
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
-            scrapes = await self._scrape_all(client, target)
-            now = self.clock()
-            self._expire(now)
-            unknown = [
-                endpoint
-                for endpoint, counts in scrapes.items()
-                if self._key(target, endpoint) not in self._histories
-                and not self._started_inside(counts, span)
-            ]
-            if unknown:
-                for endpoint in unknown:
-                    self._histories[self._key(target, endpoint)] = deque([(now, scrapes[endpoint])])
-                await asyncio.sleep(min(self.baseline_seconds, span))
-                scrapes = await self._scrape_all(client, target)
-                now = self.clock()
-        deltas = [self._increase(endpoint, target, counts, now, span) for endpoint, counts in scrapes.items()]
+        now, scraped = await self._scraped(
+            target, span, None, lambda page: parse_counts(page, target.service, target.revision)
+        )
+        deltas = [self._increase(key, counts, Counts({}, {}), now, span) for key, counts in scraped]
         window_counts = Counts.total(deltas)
         try:
             p99 = bucket_quantile(QUANTILE, window_counts.buckets) if window_counts.samples > 0 else None
@@ -183,28 +218,62 @@ class ScrapeProvider:
             errors=round(window_counts.requests.get(ERROR_OUTCOME, 0.0)),
         )
 
-    async def _scrape_all(self, client: httpx.AsyncClient, target: Target) -> dict[str, Counts]:
-        """Every pod of the revision at once: its counts by endpoint."""
-        pages = await asyncio.gather(
-            *(self._scrape(client, endpoint) for endpoint in target.endpoints), return_exceptions=True
+    async def series(self, target: Target, window: str, series: Series) -> dict[str, float]:
+        """A counter's increase over the window (as for the latency histogram) or a gauge's value now,
+        summed over the revision's pods."""
+        if series.metric is None:
+            raise ProviderUnavailable("the scrape provider reads metrics by name; PromQL needs prometheus")
+        span = parse_duration(window)
+        now, scraped = await self._scraped(
+            target, span, series, lambda page: parse_series(page, series, target.service, target.revision)
         )
-        scrapes = {}
+        totals: dict[str, float] = {}
+        for key, parsed in scraped:
+            values = self._increase(key, parsed, Values({}), now, span) if series.counter else parsed
+            for label, value in values.values.items():
+                totals[label] = totals.get(label, 0.0) + value
+        return totals
+
+    async def _scraped(
+        self, target: Target, span: float, series: Series | None, parse: Callable[[str], Scraped]
+    ) -> tuple[float, list[tuple[HistoryKey, Scraped]]]:
+        """Now, and every pod's parsed page under its history key. A pod first seen whose process did not
+        start inside the window gets its baseline now and is scraped again `baseline_seconds` later."""
+        now, scraped = await self._parsed_pages(target, series, parse)
+        counted = series is None or series.counter
+        unknown = [
+            (key, parsed)
+            for key, parsed in scraped
+            if counted and key not in self._histories and not self._started_inside(parsed, span)
+        ]
+        if not unknown:
+            return now, scraped
+        for key, parsed in unknown:
+            self._histories[key] = deque([(now, parsed)])
+        await asyncio.sleep(min(self.baseline_seconds, span))
+        return await self._parsed_pages(target, series, parse)
+
+    async def _parsed_pages(
+        self, target: Target, series: Series | None, parse: Callable[[str], Scraped]
+    ) -> tuple[float, list[tuple[HistoryKey, Scraped]]]:
+        if not target.endpoints:
+            raise ProviderUnavailable(f"revision {target.revision} has no ready pods to scrape")
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            pages = await asyncio.gather(
+                *(self._scrape(client, endpoint) for endpoint in target.endpoints), return_exceptions=True
+            )
+        parsed: list[tuple[HistoryKey, Scraped]] = []
         for endpoint, page in zip(target.endpoints, pages, strict=True):
             if isinstance(page, BaseException):
                 raise page
             try:
-                scrapes[endpoint] = parse_counts(page, target.service, target.revision)
+                scraped = parse(page)
             except ValueError as error:
                 raise ProviderUnavailable(f"{endpoint}/metrics is not Prometheus text: {error}") from error
-        return scrapes
-
-    @staticmethod
-    def _key(target: Target, endpoint: str) -> tuple[str, str, str, str]:
-        return (target.namespace, target.service, target.revision, endpoint)
-
-    def _started_inside(self, counts: Counts, span: float) -> bool:
-        """Did the pod's process start inside the window? Then its counters were zero at the start."""
-        return counts.started is not None and counts.started >= self.wall_clock() - span
+            parsed.append(((target.namespace, target.service, target.revision, endpoint, series), scraped))
+        now = self.clock()
+        self._expire(now)
+        return now, parsed
 
     async def _scrape(self, client: httpx.AsyncClient, endpoint: str) -> str:
         try:
@@ -214,15 +283,19 @@ class ScrapeProvider:
             raise ProviderUnavailable(f"{endpoint}/metrics: {error or type(error).__name__}") from error
         return response.text
 
-    def _increase(self, endpoint: str, target: Target, counts: Counts, now: float, span: float) -> Counts:
+    def _started_inside(self, scraped: Cumulative, span: float) -> bool:
+        """Did the pod's process start inside the window? Then its counters were zero at the start."""
+        return scraped.started is not None and scraped.started >= self.wall_clock() - span
+
+    def _increase(self, key: HistoryKey, counts: Scraped, zero: Scraped, now: float, span: float) -> Scraped:
         """Store this scrape; answer the increase since the newest scrape at least `span` old."""
-        scrapes = self._histories.setdefault(self._key(target, endpoint), deque())
+        scrapes: deque[tuple[float, Scraped]] = self._histories.setdefault(key, deque())  # type: ignore[assignment]
         while len(scrapes) > 1 and scrapes[1][0] <= now - span:
             scrapes.popleft()
         if scrapes:
             baseline = scrapes[0][1]
         elif self._started_inside(counts, span):
-            baseline = Counts({}, {})
+            baseline = zero
         else:
             baseline = counts
         scrapes.append((now, counts))
