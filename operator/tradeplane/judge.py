@@ -1,7 +1,8 @@
 """The judge: figures of a canary (and its stable baseline) over one window -> a verdict. Pure.
 
 Gates in order: provider reachable, samples >= minSamples, p99 <= SLO, error rate <= max, and when
-maxRegressionVsBaseline is set, canary p99 <= stable p99 x factor over the same window.
+maxRegressionVsBaseline is set, canary p99 <= stable p99 x factor over the same window; in a shadow
+rollout with slo.maxDecisionMismatch, the decision-mismatch gate (decision_gate.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from tradeplane.api import SLO, Analysis, AnalysisResult, Verdict, now_iso
-from tradeplane.measurement import REQUESTS_METRIC, Measurement, ProviderUnavailable
+from tradeplane.decision_gate import decision_mismatch
+from tradeplane.measurement import REQUESTS_METRIC, Decisions, Measurement, ProviderUnavailable
 
 
 def judge(
@@ -19,6 +21,7 @@ def judge(
     analysis: Analysis,
     revision: str,
     now: datetime,
+    decisions: Decisions | ProviderUnavailable | None = None,
 ) -> AnalysisResult:
     """The verdict on one interval. Too few samples is Inconclusive, never Pass.
 
@@ -35,6 +38,7 @@ def judge(
         value: float | None = None,
         threshold: float | None = None,
         baseline_p99: float | None = None,
+        samples: int | None = None,
     ) -> AnalysisResult:
         measured = canary if isinstance(canary, Measurement) else Measurement(None, 0, 0, 0)
         return AnalysisResult(
@@ -45,7 +49,7 @@ def judge(
             p99Micros=measured.p99_micros,
             baselineP99Micros=baseline_p99,
             errorRate=measured.error_rate,
-            samples=measured.samples,
+            samples=measured.samples if samples is None else samples,
             window=window,
             revision=revision,
             message=message,
@@ -112,6 +116,12 @@ def judge(
                 p99,
                 limit,
                 baseline_p99,
+            )
+    if decisions is not None and slo.maxDecisionMismatch is not None:
+        gate = decision_mismatch(decisions, slo.maxDecisionMismatch, analysis.minSamples, window, revision)
+        if gate.verdict != Verdict.PASS:
+            return result(
+                gate.verdict, gate.gate, gate.message, gate.value, gate.threshold, baseline_p99, gate.samples
             )
     return result(
         Verdict.PASS,

@@ -4,6 +4,9 @@ A provider measures one revision of one service over a window: p99 latency, the 
 samples, requests and errors, from the histogram and counters every bundled service exports (and custom
 services are asked to export, see DESIGN.md). Providers compute p99 the way Prometheus'
 `histogram_quantile` does, so they agree on the same data.
+
+In a shadow rollout a provider also counts the canary's decisions as its callers compared them with the
+stable's (DECISIONS_METRIC, exported by the callers: the target's endpoints are then the callers' pods).
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ LATENCY_METRIC = "tradeplane_request_duration_seconds"
 REQUESTS_METRIC = "tradeplane_requests_total"
 ERROR_OUTCOME = "error"
 QUANTILE = 0.99
+DECISIONS_METRIC = "tradeplane_shadow_decisions_total"
+"""Labels: peer (the canaried service), peer_revision (the canary), outcome (below)."""
+MATCH, MISMATCH, UNANSWERED = "match", "mismatch", "unanswered"
 
 
 class ProviderUnavailable(Exception):
@@ -49,5 +55,25 @@ class Measurement:
         return self.errors / self.requests if self.requests else None
 
 
+@dataclass(frozen=True)
+class Decisions:
+    """A shadow canary's decisions over one window, as its callers compared them with the stable's.
+
+    `unanswered`: copies the canary did not answer in time (a decision the stable made and it did not).
+    """
+
+    match: int
+    mismatch: int
+    unanswered: int
+
+    @classmethod
+    def from_outcomes(cls, outcomes: dict[str, float]) -> Decisions:
+        return cls(*(round(outcomes.get(outcome, 0.0)) for outcome in (MATCH, MISMATCH, UNANSWERED)))
+
+
 class MetricsProvider(Protocol):
     async def measure(self, target: Target, window: str) -> Measurement: ...
+
+    async def decisions(self, target: Target, window: str) -> Decisions:
+        """The callers' comparisons of `target.revision` of `target.service` (endpoints: the callers')."""
+        ...

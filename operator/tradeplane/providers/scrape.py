@@ -15,10 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tradeplane.api import Analysis, parse_duration
 from tradeplane.measurement import (
+    DECISIONS_METRIC,
     ERROR_OUTCOME,
     LATENCY_METRIC,
     QUANTILE,
     REQUESTS_METRIC,
+    Decisions,
     Measurement,
     ProviderUnavailable,
     Target,
@@ -122,6 +124,26 @@ def parse_counts(text: str, service: str, revision: str) -> Counts:
     return Counts(buckets, requests, started)
 
 
+def parse_decisions(text: str, service: str, revision: str) -> Counts:
+    """A caller's shadow comparisons of one canary revision of `service` in a /metrics page, by outcome
+    (as `requests`: the same cumulative counters, no histogram)."""
+    outcomes: dict[str, float] = {}
+    started = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == PROCESS_START_METRIC:
+                started = sample.value
+            elif (
+                sample.name == DECISIONS_METRIC
+                and labels.get("peer") == service
+                and labels.get("peer_revision") == revision
+            ):
+                outcome = labels.get("outcome", "")
+                outcomes[outcome] = outcomes.get(outcome, 0.0) + sample.value
+    return Counts({}, outcomes, started)
+
+
 class ScrapeProvider:
     """Figures straight from the pods' /metrics: bucket deltas between now and a scrape a window ago.
 
@@ -140,9 +162,29 @@ class ScrapeProvider:
         self.timeout = timeout
         self.clock = clock
         self.wall_clock = wall_clock
-        self._histories: dict[tuple[str, str, str, str], deque[tuple[float, Counts]]] = {}
+        self._histories: dict[tuple[str, str, str, str, str], deque[tuple[float, Counts]]] = {}
 
     async def measure(self, target: Target, window: str) -> Measurement:
+        window_counts = await self._window_counts(target, window, parse_counts)
+        try:
+            p99 = bucket_quantile(QUANTILE, window_counts.buckets) if window_counts.samples > 0 else None
+        except ValueError as error:
+            raise ProviderUnavailable(f"{LATENCY_METRIC} of revision {target.revision}: {error}") from error
+        return Measurement(
+            p99_seconds=p99,
+            samples=round(window_counts.samples),
+            requests=round(sum(window_counts.requests.values())),
+            errors=round(window_counts.requests.get(ERROR_OUTCOME, 0.0)),
+        )
+
+    async def decisions(self, target: Target, window: str) -> Decisions:
+        window_counts = await self._window_counts(target, window, parse_decisions)
+        return Decisions.from_outcomes(window_counts.requests)
+
+    async def _window_counts(
+        self, target: Target, window: str, parse: Callable[[str, str, str], Counts]
+    ) -> Counts:
+        """The increase of the counters `parse` reads over the window, summed over the target's pods."""
         if not target.endpoints:
             raise ProviderUnavailable(f"revision {target.revision} has no ready pods to scrape")
         span = parse_duration(window)
@@ -160,21 +202,11 @@ class ScrapeProvider:
         deltas = []
         for endpoint, page in zip(target.endpoints, texts, strict=True):
             try:
-                counts = parse_counts(page, target.service, target.revision)
+                counts = parse(page, target.service, target.revision)
             except ValueError as error:
                 raise ProviderUnavailable(f"{endpoint}/metrics is not Prometheus text: {error}") from error
-            deltas.append(self._increase(endpoint, target, counts, now, span))
-        window_counts = Counts.total(deltas)
-        try:
-            p99 = bucket_quantile(QUANTILE, window_counts.buckets) if window_counts.samples > 0 else None
-        except ValueError as error:
-            raise ProviderUnavailable(f"{LATENCY_METRIC} of revision {target.revision}: {error}") from error
-        return Measurement(
-            p99_seconds=p99,
-            samples=round(window_counts.samples),
-            requests=round(sum(window_counts.requests.values())),
-            errors=round(window_counts.requests.get(ERROR_OUTCOME, 0.0)),
-        )
+            deltas.append(self._increase(endpoint, target, parse.__name__, counts, now, span))
+        return Counts.total(deltas)
 
     async def _scrape(self, client: httpx.AsyncClient, endpoint: str) -> str:
         try:
@@ -184,9 +216,12 @@ class ScrapeProvider:
             raise ProviderUnavailable(f"{endpoint}/metrics: {error or type(error).__name__}") from error
         return response.text
 
-    def _increase(self, endpoint: str, target: Target, counts: Counts, now: float, span: float) -> Counts:
-        """Store this scrape; answer the increase since the newest scrape at least `span` old."""
-        key = (target.namespace, target.service, target.revision, endpoint)
+    def _increase(
+        self, endpoint: str, target: Target, kind: str, counts: Counts, now: float, span: float
+    ) -> Counts:
+        """Store this scrape (of the counters `kind` names); answer the increase since the newest scrape at
+        least `span` old."""
+        key = (target.namespace, target.service, target.revision, endpoint, kind)
         scrapes = self._histories.setdefault(key, deque())
         while len(scrapes) > 1 and scrapes[1][0] <= now - span:
             scrapes.popleft()
