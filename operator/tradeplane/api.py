@@ -499,8 +499,8 @@ class OrderFlow(Model):
         "discard its answers and compare them with the stable's (gate: slo.maxDecisionMismatch). A "
         "shadow rollout never promotes by itself: once its last step passes it holds there, still "
         "shadowing, until promotion is requested (the promote annotation), which hands all orders to "
-        "the canary at once; setting mode: live instead continues with the held step's weight live "
-        "(and promotes after it, as a live rollout would).",
+        "the canary at once. Changing the mode (e.g. to live after a shadow run) walks the steps again "
+        "from the first in the new mode.",
     )
 
 
