@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from tradeplane.measurement import LATENCY_METRIC, REQUESTS_METRIC
+from tradeplane.measurement import DECISIONS_METRIC, LATENCY_METRIC, REQUESTS_METRIC
 
 # Microsecond resolution around the SLOs trading services care about, as the bundled services export.
 BUCKETS = (
@@ -30,6 +30,7 @@ class LatencyServer:
     endpoint: str
     latency: Histogram
     requests: Counter
+    decisions: Counter
     service: str
     revision: str
 
@@ -37,6 +38,10 @@ class LatencyServer:
         for _ in range(count):
             self.latency.labels(self.service, self.revision).observe(seconds)
             self.requests.labels(self.service, self.revision, outcome).inc()
+
+    def compare(self, peer: str, peer_revision: str, outcome: str, count: int) -> None:
+        """As a caller in a shadow rollout: `count` decisions of the peer's canary compared."""
+        self.decisions.labels(self.service, self.revision, peer, peer_revision, outcome).inc(count)
 
 
 @contextmanager
@@ -60,13 +65,21 @@ def latency_server(
         ["service", "revision", "outcome"],
         registry=registry,
     )
+    decisions = Counter(
+        DECISIONS_METRIC.removesuffix("_total"),
+        "Shadow decisions by outcome",
+        ["service", "revision", "peer", "peer_revision", "outcome"],
+        registry=registry,
+    )
     # Series exist from the start, at zero, as in the services: Prometheus sees every increase.
     latency.labels(service, revision)
     for outcome in ("ok", "error"):
         requests.labels(service, revision, outcome)
     server, thread = start_http_server(0, addr=address, registry=registry)
     try:
-        yield LatencyServer(f"{address}:{server.server_port}", latency, requests, service, revision)
+        yield LatencyServer(
+            f"{address}:{server.server_port}", latency, requests, decisions, service, revision
+        )
     finally:
         server.shutdown()
         server.server_close()
