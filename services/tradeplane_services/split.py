@@ -150,21 +150,21 @@ class AccountSplit(Collector):
         return round(self.answer_within() * 1e9)
 
     def _from_canary(self, handler: Callable[[Connection, Any], None]) -> Callable[[Connection, Any], None]:
-        """A canary's message reaches the caller only for orders the canary answers live."""
+        """A canary's answer reaches the caller only for an order it booked live; in shadow mode nothing
+        else it says does either (its kill switch status, say)."""
 
         def handle(connection: Connection, message: Any) -> None:
             decision = self.decision_of(message)
-            if decision is not None:
-                order_id, reason = decision
-                if self.comparisons.canary_decided(order_id, reason):
-                    if reason != Reason.OK:
-                        self._shadowed.pop(order_id, None)  # not booked there: it hears nothing more
-                    return
-                if order_id in self._shadowed:
-                    return  # a late or replace answer to a copy
-            elif self.mode == SHADOW:
+            if decision is None:
+                if self.mode != SHADOW:
+                    handler(connection, message)
                 return
-            handler(connection, message)
+            order_id, reason = decision
+            if order_id in self._booked:
+                handler(connection, message)
+            elif self.comparisons.canary_decided(order_id, reason) and reason != Reason.OK:
+                self._shadowed.pop(order_id, None)  # not booked there: it hears nothing more
+            # Anything else answers a copy: a late one, or a replace's.
 
         return handle
 
