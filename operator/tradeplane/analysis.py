@@ -12,7 +12,14 @@ from datetime import datetime
 
 from tradeplane.api import AnalysisResult, TradingServiceSpec, TradingServiceStatus
 from tradeplane.judge import gates_for, judge
-from tradeplane.measurement import Measurement, MetricsProvider, ProviderUnavailable, Series, Target
+from tradeplane.measurement import (
+    Decisions,
+    Measurement,
+    MetricsProvider,
+    ProviderUnavailable,
+    Series,
+    Target,
+)
 from tradeplane.providers import Providers
 from tradeplane_services.catalog import CUSTOM
 
@@ -35,8 +42,10 @@ async def measure(
     canary_endpoints: Sequence[str],
     stable_endpoints: Sequence[str],
     now: datetime,
+    caller_endpoints: Sequence[str] = (),
 ) -> AnalysisResult:
-    """Judge the canary over the analysis window; the stable too when a gate is relative to it."""
+    """Judge the canary over the analysis window; the stable too when a gate is relative to it, and the
+    callers' comparisons of its decisions when a decision-mismatch gate is set."""
     if status.canaryRevision is None or status.stableRevision is None:
         raise NotACanary(f"{namespace}/{name} has no canary to analyse (phase {status.phase})")
     analysis = spec.rollout.analysis
@@ -50,7 +59,14 @@ async def measure(
     if any(gate.relative for gate in gates):
         stable_target = Target(namespace, service, status.stableRevision, tuple(stable_endpoints))
         baseline = await _measure(provider, stable_target, analysis.window, needs)
-    return judge(canary, baseline, spec.slo, analysis, status.canaryRevision, now)
+    decisions: Decisions | ProviderUnavailable | None = None
+    if spec.slo.maxDecisionMismatch is not None:
+        callers = Target(namespace, service, status.canaryRevision, tuple(caller_endpoints))
+        try:
+            decisions = await provider.decisions(callers, analysis.window)
+        except ProviderUnavailable as unavailable:
+            decisions = unavailable
+    return judge(canary, baseline, spec.slo, analysis, status.canaryRevision, now, decisions)
 
 
 async def _measure(

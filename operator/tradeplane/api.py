@@ -315,6 +315,16 @@ class SLO(Model):
         default=100, ge=1, le=10_000_000, description="Canary p99 latency gate, microseconds."
     )
     maxErrorRate: float = Field(default=0.001, ge=0, le=1, description="Canary error-rate gate, a fraction.")
+    maxDecisionMismatch: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Shadow rollouts (rollout.orderFlow.mode: shadow): the largest fraction of copied checks "
+        "on which the canary may decide otherwise than the stable (accept/reject and reason; a copy the "
+        "canary did not answer in time counts as a mismatch), measured from the callers' "
+        "tradeplane_shadow_decisions_total over the analysis window. Fewer than minSamples compared "
+        "decisions is Inconclusive.",
+    )
 
 
 BASIS_POINTS = 10_000
@@ -612,6 +622,16 @@ class OrderFlow(Model):
         description="The callers send canary orders only this long after the operator last renewed the "
         "routing (every second during a rollout): without the operator the canary share falls to zero.",
     )
+    mode: Literal["live", "shadow"] = Field(
+        default="live",
+        description="live: the canary answers its share of accounts. shadow: the stable answers every "
+        "order; the callers send the canary a copy of the checks of the steps' share of accounts, "
+        "discard its answers and compare them with the stable's (gate: slo.maxDecisionMismatch). A "
+        "shadow rollout never promotes by itself: once its last step passes it holds there, still "
+        "shadowing, until promotion is requested (the promote annotation), which hands all orders to "
+        "the canary at once. Changing the mode (e.g. to live after a shadow run) walks the steps again "
+        "from the first in the new mode.",
+    )
 
 
 # CEL: a step's weight in basis points, whichever of the two fields it has.
@@ -727,6 +747,18 @@ class TradingServiceSpec(Model):
             "rollout.orderFlow",
         ),
         Rule(
+            "!has(self.slo) || !has(self.slo.maxDecisionMismatch) || (has(self.rollout) && "
+            "has(self.rollout.orderFlow) && has(self.rollout.orderFlow.mode) && "
+            "self.rollout.orderFlow.mode == 'shadow')",
+            "slo.maxDecisionMismatch needs rollout.orderFlow.mode: shadow (only a shadow canary's "
+            "decisions are compared)",
+            lambda spec: (
+                spec.slo.maxDecisionMismatch is None
+                or (spec.rollout.orderFlow is not None and spec.rollout.orderFlow.mode == "shadow")
+            ),
+            "slo.maxDecisionMismatch",
+        ),
+        Rule(
             f"(has(self.port) ? self.port : {_cel_port_defaults()}[self.component]) != self.metricsPort",
             "metricsPort must differ from the wire-protocol port",
             lambda spec: spec.wire_port != spec.metricsPort,
@@ -803,8 +835,8 @@ class AnalysisResult(Model):
     verdict: Verdict
     gate: str | None = Field(
         default=None,
-        description="The gate that decided: provider, samples, p99, errorRate, baseline, or a trading "
-        "gate (rejectRate, fillRatio, a metric gate's name).",
+        description="The gate that decided: provider, samples, p99, errorRate, baseline, decisionMismatch, "
+        "or a trading gate (rejectRate, fillRatio, a metric gate's name).",
     )
     value: float | None = Field(default=None, description="The deciding gate's measured value.")
     baselineValue: float | None = Field(
@@ -853,6 +885,11 @@ class TradingServiceStatus(Model):
         default=0,
         description="The canary's share as served, percent: its share of ready pods (replica ratio), the "
         "route's weight (HTTPRoute), or of the orders the callers counted (orderFlow).",
+    )
+    shadow: bool = Field(
+        default=False,
+        description="The canary's steps run in shadow mode (it answers no client); a change of "
+        "rollout.orderFlow.mode restarts the steps at 1 in the new mode.",
     )
     stepStartedAt: str | None = None
     lastAnalysisAt: str | None = None

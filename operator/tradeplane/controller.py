@@ -200,6 +200,9 @@ class Controller:
                 [f"{pod.ip}:{view.spec.metricsPort}" for pod in view.ready_pods(canary)],
                 [f"{pod.ip}:{view.spec.metricsPort}" for pod in view.ready_pods(stable)],
                 now,
+                self._callers(view.owner.namespace, view.spec.component)
+                if view.spec.rollout.orderFlow is not None
+                else (),
             )
         traffic_object = None
         named = router_for(view.spec).traffic_object(view.spec) if view.spec is not None else None

@@ -4,7 +4,8 @@ The judge walks a list of gates (`gates_for`): samples >= minSamples, p99 <= SLO
 p99 regression against the stable when maxRegressionVsBaseline is set, then the trading gates of
 `analysis.gates`. Each gate is a small `Gate` giving a `GateResult` (value, baseline, threshold, samples);
 every gate is judged and reported, and the first that did not pass decides. Adding a gate kind is one
-class and one entry in `TRADING_GATES`.
+class and one entry in `TRADING_GATES`. In a shadow rollout with slo.maxDecisionMismatch, the
+decision-mismatch gate (decision_gate.py) comes last.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import Protocol
 
 from tradeplane.api import SLO, Analysis, AnalysisResult, GateResult, Verdict, now_iso
 from tradeplane.api import Gate as GateSettings
+from tradeplane.decision_gate import decision_mismatch
 from tradeplane.measurement import (
     ACCEPTED_REASON,
     DECISIONS_METRIC,
     FILLS_METRIC,
     ORDERS_METRIC,
     REQUESTS_METRIC,
+    Decisions,
     Measurement,
     ProviderUnavailable,
     Series,
@@ -314,6 +317,7 @@ def judge(
     analysis: Analysis,
     revision: str,
     now: datetime,
+    decisions: Decisions | ProviderUnavailable | None = None,
 ) -> AnalysisResult:
     """The verdict on one interval. Too few samples is Inconclusive, never Pass.
 
@@ -353,6 +357,12 @@ def judge(
         else:
             reason = "not measured" if baseline is None else str(baseline)
             results.append(_result(gate.name, Verdict.INCONCLUSIVE, f"stable baseline unavailable: {reason}"))
+    if decisions is not None and slo.maxDecisionMismatch is not None:
+        results.append(
+            decision_mismatch(
+                decisions, slo.maxDecisionMismatch, analysis.minSamples, analysis.window, revision
+            )
+        )
     decider = next((result for result in results if result.verdict != Verdict.PASS), None)
     if decider is not None:
         return verdict(decider, results, decider.message)

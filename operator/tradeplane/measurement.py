@@ -5,6 +5,10 @@ samples, requests and errors, from the histogram and counters every bundled serv
 services are asked to export, see DESIGN.md). Providers compute p99 the way Prometheus'
 `histogram_quantile` does, so they agree on the same data. The trading gates read more `Series` of the
 same revision through the same providers: decisions by reason, orders, fills, and any series a desk names.
+
+In a shadow rollout a provider also counts the canary's decisions as its callers compared them with the
+stable's (SHADOW_DECISIONS_METRIC, exported by the callers: the target's endpoints are then the callers'
+pods).
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ ORDERS_METRIC = "tradeplane_orders_total"
 """Orders routed to the venue (execution)."""
 FILLS_METRIC = "tradeplane_fills_total"
 """Fills reported by the venue (execution), partial fills each counted."""
+SHADOW_DECISIONS_METRIC = "tradeplane_shadow_decisions_total"
+"""Labels: peer (the canaried service), peer_revision (the canary), outcome (below)."""
+MATCH, MISMATCH, UNANSWERED = "match", "mismatch", "unanswered"
 
 
 class ProviderUnavailable(Exception):
@@ -72,7 +79,27 @@ class Measurement:
         return self.errors / self.requests if self.requests else None
 
 
+@dataclass(frozen=True)
+class Decisions:
+    """A shadow canary's decisions over one window, as its callers compared them with the stable's.
+
+    `unanswered`: copies the canary did not answer in time (a decision the stable made and it did not).
+    """
+
+    match: int
+    mismatch: int
+    unanswered: int
+
+    @classmethod
+    def from_outcomes(cls, outcomes: dict[str, float]) -> Decisions:
+        return cls(*(round(outcomes.get(outcome, 0.0)) for outcome in (MATCH, MISMATCH, UNANSWERED)))
+
+
 class MetricsProvider(Protocol):
     async def measure(self, target: Target, window: str) -> Measurement: ...
 
     async def series(self, target: Target, window: str, series: Series) -> dict[str, float]: ...
+
+    async def decisions(self, target: Target, window: str) -> Decisions:
+        """The callers' comparisons of `target.revision` of `target.service` (endpoints: the callers')."""
+        ...

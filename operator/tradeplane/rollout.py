@@ -259,6 +259,7 @@ class _Machine:
         status.failedRevision = status.rollbackOutcome = None
         status.phase = Phase.PROGRESSING
         status.step = 1
+        status.shadow = self._shadow()
         first = self.spec.rollout.steps[0].basis_points
         status.weight = percent(first)
         status.lastAnalysis = None
@@ -315,6 +316,12 @@ class _Machine:
         steps = self.spec.rollout.steps
         if status.step is None:
             raise RolloutError(f"canary {self.revision} walks its steps without a step recorded")
+        if status.shadow != self._shadow():
+            # What the steps proved in one mode says nothing of the other: walk them again.
+            status.shadow = self._shadow()
+            status.step, status.stepStartedAt = 1, None
+            mode = "shadow" if status.shadow else "live"
+            self._note("Normal", "ModeChanged", f"canary {self.revision}: steps restart at 1 in {mode} mode")
         index = status.step - 1
         weight = steps[index].basis_points
         status.weight = percent(weight)
@@ -342,6 +349,8 @@ class _Machine:
             self._condition(True, "Frozen", status.message)
             return self._plan(self._stable(), canary_replicas=replicas, traffic_weight=traffic_weight)
         if status.step == len(steps):
+            if status.shadow:
+                return self._hold_shadow_passed(where, replicas, traffic_weight)
             return self._promote(None)
         status.step += 1
         following = steps[status.step - 1].basis_points
@@ -357,6 +366,23 @@ class _Machine:
             canary_replicas=canary_replicas_for(self.spec, following),
             traffic_weight=traffic_weight,
         )
+
+    def _hold_shadow_passed(self, where: str, replicas: int, traffic_weight: int) -> Plan:
+        """A shadow run proves agreement, not live behaviour: the user decides what comes next."""
+        status = self.status
+        status.phase = Phase.PAUSED
+        status.message = (
+            f"shadow passed {where}, the canary answered no client: request promotion, or set "
+            "rollout.orderFlow.mode: live to walk the steps live"
+        )
+        if self.status.condition("Progressing").reason != "ShadowPassed":
+            self._note("Normal", "ShadowPassed", f"canary {self.revision}: {status.message}")
+        self._condition(True, "ShadowPassed", status.message)
+        return self._plan(self._stable(), canary_replicas=replicas, traffic_weight=traffic_weight)
+
+    def _shadow(self) -> bool:
+        order_flow = self.spec.rollout.orderFlow
+        return order_flow is not None and order_flow.mode == "shadow"
 
     def _step_done(self, pause: str) -> bool:
         status = self.status
@@ -465,6 +491,7 @@ class _Machine:
         status = self.status
         status.canaryRevision = None
         status.step = None
+        status.shadow = False
         status.weight = 0
         status.stepStartedAt = None
         status.failedIntervals = 0

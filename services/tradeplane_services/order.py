@@ -619,6 +619,8 @@ class OrderService(Service[OrderSettings]):
             {RiskResult: self.on_risk_result, KillSwitchStatus: self.on_kill_switch},
             self.on_risk_down,
             self.risk_answer_seconds,
+            lambda message: (message.order_id, message.reason) if isinstance(message, RiskResult) else None,
+            lambda order_id: RiskUpdate(order_id, 0, 0, 1),
         )
         self.risk_routes: RiskRoutes | None = None
         if environment.event_log:
@@ -651,7 +653,9 @@ class OrderService(Service[OrderSettings]):
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(0.02)
-            self.manager.expire_risk_checks(time.perf_counter_ns())
+            now = time.perf_counter_ns()
+            self.manager.expire_risk_checks(now)
+            self.risk.sweep(now)
             if self.risk_routes is not None:
                 self.risk_routes.sweep()
 
@@ -676,15 +680,24 @@ class OrderService(Service[OrderSettings]):
     def to_risk(self, message: RiskCheck | RiskUpdate, account: int) -> int:
         # A check goes to the revision its account is routed to; an exposure update to the revision that
         # booked the order. The stable's share goes to the partition's owner when there is an event log.
+        # In a shadow rollout the canary gets its copy after the stable's message is on its way.
         if isinstance(message, RiskUpdate):
-            link = self.risk.update_link(message.order_id, bool(message.done))
+            done = bool(message.done)
+            link = self.risk.update_link(message.order_id, done)
+            new_check = False
         else:
-            link = self.risk.route(account, message.order_id, not message.is_replace)
+            done = False
+            new_check = not message.is_replace
+            link = self.risk.route(account, message.order_id, new_check)
         if link is self.risk.stable and self.risk_routes is not None:
-            return self.risk_routes.send(message, account)
-        # An exposure update can share the next write; a check holds an order up.
-        sent = link.send_later(message) if isinstance(message, RiskUpdate) else link.send(message)
-        return OK if sent else RISK_UNAVAILABLE
+            reached = self.risk_routes.send(message, account)
+        else:
+            # An exposure update can share the next write; a check holds an order up.
+            sent = link.send(message) if isinstance(message, RiskCheck) else link.send_later(message)
+            reached = OK if sent else RISK_UNAVAILABLE
+        # A check that could not be sent ends its order: the canary hears nothing of it either.
+        self.risk.copy(message.order_id, message, new_check, done or reached != OK, reached == OK)
+        return reached
 
     def risk_answer_seconds(self) -> float:
         """How long a risk check can stay unanswered before the sweeper rejects it, with a margin."""
@@ -709,7 +722,7 @@ class OrderService(Service[OrderSettings]):
 
     def on_risk_result(self, connection: Connection, message: RiskResult) -> None:
         self.manager.risk_result(message)
-        self.risk.decided(message.order_id, message.order_id in self.manager.orders)
+        self.risk.decided(message.order_id, message.reason, message.order_id in self.manager.orders)
 
     def on_kill_switch(self, connection: Connection, message: KillSwitchStatus) -> None:
         self.manager.set_kill_switch(message.state)

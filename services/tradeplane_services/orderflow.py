@@ -8,6 +8,9 @@ stable to the canary. The operator pushes a `RoutingTable` to every caller pod (
 port) each second of a rollout; the table holds for `leaseSeconds` only, so a canary nobody renews gets
 no orders.
 
+In shadow mode (`mode: shadow`) the stable answers every order; the accounts below the weight have a copy
+of their checks sent to the canary, whose answers are only compared with the stable's (shadow.py).
+
 Dependency-free: the operator builds the same table and reads the same answer.
 """
 
@@ -24,6 +27,8 @@ STABLE_BEFORE_ROUTING = "stable"
 """The revision callers count the stable's orders under until a routing names it."""
 MAX_SALT_BYTES = 64  # blake2b's key
 MAX_LEASE_SECONDS = 60
+LIVE, SHADOW = "live", "shadow"
+MODES = (LIVE, SHADOW)
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}$")
 _REVISION = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
 _DOCUMENT_FIELDS = (
@@ -34,7 +39,9 @@ _DOCUMENT_FIELDS = (
     "weightBasisPoints",
     "salt",
     "leaseSeconds",
+    "mode",
 )
+_OPTIONAL_FIELDS = {"mode"}
 
 
 def bucket(account: int, salt: bytes) -> int:
@@ -60,6 +67,8 @@ class RoutingTable:
     weight_basis_points: int
     salt: str
     lease_seconds: float
+    mode: str = LIVE
+    """live: the canary answers its accounts' orders; shadow: it gets copies, the stable answers."""
 
     @property
     def salt_key(self) -> bytes:
@@ -74,6 +83,7 @@ class RoutingTable:
             "weightBasisPoints": self.weight_basis_points,
             "salt": self.salt,
             "leaseSeconds": self.lease_seconds,
+            "mode": self.mode,
         }
 
     @classmethod
@@ -83,7 +93,7 @@ class RoutingTable:
         unknown = sorted(set(document) - set(_DOCUMENT_FIELDS))
         if unknown:
             raise RoutingError(f"unknown fields {unknown}; expected {list(_DOCUMENT_FIELDS)}")
-        missing = [name for name in _DOCUMENT_FIELDS if name not in document]
+        missing = [name for name in _DOCUMENT_FIELDS if name not in document and name not in _OPTIONAL_FIELDS]
         if missing:
             raise RoutingError(f"missing fields {missing}")
         peer = _text(document, "peer", re.compile(r"^[a-z][-a-z]{0,30}$"))
@@ -101,6 +111,9 @@ class RoutingTable:
             isinstance(endpoint, str) and _ENDPOINT.match(endpoint) for endpoint in canary
         ):
             raise RoutingError(f"canary: expected a list of host:port, got {canary!r}")
+        mode = document.get("mode", LIVE)
+        if mode not in MODES:
+            raise RoutingError(f"mode: expected one of {list(MODES)}, got {mode!r}")
         if weight and not canary:
             raise RoutingError("canary: a weight above 0 needs at least one canary endpoint")
         return cls(
@@ -111,6 +124,7 @@ class RoutingTable:
             weight_basis_points=weight,
             salt=salt,
             lease_seconds=float(lease),
+            mode=mode,
         )
 
 

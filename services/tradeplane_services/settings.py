@@ -88,7 +88,9 @@ class RiskSettings(Settings):
     duplicateWindowMillis: int = Field(
         500, ge=0, description="Identical orders (account, symbol, side, qty, price) inside it are refused."
     )
-    restrictedSymbols: list[str] = Field(default_factory=list)
+    restrictedSymbols: list[str] = Field(
+        default_factory=list, description="Symbols no order may trade: refused as RESTRICTED_SYMBOL."
+    )
     killSwitch: KillSwitchState = KillSwitchState.ACTIVE
     batchThreshold: int = Field(
         8, ge=2, description="Runs of at least this many queued checks are evaluated as one numpy batch."

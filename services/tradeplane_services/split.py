@@ -10,12 +10,20 @@ Fail-safe: the canary share holds only while the lease holds, counted on this pr
 (the event loop's timer) from the last push; when it lapses the weight is 0 and new orders go to the
 stable. Switching never drops an order: a link that leaves the routing keeps its session until every
 check sent on it had time to be answered (or rejected by the caller's timeout).
+
+Shadow mode: the stable answers every order. An order of an account below the weight is "shadowed": a
+copy of its check goes to the canary after the stable's (with the next write, off the order's path), its
+exposure updates follow (so the canary's limits see what the stable's see), and the canary's answers never
+reach the caller's handlers: the check's answer is compared with the stable's (shadow.py), anything else
+the canary says (a kill switch status) is dropped. A decision of 0 (OK) means the canary booked the order;
+when the stable refuses an order the canary booked, the canary is told to release it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,13 +33,19 @@ from prometheus_client.registry import Collector
 
 from tradeplane_services.config import parse_address
 from tradeplane_services.orderflow import (
+    SHADOW,
     STABLE_BEFORE_ROUTING,
     RoutingAnswer,
     RoutingError,
     RoutingTable,
     bucket,
 )
+from tradeplane_services.protocol import Reason
 from tradeplane_services.runtime import Connection, PeerLink, Service, fields, log
+from tradeplane_services.shadow import OUTCOMES, ShadowComparisons
+
+Decision = tuple[int, int]
+"""A peer's answer to a request: (request id, decision), 0 meaning accepted."""
 
 
 class AccountSplit(Collector):
@@ -44,6 +58,8 @@ class AccountSplit(Collector):
         handlers: dict[type, Callable[[Connection, Any], None]],
         on_down: Callable[[], None],
         answer_within: Callable[[], float],
+        decision_of: Callable[[Any], Decision | None],
+        release: Callable[[int], Any],
     ) -> None:
         self.service = service
         self.peer = peer
@@ -51,6 +67,10 @@ class AccountSplit(Collector):
         self.answer_within = answer_within
         """Seconds within which a check sent on a link is answered or rejected: how long a link that left
         the routing keeps its session."""
+        self.decision_of = decision_of
+        """The (request id, decision) a message from the peer answers, None for anything else."""
+        self.release = release
+        """The message that frees what the peer booked for a request (shadow: the stable refused it)."""
         self.stable = service.link(peer, handlers, on_down=on_down)
         self.table: RoutingTable | None = None
         self.weight = 0
@@ -62,7 +82,11 @@ class AccountSplit(Collector):
         self._canary_revision = ""
         self._booked: dict[int, PeerLink] = {}  # order_id -> the canary link that booked it
         self._lapse: asyncio.TimerHandle | None = None
-        self.routed: Counter[str] = Counter()  # orders per revision of the peer
+        self.routed: Counter[str] = Counter()  # orders per revision of the peer (shadow: copied to)
+        self.mode = ""
+        self._shadowed: dict[int, PeerLink] = {}  # order_id -> the canary link its copies go to
+        self.comparisons = ShadowComparisons(self._answer_within_ns())
+        self._canary_handlers = {kind: self._from_canary(handler) for kind, handler in handlers.items()}
         service.registry.register(self)
         service.splits[peer] = self
 
@@ -86,17 +110,63 @@ class AccountSplit(Collector):
                 links = self._canary_order
                 chosen = links[position % len(links)]
                 if chosen.connected:
-                    link, revision = chosen, self._canary_revision
-                    self._booked[order_id] = chosen
+                    revision = self._canary_revision
+                    if self.mode == SHADOW:
+                        self._shadowed[order_id] = chosen
+                    else:
+                        link = chosen
+                        self._booked[order_id] = chosen
                 # A canary pod that is not connected: the stable answers rather than nobody.
         if new:
             self.routed[revision] += 1
         return link
 
-    def decided(self, order_id: int, booked: bool) -> None:
+    def decided(self, order_id: int, decision: int, booked: bool) -> None:
         """The peer answered an order's check; one it refused (`booked` False) hears nothing more."""
+        self.comparisons.stable_decided(order_id, decision)
         if not booked:
             self._booked.pop(order_id, None)
+            shadow = self._shadowed.pop(order_id, None)
+            if shadow is not None:
+                # The canary may have booked it: it would hold that exposure for ever.
+                shadow.send_later(self.release(order_id))
+
+    def copy(self, order_id: int, message: Any, check: bool, done: bool, sent: bool) -> None:
+        """Shadow: the canary's copy of a message `sent` to the stable for a shadowed order (a new order's
+        check when `check`); after a `done` one the order is forgotten."""
+        link = self._shadowed.pop(order_id, None) if done else self._shadowed.get(order_id)
+        if link is None or not sent:
+            return
+        if check:
+            self.comparisons.copied(order_id, self._canary_revision, time.perf_counter_ns())
+        link.send_later(message)
+
+    def sweep(self, now_ns: int) -> None:
+        """Copies the canary did not answer in time are counted unanswered (and forgotten)."""
+        self.comparisons.answer_within_ns = self._answer_within_ns()
+        self.comparisons.expire(now_ns)
+
+    def _answer_within_ns(self) -> int:
+        return round(self.answer_within() * 1e9)
+
+    def _from_canary(self, handler: Callable[[Connection, Any], None]) -> Callable[[Connection, Any], None]:
+        """A canary's answer reaches the caller only for an order it booked live; in shadow mode nothing
+        else it says does either (its kill switch status, say)."""
+
+        def handle(connection: Connection, message: Any) -> None:
+            decision = self.decision_of(message)
+            if decision is None:
+                if self.mode != SHADOW:
+                    handler(connection, message)
+                return
+            order_id, reason = decision
+            if order_id in self._booked:
+                handler(connection, message)
+            elif self.comparisons.canary_decided(order_id, reason) and reason != Reason.OK:
+                self._shadowed.pop(order_id, None)  # not booked there: it hears nothing more
+            # Anything else answers a copy: a late one, or a replace's.
+
+        return handle
 
     def update_link(self, order_id: int, done: bool) -> PeerLink:
         """The link for an exposure update: where the order was booked; forgotten once it is done."""
@@ -116,6 +186,7 @@ class AccountSplit(Collector):
             self._salt = table.salt_key
         self._stable_revision = table.stable_revision
         self._canary_revision = table.canary_revision
+        self.mode = table.mode
         self._connect(table.canary)
         was = self.weight
         self.table = table
@@ -127,6 +198,7 @@ class AccountSplit(Collector):
                 extra=fields(
                     peer=self.peer,
                     canary=table.canary_revision,
+                    mode=table.mode,
                     weight_basis_points=self.weight,
                     lease_seconds=table.lease_seconds,
                 ),
@@ -151,7 +223,7 @@ class AccountSplit(Collector):
                 link = PeerLink(
                     self.peer,
                     parse_address(endpoint, "canary"),
-                    self.handlers,
+                    self._canary_handlers,
                     self.service.metrics,
                     self.service.credentials,
                     source=self.service.environment.bind,
@@ -166,8 +238,9 @@ class AccountSplit(Collector):
     async def _retire(self, link: PeerLink) -> None:
         # Checks already sent on it are answered there (or time out into a rejection) before it closes.
         await asyncio.sleep(self.answer_within())
-        for order_id in [order_id for order_id, booked in self._booked.items() if booked is link]:
-            del self._booked[order_id]
+        for orders in (self._booked, self._shadowed):
+            for order_id in [order_id for order_id, booked in orders.items() if booked is link]:
+                del orders[order_id]
         await link.stop()
 
     async def stop(self) -> None:
@@ -184,6 +257,8 @@ class AccountSplit(Collector):
             "weightInForce": self.weight,
             "routed": dict(self.routed),
             "ordersOnCanary": len(self._booked),
+            "ordersShadowed": len(self._shadowed),
+            "comparisonsPending": len(self.comparisons),
             "canaryConnected": {endpoint: link.connected for endpoint, link in self.canary.items()},
         }
 
@@ -204,6 +279,35 @@ class AccountSplit(Collector):
         )
         weight.add_metric([*labels.values(), self.peer], self.weight)
         yield weight
+        decisions = CounterMetricFamily(
+            "tradeplane_shadow_decisions",
+            "Shadow rollouts: checks copied to a peer's canary revision, by how its decision compared "
+            "with the stable's (match, mismatch, unanswered: the canary did not answer in time, "
+            "stable_unanswered).",
+            labels=[*labels, "peer", "peer_revision", "outcome"],
+        )
+        comparisons = self.comparisons
+        for revision in sorted({revision for revision, _ in comparisons.outcomes}):
+            for outcome in OUTCOMES:
+                count = comparisons.outcomes[(revision, outcome)]
+                decisions.add_metric([*labels.values(), self.peer, revision, outcome], count)
+        yield decisions
+        mismatches = CounterMetricFamily(
+            "tradeplane_shadow_mismatches",
+            "Shadow rollouts: mismatched decisions by the stable's and the canary's reason.",
+            labels=[*labels, "peer", "peer_revision", "stable_reason", "canary_reason"],
+        )
+        for (revision, stable, canary), count in sorted(comparisons.mismatches.items()):
+            names = [*labels.values(), self.peer, revision, _reason_name(stable), _reason_name(canary)]
+            mismatches.add_metric(names, count)
+        yield mismatches
+
+
+def _reason_name(code: int) -> str:
+    try:
+        return Reason(code).name
+    except ValueError:
+        return str(code)
 
 
 def routing_route(service: Service[Any]) -> Callable[[bytes], tuple[int, str, bytes]]:

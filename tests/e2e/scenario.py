@@ -121,15 +121,21 @@ def traffic(kubeconfig: Path, namespace: str) -> RiskTraffic:
 
 
 def bundled_manifest(
-    namespace: str, component: str, replicas: int, slo_micros: int, rollout: dict[str, Any] | None = None
+    namespace: str,
+    component: str,
+    replicas: int,
+    slo_micros: int,
+    rollout: dict[str, Any] | None = None,
+    slo: dict[str, Any] | None = None,
 ) -> str:
-    """A bundled component named after itself, small, with a loose error-rate gate: the order-flow stack."""
+    """A bundled component named after itself, small, with a loose error-rate gate: the order-flow stack
+    (`slo` adds gates)."""
     spec: dict[str, Any] = {
         "component": component,
         "image": "registry.example/tradeplane-services:0.1.0",
         "replicas": replicas,
         "resources": {"cpus": 1, "memory": "256Mi"},
-        "slo": {"p99LatencyMicros": slo_micros, "maxErrorRate": 0.5},
+        "slo": {"p99LatencyMicros": slo_micros, "maxErrorRate": 0.5, **(slo or {})},
     }
     if rollout is not None:
         spec["rollout"] = rollout

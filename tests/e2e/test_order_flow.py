@@ -3,7 +3,9 @@ and market-data services behind the kwok pods, and orders from many accounts.
 
 The risk canary takes exactly the accounts whose bucket is below the step's weight, `status.actualWeight`
 comes from order's counters, and with the operator SIGKILLed the canary's share falls to zero within the
-lease by itself; restarted, the operator resumes the same step and the share comes back.
+lease by itself; restarted, the operator resumes the same step and the share comes back. A shadow risk
+canary that wrongly refuses a symbol is failed by the decision-mismatch gate on order's comparisons and
+rolled back, and no client ever saw one of its answers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from e2e.conftest import OperatorProcess
 from e2e.scenario import ORDER_FLOW_STACK, bundled_manifest
 from kubernetes import client, config
+from prometheus_client.parser import text_string_to_metric_families
 
 from support import Kubectl, get_json, wait_for
 from tradeplane.cluster.podrunner import PodRunner
@@ -54,12 +57,15 @@ def by_canary(report: ExecutionReport) -> bool:
 
 
 class Desk:
-    """Orders from every account in turn, in batches, answers read back; who answered, by account."""
+    """Orders from every account in turn, in batches, answers read back; who answered, by account, and
+    every reason a client was given."""
 
-    def __init__(self, address: Address, creds: Credentials) -> None:
+    def __init__(self, address: Address, creds: Credentials, symbols: tuple[str, ...] = ("AAPL",)) -> None:
         self.address = address
         self.creds = creds
+        self.symbols = symbols
         self.answers: Counter[bool] = Counter()
+        self.reasons: Counter[Reason] = Counter()
         self.unanswered = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -67,7 +73,9 @@ class Desk:
     def orders(self, accounts: list[int]) -> dict[int, ExecutionReport]:
         with OrderSession(self.address, creds=self.creds) as session:
             sent = {
-                session.new_order(Side.BUY, "AAPL", QUANTITY, FAR_PRICE, account): account
+                session.new_order(
+                    Side.BUY, self.symbols[account % len(self.symbols)], QUANTITY, FAR_PRICE, account
+                ): account
                 for account in accounts
             }
             return {account: session.report_for(order, timeout=10) for order, account in sent.items()}
@@ -95,6 +103,7 @@ class Desk:
                 continue
             for report in reports.values():
                 self.answers[by_canary(report)] += 1
+                self.reasons[Reason(report.reason)] += 1
             self._stop.wait(0.05)
 
 
@@ -107,9 +116,23 @@ def stack(
     pod_runner: Callable[..., PodRunner],
 ) -> Iterator[tuple[Address, str]]:
     """market-data, execution, risk (two pods) and order, Ready; order's wire and HTTP addresses."""
+    yield start_stack(kubectl, namespace, pod_runner, ROLLOUT)
+
+
+def start_stack(
+    kubectl: Kubectl,
+    namespace: str,
+    pod_runner: Callable[..., PodRunner],
+    rollout: dict[str, Any],
+    slo: dict[str, Any] | None = None,
+) -> tuple[Address, str]:
+    """The order-flow stack with risk rolled out as `rollout` says, Ready; order's wire and HTTP addresses."""
     for name, replicas in ORDER_FLOW_STACK:
-        rollout = ROLLOUT if name == "risk" else None
-        kubectl("apply", "-f", "-", input=bundled_manifest(namespace, name, replicas, 50_000, rollout))
+        risk = name == "risk"
+        manifest = bundled_manifest(
+            namespace, name, replicas, 50_000, rollout if risk else None, slo if risk else None
+        )
+        kubectl("apply", "-f", "-", input=manifest)
     runner = pod_runner(namespace)
 
     def all_ready() -> bool:
@@ -121,7 +144,7 @@ def stack(
     pods = get_json(kubectl, "pods", "-n", namespace, "-l", "app.kubernetes.io/name=order")["items"]
     ip = pods[0]["status"]["podIP"]  # type: ignore[index]
     wait_for(lambda: http(f"{ip}:9100", "/readyz") == "ready\n", 60, what="order ready")
-    yield Address(ip, 7001), f"{ip}:9100"
+    return Address(ip, 7001), f"{ip}:9100"
 
 
 def http(endpoint: str, path: str) -> str:
@@ -202,3 +225,78 @@ def test_the_canary_takes_its_accounts_and_the_share_lapses_without_the_operator
         assert (resumed["step"], resumed["canaryRevision"]) == (1, canary)
     assert desk.unanswered == 0 and desk.answers[True] > 0
     print(f"lease lapsed {lapsed:.2f}s after the operator's SIGKILL (lease {LEASE_SECONDS}s)")
+
+
+SHADOW_ROLLOUT = {
+    "orderFlow": {"leaseSeconds": LEASE_SECONDS, "mode": "shadow"},
+    "steps": [{"weight": 50, "pause": "1h"}],
+    "analysis": {"interval": "1s", "window": "5s", "minSamples": 20, "inconclusiveLimit": 1000},
+}
+MAX_DECISION_MISMATCH = 0.05
+
+
+def restricted_mismatches(order_http: str, canary: str) -> float:
+    """order's count of decisions where the canary said RESTRICTED_SYMBOL and the stable did not."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(http(order_http, "/metrics"))
+        for sample in family.samples
+        if sample.name == "tradeplane_shadow_mismatches_total"
+        and sample.labels["peer_revision"] == canary
+        and sample.labels["canary_reason"] == "RESTRICTED_SYMBOL"
+    )
+
+
+def test_a_shadow_canary_that_refuses_a_symbol_fails_the_mismatch_gate_unseen_by_any_client(
+    kube_env: Path,
+    kubectl: Kubectl,
+    namespace: str,
+    tmp_path: Path,
+    operator_process: OperatorProcess,
+    pod_runner: Callable[..., PodRunner],
+) -> None:
+    slo = {"maxDecisionMismatch": MAX_DECISION_MISMATCH}
+    order, order_http = start_stack(kubectl, namespace, pod_runner, SHADOW_ROLLOUT, slo)
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kube_env)))  # type: ignore[no-untyped-call]
+    desk = Desk(order, secret_credentials(api, namespace, "client", tmp_path), symbols=("AAPL", "MSFT"))
+
+    def risk() -> dict[str, Any]:
+        status: dict[str, Any] = (
+            get_json(kubectl, "tradingservice", "risk", "-n", namespace).get("status") or {}
+        )  # type: ignore[assignment]
+        return status
+
+    with desk:
+        # A legitimate setting, wrongly applied: the new revision refuses AAPL, which the desk trades.
+        patch = {"spec": {"config": {"restrictedSymbols": ["AAPL"]}}}
+        kubectl(
+            "patch", "tradingservice", "risk", "-n", namespace, "--type", "merge", "-p", json.dumps(patch)
+        )
+        wait_for(
+            lambda: (
+                (routing := routing_of(order_http)).get("mode") == "shadow"
+                and routing.get("weightInForce") == 5000
+            ),
+            90,
+            what="order copying half of the accounts' checks to the canary",
+        )
+        canary = routing_of(order_http)["canaryRevision"]
+        rolled_back = wait_for(
+            lambda: (status := risk()).get("failedRevision") and status,
+            120,
+            what="the mismatch gate failing the shadow canary",
+        )
+        assert isinstance(rolled_back, dict)
+        verdict = rolled_back["lastAnalysis"]
+        assert (rolled_back["failedRevision"], rolled_back["rollbackOutcome"]) == (canary, "Failed")
+        assert (verdict["verdict"], verdict["gate"]) == ("Fail", "decisionMismatch"), verdict
+        assert verdict["value"] > MAX_DECISION_MISMATCH and verdict["threshold"] == MAX_DECISION_MISMATCH
+        assert verdict["window"] == "5s" and verdict["samples"] >= 20, verdict
+        wait_for(lambda: routing_of(order_http).get("weightInForce") == 0, 10, what="the copies stopped")
+        # Orders keep flowing after the rollback, to the stable alone.
+        answered = sum(desk.reasons.values())
+        wait_for(lambda: sum(desk.reasons.values()) > answered + 100, 30, what="orders after the rollback")
+    assert restricted_mismatches(order_http, canary) > 0, "order compared the canary's refusals"
+    assert desk.unanswered == 0
+    assert desk.reasons[Reason.RESTRICTED_SYMBOL] == 0, f"a client saw the canary's answer: {desk.reasons}"
+    print(f"shadow canary failed: {verdict['message']}; the clients' reasons: {dict(desk.reasons)}")

@@ -12,7 +12,7 @@ from e2e.prometheus import run_prometheus, static_scrape_config
 from rollout.latency_server import LatencyServer, latency_server
 
 from support import wait_for
-from tradeplane.measurement import DECISIONS_METRIC, ProviderUnavailable, Series, Target
+from tradeplane.measurement import DECISIONS_METRIC, Decisions, ProviderUnavailable, Series, Target
 from tradeplane.providers.prometheus import PrometheusProvider
 from tradeplane.providers.scrape import ScrapeProvider
 
@@ -94,6 +94,45 @@ def test_prometheus_and_direct_scrape_agree_on_the_series_the_trading_gates_read
     assert from_prometheus[pnl] == {"": -1250.5} and from_prometheus[query] == {"": -2501.0}
     with pytest.raises(ProviderUnavailable, match="PromQL needs prometheus"):
         asyncio.run(direct.series(target, "1m", query))
+
+
+def test_prometheus_and_direct_scrape_agree_on_a_callers_shadow_decisions(tmp_path: Path) -> None:
+    """Two order pods compare risk canary v2's decisions; the gate reads both, over the window."""
+    with (
+        latency_server("order", "o1") as first,
+        latency_server("order", "o1") as second,
+        run_prometheus(
+            tmp_path, [static_scrape_config("order", [first.endpoint, second.endpoint])]
+        ) as prometheus,
+    ):
+        for caller in (first, second):
+            for outcome in ("match", "mismatch", "unanswered"):
+                caller.compare("risk", "v2", outcome, 0)
+        started = time.time()
+        wait_for(lambda: prometheus.scraped_since(started) == 2, timeout=15, what="first scrapes")
+        direct = ScrapeProvider()
+        callers = Target("trading", "risk", "v2", (first.endpoint, second.endpoint))
+        asyncio.run(direct.decisions(callers, "1m"))  # the window's start
+
+        first.compare("risk", "v2", "match", 900)
+        first.compare("risk", "v2", "mismatch", 60)
+        second.compare("risk", "v2", "unanswered", 40)
+        second.compare("risk", "v3", "mismatch", 500)  # another canary's decisions
+        stopped = time.time()
+        wait_for(
+            lambda: prometheus.scraped_since(stopped) == 2, timeout=15, what="scrapes after the decisions"
+        )
+
+        from_pods = asyncio.run(direct.decisions(callers, "1m"))
+        from_prometheus = asyncio.run(PrometheusProvider(prometheus.url).decisions(callers, "1m"))
+
+    assert from_pods == Decisions(900, 60, 40)
+    # increase() extrapolates the few scrapes of a short burst towards the window's edges: counts are
+    # larger by up to the extrapolation, by the same factor for series scraped together (one pod's).
+    for field in ("match", "mismatch", "unanswered"):
+        exact = getattr(from_pods, field)
+        assert exact <= getattr(from_prometheus, field) <= exact * 2, from_prometheus
+    assert from_prometheus.mismatch / from_prometheus.match == pytest.approx(60 / 900, rel=0.02)
 
 
 def test_a_revision_without_series_has_no_samples(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from tradeplane.measurement import DECISIONS_METRIC, LATENCY_METRIC, REQUESTS_METRIC
+from tradeplane.measurement import DECISIONS_METRIC, LATENCY_METRIC, REQUESTS_METRIC, SHADOW_DECISIONS_METRIC
 
 # Microsecond resolution around the SLOs trading services care about, as the bundled services export.
 BUCKETS = (
@@ -34,11 +34,16 @@ class LatencyServer:
     revision: str
     decisions: Counter
     pnl: Gauge
+    shadow_decisions: Counter
 
     def observe(self, seconds: float, count: int = 1, outcome: str = "ok") -> None:
         for _ in range(count):
             self.latency.labels(self.service, self.revision).observe(seconds)
             self.requests.labels(self.service, self.revision, outcome).inc()
+
+    def compare(self, peer: str, peer_revision: str, outcome: str, count: int) -> None:
+        """As a caller in a shadow rollout: `count` decisions of the peer's canary compared."""
+        self.shadow_decisions.labels(self.service, self.revision, peer, peer_revision, outcome).inc(count)
 
 
 @contextmanager
@@ -69,6 +74,12 @@ def latency_server(
         registry=registry,
     )
     pnl = Gauge("desk_pnl", "A desk's own figure", ["service", "revision"], registry=registry)
+    shadow_decisions = Counter(
+        SHADOW_DECISIONS_METRIC.removesuffix("_total"),
+        "Shadow decisions by outcome",
+        ["service", "revision", "peer", "peer_revision", "outcome"],
+        registry=registry,
+    )
     # Series exist from the start, at zero, as in the services: Prometheus sees every increase.
     latency.labels(service, revision)
     for outcome in ("ok", "error"):
@@ -78,7 +89,7 @@ def latency_server(
     server, thread = start_http_server(0, addr=address, registry=registry)
     try:
         endpoint = f"{address}:{server.server_port}"
-        yield LatencyServer(endpoint, latency, requests, service, revision, decisions, pnl)
+        yield LatencyServer(endpoint, latency, requests, service, revision, decisions, pnl, shadow_decisions)
     finally:
         server.shutdown()
         server.server_close()

@@ -180,7 +180,9 @@ def test_a_new_leaders_first_measurement_counts_from_its_own_baseline_scrape() -
         finally:
             stop.set()
             sender.join()
-    assert 0 < measured.samples < 1000
+    # Had the 1000 slow observations from before the baseline counted, the p99 would be theirs (3 ms);
+    # how many fast ones the short span holds depends on the machine.
+    assert measured.samples > 0
     assert measured.p99_seconds is not None and measured.p99_seconds <= 50e-6
 
 

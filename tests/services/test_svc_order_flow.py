@@ -1,10 +1,12 @@
 """Order-flow canaries with real processes: order splits its risk checks by account between a stable and
 a canary risk as the pushed routing says, falls back to the stable when the lease lapses, and answers
-every order in flight when the routing switches."""
+every order in flight when the routing switches; in shadow mode the canary only gets copies, and order
+compares its decisions with the stable's without a client ever seeing one or waiting for it."""
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support import wait_for
 from tradeplane_services.client import OrderSession
+from tradeplane_services.eventlog import PARTITIONS
 from tradeplane_services.orderflow import bucket
 from tradeplane_services.protocol import ExecType, ExecutionReport, Reason, Side, price_units
 from tradeplane_services.stack import Stack
@@ -36,8 +39,11 @@ def push(stack: Stack, document: dict[str, Any]) -> tuple[int, Any]:
         return error.code, error.read().decode()
 
 
-def routing(canary: Stack, weight: int, lease: float = 30, salt: str = "trading/risk/v2") -> dict[str, Any]:
+def routing(
+    canary: Stack, weight: int, lease: float = 30, salt: str = "trading/risk/v2", mode: str = "live"
+) -> dict[str, Any]:
     return {
+        "mode": mode,
         "peer": "risk",
         "stableRevision": "v1",
         "canaryRevision": "v2",
@@ -72,7 +78,18 @@ def stacks(make_stack: StackFactory) -> tuple[Stack, Stack]:
         components=("market-data", "risk"),
         revision="v2",
     )
+    wait_for(lambda: serving_every_partition(canary), 30, what="the canary risk serving every partition")
     return stable, canary
+
+
+def serving_every_partition(risk: Stack) -> bool:
+    """A risk just started refuses the accounts of partitions it has not taken yet (PARTITION_TAKEOVER)."""
+    with urllib.request.urlopen(risk.metrics_url("risk", "/status"), timeout=5) as response:
+        status = json.loads(response.read())
+    partitions = status["partitions"]
+    return status["replica"] is None or (
+        len(partitions) == PARTITIONS and all(partition["serving"] for partition in partitions.values())
+    )
 
 
 def test_orders_follow_their_accounts_bucket_and_the_counters_say_so(stacks: tuple[Stack, Stack]) -> None:
@@ -156,3 +173,97 @@ def routed_to_canary(stack: Stack) -> int:
 def http_get(stack: Stack, path: str) -> str:
     with urllib.request.urlopen(stack.metrics_url("order", path), timeout=5) as response:
         return str(response.read().decode())
+
+
+RESTRICTED = "AAPL"  # the shadow canary wrongly refuses it; the stable trades it
+SLOW_CANARY_MICROS = 1_000_000
+
+
+@pytest.fixture
+def shadow_stacks(make_stack: StackFactory) -> tuple[Stack, Stack]:
+    """The whole stack with risk at v1, and a v2 risk that refuses AAPL as a restricted symbol."""
+    stable = make_stack({"order": {"riskTimeoutMillis": 3000}}, revision="v1")
+    canary = make_stack(
+        {"risk": {"restrictedSymbols": [RESTRICTED]}}, components=("market-data", "risk"), revision="v2"
+    )
+    wait_for(lambda: serving_every_partition(canary), 30, what="the canary risk serving every partition")
+    return stable, canary
+
+
+def shadow_counters(stack: Stack) -> dict[tuple[str, ...], float]:
+    """order's shadow counters: (outcome,) -> decisions and (stable reason, canary reason) -> mismatches."""
+    counters: dict[tuple[str, ...], float] = {}
+    for family in text_string_to_metric_families(http_get(stack, "/metrics")):
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("peer") != "risk" or labels.get("peer_revision") != "v2":
+                continue
+            if sample.name == "tradeplane_shadow_decisions_total":
+                counters[(labels["outcome"],)] = sample.value
+            elif sample.name == "tradeplane_shadow_mismatches_total":
+                counters[(labels["stable_reason"], labels["canary_reason"])] = sample.value
+    return counters
+
+
+def connected_to_canary(stack: Stack) -> bool:
+    connected = json.loads(http_get(stack, "/routing"))["risk"]["canaryConnected"]
+    return bool(connected) and all(connected.values())
+
+
+def test_a_shadow_canary_is_compared_and_never_answers_a_client(shadow_stacks: tuple[Stack, Stack]) -> None:
+    stable, canary = shadow_stacks
+    status, answer = push(stable, routing(canary, 10_000, mode="shadow"))
+    assert status == 200 and answer["weightBasisPoints"] == 10_000, answer
+    wait_for(lambda: connected_to_canary(stable), 10, what="order's session to the canary risk")
+    accounts = list(range(1, 101))
+    reports: list[ExecutionReport] = []
+    with OrderSession(stable.address("order")) as session:
+        for symbol in (RESTRICTED, "MSFT"):
+            sent = [session.new_order(Side.BUY, symbol, QUANTITY, FAR_PRICE, a) for a in accounts]
+            reports += [session.report_for(client_order_id, timeout=10) for client_order_id in sent]
+    assert not any(report.reason == Reason.RESTRICTED_SYMBOL for report in reports), "a canary answer leaked"
+    stable_reasons = {Reason(report.reason).name for report in reports[: len(accounts)]}
+    assert len(stable_reasons) == 1, stable_reasons
+    stable_reason = stable_reasons.pop()
+    expected = {
+        ("match",): len(accounts),
+        ("mismatch",): len(accounts),
+        ("unanswered",): 0,
+        ("stable_unanswered",): 0,
+        (stable_reason, "RESTRICTED_SYMBOL"): len(accounts),
+    }
+    wait_for(lambda: shadow_counters(stable) == expected, 10, what=f"order's comparisons {expected}")
+
+    document = json.loads(http_get(stable, "/routing"))["risk"]
+    assert document["routed"] == {"v2": 2 * len(accounts)}, "every order copied at 100%"
+    assert document["ordersShadowed"] == 0 and document["comparisonsPending"] == 0, document
+
+
+def test_a_shadow_canary_is_off_the_orders_path_and_unanswered_copies_are_counted(
+    make_stack: StackFactory,
+) -> None:
+    """A canary that takes a second per check: clients are answered by the stable without waiting, and
+    the copies it cannot answer within order's risk timeout are counted unanswered and forgotten."""
+    stable = make_stack({"order": {"riskTimeoutMillis": 500}}, revision="v1")
+    slow = make_stack(
+        {"risk": {"latencyInjectionMicros": SLOW_CANARY_MICROS}},
+        components=("market-data", "risk"),
+        revision="v2",
+    )
+    wait_for(lambda: serving_every_partition(slow), 30, what="the canary risk serving every partition")
+    assert push(stable, routing(slow, 10_000, mode="shadow"))[0] == 200
+    wait_for(lambda: connected_to_canary(stable), 10, what="order's session to the canary risk")
+    with OrderSession(stable.address("order")) as session:
+        started = time.monotonic()
+        sent = [session.new_order(Side.BUY, "MSFT", QUANTITY, FAR_PRICE, a) for a in range(1, 21)]
+        reports = [session.report_for(client_order_id, timeout=10) for client_order_id in sent]
+        answered_in = time.monotonic() - started
+    assert all(report.reason != Reason.RISK_UNAVAILABLE for report in reports), "the stable answered all"
+    # The canary needs 20 s for these 20 copies; the stable's answers did not wait for one of them.
+    assert answered_in < SLOW_CANARY_MICROS / 1e6, f"answers took {answered_in:.2f}s"
+    wait_for(
+        lambda: shadow_counters(stable).get(("unanswered",), 0) >= 18,
+        10,
+        what="the copies the slow canary did not answer in time counted unanswered",
+    )
+    wait_for(lambda: json.loads(http_get(stable, "/routing"))["risk"]["comparisonsPending"] == 0, 10)

@@ -14,6 +14,8 @@ from tradeplane.measurement import (
     LATENCY_METRIC,
     QUANTILE,
     REQUESTS_METRIC,
+    SHADOW_DECISIONS_METRIC,
+    Decisions,
     Measurement,
     ProviderUnavailable,
     Series,
@@ -27,6 +29,9 @@ _SELECTED = _LABELS + "[{window}]"
 DEFAULT_P99_QUERY = f"histogram_quantile({QUANTILE}, sum by (le) (rate({LATENCY_METRIC}_bucket{_SELECTED})))"
 SAMPLES_QUERY = f"sum(increase({LATENCY_METRIC}_count{_SELECTED}))"
 REQUESTS_QUERY = f"sum by (outcome) (increase({REQUESTS_METRIC}{_SELECTED}))"
+# Counted by the callers (labelled with their own service and revision): the canary is the peer.
+_CANARY_AS_PEER = '{peer="{service}",peer_revision="{revision}"}[{window}]'
+DECISIONS_QUERY = f"sum by (outcome) (increase({SHADOW_DECISIONS_METRIC}{_CANARY_AS_PEER}))"
 
 
 def render_query(template: str, target: Target, window: str) -> str:
@@ -70,7 +75,7 @@ class PrometheusProvider:
                 self._query(client, render_query(SAMPLES_QUERY, target, window)),
                 self._query(client, render_query(REQUESTS_QUERY, target, window)),
             )
-        outcomes = {labels.get("outcome", ""): value for labels, value in by_outcome if not math.isnan(value)}
+        outcomes = _by_outcome(by_outcome)
         p99_values = [value for _, value in p99 if not math.isnan(value)]
         return Measurement(
             p99_seconds=p99_values[0] if p99_values else None,
@@ -88,6 +93,11 @@ class PrometheusProvider:
                 key = labels.get(series.by, "") if series.by else ""
                 values[key] = values.get(key, 0.0) + value
         return values
+
+    async def decisions(self, target: Target, window: str) -> Decisions:
+        async with httpx.AsyncClient(base_url=self.url, timeout=self.timeout) as client:
+            by_outcome = await self._query(client, render_query(DECISIONS_QUERY, target, window))
+        return Decisions.from_outcomes(_by_outcome(by_outcome))
 
     async def _query(self, client: httpx.AsyncClient, query: str) -> list[tuple[dict[str, str], float]]:
         try:
@@ -113,3 +123,7 @@ def from_analysis(analysis: Analysis) -> PrometheusProvider:
         # The models refuse this spec; a caller that skipped them gets an error, not a default.
         raise ValueError("spec.rollout.analysis.prometheus: the prometheus provider needs prometheus.url")
     return PrometheusProvider(settings.url, settings.p99Query)
+
+
+def _by_outcome(vector: list[tuple[dict[str, str], float]]) -> dict[str, float]:
+    return {labels.get("outcome", ""): value for labels, value in vector if not math.isnan(value)}

@@ -20,6 +20,8 @@ from tradeplane.measurement import (
     LATENCY_METRIC,
     QUANTILE,
     REQUESTS_METRIC,
+    SHADOW_DECISIONS_METRIC,
+    Decisions,
     Measurement,
     ProviderUnavailable,
     Series,
@@ -170,6 +172,29 @@ def parse_counts(text: str, service: str, revision: str) -> Counts:
     return Counts(buckets, requests, started)
 
 
+def parse_decisions(text: str, service: str, revision: str) -> Counts:
+    """A caller's shadow comparisons of one canary revision of `service` in a /metrics page, by outcome
+    (as `requests`: the same cumulative counters, no histogram)."""
+    outcomes: dict[str, float] = {}
+    started = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == PROCESS_START_METRIC:
+                started = sample.value
+            elif (
+                sample.name == SHADOW_DECISIONS_METRIC
+                and labels.get("peer") == service
+                and labels.get("peer_revision") == revision
+            ):
+                outcome = labels.get("outcome", "")
+                outcomes[outcome] = outcomes.get(outcome, 0.0) + sample.value
+    return Counts({}, outcomes, started)
+
+
+SHADOW_DECISIONS = Series(SHADOW_DECISIONS_METRIC, by="outcome")
+"""The callers' comparisons, under their own history key (parsed by parse_decisions)."""
+
 HistoryKey = tuple[str, str, str, str, Series | None]
 """namespace, service, revision, endpoint, and the series (None: the latency histogram and requests)."""
 
@@ -217,6 +242,17 @@ class ScrapeProvider:
             requests=round(sum(window_counts.requests.values())),
             errors=round(window_counts.requests.get(ERROR_OUTCOME, 0.0)),
         )
+
+    async def decisions(self, target: Target, window: str) -> Decisions:
+        span = parse_duration(window)
+        now, scraped = await self._scraped(
+            target,
+            span,
+            SHADOW_DECISIONS,
+            lambda page: parse_decisions(page, target.service, target.revision),
+        )
+        deltas = [self._increase(key, counts, Counts({}, {}), now, span) for key, counts in scraped]
+        return Decisions.from_outcomes(Counts.total(deltas).requests)
 
     async def series(self, target: Target, window: str, series: Series) -> dict[str, float]:
         """A counter's increase over the window (as for the latency histogram) or a gauge's value now,

@@ -19,6 +19,9 @@ same reconcile as the failing verdict. It uses what the operator already needs f
 the pods' addresses and their HTTP port, which the callers' NetworkPolicy opens to the operator's pods
 (rendering.network_policy); no RBAC beyond reading pods, no ServiceAccount token in the trading pods.
 A forged push can at most send orders to another process that proves it holds the peer's session key.
+
+In shadow mode (`orderFlow.mode: shadow`) the same table says which accounts' checks are copied to the
+canary; the stable answers them all (tradeplane_services.split).
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ def routing_table(
         # restart, exactly as before.
         salt=f"{owner.namespace}/{owner.name}/{revision}",
         lease_seconds=spec.rollout.orderFlow.leaseSeconds,
+        mode=spec.rollout.orderFlow.mode,
     )
 
 
