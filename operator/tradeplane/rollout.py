@@ -57,6 +57,14 @@ ROLLBACK_OUTCOMES: dict[str, RollbackOutcome] = {
 LIVE_CANARY_PHASES = frozenset({Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING})
 ROLLOUT_PHASES = LIVE_CANARY_PHASES | {Phase.ROLLING_BACK, Phase.ROLLED_BACK}
 
+# The rule for risk's account partitions while a canary of it runs (with an event log, limits firm-wide).
+PARTITIONS_DURING_A_RISK_CANARY = (
+    "canary pods join risk's partition members like any replica: each takes a share of the account "
+    "partitions over by a fenced takeover (their orders refused with PARTITION_TAKEOVER during the replay), "
+    "one owner per partition whatever its revision, so limits stay firm-wide; an abort or a promotion "
+    "deletes pods, which hand their partitions to the remaining members the same way"
+)
+
 
 class RolloutError(RuntimeError):
     """A rollout state the machine never produces: a bug, reported instead of acted upon."""
@@ -266,6 +274,8 @@ class _Machine:
         replaced = f", replacing canary {previous}" if previous and previous != self.revision else ""
         status.message = f"canary {self.revision} started at step 1 ({weight_text(first)}){replaced}"
         self._note("Normal", "CanaryStarted", status.message)
+        if self.spec.component == "risk" and self.spec.eventLog is not None:
+            self._note("Normal", "PartitionsShared", PARTITIONS_DURING_A_RISK_CANARY)
 
     def _live_canary(self) -> Plan:
         status, observed = self.status, self.observed

@@ -62,6 +62,7 @@ from tradeplane_services.protocol import (
     BatchFlags,
     ExecType,
     Fill,
+    KillSwitchChange,
     MarketDataBatch,
     PartitionClaim,
     ProtocolError,
@@ -238,8 +239,8 @@ class EventBatch:
         for frame, body in enumerate(frames):
             if isinstance(body, Fill) and kind == "fill":
                 self.fills.append(fill_row(sequence, frame, partition, logged, revision, body))
-            elif isinstance(body, PartitionClaim):
-                continue  # which risk replica answers for a partition: no order in it
+            elif isinstance(body, (PartitionClaim, KillSwitchChange)):
+                continue  # who answers for a partition, a kill switch's move: no order in either
             elif hasattr(body, "order_id"):
                 self.orders.append(order_row(sequence, frame, partition, logged, kind, revision, body))
             else:

@@ -475,6 +475,25 @@ class Release(NamedTuple):
     account: int
 
 
+@layout(48, "QIB")
+class Refusal(NamedTuple):
+    """Risk -> event log: a check the partition's owner refused, and why: a risk decision, as a Reservation
+    is, logged beside the answer (a refused order never trades, so order need not wait for it)."""
+
+    order_id: int
+    account: int
+    reason: int
+
+
+@layout(49, "B32s")
+class KillSwitchChange(NamedTuple):
+    """Risk -> event log: the kill switch of the replica `by` moved to `state` (firm-wide, so on
+    partition 0's subject)."""
+
+    state: int
+    by: bytes
+
+
 @layout(47, "BQ32s")
 class PartitionClaim(NamedTuple):
     """Risk -> event log: a replica took the partition over under lease revision `lease_revision`; appended

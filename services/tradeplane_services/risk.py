@@ -39,8 +39,10 @@ from nats.js.kv import KeyValue
 
 from tradeplane_services.config import Environment
 from tradeplane_services.eventlog import (
+    KILL_SWITCH_KIND,
     LEASE_BUCKET,
     PARTITIONS,
+    REFUSAL_KIND,
     RELEASE_KIND,
     RISK_KIND,
     Append,
@@ -60,12 +62,14 @@ from tradeplane_services.protocol import (
     Fill,
     FrameError,
     FrameRun,
+    KillSwitchChange,
     KillSwitchState,
     KillSwitchStatus,
     OrderType,
     PartitionClaim,
     ProtocolError,
     Reason,
+    Refusal,
     Release,
     Reservation,
     RiskCheck,
@@ -719,8 +723,8 @@ class PartitionLedger:
         self.commits = 0
         self.pending: list[tuple[Reservation, Connection, int]] = []  # waiting for the log
         self.committing: asyncio.Task[None] | None = None
-        self.releases: list[Release] = []
-        self.releasing: asyncio.Task[None] | None = None
+        self.facts: list[tuple[str, Release | Refusal]] = []  # (kind, fact) not yet logged
+        self.logging_facts: asyncio.Task[None] | None = None
         self.applied_fills: dict[int, int] = {}  # execution source -> last fill sequence applied
         self.claimed_at = time.perf_counter()
         self.takeover_seconds: float | None = None
@@ -876,18 +880,32 @@ class PartitionLedger:
         self.committing = None
 
     def release(self, release: Release) -> None:
-        self.releases.append(release)
-        if self.releasing is None:
-            self.releasing = asyncio.get_running_loop().create_task(self._append_releases())
+        self._log_fact(RELEASE_KIND, release)
 
-    async def _append_releases(self) -> None:
-        """Releases are facts order reports, not decisions: any replica may log them, unfenced."""
-        while self.releases:
-            releases, self.releases = self.releases, []
+    def refuse(self, refusal: Refusal) -> None:
+        self._log_fact(REFUSAL_KIND, refusal)
+
+    def _log_fact(self, kind: str, fact: Release | Refusal) -> None:
+        self.facts.append((kind, fact))
+        if self.logging_facts is None:
+            self.logging_facts = asyncio.get_running_loop().create_task(self._append_facts())
+
+    async def _append_facts(self) -> None:
+        """Releases and refusals are facts, not decisions an answer waits for: any replica may log them,
+        unfenced, one event per kind per batch (its id unique under this lease: a retry is stored once)."""
+        while self.facts:
+            facts, self.facts = self.facts, []
             self.commits += 1
-            event_id = f"release-{self.partition}-{self.lease_revision}-{self.commits}"
-            await self.event_log.append([Append(RELEASE_KIND, self.partition, list(releases), event_id)])
-        self.releasing = None
+            by_kind: dict[str, list[Release | Refusal]] = {}
+            for kind, fact in facts:
+                by_kind.setdefault(kind, []).append(fact)
+            batch = f"{self.partition}-{self.lease_revision}-{self.commits}"
+            appends = [
+                Append(kind, self.partition, list(of_kind), f"{kind}-{batch}")
+                for kind, of_kind in by_kind.items()
+            ]
+            await self.event_log.append(appends)
+        self.logging_facts = None
 
     def stop(self) -> None:
         """Lost: refuse from now on; commits in flight finish (logged, they are the next owner's too)."""
@@ -896,7 +914,7 @@ class PartitionLedger:
 
     @property
     def busy(self) -> bool:
-        return self.committing is not None or self.releasing is not None
+        return self.committing is not None or self.logging_facts is not None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -928,6 +946,11 @@ class RiskService(Service[RiskSettings]):
         self.ledgers: dict[int, PartitionLedger] = {}
         self.replica = replica_identity(environment.replica)
         self.owner_bytes = self.replica.encode()[:32]
+        # Kill-switch events are named by replica, process start and move: unique, so only a retry of
+        # the same append is dropped as a duplicate.
+        self.incarnation = time.time_ns()
+        self.kill_switch_moves = 0
+        self.kill_switch_appends: set[asyncio.Task[list[int]]] = set()
         self.leases = LeaseTable()
         self.owner = PartitionOwner(
             self.replica,
@@ -1024,6 +1047,8 @@ class RiskService(Service[RiskSettings]):
         if ledger is not None and reason == OK:
             ledger.reserve(self.engine.reservation(check), connection, connection.received_ns)
             return
+        if ledger is not None:
+            ledger.refuse(Refusal(check.order_id, check.account, reason))
         connection.send(RiskResult(check.order_id, reason))
         self.metrics.record(connection.received_ns)
 
@@ -1081,8 +1106,25 @@ class RiskService(Service[RiskSettings]):
             return
         self.engine.kill_switch = state
         log.warning("kill switch moved", extra=fields(state=KillSwitchState(state).name, by=by))
+        if self.event_log is not None:
+            self._log_kill_switch(KillSwitchChange(state, self.owner_bytes))
         for session in self.sessions:
             session.send(KillSwitchStatus(state))
+
+    def _log_kill_switch(self, change: KillSwitchChange) -> None:
+        """Appended after the switch moved: a halt never waits for the log."""
+        assert self.event_log is not None
+        self.kill_switch_moves += 1
+        event_id = f"killswitch-{self.replica}-{self.incarnation}-{self.kill_switch_moves}"
+        append = self.event_log.append([Append(KILL_SWITCH_KIND, 0, [change], event_id)])
+        task = asyncio.get_running_loop().create_task(append)
+        self.kill_switch_appends.add(task)
+        task.add_done_callback(self._kill_switch_logged)
+
+    def _kill_switch_logged(self, task: asyncio.Task[list[int]]) -> None:
+        self.kill_switch_appends.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("kill switch move not logged", extra=fields(error=repr(task.exception())))
 
     def reconfigure(self, settings: RiskSettings) -> None:
         previous = self.settings

@@ -534,3 +534,26 @@ def test_invariants_hold_and_a_restarted_operator_makes_the_same_plan(script: li
                 assert requested or (
                     before.lastAnalysis is not None and before.lastAnalysis.verdict == Verdict.PASS
                 )
+
+
+EVENT_LOG = {"servers": ["nats://nats.trading.svc:4222"], "replicas": 3}
+
+
+@pytest.mark.parametrize(
+    ("component", "event_log", "shared"),
+    [
+        ("risk", EVENT_LOG, True),
+        ("risk", None, False),  # limits per replica: no partitions to share
+        ("order", EVENT_LOG, False),
+    ],
+)
+def test_a_risk_canary_on_the_event_log_says_what_happens_to_its_partitions(
+    component: str, event_log: dict[str, Any] | None, shared: bool
+) -> None:
+    world = canary(deployed(component=component, eventLog=event_log))
+    reasons = world.reasons()
+    assert ("PartitionsShared" in reasons) == shared, reasons
+    if shared:
+        assert reasons[-2:] == ["CanaryStarted", "PartitionsShared"]
+        message = next(event.message for event in world.events if event.reason == "PartitionsShared")
+        assert "PARTITION_TAKEOVER" in message and "firm-wide" in message

@@ -7,18 +7,36 @@ partitions to the other, which rebuilds their exposure from the log before it an
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from support import wait_for
-from tradeplane_services.client import OrderSession, positions
+from tradeplane_services.client import OrderSession, positions, set_kill_switch
 from tradeplane_services.drills import RISKS, partition_owners, start_partitioned, time_takeover, wait_served
-from tradeplane_services.eventlog import partition_of
-from tradeplane_services.protocol import ExecType, ExecutionReport, Reason, Side, price_units
+from tradeplane_services.eventlog import (
+    KILL_SWITCH_KIND,
+    REFUSAL_KIND,
+    RISK_KIND,
+    STREAM,
+    EventLog,
+    partition_of,
+    subject_filter,
+)
+from tradeplane_services.protocol import (
+    ExecType,
+    ExecutionReport,
+    KillSwitchState,
+    Reason,
+    Reservation,
+    Side,
+    price_units,
+)
 from tradeplane_services.stack import Stack
 
 StackFactory = Callable[..., Stack]
@@ -176,4 +194,54 @@ def test_two_sessions_buying_across_a_kill_9_of_risk_end_exactly_at_the_limit(
     }
     assert every.count(Reason.OK) * LOT // 2 == MAX_POSITION, every
     wait_for(lambda: net_position(stack, BUYER) == MAX_POSITION, timeout=10, what="the position service")
+    seller.close()
+
+
+def logged(stack: Stack, kind: str, partition: int) -> list[tuple[str, Any]]:
+    """(Nats-Msg-Id, message) of every message on the kind's subject of the partition."""
+
+    async def read() -> list[tuple[str, Any]]:
+        log = EventLog(stack.events.url.split(","))
+        await log.connect(attempts=3)
+        try:
+            assert log.js is not None
+            found = []
+            async for event in log.read(subject_filter(kind, partition)):
+                stored = await log.js.get_msg(STREAM, event.sequence)
+                event_id = (stored.headers or {}).get("Nats-Msg-Id", "")
+                found += [(event_id, message) for message in event.messages]
+            return found
+        finally:
+            await log.close()
+
+    return asyncio.run(read())
+
+
+def test_risk_decisions_and_kill_switch_moves_are_in_the_log(make_stack: StackFactory) -> None:
+    """Refusals go to the account's partition beside the reservations; each kill-switch move of a replica
+    to partition 0; every event under an id of its own (Nats-Msg-Id: only a retry is deduplicated)."""
+    stack = partitioned_stack(make_stack)
+    seller = offer_supply(stack)
+    with OrderSession(stack.address("order")) as session:
+        outcomes = [buy_lot(session) for _ in range(12)]
+    assert outcomes.count(Reason.POSITION_LIMIT) == 2, outcomes
+    partition = partition_of(BUYER)
+
+    def refusals() -> list[tuple[str, Any]]:
+        return [entry for entry in logged(stack, REFUSAL_KIND, partition) if entry[1].account == BUYER]
+
+    wait_for(lambda: len(refusals()) == 2, timeout=15, what="the two refusals in the log")
+    assert {message.reason for _, message in refusals()} == {Reason.POSITION_LIMIT}
+    reservations = [m for _, m in logged(stack, RISK_KIND, partition) if getattr(m, "account", 0) == BUYER]
+    assert len([m for m in reservations if isinstance(m, Reservation)]) == 10
+
+    risk = stack.address(partition_owners(stack)[partition] or "risk")
+    assert set_kill_switch(risk, KillSwitchState.HALTED) == KillSwitchState.HALTED
+    assert set_kill_switch(risk, KillSwitchState.ACTIVE) == KillSwitchState.ACTIVE
+    wait_for(lambda: len(logged(stack, KILL_SWITCH_KIND, 0)) == 2, timeout=15, what="both moves logged")
+    moves = logged(stack, KILL_SWITCH_KIND, 0)
+    assert [message.state for _, message in moves] == [KillSwitchState.HALTED, KillSwitchState.ACTIVE]
+    assert {message.by.rstrip(b"\0").decode() for _, message in moves} == {partition_owners(stack)[partition]}
+    event_ids = [event_id for event_id, _ in [*moves, *refusals()]]
+    assert all(event_ids) and len(set(event_ids)) == len(event_ids), event_ids
     seller.close()
