@@ -168,19 +168,24 @@ impl Codec {
     }
 }
 
-fn field_value(layout: &Layout, index: usize, item: &Bound<'_, PyAny>) -> PyResult<i128> {
+/// A field's integer as `T`; ValueError naming the field when it is not an integer or out of range.
+fn field_integer<'py, T: for<'a> FromPyObject<'a, 'py> + Into<i128>>(layout: &Layout, index: usize, item: &Bound<'py, PyAny>) -> PyResult<T> {
+    match item.extract::<T>() {
+        Ok(number) => Ok(number),
+        Err(_) => match item.extract::<i128>() {
+            Ok(number) => Err(out_of_range(layout, index, number)),
+            Err(_) => {
+                let field = &layout.fields[index];
+                Err(PyValueError::new_err(format!("{}.{}={}: expected an integer", layout.name, field.name, repr(item))))
+            }
+        },
+    }
+}
+
+fn out_of_range(layout: &Layout, index: usize, number: i128) -> PyErr {
     let field = &layout.fields[index];
     let (low, high) = field.code.bounds().expect("an integer field");
-    let number: i128 = item.extract().map_err(|_| {
-        PyValueError::new_err(format!("{}.{}={}: expected an integer", layout.name, field.name, repr(item)))
-    })?;
-    if number < low || number > high {
-        return Err(PyValueError::new_err(format!(
-            "{}.{}={}: out of range {}..{}",
-            layout.name, field.name, number, low, high
-        )));
-    }
-    Ok(number)
+    PyValueError::new_err(format!("{}.{}={}: out of range {}..{}", layout.name, field.name, number, low, high))
 }
 
 fn repr(item: &Bound<'_, PyAny>) -> String {
@@ -242,36 +247,35 @@ impl Codec {
     fn encode<'py>(&self, py: Python<'py>, message: &Bound<'py, PyAny>, sequence: u64) -> PyResult<Bound<'py, PyBytes>> {
         let layout = self.layout_of(message)?;
         let values = message.cast::<PyTuple>()?;
-        let mut integers = [0i128; 32];
-        for (index, field) in layout.fields.iter().enumerate() {
-            if !matches!(field.code, Code::Bytes(_)) {
-                integers[index] = field_value(layout, index, &values.get_item(index)?)?;
-            }
-        }
-        let mut texts = Vec::new();
-        for (index, field) in layout.fields.iter().enumerate() {
-            if matches!(field.code, Code::Bytes(_)) {
-                let item = values.get_item(index)?;
-                let raw = item.cast::<PyBytes>().map_err(|_| {
-                    PyTypeError::new_err(format!("{}.{}={}: expected bytes", layout.name, field.name, repr(&item)))
-                })?;
-                texts.push((index, raw.clone()));
-            }
+        if values.len() < layout.fields.len() {
+            return Err(PyValueError::new_err(format!("{} has {} fields, not {}", layout.name, layout.fields.len(), values.len())));
         }
         PyBytes::new_with(py, layout.size, |out| {
             wire::write_header(out, layout.size, layout.type_id, self.version, sequence);
             for (index, field) in layout.fields.iter().enumerate() {
-                if !matches!(field.code, Code::Bytes(_)) {
-                    field.code.write_int(integers[index], &mut out[field.offset..]);
+                let item = values.get_borrowed_item(index)?;
+                let place = &mut out[field.offset..field.offset + field.code.size()];
+                match field.code {
+                    // Like struct's "Ns": shorter text stays NUL-padded, longer text is cut.
+                    Code::Bytes(width) => {
+                        let text = item.cast::<PyBytes>().map_err(|_| {
+                            PyTypeError::new_err(format!("{}.{}={}: expected bytes", layout.name, field.name, repr(&item)))
+                        })?;
+                        let text = text.as_bytes();
+                        let used = text.len().min(width);
+                        place[..used].copy_from_slice(&text[..used]);
+                    }
+                    Code::U64 => place.copy_from_slice(&field_integer::<u64>(layout, index, &item)?.to_le_bytes()),
+                    Code::I64 => place.copy_from_slice(&field_integer::<i64>(layout, index, &item)?.to_le_bytes()),
+                    code => {
+                        let (low, high) = code.bounds().expect("an integer field");
+                        let number = field_integer::<i64>(layout, index, &item)? as i128;
+                        if number < low || number > high {
+                            return Err(out_of_range(layout, index, number));
+                        }
+                        code.write_int(number, place);
+                    }
                 }
-            }
-            // Like struct's "Ns": shorter text is NUL-padded, longer text cut.
-            for (index, raw) in &texts {
-                let field = &layout.fields[*index];
-                let text = raw.as_bytes();
-                let width = field.code.size();
-                let used = text.len().min(width);
-                out[field.offset..field.offset + used].copy_from_slice(&text[..used]);
             }
             Ok(())
         })
