@@ -25,7 +25,11 @@ pub struct WireError {
 
 impl WireError {
     pub fn new(reason: u8, offset: usize, detail: String) -> Self {
-        WireError { reason, offset, detail }
+        WireError {
+            reason,
+            offset,
+            detail,
+        }
     }
 }
 
@@ -100,7 +104,13 @@ pub fn parse_codes(format: &str) -> Result<Vec<Code>, String> {
             count.push(letter);
             continue;
         }
-        let repeat: usize = if count.is_empty() { 1 } else { count.parse().map_err(|_| format!("bad count in {format:?}"))? };
+        let repeat: usize = if count.is_empty() {
+            1
+        } else {
+            count
+                .parse()
+                .map_err(|_| format!("bad count in {format:?}"))?
+        };
         count.clear();
         let code = match letter {
             'B' => Code::U8,
@@ -115,7 +125,11 @@ pub fn parse_codes(format: &str) -> Result<Vec<Code>, String> {
                 codes.push(Code::Bytes(repeat));
                 continue;
             }
-            other => return Err(format!("struct code {other:?} in {format:?} is not a wire field")),
+            other => {
+                return Err(format!(
+                    "struct code {other:?} in {format:?} is not a wire field"
+                ))
+            }
         };
         codes.extend(std::iter::repeat(code).take(repeat));
     }
@@ -130,7 +144,11 @@ pub enum Rule {
     /// Strictly greater than this integer.
     Above(i128),
     /// Text: a first character of `first`, at most `longest - 1` more of `rest`, then only NUL bytes.
-    PaddedText { first: [bool; 256], rest: [bool; 256], longest: usize },
+    PaddedText {
+        first: [bool; 256],
+        rest: [bool; 256],
+        longest: usize,
+    },
 }
 
 pub enum Value<'a> {
@@ -148,19 +166,36 @@ impl Rule {
         for &byte in rest {
             rest_set[byte as usize] = true;
         }
-        Rule::PaddedText { first: first_set, rest: rest_set, longest }
+        Rule::PaddedText {
+            first: first_set,
+            rest: rest_set,
+            longest,
+        }
     }
 
     pub fn accepts(&self, value: &Value) -> bool {
         match (self, value) {
             (Rule::OneOf(members), Value::Int(number)) => members.contains(number),
             (Rule::Above(bound), Value::Int(number)) => number > bound,
-            (Rule::PaddedText { first, rest, longest }, Value::Bytes(text)) => {
-                let Some((&head, tail)) = text.split_first() else { return false };
+            (
+                Rule::PaddedText {
+                    first,
+                    rest,
+                    longest,
+                },
+                Value::Bytes(text),
+            ) => {
+                let Some((&head, tail)) = text.split_first() else {
+                    return false;
+                };
                 if !first[head as usize] {
                     return false;
                 }
-                let characters = tail.iter().take(longest.saturating_sub(1)).take_while(|&&b| rest[b as usize]).count();
+                let characters = tail
+                    .iter()
+                    .take(longest.saturating_sub(1))
+                    .take_while(|&&b| rest[b as usize])
+                    .count();
                 tail[characters..].iter().all(|&b| b == 0)
             }
             _ => false,
@@ -206,20 +241,40 @@ impl Layout {
         ordered: Vec<(usize, usize)>,
     ) -> Result<Layout, String> {
         if names.len() != codes.len() {
-            return Err(format!("{name}: {} field names for {} struct codes", names.len(), codes.len()));
+            return Err(format!(
+                "{name}: {} field names for {} struct codes",
+                names.len(),
+                codes.len()
+            ));
         }
         let mut fields = Vec::with_capacity(codes.len());
         let mut offset = HEADER_SIZE;
         for (field_name, code) in names.into_iter().zip(codes) {
-            fields.push(Field { name: field_name, code, offset });
+            fields.push(Field {
+                name: field_name,
+                code,
+                offset,
+            });
             offset += code.size();
         }
         for check in &checks {
             if check.field >= fields.len() {
-                return Err(format!("{name}: check on field {} of {}", check.field, fields.len()));
+                return Err(format!(
+                    "{name}: check on field {} of {}",
+                    check.field,
+                    fields.len()
+                ));
             }
         }
-        Ok(Layout { type_id, name, fields, size: offset, record_size, checks, ordered })
+        Ok(Layout {
+            type_id,
+            name,
+            fields,
+            size: offset,
+            record_size,
+            checks,
+            ordered,
+        })
     }
 
     pub fn value<'a>(&self, index: usize, body: &'a [u8]) -> Value<'a> {
@@ -238,21 +293,33 @@ impl Layout {
             return Err(WireError::new(
                 TRUNCATED,
                 length,
-                format!("{} needs {} bytes, the frame has {}", self.name, self.size, length),
+                format!(
+                    "{} needs {} bytes, the frame has {}",
+                    self.name, self.size, length
+                ),
             ));
         }
         let expected = if self.record_size > 0 {
-            let Value::Int(count) = self.value(0, frame) else { unreachable!("a record count is an integer") };
+            let Value::Int(count) = self.value(0, frame) else {
+                unreachable!("a record count is an integer")
+            };
             self.size + self.record_size * count as usize
         } else {
             self.size
         };
         if length != expected {
-            let reason = if length > expected { OVERSIZED } else { TRUNCATED };
+            let reason = if length > expected {
+                OVERSIZED
+            } else {
+                TRUNCATED
+            };
             return Err(WireError::new(
                 reason,
                 length.min(expected),
-                format!("{} is {} bytes, the frame says {}", self.name, expected, length),
+                format!(
+                    "{} is {} bytes, the frame says {}",
+                    self.name, expected, length
+                ),
             ));
         }
         if self.record_size > 0 {
@@ -265,12 +332,20 @@ impl Layout {
                 return Err(WireError::new(
                     INVALID_FIELD,
                     field.offset,
-                    format!("{}.{}={}: {}", self.name, field.name, python_repr(&value), check.expected),
+                    format!(
+                        "{}.{}={}: {}",
+                        self.name,
+                        field.name,
+                        python_repr(&value),
+                        check.expected
+                    ),
                 ));
             }
         }
         for &(first, last) in &self.ordered {
-            let (Value::Int(low), Value::Int(high)) = (self.value(first, frame), self.value(last, frame)) else {
+            let (Value::Int(low), Value::Int(high)) =
+                (self.value(first, frame), self.value(last, frame))
+            else {
                 continue;
             };
             if high < low {
@@ -315,15 +390,27 @@ pub fn write_header(out: &mut [u8], length: usize, type_id: u8, version: u8, seq
 }
 
 pub fn malformed_length(length: usize) -> WireError {
-    WireError::new(MALFORMED_FRAME, 0, format!("length {length} is shorter than the header"))
+    WireError::new(
+        MALFORMED_FRAME,
+        0,
+        format!("length {length} is shorter than the header"),
+    )
 }
 
 pub fn wrong_version(version: u8, speaks: u8) -> WireError {
-    WireError::new(WRONG_VERSION, 3, format!("version {version}, this service speaks {speaks}"))
+    WireError::new(
+        WRONG_VERSION,
+        3,
+        format!("version {version}, this service speaks {speaks}"),
+    )
 }
 
 pub fn unknown_type(type_id: u8) -> WireError {
-    WireError::new(UNKNOWN_TYPE, 2, format!("message type {type_id} is not defined"))
+    WireError::new(
+        UNKNOWN_TYPE,
+        2,
+        format!("message type {type_id} is not defined"),
+    )
 }
 
 /// The header of one complete frame (a datagram), checked against the frame's real size.
@@ -343,7 +430,11 @@ pub fn check_frame_header(frame: &[u8], speaks: u8) -> Result<Header, WireError>
         return Err(wrong_version(header.version, speaks));
     }
     if header.length != frame.len() {
-        let reason = if header.length > frame.len() { TRUNCATED } else { OVERSIZED };
+        let reason = if header.length > frame.len() {
+            TRUNCATED
+        } else {
+            OVERSIZED
+        };
         return Err(WireError::new(
             reason,
             header.length.min(frame.len()),
@@ -358,7 +449,11 @@ pub fn python_repr(value: &Value) -> String {
     match value {
         Value::Int(number) => number.to_string(),
         Value::Bytes(raw) => {
-            let quote = if raw.contains(&b'\'') && !raw.contains(&b'"') { '"' } else { '\'' };
+            let quote = if raw.contains(&b'\'') && !raw.contains(&b'"') {
+                '"'
+            } else {
+                '\''
+            };
             let mut text = String::with_capacity(raw.len() + 3);
             text.push('b');
             text.push(quote);
