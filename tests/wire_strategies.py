@@ -31,9 +31,9 @@ def _field_strategy(spec: Layout, name: str) -> st.SearchStrategy[Any]:
             return st.one_of(IDENTITIES, st.binary(min_size=kind.itemsize, max_size=kind.itemsize))
         return st.binary(min_size=kind.itemsize, max_size=kind.itemsize)
     code = {"u1": "B", "u2": "H", "u4": "I", "u8": "Q", "i8": "q"}[kind.str[1:]]
-    accept = spec.checks.get(name, (None, ""))[0]
-    members = getattr(accept, "__self__", None)
-    if isinstance(members, frozenset):  # an enum field: its members as often as anything else
+    rule = spec.checks.get(name, (None, ""))[0]
+    members = getattr(rule, "members", None)
+    if members is not None:  # an enum field: its members as often as anything else
         return st.one_of(st.sampled_from(sorted(members)), _INTEGERS[code])
     return _INTEGERS[code]
 

@@ -11,14 +11,17 @@ followed by the body of that type, packed without padding. Prices are signed 64-
 1/10000 (PRICE_SCALE); quantities are unsigned 32-bit integers; symbols are 8 ASCII bytes padded with NUL.
 A market-data batch carries `count` ticks of TICK_DTYPE after its fixed body.
 
-Each layout is declared once as a NamedTuple plus its struct codes; the struct for encoding, the numpy
-dtype for zero-copy batch decoding and the field offsets named in errors all derive from that declaration.
+Each layout is declared once as a NamedTuple plus its struct codes; the numpy dtype for zero-copy batch
+decoding, the field offsets named in errors and the compiled codec's layout table all derive from that
+declaration. Encoding, decoding and stream splitting run in Rust (core/, the `_wire` extension module);
+field rules are `_wire.Rule`s, the same objects the decoder applies and Python code calls.
 Decoding never raises anything but ProtocolError, which carries a Reason and the offending byte offset.
 """
 
 from __future__ import annotations
 
 import re
+import string
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +29,8 @@ from enum import IntEnum
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from tradeplane_services import _wire
 
 # 2: sessions open with Challenge / Logon / LogonAck (services/README.md, "Sessions").
 PROTOCOL_VERSION = 2
@@ -139,9 +144,7 @@ class ProtocolError(Exception):
 
 
 _NUMPY_CODES = {"B": "u1", "H": "<u2", "I": "<u4", "Q": "<u8", "b": "i1", "h": "<i2", "i": "<i4", "q": "<i8"}
-_SYMBOL = re.compile(rb"[A-Z0-9][A-Z0-9./-]{0,7}\x00*")
-_IDENTITY = re.compile(rb"[a-z][a-z0-9-]{0,15}\x00*")
-Check = tuple[Callable[[Any], Any], str]  # acceptor (truthy: valid) and what was expected
+Check = tuple[_wire.Rule, str]  # the rule (called: True when valid) and what was expected
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ class Layout:
     offsets: dict[str, int]
     checks: dict[str, Check]
     record_size: int  # size of each trailing record (market-data ticks); 0 for fixed-size frames
-    field_checks: tuple[tuple[int, Callable[[Any], Any]], ...]  # (field index, acceptor)
+    body_format: str  # struct codes of the body, as the compiled codec reads them
     ordered: tuple[tuple[int, int], ...]  # (a, b) field indexes: a <= b
 
     @property
@@ -201,9 +204,6 @@ def layout(
         for name, code in zip(names, codes, strict=True):
             offsets[name] = position
             position += struct.calcsize("<" + code)
-        checks_by_index = tuple(
-            (body_names.index(name), accept) for name, (accept, _) in (checks or {}).items()
-        )
         pairs = tuple((body_names.index(a), body_names.index(b)) for a, b in ordered)
         spec = Layout(
             type_id,
@@ -213,7 +213,7 @@ def layout(
             offsets,
             checks or {},
             record_size,
-            checks_by_index,
+            fmt,
             pairs,
         )
         if type_id in LAYOUTS:
@@ -226,16 +226,16 @@ def layout(
 
 
 def one_of(enum: type[IntEnum]) -> Check:
-    values = frozenset(int(member) for member in enum)
     names = ", ".join(f"{int(m)} ({m.name.lower()})" for m in enum)
-    return values.__contains__, f"expected one of {names}"
+    return _wire.Rule.one_of([int(member) for member in enum]), f"expected one of {names}"
 
 
-# Acceptors are C-level callables (no Python frame per field on the hot path).
-POSITIVE: Check = ((0).__lt__, "must be positive")
-NON_NEGATIVE: Check = ((-1).__lt__, "must not be negative")
+POSITIVE: Check = (_wire.Rule.above(0), "must be positive")
+NON_NEGATIVE: Check = (_wire.Rule.above(-1), "must not be negative")
+ZERO_OR_ONE: Check = (_wire.Rule.one_of([0, 1]), "expected 0 or 1")
+_SYMBOL_START = (string.ascii_uppercase + string.digits).encode()
 SYMBOL: Check = (
-    _SYMBOL.fullmatch,
+    _wire.Rule.padded_text(_SYMBOL_START, _SYMBOL_START + b"./-", 8),
     "expected 1-8 ASCII characters [A-Z0-9./-], left-aligned and NUL-padded",
 )
 ORDER_CHECKS = {
@@ -247,7 +247,11 @@ ORDER_CHECKS = {
 }
 
 
-IDENTITY: Check = (_IDENTITY.fullmatch, "expected 1-16 characters [a-z0-9-] starting with a-z, NUL-padded")
+_IDENTITY_START = string.ascii_lowercase.encode()
+IDENTITY: Check = (
+    _wire.Rule.padded_text(_IDENTITY_START, _IDENTITY_START + string.digits.encode() + b"-", 16),
+    "expected 1-16 characters [a-z0-9-] starting with a-z, NUL-padded",
+)
 
 
 # --- session --------------------------------------------------------------------------------------
@@ -356,7 +360,7 @@ class KillSwitchStatus(NamedTuple):
 # --- order <-> risk -------------------------------------------------------------------------------
 
 
-@layout(20, "QI8sBBIqB", {**ORDER_CHECKS, "is_replace": (frozenset((0, 1)).__contains__, "expected 0 or 1")})
+@layout(20, "QI8sBBIqB", {**ORDER_CHECKS, "is_replace": ZERO_OR_ONE})
 class RiskCheck(NamedTuple):
     order_id: int
     account: int
@@ -450,7 +454,7 @@ class Fill(NamedTuple):
         "side": one_of(Side),
         "quantity": POSITIVE,
         "price": NON_NEGATIVE,
-        "is_replace": (frozenset((0, 1)).__contains__, "expected 0 or 1"),
+        "is_replace": ZERO_OR_ONE,
     },
 )
 class Reservation(NamedTuple):
@@ -579,94 +583,9 @@ def layout_of(cls: type) -> Layout:
     return _LAYOUT_OF[cls]
 
 
-def encode(message: NamedTuple, sequence: int = 0) -> bytes:
-    spec = _LAYOUT_OF[type(message)]
-    return spec.frame.pack(spec.size, spec.type_id, PROTOCOL_VERSION, sequence, *message)
-
-
-def encode_batch(ticks: np.ndarray[Any, Any], sequence: int, flags: int, channel: int, now_ns: int) -> bytes:
-    """A market-data frame: batch header then the ticks' raw little-endian records."""
-    count = len(ticks)
-    size = BATCH_PREFIX + count * TICK_DTYPE.itemsize
-    if size > MAX_FRAME_SIZE:
-        raise ValueError(f"{count} ticks make a {size}-byte frame; the limit is {MAX_FRAME_SIZE}")
-    head = BATCH_LAYOUT.frame.pack(
-        size, BATCH_LAYOUT.type_id, PROTOCOL_VERSION, sequence, count, flags, channel, now_ns
-    )
-    return head + ticks.astype(TICK_DTYPE, copy=False).tobytes()
-
-
 def decode_ticks(frame: bytes | bytearray | memoryview, count: int, offset: int = 0) -> np.ndarray[Any, Any]:
     """The ticks of a decoded batch frame, as a zero-copy structured array over `frame`."""
     return np.frombuffer(frame, dtype=TICK_DTYPE, count=count, offset=offset + BATCH_PREFIX)
-
-
-def _check_fields(spec: Layout, message: tuple[Any, ...]) -> None:
-    for index, accept in spec.field_checks:
-        if not accept(message[index]):
-            name = spec.cls._fields[index]  # type: ignore[attr-defined]
-            raise ProtocolError(
-                Reason.INVALID_FIELD,
-                spec.offsets[name],
-                f"{spec.cls.__name__}.{name}={message[index]!r}: {spec.checks[name][1]}",
-            )
-    for first, last in spec.ordered:
-        if message[last] < message[first]:
-            names = spec.cls._fields  # type: ignore[attr-defined]
-            raise ProtocolError(
-                Reason.INVALID_FIELD,
-                spec.offsets[names[last]],
-                f"{spec.cls.__name__}.{names[last]}={message[last]} is before"
-                f" {names[first]}={message[first]}",
-            )
-
-
-def _check_header(frame: bytes | bytearray | memoryview) -> tuple[int, int, int]:
-    if len(frame) < HEADER_SIZE:
-        raise ProtocolError(Reason.TRUNCATED, len(frame), f"{len(frame)} bytes, a header needs {HEADER_SIZE}")
-    length, type_id, version, sequence = HEADER.unpack_from(frame, 0)
-    if length < HEADER_SIZE:
-        raise ProtocolError(Reason.MALFORMED_FRAME, 0, f"length {length} is shorter than the header")
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            Reason.WRONG_VERSION, 3, f"version {version}, this service speaks {PROTOCOL_VERSION}"
-        )
-    return length, type_id, sequence
-
-
-def decode_body(
-    buffer: bytes | bytearray | memoryview, offset: int, length: int, type_id: int
-) -> tuple[Any, ...]:
-    """The message of a frame whose header was checked and whose `length` bytes are all present."""
-    spec = LAYOUTS.get(type_id)
-    if spec is None:
-        raise ProtocolError(Reason.UNKNOWN_TYPE, 2, f"message type {type_id} is not defined")
-    if length < spec.size:
-        raise ProtocolError(
-            Reason.TRUNCATED, length, f"{spec.cls.__name__} needs {spec.size} bytes, the frame has {length}"
-        )
-    values = spec.frame.unpack_from(buffer, offset)
-    expected = spec.size + (spec.record_size * values[4] if spec.record_size else 0)
-    if length != expected:
-        reason = Reason.OVERSIZED if length > expected else Reason.TRUNCATED
-        raise ProtocolError(
-            reason, min(length, expected), f"{spec.cls.__name__} is {expected} bytes, the frame says {length}"
-        )
-    if spec.record_size:
-        return spec.cls(*values[4:], decode_ticks(buffer, values[4], offset))  # type: ignore[no-any-return]
-    message = spec.cls._make(values[4:])  # type: ignore[attr-defined]
-    if spec.checks or spec.ordered:
-        _check_fields(spec, message)
-    return message  # type: ignore[no-any-return]
-
-
-def decode(frame: bytes | bytearray | memoryview) -> tuple[Any, int]:
-    """(message, sequence) of one complete frame, e.g. a datagram; anything else is a ProtocolError."""
-    length, type_id, sequence = _check_header(frame)
-    if length != len(frame):
-        reason = Reason.TRUNCATED if length > len(frame) else Reason.OVERSIZED
-        raise ProtocolError(reason, min(length, len(frame)), f"header says {length} bytes, got {len(frame)}")
-    return decode_body(frame, 0, length, type_id), sequence
 
 
 class FrameError(NamedTuple):
@@ -688,74 +607,53 @@ class FrameRun(NamedTuple):
 
 Item = tuple[Any, int] | FrameError | FrameRun
 
+_CODEC = _wire.Codec(
+    PROTOCOL_VERSION,
+    [
+        (
+            spec.type_id,
+            spec.cls,
+            list(spec.cls._fields[: len(_codes(spec.body_format))]),  # type: ignore[attr-defined]
+            spec.body_format,
+            spec.record_size,
+            [
+                (spec.cls._fields.index(name), rule, expected)  # type: ignore[attr-defined]
+                for name, (rule, expected) in spec.checks.items()
+            ],
+            list(spec.ordered),
+        )
+        for spec in LAYOUTS.values()
+    ],
+    ProtocolError,
+    Reason,
+    FrameError,
+    FrameRun,
+    decode_ticks,
+)
+_wire.install(_CODEC)
 
-class StreamDecoder:
-    """Splits a byte stream into frames: (message, sequence), FrameError, or FrameRun.
+# (message, sequence=0) -> bytes: the frame of a message.
+encode: Callable[..., bytes] = _CODEC.encode
+# frame -> (message, sequence) of one complete frame, e.g. a datagram; anything else is a ProtocolError.
+decode: Callable[[bytes | bytearray | memoryview], tuple[Any, int]] = _CODEC.decode
+# (buffer, offset, length, type_id) -> the message of a frame whose header was checked and whose
+# `length` bytes are all present.
+decode_body: Callable[[bytes | bytearray | memoryview, int, int, int], Any] = _CODEC.decode_body
 
-    `batch_types` maps a fixed-size type to the shortest run worth handing over raw as a FrameRun; a
-    receiver under load then decodes a whole run with one numpy call instead of frame by frame.
-    After a fatal error (a length that cannot be trusted) the decoder refuses further input.
-    `batch_types` may be replaced between feeds (a session gets its batching once it is authorized).
-    """
+# Splits a byte stream into frames: (message, sequence), FrameError, or FrameRun.
+#
+# `batch_types` maps a fixed-size type to the shortest run worth handing over raw as a FrameRun; a
+# receiver under load then decodes a whole run with one numpy call instead of frame by frame.
+# After a fatal error (a length that cannot be trusted) the decoder refuses further input (`failed`).
+# `batch_types` may be replaced between feeds (a session gets its batching once it is authorized);
+# `buffered` is the bytes of an incomplete frame held for the next feed.
+StreamDecoder = _wire.StreamDecoder
 
-    def __init__(self, batch_types: dict[int, int] | None = None) -> None:
-        self._pending = b""
-        self.batch_types = batch_types or {}
-        self.failed = False
 
-    @property
-    def buffered(self) -> int:
-        return len(self._pending)
-
-    def feed(self, data: bytes) -> list[Item]:
-        if self.failed:
-            return []
-        buffer = self._pending + data if self._pending else data
-        items: list[Item] = []
-        position, end = 0, len(buffer)
-        unpack_header = HEADER.unpack_from
-        while end - position >= HEADER_SIZE:
-            length, type_id, version, sequence = unpack_header(buffer, position)
-            if length < HEADER_SIZE:
-                error = ProtocolError(
-                    Reason.MALFORMED_FRAME, 0, f"length {length} is shorter than the header"
-                )
-                items.append(FrameError(error, type_id, sequence, True))
-                self.failed = True
-                self._pending = b""
-                return items
-            if end - position < length:
-                break
-            minimum_run = self.batch_types.get(type_id)
-            if minimum_run is not None and version == PROTOCOL_VERSION:
-                run_end = self._run_end(buffer, position, end, length, type_id)
-                count = (run_end - position) // length
-                if count >= minimum_run:
-                    items.append(FrameRun(type_id, buffer[position:run_end], count))
-                    position = run_end
-                    continue
-            try:
-                if version != PROTOCOL_VERSION:
-                    raise ProtocolError(
-                        Reason.WRONG_VERSION, 3, f"version {version}, this service speaks {PROTOCOL_VERSION}"
-                    )
-                items.append((decode_body(buffer, position, length, type_id), sequence))
-            except ProtocolError as error:
-                items.append(FrameError(error, type_id, sequence, False))
-            position += length
-        self._pending = buffer[position:]
-        return items
-
-    @staticmethod
-    def _run_end(buffer: bytes, position: int, end: int, length: int, type_id: int) -> int:
-        spec = LAYOUTS[type_id]
-        if length != spec.size:
-            return position
-        prefix = buffer[position : position + 4]
-        run_end = position + length
-        while end - run_end >= length and buffer[run_end : run_end + 4] == prefix:
-            run_end += length
-        return run_end
+def encode_batch(ticks: np.ndarray[Any, Any], sequence: int, flags: int, channel: int, now_ns: int) -> bytes:
+    """A market-data frame: batch header then the ticks' raw little-endian records."""
+    records = np.ascontiguousarray(ticks.astype(TICK_DTYPE, copy=False))
+    return _CODEC.encode_batch(BATCH_LAYOUT.type_id, records, len(records), sequence, flags, channel, now_ns)
 
 
 def reject_for(error: ProtocolError, ref_type: int, ref_sequence: int) -> SessionReject:
@@ -775,7 +673,7 @@ def saturate(value: int, bounds: tuple[int, int]) -> int:
 def symbol_bytes(symbol: str) -> bytes:
     """The 8-byte wire form of a symbol; ValueError naming the symbol when it cannot be one."""
     raw = symbol.encode("ascii", "replace").ljust(8, b"\x00")
-    if len(raw) != 8 or _SYMBOL.fullmatch(raw) is None:
+    if len(raw) != 8 or not SYMBOL[0](raw):
         raise ValueError(f"symbol {symbol!r}: expected 1-8 characters [A-Z0-9./-] starting with A-Z or 0-9")
     return raw
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -13,8 +14,10 @@ from hypothesis import strategies as st
 from tradeplane_services.protocol import (
     HEADER,
     HEADER_SIZE,
+    IDENTITY,
     LAYOUTS,
     PROTOCOL_VERSION,
+    SYMBOL,
     TICK_DTYPE,
     FrameError,
     FrameRun,
@@ -200,3 +203,38 @@ def test_symbols_are_checked_when_built() -> None:
     for bad in ("", "aapl", "TOOLONGSYM"):
         with pytest.raises(ValueError, match="symbol"):
             symbol_bytes(bad)
+
+
+def _text_strategy(alphabet: bytes, width: int) -> st.SearchStrategy[bytes]:
+    """Mostly near-valid text (characters of the alphabet, some NUL, some other bytes), sometimes noise."""
+    characters = st.sampled_from([bytes([c]) for c in alphabet] + [b"\0", b"a", b"Z", b" ", b"\xff"])
+    near = st.lists(characters, min_size=width, max_size=width).map(b"".join)
+    return st.one_of(near, st.binary(min_size=width, max_size=width))
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_text_rules_accept_exactly_what_the_specified_patterns_match(data: st.DataObject) -> None:
+    # The patterns services/README.md gives for symbols and identities, as regular expressions.
+    cases = [
+        (SYMBOL, re.compile(rb"[A-Z0-9][A-Z0-9./-]{0,7}\x00*"), b"ABZ09./-", 8),
+        (IDENTITY, re.compile(rb"[a-z][a-z0-9-]{0,15}\x00*"), b"abz09-", 16),
+    ]
+    for (rule, _), pattern, alphabet, width in cases:
+        value = data.draw(_text_strategy(alphabet, width))
+        assert rule(value) == (pattern.fullmatch(value) is not None), value
+
+
+@pytest.mark.parametrize(
+    ("message", "error", "text"),
+    [
+        (NewOrder(-1, 1, b"AAPL", 1, 1, 1, 1, 1), ValueError, "NewOrder.client_order_id=-1: out of range"),
+        (NewOrder(1, 2**32, b"AAPL", 1, 1, 1, 1, 1), ValueError, "NewOrder.account=4294967296: out of range"),
+        (NewOrder(1, 1, b"AAPL", 1, 1, 1, 1, 2**63), ValueError, "NewOrder.price=9223372036854775808"),
+        (NewOrder(1, 1, "AAPL", 1, 1, 1, 1, 1), TypeError, "NewOrder.symbol='AAPL': expected bytes"),
+        (NewOrder(1, 1, b"AAPL", 1.5, 1, 1, 1, 1), ValueError, "NewOrder.side=1.5: expected an integer"),
+    ],
+)
+def test_encoding_names_the_field_that_cannot_be_packed(message: Any, error: type, text: str) -> None:
+    with pytest.raises(error, match=re.escape(text)):
+        encode(message)

@@ -67,11 +67,9 @@ class BuildProgress:
         else:
             self.console.print(f"[{elapsed:5.0f}s] {message}", soft_wrap=True)
 
-    def start(self, groups: list[tuple[str, str, list[str]]]) -> None:
+    def start(self, groups: list[tuple[str, str, list[str]]], source: str = "the Go module proxy") -> None:
         binaries = sum(len(names) for _, _, names in groups)
-        self._say(
-            f"building {binaries} binaries from the Go module proxy (first time only; cached by version)"
-        )
+        self._say(f"building {binaries} binaries from {source} (first time only; cached by version)")
         self.overall = self.progress.add_task("binaries built", total=binaries)
         for name, version, names in groups:
             self.labels[name] = f"{', '.join(names)} {version}"

@@ -1,0 +1,641 @@
+//! tradeplane's compiled hot path, imported as `tradeplane_services._wire`: the wire codec
+//! (encode, decode, the stream decoder) behind the API of `tradeplane_services.protocol`.
+
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PyTuple, PyType};
+
+use wire::{Code, Layout, Value, WireError, HEADER_SIZE, MAX_FRAME_SIZE};
+
+/// What a field must hold, callable from Python (True: accepted) and checked by the decoder.
+#[pyclass(frozen, module = "tradeplane_services._wire")]
+struct Rule {
+    rule: wire::Rule,
+    /// An enum rule's members (None for other rules), for those who draw valid values.
+    #[pyo3(get)]
+    members: Option<Py<PyFrozenSet>>,
+}
+
+#[pymethods]
+impl Rule {
+    #[staticmethod]
+    fn one_of(py: Python<'_>, members: Vec<i128>) -> PyResult<Self> {
+        let frozen = PyFrozenSet::new(py, &members)?.unbind();
+        Ok(Rule {
+            rule: wire::Rule::OneOf(members),
+            members: Some(frozen),
+        })
+    }
+
+    #[staticmethod]
+    fn above(bound: i128) -> Self {
+        Rule {
+            rule: wire::Rule::Above(bound),
+            members: None,
+        }
+    }
+
+    /// Text of 1 to `longest` characters, the first from `first` and the others from `rest`, NUL-padded.
+    #[staticmethod]
+    fn padded_text(first: &[u8], rest: &[u8], longest: usize) -> Self {
+        Rule {
+            rule: wire::Rule::padded_text(first, rest, longest),
+            members: None,
+        }
+    }
+
+    fn __call__(&self, value: &Bound<'_, PyAny>) -> bool {
+        if let Ok(raw) = value.cast::<PyBytes>() {
+            return self.rule.accepts(&Value::Bytes(raw.as_bytes()));
+        }
+        match value.extract::<i128>() {
+            Ok(number) => self.rule.accepts(&Value::Int(number)),
+            Err(_) => false,
+        }
+    }
+}
+
+/// The layouts and the Python classes a decoder builds; installed once by `protocol.py`.
+#[pyclass(frozen, module = "tradeplane_services._wire")]
+struct Codec {
+    version: u8,
+    layouts: Vec<Option<Layout>>,
+    classes: Vec<Option<Py<PyType>>>,
+    type_ids: HashMap<usize, u8>,
+    protocol_error: Py<PyAny>,
+    reason: Py<PyAny>,
+    frame_error: Py<PyAny>,
+    frame_run: Py<PyAny>,
+    decode_ticks: Py<PyAny>,
+    tuple_new: Py<PyAny>,
+}
+
+static CODEC: OnceLock<Py<Codec>> = OnceLock::new();
+
+fn codec(py: Python<'_>) -> PyResult<&'static Codec> {
+    let _ = py;
+    CODEC.get().map(|codec| codec.get()).ok_or_else(|| {
+        PyRuntimeError::new_err(
+            "the wire codec is not installed (import tradeplane_services.protocol)",
+        )
+    })
+}
+
+/// A bytes-like object's contents, for the duration of `body` (bytes without copying; anything with
+/// the buffer protocol through one contiguous view).
+fn with_bytes<R>(data: &Bound<'_, PyAny>, body: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
+    if let Ok(raw) = data.cast::<PyBytes>() {
+        return body(raw.as_bytes());
+    }
+    let mut view = std::mem::MaybeUninit::<pyo3::ffi::Py_buffer>::uninit();
+    // SAFETY: PyObject_GetBuffer fills `view` on success; it is released below before returning.
+    unsafe {
+        if pyo3::ffi::PyObject_GetBuffer(
+            data.as_ptr(),
+            view.as_mut_ptr(),
+            pyo3::ffi::PyBUF_C_CONTIGUOUS,
+        ) != 0
+        {
+            return Err(PyErr::fetch(data.py()));
+        }
+        let mut view = view.assume_init();
+        let slice = if view.len == 0 {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(view.buf as *const u8, view.len as usize)
+        };
+        let result = body(slice);
+        pyo3::ffi::PyBuffer_Release(&mut view);
+        result
+    }
+}
+
+impl Codec {
+    fn error(&self, py: Python<'_>, error: WireError) -> PyErr {
+        match self.error_object(py, error) {
+            Ok(value) => PyErr::from_value(value),
+            Err(failure) => failure,
+        }
+    }
+
+    fn error_object<'py>(&self, py: Python<'py>, error: WireError) -> PyResult<Bound<'py, PyAny>> {
+        let reason = self.reason.bind(py).call1((error.reason,))?;
+        self.protocol_error
+            .bind(py)
+            .call1((reason, error.offset, error.detail))
+    }
+
+    /// The message of `frame` (one whole frame, header checked), a ProtocolError otherwise.
+    /// `source` and `start` locate the frame in a Python buffer, for the zero-copy trailing records.
+    fn decode_checked<'py>(
+        &self,
+        py: Python<'py>,
+        frame: &[u8],
+        type_id: u8,
+        source: Option<(&Bound<'py, PyAny>, usize)>,
+    ) -> Result<Bound<'py, PyAny>, WireError> {
+        let Some(layout) = &self.layouts[type_id as usize] else {
+            return Err(wire::unknown_type(type_id));
+        };
+        layout.validate(frame)?;
+        self.build(py, layout, frame, source).map_err(|error| {
+            WireError::new(
+                wire::MALFORMED_FRAME,
+                0,
+                format!("{} could not be built: {error}", layout.name),
+            )
+        })
+    }
+
+    fn build<'py>(
+        &self,
+        py: Python<'py>,
+        layout: &Layout,
+        frame: &[u8],
+        source: Option<(&Bound<'py, PyAny>, usize)>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut values: Vec<Bound<'py, PyAny>> = Vec::with_capacity(layout.fields.len() + 1);
+        for field in &layout.fields {
+            let raw = &frame[field.offset..field.offset + field.code.size()];
+            values.push(match field.code {
+                Code::Bytes(_) => PyBytes::new(py, raw).into_any(),
+                Code::U64 => u64::from_le_bytes(raw.try_into().unwrap())
+                    .into_pyobject(py)?
+                    .into_any(),
+                Code::I64 => i64::from_le_bytes(raw.try_into().unwrap())
+                    .into_pyobject(py)?
+                    .into_any(),
+                code => (code.read_int(raw) as i64).into_pyobject(py)?.into_any(),
+            });
+        }
+        if layout.record_size > 0 {
+            let Value::Int(count) = layout.value(0, frame) else {
+                unreachable!("a record count is an integer")
+            };
+            let count = count as usize;
+            let ticks = match source {
+                Some((buffer, start)) => {
+                    self.decode_ticks.bind(py).call1((buffer, count, start))?
+                }
+                None => self
+                    .decode_ticks
+                    .bind(py)
+                    .call1((PyBytes::new(py, frame), count, 0))?,
+            };
+            values.push(ticks);
+        }
+        let class = self.classes[layout.type_id as usize]
+            .as_ref()
+            .expect("a layout has its class");
+        self.tuple_new
+            .bind(py)
+            .call1((class.bind(py), PyTuple::new(py, values)?))
+    }
+
+    fn layout_of(&self, message: &Bound<'_, PyAny>) -> PyResult<&Layout> {
+        let key = message.get_type().as_ptr() as usize;
+        self.type_ids
+            .get(&key)
+            .and_then(|&type_id| self.layouts[type_id as usize].as_ref())
+            .ok_or_else(|| {
+                PyTypeError::new_err(format!(
+                    "{} is not a wire message",
+                    message
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ))
+            })
+    }
+}
+
+/// A field's integer as `T`; ValueError naming the field when it is not an integer or out of range.
+fn field_integer<'py, T: for<'a> FromPyObject<'a, 'py> + Into<i128>>(
+    layout: &Layout,
+    index: usize,
+    item: &Bound<'py, PyAny>,
+) -> PyResult<T> {
+    match item.extract::<T>() {
+        Ok(number) => Ok(number),
+        Err(_) => match item.extract::<i128>() {
+            Ok(number) => Err(out_of_range(layout, index, number)),
+            Err(_) => {
+                let field = &layout.fields[index];
+                Err(PyValueError::new_err(format!(
+                    "{}.{}={}: expected an integer",
+                    layout.name,
+                    field.name,
+                    repr(item)
+                )))
+            }
+        },
+    }
+}
+
+fn out_of_range(layout: &Layout, index: usize, number: i128) -> PyErr {
+    let field = &layout.fields[index];
+    let (low, high) = field.code.bounds().expect("an integer field");
+    PyValueError::new_err(format!(
+        "{}.{}={}: out of range {}..{}",
+        layout.name, field.name, number, low, high
+    ))
+}
+
+fn repr(item: &Bound<'_, PyAny>) -> String {
+    item.repr()
+        .map(|text| text.to_string())
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+#[pymethods]
+impl Codec {
+    /// `layouts`: (type_id, class, field names, struct codes, record size, [(field index, rule,
+    /// expected)], [(first, last)]) per message type.
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        version: u8,
+        layouts: Vec<(
+            u8,
+            Bound<'_, PyType>,
+            Vec<String>,
+            String,
+            usize,
+            Vec<(usize, Py<Rule>, String)>,
+            Vec<(usize, usize)>,
+        )>,
+        protocol_error: Py<PyAny>,
+        reason: Py<PyAny>,
+        frame_error: Py<PyAny>,
+        frame_run: Py<PyAny>,
+        decode_ticks: Py<PyAny>,
+    ) -> PyResult<Self> {
+        let mut by_id: Vec<Option<Layout>> = vec![None; 256];
+        let mut classes: Vec<Option<Py<PyType>>> = (0..256).map(|_| None).collect();
+        let mut type_ids = HashMap::new();
+        for (type_id, class, names, format, record_size, checks, ordered) in layouts {
+            let codes = wire::parse_codes(&format).map_err(PyValueError::new_err)?;
+            let checks = checks
+                .into_iter()
+                .map(|(field, rule, expected)| wire::Check {
+                    field,
+                    rule: rule.get().rule.clone(),
+                    expected,
+                })
+                .collect();
+            let name = class.name()?.to_string();
+            let layout = Layout::new(type_id, name, names, codes, record_size, checks, ordered)
+                .map_err(PyValueError::new_err)?;
+            if by_id[type_id as usize].is_some() {
+                return Err(PyValueError::new_err(format!(
+                    "message type {type_id} registered twice"
+                )));
+            }
+            by_id[type_id as usize] = Some(layout);
+            type_ids.insert(class.as_ptr() as usize, type_id);
+            classes[type_id as usize] = Some(class.unbind());
+        }
+        let tuple_new = py.get_type::<PyTuple>().getattr("__new__")?.unbind();
+        Ok(Codec {
+            version,
+            layouts: by_id,
+            classes,
+            type_ids,
+            protocol_error,
+            reason,
+            frame_error,
+            frame_run,
+            decode_ticks,
+            tuple_new,
+        })
+    }
+
+    /// The frame of `message` with `sequence` in its header.
+    #[pyo3(signature = (message, sequence = 0))]
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        message: &Bound<'py, PyAny>,
+        sequence: u64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let layout = self.layout_of(message)?;
+        let values = message.cast::<PyTuple>()?;
+        if values.len() < layout.fields.len() {
+            return Err(PyValueError::new_err(format!(
+                "{} has {} fields, not {}",
+                layout.name,
+                layout.fields.len(),
+                values.len()
+            )));
+        }
+        PyBytes::new_with(py, layout.size, |out| {
+            wire::write_header(out, layout.size, layout.type_id, self.version, sequence);
+            for (index, field) in layout.fields.iter().enumerate() {
+                let item = values.get_borrowed_item(index)?;
+                let place = &mut out[field.offset..field.offset + field.code.size()];
+                match field.code {
+                    // Like struct's "Ns": shorter text stays NUL-padded, longer text is cut.
+                    Code::Bytes(width) => {
+                        let text = item.cast::<PyBytes>().map_err(|_| {
+                            PyTypeError::new_err(format!(
+                                "{}.{}={}: expected bytes",
+                                layout.name,
+                                field.name,
+                                repr(&item)
+                            ))
+                        })?;
+                        let text = text.as_bytes();
+                        let used = text.len().min(width);
+                        place[..used].copy_from_slice(&text[..used]);
+                    }
+                    Code::U64 => place.copy_from_slice(
+                        &field_integer::<u64>(layout, index, &item)?.to_le_bytes(),
+                    ),
+                    Code::I64 => place.copy_from_slice(
+                        &field_integer::<i64>(layout, index, &item)?.to_le_bytes(),
+                    ),
+                    code => {
+                        let (low, high) = code.bounds().expect("an integer field");
+                        let number = field_integer::<i64>(layout, index, &item)? as i128;
+                        if number < low || number > high {
+                            return Err(out_of_range(layout, index, number));
+                        }
+                        code.write_int(number, place);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// A market-data frame: the batch header of `layout_id` then `ticks`, the records' raw bytes.
+    fn encode_batch<'py>(
+        &self,
+        py: Python<'py>,
+        layout_id: u8,
+        ticks: &Bound<'py, PyAny>,
+        count: usize,
+        sequence: u64,
+        flags: u8,
+        channel: u8,
+        now_ns: u64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let layout = self.layouts[layout_id as usize]
+            .as_ref()
+            .filter(|layout| layout.record_size > 0)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("message type {layout_id} carries no records"))
+            })?;
+        let size = layout.size + count * layout.record_size;
+        if size > MAX_FRAME_SIZE {
+            return Err(PyValueError::new_err(format!(
+                "{count} ticks make a {size}-byte frame; the limit is {MAX_FRAME_SIZE}"
+            )));
+        }
+        with_bytes(ticks, |records| {
+            if records.len() != count * layout.record_size {
+                return Err(PyValueError::new_err(format!(
+                    "{} bytes of records for {count} of {} bytes",
+                    records.len(),
+                    layout.record_size
+                )));
+            }
+            let body = [
+                count as i128,
+                flags as i128,
+                channel as i128,
+                now_ns as i128,
+            ];
+            PyBytes::new_with(py, size, |out| {
+                wire::write_header(out, size, layout.type_id, self.version, sequence);
+                for (field, value) in layout.fields.iter().zip(body) {
+                    field.code.write_int(value, &mut out[field.offset..]);
+                }
+                out[layout.size..].copy_from_slice(records);
+                Ok(())
+            })
+        })
+    }
+
+    /// (message, sequence) of one complete frame, e.g. a datagram; anything else is a ProtocolError.
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        frame: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, u64)> {
+        with_bytes(frame, |raw| {
+            let header = wire::check_frame_header(raw, self.version)
+                .map_err(|error| self.error(py, error))?;
+            let message = self
+                .decode_checked(py, raw, header.type_id, Some((frame, 0)))
+                .map_err(|error| self.error(py, error))?;
+            Ok((message, header.sequence))
+        })
+    }
+
+    /// The message of a frame whose header was checked and whose `length` bytes are all present.
+    fn decode_body<'py>(
+        &self,
+        py: Python<'py>,
+        buffer: &Bound<'py, PyAny>,
+        offset: usize,
+        length: usize,
+        type_id: u8,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        with_bytes(buffer, |raw| {
+            let frame = raw.get(offset..offset + length).ok_or_else(|| {
+                self.error(
+                    py,
+                    WireError::new(
+                        wire::TRUNCATED,
+                        raw.len().saturating_sub(offset),
+                        format!("the buffer ends before byte {}", offset + length),
+                    ),
+                )
+            })?;
+            self.decode_checked(py, frame, type_id, Some((buffer, offset)))
+                .map_err(|error| self.error(py, error))
+        })
+    }
+}
+
+/// Splits a byte stream into frames: (message, sequence), FrameError, or FrameRun (see protocol.py).
+#[pyclass(module = "tradeplane_services._wire")]
+struct StreamDecoder {
+    pending: Vec<u8>,
+    /// A fixed-size type -> the shortest run of it worth handing over raw; replaceable between feeds.
+    #[pyo3(get, set)]
+    batch_types: Py<PyDict>,
+    #[pyo3(get)]
+    failed: bool,
+}
+
+#[pymethods]
+impl StreamDecoder {
+    #[new]
+    #[pyo3(signature = (batch_types = None))]
+    fn new(py: Python<'_>, batch_types: Option<Py<PyDict>>) -> Self {
+        StreamDecoder {
+            pending: Vec::new(),
+            batch_types: batch_types.unwrap_or_else(|| PyDict::new(py).unbind()),
+            failed: false,
+        }
+    }
+
+    #[getter]
+    fn buffered(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn feed<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let items = PyList::empty(py);
+        if self.failed {
+            return Ok(items);
+        }
+        let codec = codec(py)?;
+        let mut minimum_runs = [0usize; 256];
+        for (type_id, minimum) in self.batch_types.bind(py).iter() {
+            if let (Ok(type_id), Ok(minimum)) =
+                (type_id.extract::<u8>(), minimum.extract::<usize>())
+            {
+                minimum_runs[type_id as usize] = minimum.max(1);
+            }
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        let consumed = if pending.is_empty() {
+            let consumed = with_bytes(data, |raw| {
+                self.split(py, codec, raw, Some(data), &minimum_runs, &items)
+            })?;
+            if !self.failed {
+                with_bytes(data, |raw| {
+                    pending.extend_from_slice(&raw[consumed..]);
+                    Ok(())
+                })?;
+            }
+            pending
+        } else {
+            with_bytes(data, |raw| {
+                pending.extend_from_slice(raw);
+                Ok(())
+            })?;
+            let consumed = self.split(py, codec, &pending, None, &minimum_runs, &items)?;
+            if self.failed {
+                Vec::new()
+            } else {
+                pending.split_off(consumed)
+            }
+        };
+        self.pending = if self.failed { Vec::new() } else { consumed };
+        Ok(items)
+    }
+}
+
+impl StreamDecoder {
+    /// Appends the items of `buffer` to `items`; returns how many bytes whole frames used.
+    fn split<'py>(
+        &mut self,
+        py: Python<'py>,
+        codec: &Codec,
+        buffer: &[u8],
+        source: Option<&Bound<'py, PyAny>>,
+        minimum_runs: &[usize; 256],
+        items: &Bound<'py, PyList>,
+    ) -> PyResult<usize> {
+        let mut position = 0;
+        let end = buffer.len();
+        while end - position >= HEADER_SIZE {
+            let header = wire::read_header(&buffer[position..]);
+            if header.length < HEADER_SIZE {
+                let error = codec.error_object(py, wire::malformed_length(header.length))?;
+                items.append(codec.frame_error.bind(py).call1((
+                    error,
+                    header.type_id,
+                    header.sequence,
+                    true,
+                ))?)?;
+                self.failed = true;
+                return Ok(end);
+            }
+            if end - position < header.length {
+                break;
+            }
+            let minimum_run = minimum_runs[header.type_id as usize];
+            if minimum_run > 0 && header.version == codec.version {
+                let fixed = codec.layouts[header.type_id as usize]
+                    .as_ref()
+                    .is_some_and(|layout| layout.record_size == 0 && layout.size == header.length);
+                let run_end = if fixed {
+                    wire::run_end(buffer, position, header.length)
+                } else {
+                    position
+                };
+                let count = (run_end - position) / header.length;
+                if count >= minimum_run {
+                    let data = PyBytes::new(py, &buffer[position..run_end]);
+                    items.append(codec.frame_run.bind(py).call1((
+                        header.type_id,
+                        data,
+                        count,
+                    ))?)?;
+                    position = run_end;
+                    continue;
+                }
+            }
+            let frame = &buffer[position..position + header.length];
+            let decoded = if header.version != codec.version {
+                Err(wire::wrong_version(header.version, codec.version))
+            } else {
+                codec.decode_checked(
+                    py,
+                    frame,
+                    header.type_id,
+                    source.map(|data| (data, position)),
+                )
+            };
+            match decoded {
+                Ok(message) => items.append((message, header.sequence))?,
+                Err(error) => {
+                    let error = codec.error_object(py, error)?;
+                    items.append(codec.frame_error.bind(py).call1((
+                        error,
+                        header.type_id,
+                        header.sequence,
+                        false,
+                    ))?)?
+                }
+            }
+            position += header.length;
+        }
+        Ok(position)
+    }
+}
+
+/// Makes `codec` the one every StreamDecoder uses; once per process (protocol.py does it on import).
+#[pyfunction]
+fn install(codec: Py<Codec>) -> PyResult<()> {
+    CODEC
+        .set(codec)
+        .map_err(|_| PyRuntimeError::new_err("the wire codec is already installed"))
+}
+
+#[pymodule]
+fn _wire(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Rule>()?;
+    module.add_class::<Codec>()?;
+    module.add_class::<StreamDecoder>()?;
+    module.add_function(wrap_pyfunction!(install, module)?)?;
+    module.add("HEADER_SIZE", HEADER_SIZE)?;
+    module.add("MAX_FRAME_SIZE", MAX_FRAME_SIZE)?;
+    Ok(())
+}
