@@ -14,7 +14,7 @@ from tradeplane.decision_gate import decision_mismatch
 from tradeplane.judge import judge
 from tradeplane.measurement import Decisions, Measurement, ProviderUnavailable
 from tradeplane.naming import Owner
-from tradeplane.providers.scrape import parse_decisions
+from tradeplane.providers.scrape import PEER_LABELS, SHADOW_DECISIONS, parse_series
 from tradeplane.traffic.order_flow import routing_table
 
 NOW = datetime(2025, 6, 3, 12, 0, tzinfo=UTC)
@@ -91,9 +91,9 @@ def test_the_scrape_provider_reads_a_callers_comparisons_of_one_canary() -> None
             "",
         ]
     )
-    counts = parse_decisions(page, "risk", "v2")
-    assert counts.started == 1700000000.0
-    assert Decisions.from_outcomes(counts.requests) == Decisions(90, 7, 3)
+    values = parse_series(page, SHADOW_DECISIONS, "risk", "v2", PEER_LABELS)
+    assert values.started == 1700000000.0
+    assert Decisions.from_outcomes(values.values) == Decisions(90, 7, 3)
 
 
 def shadow_spec(mode: str = "shadow") -> TradingServiceSpec:

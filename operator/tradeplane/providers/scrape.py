@@ -9,10 +9,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol, Self, TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from tradeplane.api import Analysis, parse_duration
 from tradeplane.measurement import (
@@ -120,21 +122,35 @@ class Values:
         return Values({key: value - earlier.values.get(key, 0.0) for key, value in self.values.items()})
 
 
-def parse_series(text: str, series: Series, service: str, revision: str) -> Values:
-    """The samples named `series.metric` of one service revision in a /metrics page, summed by `by`."""
+OWN_LABELS = ("service", "revision")
+"""The labels naming the service and revision a series belongs to."""
+PEER_LABELS = ("peer", "peer_revision")
+"""The labels naming the peer a caller's series is about (its shadow comparisons of a canary)."""
+
+
+def _page(text: str) -> tuple[list[Sample], float | None]:
+    """The samples of a /metrics page, and when its process started (process_start_time_seconds)."""
+    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+    started = next((sample.value for sample in samples if sample.name == PROCESS_START_METRIC), None)
+    return samples, started
+
+
+def parse_series(
+    text: str, series: Series, service: str, revision: str, labels: tuple[str, str] = OWN_LABELS
+) -> Values:
+    """The samples named `series.metric` of one service revision (named by `labels`) in a /metrics page,
+    summed by `by`."""
+    samples, started = _page(text)
+    service_label, revision_label = labels
     values: dict[str, float] = {}
-    started = None
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == PROCESS_START_METRIC:
-                started = sample.value
-            elif (
-                sample.name == series.metric
-                and sample.labels.get("service") == service
-                and sample.labels.get("revision") == revision
-            ):
-                key = sample.labels.get(series.by, "") if series.by else ""
-                values[key] = values.get(key, 0.0) + sample.value
+    for sample in samples:
+        if (
+            sample.name == series.metric
+            and sample.labels.get(service_label) == service
+            and sample.labels.get(revision_label) == revision
+        ):
+            key = sample.labels.get(series.by, "") if series.by else ""
+            values[key] = values.get(key, 0.0) + sample.value
     return Values(values, started)
 
 
@@ -152,48 +168,24 @@ Scraped = TypeVar("Scraped", bound=Cumulative)
 
 def parse_counts(text: str, service: str, revision: str) -> Counts:
     """The latency histogram and request counters of one service revision in a /metrics page."""
+    samples, started = _page(text)
     buckets: dict[float, float] = {}
     requests: dict[str, float] = {}
-    started = None
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            if sample.name == PROCESS_START_METRIC:
-                started = sample.value
-                continue
-            if labels.get("service") != service or labels.get("revision") != revision:
-                continue
-            if sample.name == f"{LATENCY_METRIC}_bucket":
-                le = float(labels["le"])
-                buckets[le] = buckets.get(le, 0.0) + sample.value
-            elif sample.name == REQUESTS_METRIC:
-                outcome = labels.get("outcome", "")
-                requests[outcome] = requests.get(outcome, 0.0) + sample.value
+    for sample in samples:
+        labels = sample.labels
+        if labels.get("service") != service or labels.get("revision") != revision:
+            continue
+        if sample.name == f"{LATENCY_METRIC}_bucket":
+            le = float(labels["le"])
+            buckets[le] = buckets.get(le, 0.0) + sample.value
+        elif sample.name == REQUESTS_METRIC:
+            outcome = labels.get("outcome", "")
+            requests[outcome] = requests.get(outcome, 0.0) + sample.value
     return Counts(buckets, requests, started)
 
 
-def parse_decisions(text: str, service: str, revision: str) -> Counts:
-    """A caller's shadow comparisons of one canary revision of `service` in a /metrics page, by outcome
-    (as `requests`: the same cumulative counters, no histogram)."""
-    outcomes: dict[str, float] = {}
-    started = None
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            if sample.name == PROCESS_START_METRIC:
-                started = sample.value
-            elif (
-                sample.name == SHADOW_DECISIONS_METRIC
-                and labels.get("peer") == service
-                and labels.get("peer_revision") == revision
-            ):
-                outcome = labels.get("outcome", "")
-                outcomes[outcome] = outcomes.get(outcome, 0.0) + sample.value
-    return Counts({}, outcomes, started)
-
-
 SHADOW_DECISIONS = Series(SHADOW_DECISIONS_METRIC, by="outcome")
-"""The callers' comparisons, under their own history key (parsed by parse_decisions)."""
+"""The callers' comparisons of a canary, by outcome (its service and revision in PEER_LABELS)."""
 
 HistoryKey = tuple[str, str, str, str, Series | None]
 """namespace, service, revision, endpoint, and the series (None: the latency histogram and requests)."""
@@ -244,25 +236,23 @@ class ScrapeProvider:
         )
 
     async def decisions(self, target: Target, window: str) -> Decisions:
-        span = parse_duration(window)
-        now, scraped = await self._scraped(
-            target,
-            span,
-            SHADOW_DECISIONS,
-            lambda page: parse_decisions(page, target.service, target.revision),
-        )
-        deltas = [self._increase(key, counts, Counts({}, {}), now, span) for key, counts in scraped]
-        return Decisions.from_outcomes(Counts.total(deltas).requests)
+        return Decisions.from_outcomes(await self._totals(target, window, SHADOW_DECISIONS, PEER_LABELS))
 
     async def series(self, target: Target, window: str, series: Series) -> dict[str, float]:
         """A counter's increase over the window (as for the latency histogram) or a gauge's value now,
         summed over the revision's pods."""
         if series.metric is None:
             raise ProviderUnavailable("the scrape provider reads metrics by name; PromQL needs prometheus")
+        return await self._totals(target, window, series, OWN_LABELS)
+
+    async def _totals(
+        self, target: Target, window: str, series: Series, labels: tuple[str, str]
+    ) -> dict[str, float]:
         span = parse_duration(window)
-        now, scraped = await self._scraped(
-            target, span, series, lambda page: parse_series(page, series, target.service, target.revision)
+        parse = partial(
+            parse_series, series=series, service=target.service, revision=target.revision, labels=labels
         )
+        now, scraped = await self._scraped(target, span, series, parse)
         totals: dict[str, float] = {}
         for key, parsed in scraped:
             values = self._increase(key, parsed, Values({}), now, span) if series.counter else parsed
