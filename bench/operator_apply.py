@@ -27,9 +27,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tradeplane import crd, naming, rendering
+from tradeplane import naming, rendering
 from tradeplane.api import API_VERSION, KIND, TradingServiceSpec
-from tradeplane.cluster import local, toolchain
+from tradeplane.cluster import local
 from tradeplane.kube import ApiError, Kube
 from tradeplane.revision import template_revision
 
@@ -220,22 +220,7 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    kubeconfig = os.environ.get("KUBECONFIG") or str(
-        local.up(log=lambda message: print(message, file=sys.stderr))
-    )
-    subprocess.run(
-        [
-            str(toolchain.require("kubectl")),
-            f"--kubeconfig={kubeconfig}",
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            str(crd.CRD_PATHS[0]),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    kubeconfig = local.cluster_with_crd(log=lambda message: print(message, file=sys.stderr))
     asyncio.run(bench(kubeconfig, args.services, args.runs))
     return 0
 

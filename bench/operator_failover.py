@@ -25,9 +25,8 @@ import urllib.request
 import uuid
 from typing import Any
 
-from tradeplane import crd
 from tradeplane.api import API_VERSION, KIND
-from tradeplane.cluster import local, toolchain
+from tradeplane.cluster import local
 from tradeplane.kube import ApiError, Kube
 from tradeplane.leadership import LEASE_API, LEASE_KIND
 
@@ -171,22 +170,7 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    kubeconfig = os.environ.get("KUBECONFIG") or str(
-        local.up(log=lambda message: print(message, file=sys.stderr))
-    )
-    subprocess.run(
-        [
-            str(toolchain.require("kubectl")),
-            f"--kubeconfig={kubeconfig}",
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            str(crd.CRD_PATHS[0]),
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    kubeconfig = local.cluster_with_crd(log=lambda message: print(message, file=sys.stderr))
     asyncio.run(bench(kubeconfig, args.runs))
     return 0
 

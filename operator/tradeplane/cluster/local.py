@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from tradeplane import crd
 from tradeplane.cluster import pki, toolchain
 
 # TRADEPLANE_PORT_OFFSET shifts every port, so a second cluster (a benchmark's) can run beside the first.
@@ -297,6 +298,19 @@ def kubectl(*args: str, input: str | None = None, check: bool = True) -> subproc
         text=True,
         check=check,
     )
+
+
+def cluster_with_crd(log: Callable[[str], None]) -> str:
+    """KUBECONFIG's cluster, or else the local control plane (brought up), with the TradingService CRD
+    applied: the kubeconfig path. For the benchmarks that drive the API server."""
+    kubeconfig = os.environ.get("KUBECONFIG") or str(up(log=log))
+    subprocess.run(
+        [str(toolchain.require("kubectl")), f"--kubeconfig={kubeconfig}", "apply", "--server-side",
+         "--force-conflicts", "-f", str(crd.CRD_PATHS[0])],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return kubeconfig
 
 
 def wait_established(
