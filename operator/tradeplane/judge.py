@@ -186,8 +186,8 @@ class RejectRateGate:
         if too_few is not None:
             return too_few
         reasons = self.settings.reasons or sorted((set(ours) | set(theirs)) - {ACCEPTED_REASON})
-        compared = [("rejects", _rejects(ours) / decisions, _rejects(theirs) / stable_decisions)]
-        compared += [
+        overall = ("rejects", _rejects(ours) / decisions, _rejects(theirs) / stable_decisions)
+        by_reason = [
             (reason, ours.get(reason, 0.0) / decisions, theirs.get(reason, 0.0) / stable_decisions)
             for reason in reasons
         ]
@@ -196,8 +196,10 @@ class RejectRateGate:
             _, rate, stable_rate = entry
             return rate - (stable_rate * factor + slack)
 
-        worst = max(compared, key=excess)
-        what, rate, stable_rate = worst if excess(worst) > 0 else compared[0]
+        # A desk wants the reason: the worst breaching one decides before the overall rate, which is at
+        # least as high whenever any reason is.
+        breaching = [entry for entry in by_reason if excess(entry) > 0]
+        what, rate, stable_rate = max(breaching, key=excess) if breaching else overall
         limit = stable_rate * factor + slack
         if rate > limit:
             message = (

@@ -43,6 +43,21 @@ def test_a_new_reject_reason_fails_even_when_the_overall_rate_matches_the_stable
     assert "MAX_QUANTITY rate 0.4 of 500 decisions" in result.message
 
 
+def test_the_breaching_reason_is_named_rather_than_the_overall_rate() -> None:
+    # Every reject is one reason: its rate and the overall rate are equal, the reason is what a desk needs.
+    stable = figures(decisions={"OK": 1000})
+    canary = figures(decisions={"OK": 100, "MAX_QUANTITY": 400})
+    result = judge(canary, stable, SLO_100US, analysis({"kind": "rejectRate"}), "r2", NOW)
+    assert result.verdict == Verdict.FAIL and "MAX_QUANTITY rate 0.8 of 500 decisions" in result.message
+
+
+def test_the_overall_rate_fails_when_no_single_reason_does() -> None:
+    stable = figures(decisions={"OK": 1000})
+    canary = figures(decisions={"OK": 980, "MAX_QUANTITY": 8, "PRICE_COLLAR": 8, "MAX_NOTIONAL": 8})
+    result = judge(canary, stable, SLO_100US, analysis({"kind": "rejectRate"}), "r2", NOW)
+    assert result.verdict == Verdict.FAIL and result.message.startswith("rejects rate 0.0239 of 1004")
+
+
 def test_a_reject_rate_within_factor_and_slack_of_the_stable_passes() -> None:
     stable = figures(decisions={"OK": 900, "MAX_QUANTITY": 100})  # 10%
     canary = figures(decisions={"OK": 790, "MAX_QUANTITY": 210})  # 21% <= 10% x 2 + 1%
