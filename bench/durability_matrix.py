@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,9 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from e2e.durability import CASES, CaseResult, proof_stack
 
-from support import Kubectl
+from support import kubectl_runner
 from tradeplane import crd
-from tradeplane.cluster import local, toolchain
+from tradeplane.cluster import local
 
 RECOVERY = {
     "delete_state_node": "node deleted -> risk/position moved, ready, every partition served",
@@ -44,20 +43,6 @@ RECOVERY = {
     "delete_risk_pod": "pod deleted -> every partition served by the other risk pod",
     "abort_position_canary": "spec patched -> canary ready -> aborted -> its pod gone",
 }
-
-
-def kubectl_runner(kubeconfig: Path) -> Kubectl:
-    binary = str(toolchain.require("kubectl"))
-
-    def run(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [binary, f"--kubeconfig={kubeconfig}", *args], input=input, capture_output=True, text=True
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
-        return result
-
-    return run
 
 
 def median(values: list[float]) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from support import Kubectl
+from support import Kubectl, kubectl_runner
 from tradeplane.cluster import local, toolchain
 from tradeplane.cluster.podrunner import DEFAULT_SELECTOR, PodRunner
 from tradeplane.sessions_cli import ensure_secret
@@ -47,17 +46,7 @@ def kube_env() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def kubectl(kube_env: Path) -> Kubectl:
-    binary = str(toolchain.require("kubectl"))
-
-    def run(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [binary, f"--kubeconfig={kube_env}", *args], input=input, capture_output=True, text=True
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
-        return result
-
-    return run
+    return kubectl_runner(kube_env)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from tradeplane.cluster import toolchain
+
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -25,6 +27,21 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def kubectl_runner(kubeconfig: Path) -> Kubectl:
+    """kubectl of the pinned version against `kubeconfig`; a failure raises with kubectl's stderr."""
+    binary = str(toolchain.require("kubectl"))
+
+    def run(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [binary, f"--kubeconfig={kubeconfig}", *args], input=input, capture_output=True, text=True
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    return run
 
 
 def get_json(kubectl: Kubectl, *args: str) -> dict[str, object]:
