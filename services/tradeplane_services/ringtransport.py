@@ -5,6 +5,7 @@ A ring directory (`shm:/dir` in a peer's address, `TRADEPLANE_RING_DIR` on the s
 
     to-server.ring, to-client.ring   the two single-producer single-consumer rings (core/src/ring.rs),
                                      each with its doorbell FIFO beside it (`.bell`)
+    serves                           the server's own TCP address (risk's partition leases name it)
     server.lock, client.lock         flock()ed by the serving and the calling process while they live
 
 One client at a time: a ring has exactly one producer and one consumer. The server creates both rings
@@ -39,6 +40,7 @@ from tradeplane_services._wire import Ring
 TO_SERVER = "to-server.ring"
 TO_CLIENT = "to-client.ring"
 SERVER_LOCK = "server.lock"
+SERVES = "serves"  # the TCP address of the same service: a caller that finds it elsewhere uses the rings
 CLIENT_LOCK = "client.lock"
 DEFAULT_RING_BYTES = 1 << 20
 LIVENESS_SECONDS = 0.25
@@ -196,7 +198,7 @@ class RingServer:
     """Serves one ring directory: one session at a time, each through a protocol from the factory."""
 
     def __init__(
-        self, protocol_factory: Callable[[], asyncio.Protocol], directory: Path, capacity: int
+        self, protocol_factory: Callable[[], asyncio.Protocol], directory: Path, capacity: int, serves: str
     ) -> None:
         self.directory = directory
         self._factory = protocol_factory
@@ -207,6 +209,9 @@ class RingServer:
         self._lock_fd = lock
         self._inbound = Ring.create(directory / TO_SERVER, capacity)
         self._outbound = Ring.create(directory / TO_CLIENT, capacity)
+        staging = directory / f"{SERVES}.new"
+        staging.write_text(serves)
+        staging.replace(directory / SERVES)
         self._reader = _Reader(self._inbound, self._on_record)
         self._session: RingTransport | None = None
         self._accepting = True
@@ -251,10 +256,22 @@ class RingServer:
 
 
 def serve_ring(
-    protocol_factory: Callable[[], asyncio.Protocol], directory: Path, capacity: int = DEFAULT_RING_BYTES
+    protocol_factory: Callable[[], asyncio.Protocol],
+    directory: Path,
+    serves: str,
+    capacity: int = DEFAULT_RING_BYTES,
 ) -> RingServer:
-    """Create the rings in `directory` and serve sessions on them (as loop.create_server)."""
-    return RingServer(protocol_factory, directory, capacity)
+    """Create the rings in `directory` and serve sessions on them (as loop.create_server); `serves` is
+    the same service's TCP address."""
+    return RingServer(protocol_factory, directory, capacity, serves)
+
+
+def ring_serves(directory: Path) -> str | None:
+    """The TCP address of the service serving the rings in `directory`, None before it started."""
+    try:
+        return (directory / SERVES).read_text()
+    except FileNotFoundError:
+        return None
 
 
 async def open_ring(

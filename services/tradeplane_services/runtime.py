@@ -858,14 +858,17 @@ async def serve_service(service: Service[Any], started: Callable[[], None] | Non
 
     http = HttpEndpoint(service)
     http_server = await asyncio.start_server(http.handle, environment.bind, environment.metrics_port)
+    if environment.ring_dir is not None:
+        # Before start(): a co-located caller that finds this service's address in a lease (risk's
+        # partitions) must already find the rings that reach it.
+        served = str(environment.advertised_address())
+        service.ring_server = serve_ring(service.accept, environment.ring_dir, served)
     await service.start()
     for link in service.links:
         link.start()
     service.wire_server = await loop.create_server(
         service.accept, environment.bind, environment.port, reuse_address=True, backlog=1024
     )
-    if environment.ring_dir is not None:
-        service.ring_server = serve_ring(service.accept, environment.ring_dir)
     watch_task = loop.create_task(watcher.watch())
     sessions_task = loop.create_task(service.supervise_sessions())
     quiet_garbage_collector()

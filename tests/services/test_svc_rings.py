@@ -20,7 +20,7 @@ from support import wait_for
 from tradeplane_services._wire import Ring, RingError
 from tradeplane_services.client import OrderSession
 from tradeplane_services.config import ConfigError, RingAddress, parse_peer_address, read_environment
-from tradeplane_services.protocol import ExecType, OrderStatus, Side, price_units
+from tradeplane_services.protocol import ExecType, OrderStatus, Reason, Side, price_units
 from tradeplane_services.stack import Stack
 
 StackFactory = Callable[..., Stack]
@@ -45,7 +45,8 @@ from tradeplane_services._wire import Ring
 ring = Ring.open(sys.argv[1])
 count, full = int(sys.argv[2]), 0
 for sequence in range(count):
-    payload = struct.pack("<QQ", sequence, sequence * 0x9E3779B97F4A7C15 % (1 << 64)) + bytes([sequence % 251]) * 40
+    check = sequence * 0x9E3779B97F4A7C15 % (1 << 64)
+    payload = struct.pack("<QQ", sequence, check) + bytes([sequence % 251]) * 40
     if not ring.write(payload):
         full += 1  # backpressure: nothing was written; wait for room
         assert ring.write_waiting(payload, 60.0)
@@ -86,7 +87,7 @@ def test_a_reader_killed_mid_stream_and_started_again_finds_the_ring_whole(tmp_p
     total = 20_000
     producer = run(PRODUCER, path, total)
     first = run(CONSUMER, path, total - 1, tmp_path / "first", 0.0002)  # slow: killed long before the end
-    wait_for(lambda: len(read_seen(tmp_path / "first")) > 2000, timeout=30, what="the first reader's progress")
+    wait_for(lambda: len(read_seen(tmp_path / "first")) > 2000, timeout=30, what="the first reader going")
     first.send_signal(signal.SIGKILL)
     first.wait()
     seen_first = read_seen(tmp_path / "first")
@@ -134,11 +135,11 @@ def test_a_file_that_is_no_ring_is_refused_naming_the_field(tmp_path: Path) -> N
     data = bytearray(path.read_bytes())
     data[0:8] = b"NOTARING"
     path.write_bytes(bytes(data))
-    with pytest.raises(RingError, match="^ring magic: "):
+    with pytest.raises(RingError, match=r"^ring magic: "):
         Ring.open(path)
-    with pytest.raises(RingError, match="^ring capacity: 6000 is not a power of two"):
+    with pytest.raises(RingError, match=r"^ring capacity: 6000 is not a power of two"):
         Ring.create(tmp_path / "odd.ring", 6000)
-    with pytest.raises(OSError, match="missing.ring"):
+    with pytest.raises(OSError, match=r"missing\.ring"):
         Ring.open(tmp_path / "missing.ring")
 
 
@@ -153,23 +154,32 @@ def test_peer_addresses_take_shm_directories_except_for_market_data() -> None:
 
 
 def test_orders_pass_risk_over_rings_and_again_after_risk_is_killed(make_stack: StackFactory) -> None:
-    stack = make_stack(co_located=("risk",))
+    stack = make_stack(components=("execution", "market-data", "risk", "order"), co_located=("risk",))
     assert os.path.exists(stack.ring_dir("risk") / "to-server.ring")
     price = price_units(190)
 
-    def trade(account: int) -> None:
+    def trade(account: int) -> bool:
+        """A buy and a sell that cross; False while risk takes its partitions over (after a restart)."""
         with OrderSession(stack.address("order")) as buyer, OrderSession(stack.address("order")) as seller:
-            buy = buyer.new_order(Side.BUY, "AAPL", 100, price, account=account)
-            assert buyer.report_for(buy).order_status == OrderStatus.NEW
+            buy = buyer.report_for(buyer.new_order(Side.BUY, "AAPL", 100, price, account=account))
+            if buy.reason == Reason.PARTITION_TAKEOVER:
+                return False
+            assert buy.order_status == OrderStatus.NEW
             sell = seller.new_order(Side.SELL, "AAPL", 100, price, account=account + 1)
             assert seller.report_for(sell, ExecType.TRADE).order_status == OrderStatus.FILLED
+        return True
 
-    trade(21)
-    sessions = stack.status("risk")
-    assert sessions["sessions"] >= 1
-    assert stack.status("order")["peers"]["risk"] is True
+    assert trade(21)
+    assert ring_only(stack.status("order")["peers"])
     stack.kill("risk")
     stack.start_one("risk")
     stack.wait_ready(components=("risk", "order"))
-    wait_for(lambda: stack.status("order")["peers"]["risk"] is True, timeout=10, what="order back on risk's rings")
-    trade(31)
+    wait_for(lambda: stack.status("order")["peers"]["risk"] is True, timeout=10, what="order on risk's rings")
+    accounts = iter(range(31, 1000, 2))
+    wait_for(lambda: trade(next(accounts)), timeout=20, what="orders through the restarted risk")
+    assert ring_only(stack.status("order")["peers"])
+
+
+def ring_only(peers: dict[str, bool]) -> bool:
+    """Order reaches risk through the rings alone: no TCP session to the co-located partition owner."""
+    return peers["risk"] and not any(name.startswith("risk ") for name in peers)
