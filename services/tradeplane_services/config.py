@@ -82,6 +82,9 @@ class RingAddress:
 
 
 RING_SCHEME = "shm:"
+RING_BYTES = 1 << 20  # each ring's data; its file adds a 4 KiB header, rounded up to whole (huge) pages
+RING_HEADER_BYTES = 4096
+RING_FILES = 2  # a session's pair: one ring each way
 
 
 def parse_address(text: str, variable: str) -> Address:
@@ -167,8 +170,7 @@ def read_environment(name: str, config: str | None, env: dict[str, str] | None =
     env = dict(os.environ) if env is None else env
     config_text = config or env.get("TRADEPLANE_CONFIG") or DEFAULT_CONFIG_PATH
     peers = {
-        # Market data's feed is UDP beside its TCP subscriptions: it is reached over the network only.
-        peer.name: parse_peer_address(env[peer.peer_variable], peer.peer_variable, peer.name != "market-data")
+        peer.name: parse_peer_address(env[peer.peer_variable], peer.peer_variable, peer.ring_reachable)
         for peer in BUNDLED.values()
         if env.get(peer.peer_variable)
     }

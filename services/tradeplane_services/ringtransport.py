@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from tradeplane_services._wire import Ring
+from tradeplane_services.config import RING_BYTES
 
 TO_SERVER = "to-server.ring"
 TO_CLIENT = "to-client.ring"
 SERVER_LOCK = "server.lock"
 SERVES = "serves"  # the TCP address of the same service: a caller that finds it elsewhere uses the rings
 CLIENT_LOCK = "client.lock"
-DEFAULT_RING_BYTES = 1 << 20
 LIVENESS_SECONDS = 0.25
 ACCEPT_TIMEOUT_SECONDS = 2.0
 RETRY_FIRST_SECONDS = 0.0001  # a full ring: retry soon, then back off to RETRY_MOST_SECONDS
@@ -259,7 +259,7 @@ def serve_ring(
     protocol_factory: Callable[[], asyncio.Protocol],
     directory: Path,
     serves: str,
-    capacity: int = DEFAULT_RING_BYTES,
+    capacity: int = RING_BYTES,
 ) -> RingServer:
     """Create the rings in `directory` and serve sessions on them (as loop.create_server); `serves` is
     the same service's TCP address."""
