@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -46,6 +47,7 @@ from tradeplane_services.protocol import (
     LogonAck,
     NewOrder,
     OrderType,
+    Reason,
     StreamDecoder,
     TimeInForce,
     encode,
@@ -69,7 +71,7 @@ class Driver(asyncio.Protocol):
         self.decoder = StreamDecoder()
         self.answered_ns = np.zeros(count, dtype=np.int64)
         self.answered = 0
-        self.rejected = 0
+        self.rejected: Counter[str] = Counter()
         self.credentials = credentials
         self.logged_on = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
@@ -89,7 +91,8 @@ class Driver(asyncio.Protocol):
             if type(message) is ExecutionReport:
                 if message.exec_type in (ExecType.NEW, ExecType.REJECTED):
                     self._answer(message.client_order_id, now)
-                    self.rejected += message.exec_type == ExecType.REJECTED
+                    if message.exec_type == ExecType.REJECTED:
+                        self.rejected[Reason(message.reason).name] += 1
             elif type(message) is NewOrder:  # the echo
                 self._answer(message.client_order_id, now)
             elif type(message) is Challenge and self.credentials is not None:
@@ -153,7 +156,9 @@ async def drive(
     latencies_us = (driver.answered_ns - intended)[done & measured] / 1000
     figures = {f"p{p:g}": float(np.percentile(latencies_us, p)) for p in PERCENTILES}
     figures["unanswered"] = float(count - driver.answered)
-    figures["rejected"] = float(driver.rejected)
+    figures["rejected"] = float(sum(driver.rejected.values()))
+    if driver.rejected:
+        print(f"    rejected: {dict(driver.rejected)}", flush=True)
     return figures
 
 
@@ -233,6 +238,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--no-event-log",
+        action="store_true",
+        help="services without the event log (risk unpartitioned, fills kept nowhere): the transport alone",
+    )
     parser.add_argument("--serve-ring-echo", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.serve_ring_echo:
@@ -258,7 +268,8 @@ def main() -> int:
             process.stdout.readline()
         try:
             for name, co_located in (("tcp", ()), ("ring", ("order", "risk"))):
-                stack = Stack(HOST, work / name, SETTINGS, co_located=co_located)
+                without_log = {"TRADEPLANE_EVENT_LOG": ""} if arguments.no_event_log else {}
+                stack = Stack(HOST, work / name, SETTINGS, extra_env=without_log, co_located=co_located)
                 stack.start(COMPONENTS)
                 try:
                     stack.wait_ready(60, COMPONENTS)
@@ -281,7 +292,8 @@ def main() -> int:
                 process.terminate()
                 process.wait(10)
     print(
-        f"\nmedians of {arguments.runs} runs at {rate:.0f}/s ({seconds:g} s each, first {warmup:g} s unmeasured):"
+        f"\nmedians of {arguments.runs} runs at {rate:.0f}/s ({seconds:g} s each, first {warmup:g} s "
+        "unmeasured):"
     )
     for name, figures in summary.items():
         print(

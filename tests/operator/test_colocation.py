@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tradeplane import podspec
+from tradeplane import podspec, rendering
 from tradeplane.api import TradingServiceSpec
 from tradeplane.naming import Owner
 from tradeplane.podspec import qos_violations
@@ -91,3 +91,17 @@ def test_without_co_location_the_pod_has_one_container_and_tcp_peers() -> None:
     assert "rings" not in [volume["name"] for volume in pod["volumes"]]
     environment = read_environment("order", None, variables(pod["containers"][0]))
     assert environment.peer("risk") == Address("risk.trading.svc", 7002)
+
+
+def test_the_network_policy_lets_a_co_located_peer_do_its_work() -> None:
+    """risk in order's pod: its callers reach its port, it reaches market data, the feed reaches it."""
+    policy = rendering.network_policy(OWNER, spec({"services": [{"component": "risk"}]}))
+    assert policy is not None
+    ingress, egress = policy["spec"]["ingress"], policy["spec"]["egress"]
+    risk_port = next(rule for rule in ingress if rule["ports"] == [{"protocol": "TCP", "port": 7002}])
+    orders = {"app.kubernetes.io/component": "order", "app.kubernetes.io/managed-by": "tradeplane"}
+    assert risk_port["from"] == [{"podSelector": {"matchLabels": orders}}]
+    assert any(rule["ports"] == [{"protocol": "UDP"}] for rule in ingress)
+    reached = [rule["ports"] for rule in egress]
+    for port in (7002, 7004, 7003):
+        assert [{"protocol": "TCP", "port": port}] in reached
