@@ -1,6 +1,7 @@
 //! tradeplane's compiled hot path, imported as `tradeplane_services._wire`: the wire codec
 //! (encode, decode, the stream decoder) behind the API of `tradeplane_services.protocol`.
 
+mod ring;
 mod wire;
 
 use std::collections::HashMap;
@@ -637,5 +638,6 @@ fn _wire(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(install, module)?)?;
     module.add("HEADER_SIZE", HEADER_SIZE)?;
     module.add("MAX_FRAME_SIZE", MAX_FRAME_SIZE)?;
+    ring::register(module)?;
     Ok(())
 }

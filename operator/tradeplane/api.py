@@ -32,7 +32,7 @@ from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 from tradeplane.labels import POOL_LABEL
 from tradeplane.names import CALENDARS, TIMEZONES
 from tradeplane.quantity import QUANTITY_PATTERN, integer_quantity
-from tradeplane_services.catalog import BUNDLED, CUSTOM, ORDER_FLOW_COMPONENTS
+from tradeplane_services.catalog import BUNDLED, CUSTOM, ORDER_FLOW_COMPONENTS, ring_callees
 
 GROUP = "tradeplane.io"
 VERSION = "v1alpha1"
@@ -695,6 +695,56 @@ class Rollout(Model):
     )
 
 
+class CoLocated(Model):
+    component: str = Field(
+        description="A bundled component this one calls, run as a container of the same pod.",
+        json_schema_extra={"enum": list(BUNDLED)},
+    )
+    cpus: int = Field(default=1, ge=1, le=512, description="Its exclusive cores (requests == limits).")
+    memory: str = Field(
+        default="1Gi", pattern=QUANTITY_PATTERN, max_length=16, description="Its memory, requests == limits."
+    )
+
+    rules = (
+        Rule(
+            _positive_integer_quantity("self.memory"),
+            "memory must be a positive quantity",
+            lambda colocated: integer_quantity(colocated.memory) > 0,
+            "memory",
+        ),
+    )
+
+
+class CoLocation(Model):
+    """Peers run in the same pod and reached over shared-memory rings: no socket, no syscall per message."""
+
+    services: list[CoLocated] = Field(
+        min_length=1, max_length=4, description="The peers that share the pod, each once."
+    )
+    medium: Literal["HugePages", "Memory"] = Field(
+        default="Memory",
+        description="Where the rings live: the pod's huge pages (needs resources.hugepages) or memory.",
+    )
+
+    rules = (
+        Rule(
+            "self.services.all(a, self.services.exists_one(b, b.component == a.component))",
+            "coLocate.services must name each component once",
+            lambda location: len({s.component for s in location.services}) == len(location.services),
+            "services",
+        ),
+    )
+
+
+CALLEES = {component: tuple(ring_callees(component)) for component in BUNDLED}
+"""The bundled components each one calls and may share its pod with (reached over rings)."""
+
+
+def _cel_callees() -> str:
+    entries = ", ".join(f"'{component}': {_cel_list(peers)}" for component, peers in CALLEES.items())
+    return f"{{{entries}, 'custom': []}}"
+
+
 def _cel_port_defaults() -> str:
     # custom has no default port (another rule asks for one); 0 keeps this rule total.
     entries = ", ".join(f"'{component}': {port}" for component, port in BUNDLED_PORTS.items())
@@ -736,6 +786,11 @@ class TradingServiceSpec(Model):
         description="Where execution appends fills and position projects them from; unset: fills are "
         "reported but kept nowhere.",
     )
+    coLocate: CoLocation | None = Field(
+        default=None,
+        description="Peers this component calls, run in each of its pods and reached over shared-memory "
+        "rings instead of TCP.",
+    )
 
     rules = (
         Rule(
@@ -775,6 +830,29 @@ class TradingServiceSpec(Model):
             "metricsPort must differ from the wire-protocol port",
             lambda spec: spec.wire_port != spec.metricsPort,
             "metricsPort",
+        ),
+        Rule(
+            f"!has(self.coLocate) || self.coLocate.services.all(s, s.component in "
+            f"{_cel_callees()}[self.component])",
+            "coLocate.services may name only peers the component calls ("
+            + "; ".join(f"{c}: {', '.join(peers)}" for c, peers in CALLEES.items() if peers)
+            + ")",
+            lambda spec: (
+                spec.coLocate is None
+                or all(s.component in CALLEES.get(spec.component, ()) for s in spec.coLocate.services)
+            ),
+            "coLocate.services",
+        ),
+        Rule(
+            "!has(self.coLocate) || !has(self.coLocate.medium) || self.coLocate.medium != 'HugePages' || "
+            "has(self.resources.hugepages)",
+            "coLocate.medium HugePages needs resources.hugepages: the rings live in the pod's huge pages",
+            lambda spec: (
+                spec.coLocate is None
+                or spec.coLocate.medium != "HugePages"
+                or spec.resources.hugepages is not None
+            ),
+            "coLocate.medium",
         ),
     )
 

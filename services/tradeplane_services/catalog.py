@@ -53,6 +53,9 @@ class BundledComponent:
     server_urls: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """Settings that name a server outside the stack by http(s) URL, with the server's default ports
     (http, https) for a URL that names none: its NetworkPolicy lets it reach that port."""
+    ring_reachable: bool = True
+    """Whether a co-located caller may reach it over shared-memory rings (ringtransport.py) instead of TCP;
+    not market-data, whose feed is UDP beside its TCP subscriptions."""
     split_by: tuple[str, ...] = ()
     """Callers that split their orders to it by account (split.py), so its canaries can take an exact
     share of the orders (`spec.rollout.orderFlow`)."""
@@ -110,6 +113,7 @@ BUNDLED: dict[str, BundledComponent] = _catalog(
             for identity in ("risk", "position", "analytics", CLIENT, ADMIN)
         },
         {"ticksPerSecond": 10_000},
+        ring_reachable=False,
     ),
     BundledComponent(
         "execution",
@@ -152,6 +156,11 @@ def component(name: str) -> BundledComponent:
 def callees(name: str) -> list[str]:
     """The bundled components `name` opens sessions to."""
     return [callee for callee, entry in BUNDLED.items() if name in entry.callers]
+
+
+def ring_callees(name: str) -> list[str]:
+    """The bundled components `name` calls that may share its pod and be reached over rings."""
+    return [callee for callee in callees(name) if BUNDLED[callee].ring_reachable]
 
 
 def splitting_callers(name: str) -> tuple[str, ...]:

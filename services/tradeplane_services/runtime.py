@@ -32,7 +32,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from prometheus_client.registry import Collector
 
 from tradeplane_services.catalog import CALLERS
-from tradeplane_services.config import Address, ConfigError, Environment, load_settings
+from tradeplane_services.config import Address, ConfigError, Environment, RingAddress, load_settings
 from tradeplane_services.protocol import (
     LAYOUTS,
     Challenge,
@@ -49,6 +49,7 @@ from tradeplane_services.protocol import (
     layout_of,
     reject_for,
 )
+from tradeplane_services.ringtransport import RingServer, open_ring, serve_ring
 from tradeplane_services.sessions import (
     NONCE_BYTES,
     AuthenticationError,
@@ -414,7 +415,7 @@ class PeerLink(ConnectionOwner):
     def __init__(
         self,
         name: str,
-        address: Address,
+        address: Address | RingAddress,
         handlers: dict[type, Callable[[Connection, Any], None]],
         metrics: RequestMetrics,
         credentials: Credentials,
@@ -496,12 +497,7 @@ class PeerLink(ConnectionOwner):
         delay = 0.02
         while True:
             try:
-                _, connection = await loop.create_connection(
-                    lambda: Connection(self, self.name),
-                    self.address.host,
-                    self.address.port,
-                    local_addr=self.local_address,
-                )
+                connection = await self._connect(loop)
             except OSError as error:
                 log.debug("peer unreachable", extra=fields(peer=self.name, error=str(error)))
                 await asyncio.sleep(delay)
@@ -513,6 +509,16 @@ class PeerLink(ConnectionOwner):
             else:  # refused or unanswered logon: back off as for an unreachable peer
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> Connection:
+        address = self.address
+        if isinstance(address, RingAddress):
+            _, protocol = await open_ring(lambda: Connection(self, self.name), address.directory)
+            return cast(Connection, protocol)
+        _, connection = await loop.create_connection(
+            lambda: Connection(self, self.name), address.host, address.port, local_addr=self.local_address
+        )
+        return connection
 
     def send(self, message: Any) -> bool:
         connection = self.connection
@@ -575,6 +581,7 @@ class Service(ConnectionOwner, Generic[SettingsT]):
         self.splits: dict[str, Any] = {}  # peer -> its AccountSplit (split.py), for callers of canaries
         self.links: list[PeerLink] = []
         self.wire_server: asyncio.AbstractServer | None = None
+        self.ring_server: RingServer | None = None  # a co-located caller's rings (TRADEPLANE_RING_DIR)
 
     # --- hooks ------------------------------------------------------------------------------------
 
@@ -851,6 +858,11 @@ async def serve_service(service: Service[Any], started: Callable[[], None] | Non
 
     http = HttpEndpoint(service)
     http_server = await asyncio.start_server(http.handle, environment.bind, environment.metrics_port)
+    if environment.ring_dir is not None:
+        # Before start(): a co-located caller that finds this service's address in a lease (risk's
+        # partitions) must already find the rings that reach it.
+        served = str(environment.advertised_address())
+        service.ring_server = serve_ring(service.accept, environment.ring_dir, served)
     await service.start()
     for link in service.links:
         link.start()
@@ -862,7 +874,11 @@ async def serve_service(service: Service[Any], started: Callable[[], None] | Non
     quiet_garbage_collector()
     log.info(
         "listening",
-        extra=fields(wire=f"{environment.bind}:{environment.port}", metrics=environment.metrics_port),
+        extra=fields(
+            wire=f"{environment.bind}:{environment.port}",
+            rings=str(environment.ring_dir) if environment.ring_dir else None,
+            metrics=environment.metrics_port,
+        ),
     )
     if started is not None:
         started()
@@ -871,12 +887,16 @@ async def serve_service(service: Service[Any], started: Callable[[], None] | Non
     log.info("SIGTERM: draining")
     service.draining = True
     service.wire_server.close()
+    if service.ring_server is not None:
+        service.ring_server.stop_accepting()
     try:
         await asyncio.wait_for(service.drain(), service.settings.drainTimeoutSeconds)
     except TimeoutError:
         log.error("drain timed out; closing with work in flight")
     for connection in list(service.connections):
         connection.close()
+    if service.ring_server is not None:
+        service.ring_server.close()
     watch_task.cancel()
     sessions_task.cancel()
     for link in service.links:
