@@ -1,0 +1,144 @@
+"""State shadows of a log projection: comparing the canary pods' state digests with the stable pods' at the
+same log sequences, the judge's gates when the canary serves no client, the router, and the state machine
+holding a passed state shadow until promotion."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+from rollout.world import World, make_spec
+
+from tradeplane.api import SLO, Analysis, Gate, Phase, TradingServiceSpec, Verdict
+from tradeplane.judge import judge
+from tradeplane.measurement import Decisions, Measurement, ProviderUnavailable, Series
+from tradeplane.state_comparison import WHAT, BadDigests, compare_states, parse_history
+from tradeplane.traffic import Serving, router_for
+from tradeplane.traffic.state_shadow import StateShadowRouter
+
+NOW = datetime(2025, 6, 3, 12, 0, tzinfo=UTC)
+ANALYSIS = Analysis(minSamples=4, window="10s")
+A, B, C = "00000000000000aa", "00000000000000bb", "00000000000000cc"
+NO_TRAFFIC = Measurement(p99_seconds=None, samples=0, requests=0, errors=0)
+
+
+def test_each_canary_pod_is_compared_at_every_sequence_the_stable_holds_too() -> None:
+    stable = {"s1:9100": {10: A, 11: B, 12: C}, "s2:9100": {11: B, 12: C, 13: A}}
+    canary = {"c1:9100": {9: A, 11: B, 12: C, 13: A, 14: B}, "c2:9100": {12: C}}
+    assert compare_states(canary, stable) == Decisions(4, 0, 0, what=WHAT)
+
+
+def test_a_canary_digest_other_than_the_stable_s_is_a_mismatch_named_by_its_first_sequence() -> None:
+    stable = {"s1:9100": {11: A, 12: B, 13: C}}
+    canary = {"c1:9100": {11: A, 12: C, 13: A}, "c2:9100": {13: B}}
+    decisions = compare_states(canary, stable)
+    assert (decisions.match, decisions.mismatch, decisions.unanswered) == (1, 3, 0)
+    assert decisions.detail == f"first at log sequence 12: c1:9100 holds {C}, the stable {B}"
+
+
+def test_stable_pods_that_disagree_make_the_sequence_a_mismatch_whatever_the_canary_holds() -> None:
+    stable = {"s1:9100": {5: A}, "s2:9100": {5: B}}
+    decisions = compare_states({"c1:9100": {5: A}}, stable)
+    assert (decisions.match, decisions.mismatch) == (0, 1)
+    assert decisions.detail.endswith(f"the stable {A}, {B}")
+
+
+def test_no_common_sequence_compares_nothing_and_the_gate_is_inconclusive() -> None:
+    decisions = compare_states({"c1:9100": {20: A, 21: A}}, {"s1:9100": {18: A, 19: A}})
+    assert decisions == Decisions(0, 0, 0, what=WHAT)
+    result = judge(NO_TRAFFIC, None, SLO(), ANALYSIS, "v2", NOW, decisions, state_shadow=True)
+    assert (result.verdict, result.gate) == (Verdict.INCONCLUSIVE, "decisionMismatch")
+    assert f"0 {WHAT} of revision v2 compared in 10s" in result.message
+
+
+def test_a_digest_document_is_read_with_errors_naming_the_pod_and_the_entry() -> None:
+    assert parse_history("p:9100", {"sequence": 2, "history": [[1, A], [2, B]]}) == {1: A, 2: B}
+    with pytest.raises(BadDigests, match=r"p:9100: history\[1\] is \[2, 'xyz'\], expected"):
+        parse_history("p:9100", {"history": [[1, A], [2, "xyz"]]})
+    with pytest.raises(BadDigests, match="p:9100: expected an object with a history list"):
+        parse_history("p:9100", ["not", "a", "document"])
+
+
+def test_a_state_shadow_is_judged_without_latency_gates_and_held_to_exact_agreement() -> None:
+    agreed = judge(
+        NO_TRAFFIC, None, SLO(), ANALYSIS, "v2", NOW, Decisions(40, 0, 0, what=WHAT), state_shadow=True
+    )
+    assert (agreed.verdict, agreed.gate, agreed.samples) == (Verdict.PASS, "decisionMismatch", 40)
+    assert [gate.gate for gate in agreed.gates] == ["decisionMismatch"], "no p99, error-rate or samples gate"
+    assert agreed.message == "all gates passed on 40 samples"
+    one_off = judge(
+        NO_TRAFFIC, None, SLO(), ANALYSIS, "v2", NOW, Decisions(39, 1, 0, what=WHAT), state_shadow=True
+    )
+    assert (one_off.verdict, one_off.gate, one_off.threshold) == (Verdict.FAIL, "decisionMismatch", 0.0)
+    tolerant = SLO(maxDecisionMismatch=0.05)
+    assert judge(
+        NO_TRAFFIC, None, tolerant, ANALYSIS, "v2", NOW, Decisions(39, 1, 0), state_shadow=True
+    ).verdict == (Verdict.PASS)
+    unreachable = ProviderUnavailable("c1:9100/digests: refused")
+    assert judge(NO_TRAFFIC, None, SLO(), ANALYSIS, "v2", NOW, unreachable, state_shadow=True).verdict == (
+        Verdict.INCONCLUSIVE
+    )
+
+
+def test_a_state_shadow_s_trading_gates_are_judged_and_inconclusive_without_data() -> None:
+    series = Series(metric="tradeplane_fills_applied_total")
+    gated = Analysis(
+        minSamples=4, gates=[Gate(kind="metric", name="applied", metric=series.metric, threshold=1e9)]
+    )
+    no_data = judge(NO_TRAFFIC, None, SLO(), gated, "v2", NOW, Decisions(40, 0, 0), state_shadow=True)
+    assert (no_data.verdict, no_data.gate) == (Verdict.INCONCLUSIVE, "applied")
+    counted = Measurement(None, 0, 0, 0, series={series: {"": 120.0}})
+    passed = judge(counted, None, SLO(), gated, "v2", NOW, Decisions(40, 0, 0), state_shadow=True)
+    assert [(gate.gate, gate.verdict) for gate in passed.gates] == [
+        ("applied", Verdict.PASS),
+        ("decisionMismatch", Verdict.PASS),
+    ]
+
+
+def state_shadow_spec(**slo: float) -> TradingServiceSpec:
+    rollout = {
+        "stateShadow": {},
+        "steps": [{"weight": 50, "pause": "10s"}, {"weight": 100, "pause": "10s"}],
+        "analysis": {"interval": "2s", "window": "10s", "minSamples": 20},
+    }
+    return make_spec(component="position", rollout=rollout, slo={"p99LatencyMicros": 100, **slo})
+
+
+def test_the_router_gives_the_canary_a_service_of_its_own_and_no_traffic() -> None:
+    spec = state_shadow_spec()
+    router = router_for(spec)
+    assert isinstance(router, StateShadowRouter)
+    assert (router.per_revision_services, router.sets_weight) == (True, False)
+    assert router.canary_replicas(4, 5000) == 2
+    assert router.served_weight(Serving(stable_ready=4, canary_ready=2)) == 0
+    assert router.reached(Serving(4, 2), 2, 5000) and not router.reached(Serving(4, 1), 2, 5000)
+
+
+def test_the_api_takes_a_state_shadow_for_a_log_projection_only_and_alone() -> None:
+    assert state_shadow_spec(maxDecisionMismatch=0.01).rollout.shadow
+    with pytest.raises(ValidationError, match="component must be one of position"):
+        make_spec(component="risk", rollout={"stateShadow": {}})
+    with pytest.raises(ValidationError, match="it goes with neither orderFlow nor httpRoute"):
+        make_spec(component="position", rollout={"stateShadow": {}, "httpRoute": {"name": "position"}})
+
+
+def test_a_passed_state_shadow_holds_with_no_weight_until_promotion_is_requested() -> None:
+    world = World(state_shadow_spec())
+    world.tick()
+    world.revision = "v2"
+    world.run_until(lambda world: world.state.phase == Phase.PAUSED)
+    state = world.state
+    assert (state.step, state.shadow, state.actualWeight, world.plans[-1].traffic_weight) == (
+        2,
+        True,
+        0,
+        None,
+    )
+    assert state.message.endswith("the canary answered no client: request promotion")
+    for _ in range(30):
+        world.tick()
+    assert world.state.phase == Phase.PAUSED and world.state.canaryRevision == "v2", "never promoted alone"
+    assert world.reasons().count("ShadowPassed") == 1
+    world.promote = world.request()
+    world.run_until(lambda world: world.state.stableRevision == "v2")
