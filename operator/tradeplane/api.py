@@ -815,6 +815,12 @@ class TradingServiceSpec(Model):
             "rollout.stateShadow",
         ),
         Rule(
+            "!has(self.rollout) || !has(self.rollout.stateShadow) || has(self.eventLog)",
+            "stateShadow needs eventLog: without the log there is no projected state to compare",
+            lambda spec: spec.rollout.stateShadow is None or spec.eventLog is not None,
+            "rollout.stateShadow",
+        ),
+        Rule(
             f"(has(self.port) ? self.port : {_cel_port_defaults()}[self.component]) != self.metricsPort",
             "metricsPort must differ from the wire-protocol port",
             lambda spec: spec.wire_port != spec.metricsPort,

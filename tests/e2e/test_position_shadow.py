@@ -32,7 +32,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import Kubectl, get_json, wait_for
 from tradeplane.api import BUNDLED_PORTS, DEFAULT_METRICS_PORT
 from tradeplane.cluster.podrunner import PodRunner
-from tradeplane.cluster.serviceproxy import service_host
 from tradeplane.labels import REVISION_LABEL
 from tradeplane.sessions_cli import secret_credentials
 from tradeplane_services.client import positions
@@ -257,7 +256,9 @@ def test_a_position_canary_is_judged_by_its_state_and_no_client_reads_from_it(
     wait_for(lambda: all(pod.ready for pod in runner.running.values()), 60, what="position pods replayed")
     api = client.CoreV1Api(config.new_client_from_config(config_file=str(kube_env)))  # type: ignore[no-untyped-call]
     creds = secret_credentials(api, namespace, "client", tmp_path)
-    service = Address(service_host(namespace, NAME), BUNDLED_PORTS[NAME])
+    # Where a client in the cluster reaches the `position` Service (the runner plays kube-proxy).
+    host, port = runner.proxy.address(namespace, NAME, BUNDLED_PORTS[NAME]).rsplit(":", 1)
+    service = Address(host, int(port))
 
     with Venue(event_log.url) as venue, Reader(service, creds) as reader:
         # An agreeing canary: snapshots more often change when replay starts, not what it projects.

@@ -20,6 +20,7 @@ from tradeplane.traffic.state_shadow import StateShadowRouter
 NOW = datetime(2025, 6, 3, 12, 0, tzinfo=UTC)
 ANALYSIS = Analysis(minSamples=4, window="10s")
 A, B, C = "00000000000000aa", "00000000000000bb", "00000000000000cc"
+LOG = {"servers": ["nats://nats.trading.svc:4222"]}
 NO_TRAFFIC = Measurement(p99_seconds=None, samples=0, requests=0, errors=0)
 
 
@@ -102,7 +103,9 @@ def state_shadow_spec(**slo: float) -> TradingServiceSpec:
         "steps": [{"weight": 50, "pause": "10s"}, {"weight": 100, "pause": "10s"}],
         "analysis": {"interval": "2s", "window": "10s", "minSamples": 20},
     }
-    return make_spec(component="position", rollout=rollout, slo={"p99LatencyMicros": 100, **slo})
+    return make_spec(
+        component="position", rollout=rollout, slo={"p99LatencyMicros": 100, **slo}, eventLog=LOG
+    )
 
 
 def test_the_router_gives_the_canary_a_service_of_its_own_and_no_traffic() -> None:
@@ -115,12 +118,16 @@ def test_the_router_gives_the_canary_a_service_of_its_own_and_no_traffic() -> No
     assert router.reached(Serving(4, 2), 2, 5000) and not router.reached(Serving(4, 1), 2, 5000)
 
 
-def test_the_api_takes_a_state_shadow_for_a_log_projection_only_and_alone() -> None:
+def test_the_api_takes_a_state_shadow_for_a_log_projection_on_a_log_only_and_alone() -> None:
     assert state_shadow_spec(maxDecisionMismatch=0.01).rollout.shadow
     with pytest.raises(ValidationError, match="component must be one of position"):
-        make_spec(component="risk", rollout={"stateShadow": {}})
+        make_spec(component="risk", rollout={"stateShadow": {}}, eventLog=LOG)
     with pytest.raises(ValidationError, match="it goes with neither orderFlow nor httpRoute"):
-        make_spec(component="position", rollout={"stateShadow": {}, "httpRoute": {"name": "position"}})
+        make_spec(
+            component="position", rollout={"stateShadow": {}, "httpRoute": {"name": "position"}}, eventLog=LOG
+        )
+    with pytest.raises(ValidationError, match="stateShadow needs eventLog"):
+        make_spec(component="position", rollout={"stateShadow": {}})
 
 
 def test_a_passed_state_shadow_holds_with_no_weight_until_promotion_is_requested() -> None:
