@@ -31,8 +31,8 @@ def decision_mismatch(
         return GateResult(
             gate=GATE,
             verdict=Verdict.INCONCLUSIVE,
-            message=f"{compared} {decisions.what} of revision {revision} compared in {window}, fewer than "
-            f"minSamples {min_decisions}",
+            message=f"{compared} {decisions.what} of revision {revision} compared "
+            f"{decisions.span or f'in {window}'}, fewer than minSamples {min_decisions}",
             value=compared,
             threshold=min_decisions,
             samples=compared,
@@ -40,8 +40,9 @@ def decision_mismatch(
     disagreed = decisions.mismatch + decisions.unanswered
     fraction = disagreed / compared
     figures = (
-        f"{disagreed}/{compared} {decisions.what} of revision {revision} differ from the stable's over "
-        f"{window} ({decisions.mismatch} mismatched, {decisions.unanswered} unanswered)"
+        f"{disagreed}/{compared} {decisions.what} of revision {revision} differ from the stable's "
+        f"{decisions.span or f'over {window}'} ({decisions.mismatch} mismatched, {decisions.unanswered} "
+        "unanswered)"
     )
     if decisions.detail:
         figures += f", {decisions.detail}"

@@ -93,6 +93,8 @@ class Decisions:
     """What was compared, for the gate's message."""
     detail: str = ""
     """Where they differed first, when the comparison can say."""
+    span: str = ""
+    """What the comparison covered, when not the analysis window."""
 
     @classmethod
     def from_outcomes(cls, outcomes: dict[str, float]) -> Decisions:

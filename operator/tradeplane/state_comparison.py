@@ -19,6 +19,7 @@ from tradeplane.measurement import Decisions
 History = dict[int, str]
 """A pod's digests by log sequence."""
 WHAT = "state comparisons (canary pod x log sequence)"
+SPAN = "at the log sequences both hold"
 _DIGEST = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -73,4 +74,4 @@ def compare_states(canary: Mapping[str, History], stable: Mapping[str, History])
         sequence, endpoint, digest, held = first
         stable_digests = ", ".join(sorted(held))
         detail = f"first at log sequence {sequence}: {endpoint} holds {digest}, the stable {stable_digests}"
-    return Decisions(match, mismatch, 0, what=WHAT, detail=detail)
+    return Decisions(match, mismatch, 0, what=WHAT, detail=detail, span=SPAN)

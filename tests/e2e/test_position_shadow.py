@@ -313,6 +313,9 @@ def test_a_position_canary_is_judged_by_its_state_and_no_client_reads_from_it(
         assert not position.ready_ips(differing), "the canary's pods are gone"
         reads = reader.reads
         wait_for(lambda: reader.reads > reads + 5, 30, what="the client reading on after the rollback")
+        # The counter the canaries were held to counts the client's reads where they went: the stable.
+        stable_now = failed["stableRevision"]
+        assert sum(position.requests(ip, stable_now) for ip in position.ready_ips(stable_now)) > 0
     assert venue.failure is None and venue.appended > 100
     assert reader.failures == 0 and reader.reads > 0
     assert position.canary_requests.get(agreeing) == 0 and position.canary_requests.get(differing) == 0, (

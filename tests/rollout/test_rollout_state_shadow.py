@@ -13,7 +13,7 @@ from rollout.world import World, make_spec
 from tradeplane.api import SLO, Analysis, Gate, Phase, TradingServiceSpec, Verdict
 from tradeplane.judge import judge
 from tradeplane.measurement import Decisions, Measurement, ProviderUnavailable, Series
-from tradeplane.state_comparison import WHAT, BadDigests, compare_states, parse_history
+from tradeplane.state_comparison import SPAN, WHAT, BadDigests, compare_states, parse_history
 from tradeplane.traffic import Serving, router_for
 from tradeplane.traffic.state_shadow import StateShadowRouter
 
@@ -27,7 +27,7 @@ NO_TRAFFIC = Measurement(p99_seconds=None, samples=0, requests=0, errors=0)
 def test_each_canary_pod_is_compared_at_every_sequence_the_stable_holds_too() -> None:
     stable = {"s1:9100": {10: A, 11: B, 12: C}, "s2:9100": {11: B, 12: C, 13: A}}
     canary = {"c1:9100": {9: A, 11: B, 12: C, 13: A, 14: B}, "c2:9100": {12: C}}
-    assert compare_states(canary, stable) == Decisions(4, 0, 0, what=WHAT)
+    assert compare_states(canary, stable) == Decisions(4, 0, 0, what=WHAT, span=SPAN)
 
 
 def test_a_canary_digest_other_than_the_stable_s_is_a_mismatch_named_by_its_first_sequence() -> None:
@@ -47,10 +47,10 @@ def test_stable_pods_that_disagree_make_the_sequence_a_mismatch_whatever_the_can
 
 def test_no_common_sequence_compares_nothing_and_the_gate_is_inconclusive() -> None:
     decisions = compare_states({"c1:9100": {20: A, 21: A}}, {"s1:9100": {18: A, 19: A}})
-    assert decisions == Decisions(0, 0, 0, what=WHAT)
+    assert decisions == Decisions(0, 0, 0, what=WHAT, span=SPAN)
     result = judge(NO_TRAFFIC, None, SLO(), ANALYSIS, "v2", NOW, decisions, state_shadow=True)
     assert (result.verdict, result.gate) == (Verdict.INCONCLUSIVE, "decisionMismatch")
-    assert f"0 {WHAT} of revision v2 compared in 10s" in result.message
+    assert f"0 {WHAT} of revision v2 compared at the log sequences both hold, fewer" in result.message
 
 
 def test_a_digest_document_is_read_with_errors_naming_the_pod_and_the_entry() -> None:
