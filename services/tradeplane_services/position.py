@@ -92,8 +92,16 @@ class Position:
         if held == 0 or (held > 0) == (signed > 0):
             self.quantity = held + signed
             self.open_cost += signed * price
+            self._opened(signed, price)
             return
-        closed = min(quantity, abs(held))
+        self._close(held, signed, price)
+
+    def _opened(self, signed: int, price: int) -> None:
+        """Opened or extended by `signed` at `price` (the average cost needs nothing more)."""
+
+    def _close(self, held: int, signed: int, price: int) -> None:
+        """Reduced, closed or flipped by `signed` at `price`: realize against the average cost."""
+        closed = min(abs(signed), abs(held))
         direction = 1 if held > 0 else -1
         removed_cost = self.open_cost * closed // abs(held)
         self.realized += direction * closed * price - removed_cost
@@ -117,21 +125,12 @@ class FifoPosition(Position):
         super().__init__()
         self.lots: deque[list[int]] = deque()
 
-    def apply(self, side: int, quantity: int, price: int) -> None:
-        signed = quantity if side == BUY else -quantity
-        if side == BUY:
-            self.bought += quantity
-        else:
-            self.sold += quantity
-        held = self.quantity
-        if held == 0 or (held > 0) == (signed > 0):
-            self.quantity = held + signed
-            self.open_cost += signed * price
-            self.lots.append([signed, price])
-            return
+    def _opened(self, signed: int, price: int) -> None:
+        self.lots.append([signed, price])
+
+    def _close(self, held: int, signed: int, price: int) -> None:
         direction = 1 if held > 0 else -1
-        closing = min(quantity, abs(held))
-        remaining = closing
+        remaining = min(abs(signed), abs(held))
         while remaining:
             lot = self.lots[0]
             taken = min(remaining, abs(lot[0]))
@@ -142,7 +141,7 @@ class FifoPosition(Position):
                 self.lots.popleft()
             remaining -= taken
         self.quantity = held + signed
-        if quantity > closing:  # flipped: the rest opens at this price
+        if abs(signed) > abs(held):  # flipped: the rest opens at this price
             self.lots.append([self.quantity, price])
             self.open_cost = self.quantity * price
 
