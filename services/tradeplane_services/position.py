@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -70,6 +71,7 @@ DIGEST_HISTORY = 4096
 """(sequence, digest) pairs a replica keeps: a comparison needs sequences both sides still hold."""
 DIGEST_MODULUS = 2**64
 _DIGEST_KEY = b"tradeplane.position.v1"
+_HASHED = struct.Struct("<q8s5q")  # account, symbol, the five figures
 
 
 class Position:
@@ -112,8 +114,9 @@ class Position:
         elif (self.quantity > 0) != (held > 0):
             self.open_cost = self.quantity * price  # flipped: the rest opens at this price
 
-    def figures(self) -> tuple[int, ...]:
-        return tuple(getattr(self, name) for name in SNAPSHOT_FIELDS)
+    def figures(self) -> tuple[int, int, int, int, int]:
+        """The five figures, in SNAPSHOT_FIELDS' order."""
+        return (self.quantity, self.bought, self.sold, self.open_cost, self.realized)
 
 
 class FifoPosition(Position):
@@ -152,8 +155,12 @@ POSITION_TYPES: dict[str, type[Position]] = {AVERAGE_COST: Position, FIFO: FifoP
 def position_hash(key: tuple[int, bytes], position: Position) -> int:
     """A position's share of the digest: a keyed 64-bit hash of its account, symbol and five figures."""
     account, symbol = key
-    text = ",".join(str(n) for n in (account, symbol.hex(), *position.figures()))
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8, key=_DIGEST_KEY).digest(), "little")
+    figures = position.figures()
+    try:
+        encoded = _HASHED.pack(account, symbol, *figures)
+    except struct.error:  # a figure beyond 64 bits (the book's integers are unbounded): decimal text
+        encoded = ",".join(str(n) for n in (account, symbol.hex(), *figures)).encode()
+    return int.from_bytes(hashlib.blake2b(encoded, digest_size=8, key=_DIGEST_KEY).digest(), "little")
 
 
 class PositionBook:

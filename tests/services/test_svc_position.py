@@ -168,3 +168,12 @@ def test_a_snapshot_of_the_other_method_is_refused_naming_both() -> None:
     document = PositionBook("fifo").to_snapshot()
     with pytest.raises(ValueError, match="snapshot pnlMethod 'fifo': this replica projects 'average-cost'"):
         PositionBook.from_snapshot(document)
+
+
+def test_a_figure_beyond_64_bits_still_hashes_and_counts() -> None:
+    small, huge = Position(), Position()
+    huge.realized = 2**70  # the book's integers are unbounded; the wire saturates, the digest does not
+    before = position_hash((1, AAPL), huge)
+    assert before != position_hash((1, AAPL), small)
+    huge.realized += 1
+    assert position_hash((1, AAPL), huge) != before
