@@ -17,8 +17,8 @@ position's average cost, or its oldest open lots first (FIFO). Each method keeps
 
 Digest: a replica keeps a 64-bit digest of its log-derived state (the five figures of every position, not
 the marks), the sum modulo 2^64 of a keyed hash of each position, so it does not depend on the order
-positions were built in and a fill updates it by taking the position's old hash out and adding its new
-one. After each event it records (log sequence, digest) in a bounded history. Two replicas with the same
+positions were built in and a fill updates it by taking the position's old hash (kept) out and adding its
+new one. After each event it records (log sequence, digest) in a bounded history. Two replicas with the same
 settings that applied the same log have the same digest at every sequence both recorded, whether they
 started from a snapshot or replayed everything: that is how a canary of position is compared with the
 stable (`rollout.stateShadow`).
@@ -177,6 +177,7 @@ class PositionBook:
         self.fills = 0
         self.sequence = 0  # the last event log sequence applied
         self.digest = 0
+        self.shares: dict[tuple[int, bytes], int] = {}  # each position's hash, its share of the digest
         self.digests: deque[tuple[int, int]] = deque(maxlen=DIGEST_HISTORY)
 
     def to_snapshot(self) -> dict[str, Any]:
@@ -216,7 +217,8 @@ class PositionBook:
             fifo = book.positions[account, symbol_bytes(symbol)]
             assert isinstance(fifo, FifoPosition)  # pnlMethod fifo, checked above, made every position one
             fifo.lots = deque(lots)
-        book.digest = sum(position_hash(key, p) for key, p in book.positions.items()) % DIGEST_MODULUS
+        book.shares = {key: position_hash(key, p) for key, p in book.positions.items()}
+        book.digest = sum(book.shares.values()) % DIGEST_MODULUS
         if book.sequence:
             book.digests.append((book.sequence, book.digest))
         return book
@@ -231,11 +233,10 @@ class PositionBook:
         position = self.positions.get(key)
         if position is None:
             position = self.positions[key] = self.position_type()
-            before = 0
-        else:
-            before = position_hash(key, position)
         position.apply(fill.side, fill.quantity, fill.price)
-        self.digest = (self.digest - before + position_hash(key, position)) % DIGEST_MODULUS
+        share = position_hash(key, position)
+        self.digest = (self.digest - self.shares.get(key, 0) + share) % DIGEST_MODULUS
+        self.shares[key] = share
         self.last_fill_price[fill.symbol] = fill.price
         self.fills += 1
         return True
