@@ -63,7 +63,9 @@ async def measure(
     state_shadow = spec.rollout.stateShadow
     gates = gates_for(spec.slo, analysis, serves_clients=state_shadow is None)
     needs = tuple(dict.fromkeys(series for gate in gates for series in gate.needs))
-    canary = await _measure(provider, canary_target, analysis.window, needs)
+    canary: Measurement | ProviderUnavailable = Measurement(None, 0, 0, 0)
+    if gates:  # none: a state shadow without trading gates reads only the digests
+        canary = await _measure(provider, canary_target, analysis.window, needs)
     baseline = None
     if any(gate.relative for gate in gates):
         stable_target = Target(namespace, service, status.stableRevision, tuple(stable_endpoints))

@@ -4,18 +4,29 @@ holding a passed state shadow until promotion."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from pydantic import ValidationError
 from rollout.world import World, make_spec
 
-from tradeplane.api import SLO, Analysis, Gate, Phase, TradingServiceSpec, Verdict
+from tradeplane.analysis import measure
+from tradeplane.api import SLO, Analysis, Gate, Phase, TradingServiceSpec, TradingServiceStatus, Verdict
 from tradeplane.judge import judge
 from tradeplane.measurement import Decisions, Measurement, ProviderUnavailable, Series
+from tradeplane.providers import Providers
 from tradeplane.state_comparison import SPAN, WHAT, BadDigests, compare_states, parse_history
 from tradeplane.traffic import Serving, router_for
 from tradeplane.traffic.state_shadow import StateShadowRouter
+from tradeplane_services.catalog import DIGESTS_ROUTE
+from tradeplane_services.position import PositionBook
+from tradeplane_services.protocol import Fill, Side, price_units, symbol_bytes
 
 NOW = datetime(2025, 6, 3, 12, 0, tzinfo=UTC)
 ANALYSIS = Analysis(minSamples=4, window="10s")
@@ -149,3 +160,61 @@ def test_a_passed_state_shadow_holds_with_no_weight_until_promotion_is_requested
     assert world.reasons().count("ShadowPassed") == 1
     world.promote = world.request()
     world.run_until(lambda world: world.state.stableRevision == "v2")
+
+
+@contextmanager
+def digest_server(book: PositionBook) -> Iterator[str]:
+    """A real HTTP server answering the book's digest document at DIGESTS_ROUTE, as a position pod does."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == DIGESTS_ROUTE
+            body = json.dumps(book.digest_document()).encode() if found else b"not found"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def projected(method: str, first: int, last: int) -> PositionBook:
+    """A book that applied fills first..last of one log (both sides, moving prices), event by event."""
+    book = PositionBook(method)
+    for n in range(1, last + 1):
+        side = Side.BUY if n % 3 else Side.SELL
+        fill = Fill(7, n, 1 + n % 5, symbol_bytes("AAPL"), int(side), 10, price_units(180 + n % 17), n, 0)
+        book.apply(fill)
+        if n >= first:
+            book.advance(n)
+    return book
+
+
+def analysed(canary: list[str], stable: list[str]) -> Verdict:
+    status = TradingServiceStatus(canaryRevision="v2", stableRevision="v1")
+    spec = state_shadow_spec()
+    return asyncio.run(measure(Providers(), spec, status, "trading", "position", canary, stable, NOW)).verdict
+
+
+def test_an_analysis_reads_the_pods_digests_and_judges_the_canary_by_its_state() -> None:
+    stable_books = [projected("average-cost", 1, 60), projected("average-cost", 30, 60)]
+    with digest_server(stable_books[0]) as one, digest_server(stable_books[1]) as two:
+        with digest_server(projected("average-cost", 25, 60)) as agreeing:
+            assert analysed([agreeing], [one, two]) == Verdict.PASS
+        with digest_server(projected("fifo", 25, 60)) as differing:
+            assert analysed([differing], [one, two]) == Verdict.FAIL
+        with digest_server(projected("average-cost", 61, 61)) as ahead:
+            assert analysed([ahead], [one, two]) == Verdict.INCONCLUSIVE, "no common sequence"
+        with digest_server(projected("average-cost", 25, 60)) as agreeing:
+            unreachable = "127.0.0.1:9"
+            assert analysed([agreeing, unreachable], [one, two]) == Verdict.INCONCLUSIVE
