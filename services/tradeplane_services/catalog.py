@@ -59,6 +59,10 @@ class BundledComponent:
     split_by: tuple[str, ...] = ()
     """Callers that split their orders to it by account (split.py), so its canaries can take an exact
     share of the orders (`spec.rollout.orderFlow`)."""
+    projects_log: bool = False
+    """Whether it is a projection of the event log that answers DIGESTS_ROUTE, so its canaries can run as
+    a state shadow (`spec.rollout.stateShadow`): replaying the same log, compared with the stable at the
+    same log sequences, serving no client."""
 
     @property
     def peer_variable(self) -> str:
@@ -132,6 +136,7 @@ BUNDLED: dict[str, BundledComponent] = _catalog(
         # Fills reach position through the event log, never over a session.
         {CLIENT: ("PositionQuery",), ADMIN: ("PositionQuery",)},
         {"snapshotEveryEvents": 1000},
+        projects_log=True,
     ),
     BundledComponent(
         "analytics",
@@ -176,6 +181,11 @@ def splits_orders(name: str) -> bool:
 
 ORDER_FLOW_COMPONENTS = tuple(name for name, entry in BUNDLED.items() if entry.split_by)
 """The components whose canaries can take an order-flow share."""
+STATE_SHADOW_COMPONENTS = tuple(name for name, entry in BUNDLED.items() if entry.projects_log)
+"""The components whose canaries can run as a state shadow."""
+DIGESTS_ROUTE = "/digests"
+"""GET on the metrics port of a log projection: `{"sequence", "digest", "history": [[sequence, digest],
+...]}`, digests as 16 hex digits, the history oldest first (position.py says what a digest covers)."""
 
 
 def start_order() -> tuple[str, ...]:
