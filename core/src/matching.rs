@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use pyo3::exceptions::PyKeyError;
+use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyType};
 
@@ -81,12 +81,60 @@ impl Order {
 /// Builds the Python `VenueEvent`s (a NamedTuple) the book returns.
 struct Events {
     class: Py<PyType>,
-    tuple_new: Py<PyAny>,
     codes: Codes,
     no_symbol: Py<PyBytes>,
 }
 
+const EVENT_FIELDS: usize = 10;
+
 impl Events {
+    /// `class` must be a tuple subclass with no storage of its own (a NamedTuple), so that an event
+    /// can be allocated as the class and filled like a tuple, without a call through `tuple.__new__`.
+    fn new(py: Python<'_>, class: Py<PyType>, codes: Codes) -> PyResult<Self> {
+        let bound = class.bind(py);
+        // SAFETY: reading the size fields of a live type object.
+        let same_layout = unsafe {
+            (*bound.as_type_ptr()).tp_basicsize == pyo3::ffi::PyTuple_Type.tp_basicsize
+                && (*bound.as_type_ptr()).tp_itemsize == pyo3::ffi::PyTuple_Type.tp_itemsize
+        };
+        if !bound.is_subclass_of::<PyTuple>()? || !same_layout {
+            return Err(PyTypeError::new_err(format!(
+                "event_class must be a NamedTuple, not {}",
+                bound.name()?
+            )));
+        }
+        Ok(Events {
+            class,
+            codes,
+            no_symbol: PyBytes::new(py, &[0u8; 8]).unbind(),
+        })
+    }
+
+    fn build(
+        &self,
+        py: Python<'_>,
+        fields: [Bound<'_, PyAny>; EVENT_FIELDS],
+    ) -> PyResult<Py<PyAny>> {
+        // SAFETY: the class has a tuple's layout (checked in `new`); every item is set before the event
+        // is returned, and nothing runs Python code in between.
+        unsafe {
+            let class = self.class.as_ptr() as *mut pyo3::ffi::PyTypeObject;
+            let alloc = (*class).tp_alloc.unwrap_or(pyo3::ffi::PyType_GenericAlloc);
+            let event = alloc(class, EVENT_FIELDS as pyo3::ffi::Py_ssize_t);
+            if event.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            for (index, field) in fields.into_iter().enumerate() {
+                pyo3::ffi::PyTuple_SET_ITEM(
+                    event,
+                    index as pyo3::ffi::Py_ssize_t,
+                    field.into_ptr(),
+                );
+            }
+            Ok(Py::from_owned_ptr(py, event))
+        }
+    }
+
     fn of(
         &self,
         py: Python<'_>,
@@ -97,23 +145,21 @@ impl Events {
         last_price: i64,
     ) -> PyResult<Py<PyAny>> {
         let leaves = if order.active { order.quantity } else { 0 };
-        let fields = (
-            order.owner.clone_ref(py),
-            order.order_id,
-            order.account,
-            order.symbol.clone_ref(py),
-            order.side,
-            exec_type,
-            reason,
-            last_quantity,
-            last_price,
-            leaves,
-        );
-        Ok(self
-            .tuple_new
-            .bind(py)
-            .call1((self.class.bind(py), fields.into_pyobject(py)?))?
-            .unbind())
+        self.build(
+            py,
+            [
+                order.owner.bind(py).clone(),
+                order.order_id.into_pyobject(py)?.into_any(),
+                order.account.into_pyobject(py)?.into_any(),
+                order.symbol.bind(py).clone().into_any(),
+                order.side.into_pyobject(py)?.into_any(),
+                exec_type.into_pyobject(py)?.into_any(),
+                reason.into_pyobject(py)?.into_any(),
+                last_quantity.into_pyobject(py)?.into_any(),
+                last_price.into_pyobject(py)?.into_any(),
+                leaves.into_pyobject(py)?.into_any(),
+            ],
+        )
     }
 
     fn not_open(
@@ -122,23 +168,22 @@ impl Events {
         owner: &Bound<'_, PyAny>,
         order_id: u64,
     ) -> PyResult<Py<PyAny>> {
-        let fields = (
-            owner,
-            order_id,
-            0,
-            self.no_symbol.clone_ref(py),
-            0,
-            self.codes.cancel_rejected,
-            self.codes.order_not_open,
-            0,
-            0,
-            0,
-        );
-        Ok(self
-            .tuple_new
-            .bind(py)
-            .call1((self.class.bind(py), fields.into_pyobject(py)?))?
-            .unbind())
+        let zero = || 0i64.into_pyobject(py).map(Bound::into_any);
+        self.build(
+            py,
+            [
+                owner.clone(),
+                order_id.into_pyobject(py)?.into_any(),
+                zero()?,
+                self.no_symbol.bind(py).clone().into_any(),
+                zero()?,
+                self.codes.cancel_rejected.into_pyobject(py)?.into_any(),
+                self.codes.order_not_open.into_pyobject(py)?.into_any(),
+                zero()?,
+                zero()?,
+                zero()?,
+            ],
+        )
     }
 }
 
@@ -360,6 +405,14 @@ impl MatchingBook {
         Ok(())
     }
 
+    /// Takes an open order out of the book for good.
+    fn close(&mut self, slot: usize) -> Order {
+        self.withdraw(slot);
+        let order = self.orders.release(slot);
+        self.orders.open.remove(&order.key());
+        order
+    }
+
     fn cancel_slot(
         &mut self,
         py: Python<'_>,
@@ -367,13 +420,9 @@ impl MatchingBook {
         reason: i64,
         events: &Bound<'_, PyList>,
     ) -> PyResult<()> {
-        self.withdraw(slot);
-        let order = self.orders.release(slot);
-        self.orders.open.remove(&order.key());
-        events.append(
-            self.events
-                .of(py, &order, self.events.codes.canceled, reason, 0, 0)?,
-        )
+        let order = self.close(slot);
+        let canceled = self.events.codes.canceled;
+        events.append(self.events.of(py, &order, canceled, reason, 0, 0)?)
     }
 
     fn not_open<'py>(
@@ -418,12 +467,7 @@ impl MatchingBook {
     #[new]
     fn new(py: Python<'_>, event_class: Py<PyType>, codes: &Bound<'_, PyDict>) -> PyResult<Self> {
         Ok(MatchingBook {
-            events: Events {
-                class: event_class,
-                tuple_new: py.get_type::<PyTuple>().getattr("__new__")?.unbind(),
-                codes: Codes::from_dict(codes)?,
-                no_symbol: PyBytes::new(py, &[0u8; 8]).unbind(),
-            },
+            events: Events::new(py, event_class, Codes::from_dict(codes)?)?,
             books: Vec::new(),
             book_of: HashMap::new(),
             orders: Orders::default(),
@@ -526,9 +570,7 @@ impl MatchingBook {
             .expect("an open order has a slot");
         let leaves = quantity - order.filled;
         if leaves <= 0 {
-            self.withdraw(slot);
-            let order = self.orders.release(slot);
-            self.orders.open.remove(&key);
+            let order = self.close(slot);
             events.append(self.events.of(py, &order, replaced, 0, 0, 0)?)?;
             return Ok(events);
         }
