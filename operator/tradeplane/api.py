@@ -49,6 +49,11 @@ NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 # Children are named <name>-canary and <name>-<revision>; the Service name is a 63-character DNS label.
 MAX_NAME_LENGTH = 40
 MAX_ROLLOUT_STEPS = 10
+# The scrape provider reads the pods when asked, so a canary can be judged several times a second; a
+# Prometheus server's figures move once per scrape interval, and judging faster counts one bad scrape as
+# several failed intervals.
+MIN_SCRAPE_INTERVAL = "250ms"
+MIN_PROMETHEUS_INTERVAL = "1s"
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -479,6 +484,10 @@ class Gate(Model):
         return self.name if self.kind == "metric" and self.name else self.kind
 
 
+def min_interval(provider: str) -> float:
+    return parse_duration(MIN_PROMETHEUS_INTERVAL if provider == "prometheus" else MIN_SCRAPE_INTERVAL)
+
+
 class Analysis(Model):
     provider: Literal["prometheus", "scrape"] = Field(
         default="scrape",
@@ -512,9 +521,11 @@ class Analysis(Model):
     rules = (
         Rule(
             f"!has(self.interval) || !({_duration_guard('interval')}) || "
-            "duration(self.interval) >= duration('1s')",
-            "analysis interval must be at least 1s",
-            lambda analysis: parse_duration(analysis.interval) >= 1,
+            "duration(self.interval) >= duration((has(self.provider) && self.provider == 'prometheus') ? "
+            f"'{MIN_PROMETHEUS_INTERVAL}' : '{MIN_SCRAPE_INTERVAL}')",
+            f"analysis interval must be at least {MIN_SCRAPE_INTERVAL} ({MIN_PROMETHEUS_INTERVAL} with the "
+            "prometheus provider, whose figures change no faster than its scrapes)",
+            lambda analysis: parse_duration(analysis.interval) >= min_interval(analysis.provider),
             "interval",
         ),
         Rule(
@@ -653,8 +664,9 @@ class Rollout(Model):
     httpRoute: HTTPRouteRef | None = None
     orderFlow: OrderFlow | None = Field(
         default=None,
-        description="Split by account in the callers of the service (bundled components with bundled "
-        "callers: risk and execution, called by order), at basis-point resolution, under a lease.",
+        description="Split by account in the callers of the service, at basis-point resolution, under a "
+        "lease. Bundled: risk, called by order. Not execution: it holds the matching book, and orders of "
+        "one symbol split between two books would not meet.",
     )
 
     rules = (

@@ -15,7 +15,11 @@ has finished rebuilding the partition's exposure (`serving`). Each risk replica 
 - Partition n is preferred by the live member at index n % members in sorted order. A replica claims
   free or expired partitions it is preferred for and hands over (deletes) the lease of one partition it
   holds that another live member is preferred for at a time, so ownership spreads when a replica joins
-  and comes back to one when others die.
+  and comes back to one when others die. It hands over only to a member it has seen live for a whole
+  lease duration: a replica that went quiet for a moment (a long replay, a loaded host) and came back
+  must not be handed partitions it may lose again at once, over and over.
+- A renewal round writes the member key and every lease at once, so its length is one round trip to the
+  log whatever the number of partitions held.
 
 Why a lease and not a JetStream consumer with one active owner: a lease record is something order can
 read to find the owner and its address, and the desk can show; a consumer tells neither. The lease is
@@ -202,6 +206,7 @@ class PartitionOwner:
         self.duration = duration
         self.owned: dict[int, int] = {}  # partition -> revision of our last write of its lease
         self.member_revision = 0
+        self.live_since: dict[str, float] = {}  # member -> when this replica last saw it come alive
         self.wake = asyncio.Event()  # a partition started serving: say so now, not at the next renewal
 
     def lease(self, partition: int) -> bytes:
@@ -223,21 +228,35 @@ class PartitionOwner:
 
     async def tick(self, kv: KeyValue, now: float) -> None:
         member = Lease(self.identity, self.address, True, 0).encode()
-        self.member_revision = await kv.put(member_key(self.identity), member)
-        for partition, revision in list(self.owned.items()):
-            try:
-                key, value = partition_key(partition), self.lease(partition)
-                self.owned[partition] = await kv.update(key, value, revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
+        owned = list(self.owned.items())
+        renew = (kv.update(partition_key(number), self.lease(number), revision) for number, revision in owned)
+        member_write, *renewals = await asyncio.gather(
+            kv.put(member_key(self.identity), member), *renew, return_exceptions=True
+        )
+        failures: list[BaseException] = []
+        if isinstance(member_write, BaseException):
+            failures.append(member_write)
+        else:
+            self.member_revision = member_write
+        for (partition, _), renewal in zip(owned, renewals, strict=True):
+            if isinstance(renewal, nats.js.errors.KeyWrongLastSequenceError):
                 log.warning("partition lease lost", extra=fields(partition=partition))
                 self.drop(partition)
+            elif isinstance(renewal, BaseException):
+                failures.append(renewal)
+            elif partition in self.owned:  # not dropped while the writes were in flight
+                self.owned[partition] = renewal
+        if failures:  # the renewals that went through are kept: their revisions are the ones to expect
+            raise failures[0]
         duration = self.duration()
         members = sorted({*self.table.live_members(now, duration), self.identity})
+        self.live_since = {member: self.live_since.get(member, now) for member in members}
         handed_over = False
         for partition in range(PARTITIONS):
             preferred = preferred_owner(partition, members)
             if partition in self.owned:
-                if preferred != self.identity and not handed_over and self.serving(partition):
+                settled = now - self.live_since[preferred] >= duration
+                if preferred != self.identity and settled and not handed_over and self.serving(partition):
                     await self.hand_over(kv, partition, preferred)
                     handed_over = True
                 continue

@@ -110,6 +110,8 @@ FIRM_CREDIT_LIMIT = int(Reason.FIRM_CREDIT_LIMIT)
 PARTITION_TAKEOVER = int(Reason.PARTITION_TAKEOVER)
 REASON_NAMES = {int(reason): reason.name for reason in Reason}
 LIMIT = int(OrderType.LIMIT)
+# Events replayed between turns of the event loop in a takeover: lease renewals run between slices.
+REPLAY_SLICE_EVENTS = 64
 HALTED, REDUCING = int(KillSwitchState.HALTED), int(KillSwitchState.REDUCING)
 CHECK_DTYPE = layout_of(RiskCheck).dtype
 RESULT_LAYOUT = layout_of(RiskResult)
@@ -757,6 +759,8 @@ class PartitionLedger:
         async for event in replay:
             self.apply(event, replaying=True)
             self.replayed_events += 1
+            if self.replayed_events % REPLAY_SLICE_EVENTS == 0:
+                await asyncio.sleep(0)  # a fetched batch is replayed without a pause: let the leases renew
         every = self.service.settings.snapshotEveryEvents
         # Nothing of ours in flight yet: the state is the fold up to the claim, worth keeping if long.
         replayed_far = self.last_sequence - self.snapshot_sequence >= every
