@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import yaml
 
 from tradeplane.cluster import toolchain
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+class Background:
+    """A thread running `run` until the `with` block ends (`stopping` tells it when)."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self._thread.join(10)
 
 
 def wait_for(

@@ -11,7 +11,6 @@ rolled back, and no client ever saw one of its answers.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -25,7 +24,7 @@ from e2e.scenario import ORDER_FLOW_STACK, bundled_manifest
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import Kubectl, get_json, wait_for
+from support import Background, Kubectl, get_json, wait_for
 from tradeplane.cluster.podrunner import PodRunner
 from tradeplane.sessions_cli import secret_credentials
 from tradeplane_services.client import OrderSession
@@ -56,19 +55,18 @@ def by_canary(report: ExecutionReport) -> bool:
     return report.exec_type == ExecType.REJECTED and report.reason == Reason.MAX_QUANTITY
 
 
-class Desk:
+class Desk(Background):
     """Orders from every account in turn, in batches, answers read back; who answered, by account, and
     every reason a client was given."""
 
     def __init__(self, address: Address, creds: Credentials, symbols: tuple[str, ...] = ("AAPL",)) -> None:
+        super().__init__()
         self.address = address
         self.creds = creds
         self.symbols = symbols
         self.answers: Counter[bool] = Counter()
         self.reasons: Counter[Reason] = Counter()
         self.unanswered = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def orders(self, accounts: list[int]) -> dict[int, ExecutionReport]:
         with OrderSession(self.address, creds=self.creds) as session:
@@ -80,31 +78,23 @@ class Desk:
             }
             return {account: session.report_for(order, timeout=10) for order, account in sent.items()}
 
-    def __enter__(self) -> Desk:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         batch = 25
         accounts = list(ACCOUNTS)
         position = 0
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             chosen = accounts[position : position + batch]
             position = (position + batch) % len(accounts)
             try:
                 reports = self.orders(chosen)
             except (OSError, TimeoutError):
                 self.unanswered += len(chosen)
-                self._stop.wait(0.2)
+                self.stopping.wait(0.2)
                 continue
             for report in reports.values():
                 self.answers[by_canary(report)] += 1
                 self.reasons[Reason(report.reason)] += 1
-            self._stop.wait(0.05)
+            self.stopping.wait(0.05)
 
 
 @pytest.fixture

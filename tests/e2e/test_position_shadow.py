@@ -17,7 +17,6 @@ import os
 import random
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from e2e.conftest import OperatorProcess
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import Kubectl, get_json, wait_for
+from support import Background, Kubectl, get_json, wait_for
 from tradeplane.api import BUNDLED_PORTS, DEFAULT_METRICS_PORT
 from tradeplane.cluster.podrunner import PodRunner
 from tradeplane.labels import REVISION_LABEL
@@ -73,26 +72,17 @@ def manifest(namespace: str, event_log: str, settings: dict[str, Any]) -> str:
     return yaml.safe_dump(document)
 
 
-class Venue:
+class Venue(Background):
     """Fills appended to the log as execution appends them, one event per fill, ~50 a second, both sides at
     prices that move, so closes realize PnL."""
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.url = url
         self.appended = 0
         self.failure: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Venue:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         try:
             asyncio.run(self._append())
         except BaseException as error:  # reported by the test
@@ -103,7 +93,7 @@ class Venue:
         log = EventLog([self.url], name="venue")
         await log.open()
         try:
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 self.appended += 1
                 account = draw.choice(ACCOUNTS)
                 fill = Fill(
@@ -123,33 +113,24 @@ class Venue:
             await log.close()
 
 
-class Reader:
+class Reader(Background):
     """A trading client reading every account's positions through the `position` Service, as clients do."""
 
     def __init__(self, address: Address, creds: Credentials) -> None:
+        super().__init__()
         self.address = address
         self.creds = creds
         self.reads = 0
         self.failures = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Reader:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def run(self) -> None:
+        while not self.stopping.is_set():
             try:
                 positions(self.address, 0, timeout=5, creds=self.creds)
                 self.reads += 1
             except (OSError, TimeoutError):
                 self.failures += 1
-            self._stop.wait(0.2)
+            self.stopping.wait(0.2)
 
 
 @pytest.fixture

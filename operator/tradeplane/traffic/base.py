@@ -76,6 +76,19 @@ class TrafficRouter(Protocol):
         ...
 
 
+class WithoutTrafficObject:
+    """For mechanisms that steer no object of the API (the pods, the callers): nothing to read or patch."""
+
+    def traffic_object(self, spec: TradingServiceSpec) -> TrafficObject | None:
+        return None
+
+    def object_weight(self, live: Mapping[str, Any], backends: Backends) -> int | None:
+        return None
+
+    def object_patch(self, live: Mapping[str, Any], backends: Backends, weight: int) -> dict[str, Any] | None:
+        return None
+
+
 def share_replicas(stable_replicas: int, weight: int) -> int:
     """Canary pods to serve `weight` of what the stable serves: at least one, at most the stable's count."""
     if stable_replicas == 0:

@@ -29,18 +29,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from tradeplane.api import BASIS_POINTS, TradingServiceSpec
 from tradeplane.naming import Owner
-from tradeplane.traffic.base import Backends, Serving, TrafficObject, share_replicas
+from tradeplane.traffic.base import Serving, WithoutTrafficObject, share_replicas
 from tradeplane_services.orderflow import RoutingAnswer, RoutingTable
 
 COUNT_WINDOW_SECONDS = 5.0
 """The span of orders `status.actualWeight` is measured over."""
 
 
-class OrderFlowRouter:
+class OrderFlowRouter(WithoutTrafficObject):
     per_revision_services = True
     sets_weight = True
 
@@ -55,15 +54,6 @@ class OrderFlowRouter:
 
     def reached(self, serving: Serving, replicas: int, weight: int) -> bool:
         return serving.canary_ready >= replicas and serving.held_weight == weight
-
-    def traffic_object(self, spec: TradingServiceSpec) -> TrafficObject | None:
-        return None  # the callers hold the routing, not an object of the API
-
-    def object_weight(self, live: Mapping[str, Any], backends: Backends) -> int | None:
-        return None
-
-    def object_patch(self, live: Mapping[str, Any], backends: Backends, weight: int) -> dict[str, Any] | None:
-        return None
 
 
 def routing_table(

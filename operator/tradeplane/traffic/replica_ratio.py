@@ -8,16 +8,13 @@ step is 33 %. The share is of connections, not of requests.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from tradeplane.api import BASIS_POINTS, TradingServiceSpec
-from tradeplane.traffic.base import Backends, Serving, TrafficObject
+from tradeplane.traffic.base import Serving, WithoutTrafficObject
 
 HALF = BASIS_POINTS // 2
 
 
-class ReplicaRatioRouter:
+class ReplicaRatioRouter(WithoutTrafficObject):
     per_revision_services = False
     sets_weight = False
 
@@ -37,12 +34,3 @@ class ReplicaRatioRouter:
 
     def reached(self, serving: Serving, replicas: int, weight: int) -> bool:
         return serving.canary_ready >= replicas
-
-    def traffic_object(self, spec: TradingServiceSpec) -> TrafficObject | None:
-        return None
-
-    def object_weight(self, live: Mapping[str, Any], backends: Backends) -> int | None:
-        return None
-
-    def object_patch(self, live: Mapping[str, Any], backends: Backends, weight: int) -> dict[str, Any] | None:
-        return None

@@ -11,14 +11,11 @@ pod is ready once it has caught up with the log).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from tradeplane.api import TradingServiceSpec
-from tradeplane.traffic.base import Backends, Serving, TrafficObject, share_replicas
+from tradeplane.traffic.base import Serving, WithoutTrafficObject, share_replicas
 
 
-class StateShadowRouter:
+class StateShadowRouter(WithoutTrafficObject):
     per_revision_services = True
     sets_weight = False
 
@@ -33,12 +30,3 @@ class StateShadowRouter:
 
     def reached(self, serving: Serving, replicas: int, weight: int) -> bool:
         return serving.canary_ready >= replicas
-
-    def traffic_object(self, spec: TradingServiceSpec) -> TrafficObject | None:
-        return None
-
-    def object_weight(self, live: Mapping[str, Any], backends: Backends) -> int | None:
-        return None
-
-    def object_patch(self, live: Mapping[str, Any], backends: Backends, weight: int) -> dict[str, Any] | None:
-        return None
