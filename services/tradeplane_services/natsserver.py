@@ -182,7 +182,6 @@ def statefulset_manifests(
             f"port: {CLIENT_PORT}",
             f"http_port: {MONITOR_PORT}",
             "jetstream {",
-            f'  store_dir: "{STORE_MOUNT}/jetstream"',
             "  sync_interval: always  # fsync before acknowledging; the default syncs every 2 minutes",
             "}",
             "cluster {",
@@ -210,6 +209,8 @@ def statefulset_manifests(
             f"$(POD_IP):{CLUSTER_PORT}",
             "--routes",
             "$(NATS_ROUTES)",
+            "--store_dir",  # in args, not the file, so the volume's path is the one the kubelet mounted
+            f"{STORE_MOUNT}/jetstream",
         ],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

@@ -15,7 +15,8 @@ pod replaced since, is found, as through DNS and kube-proxy): `<service>[.<names
 :<port>` reaches the Service's Ready pods, and a StatefulSet pod's own name
 `<hostname>.<service>.<namespace>.svc[.cluster.local]:<port>` reaches that pod (Ready or not when the
 headless Service publishes not-ready addresses). `$(VAR)` in command and args is then expanded from the
-container's env, as the kubelet does. Volumes other than ConfigMaps and Secrets (emptyDir) are a
+container's env, as the kubelet does, and mounted paths in env values and args mapped to the
+local directories standing in for the volumes. Volumes other than ConfigMaps and Secrets (emptyDir) are a
 directory that lives as long as the pod: a restarted process finds what it wrote there.
 """
 
@@ -220,6 +221,18 @@ def expand_references(text: str, env: dict[str, str]) -> str:
     return _VARIABLE_REFERENCE.sub(replace, text)
 
 
+def local_path(value: str, mounts: dict[str, Path]) -> str:
+    """A path under a mount's path mapped to the local directory standing in for it; any other value as
+    it is."""
+    # Mapped once, by the deepest mount holding the path: a mapped path may lie under another mount's path
+    # (the local directories live in /tmp, and pods mount an emptyDir at /tmp).
+    holding = [path for path in mounts if value == path or value.startswith(path.rstrip("/") + "/")]
+    if not holding:
+        return value
+    mount_path = max(holding, key=len)
+    return str(mounts[mount_path]) + value[len(mount_path) :]
+
+
 def _environment(pod: Any, mounts: dict[str, Path]) -> dict[str, str]:
     """The container's env with field references resolved and mounted paths mapped to local ones."""
     env = {key: value for key, value in os.environ.items() if key in ("HOME", "LANG", "PYTHONPATH")}
@@ -232,14 +245,7 @@ def _environment(pod: Any, mounts: dict[str, Path]) -> dict[str, str]:
     }
     for variable in pod.spec.containers[0].env or []:
         if variable.value is not None:
-            value = variable.value
-            # Mapped once, by the deepest mount holding the path: a mapped path may lie under another
-            # mount's path (the local directories live in /tmp, and pods mount an emptyDir at /tmp).
-            holding = [path for path in mounts if value == path or value.startswith(path.rstrip("/") + "/")]
-            if holding:
-                mount_path = max(holding, key=len)
-                value = str(mounts[mount_path]) + value[len(mount_path) :]
-            env[variable.name] = value
+            env[variable.name] = local_path(variable.value, mounts)
         elif variable.value_from is not None and variable.value_from.field_ref is not None:
             env[variable.name] = fields.get(variable.value_from.field_ref.field_path) or ""
     env["TRADEPLANE_BIND"] = pod.status.pod_ip
@@ -301,7 +307,7 @@ class PodRunner:
         env = _environment(pod, mounts)
         for key, value in env.items():
             env[key] = _service_address(self.proxy, self.namespace, value) or value
-        command = [expand_references(part, env) for part in command]
+        command = [local_path(expand_references(part, env), mounts) for part in command]
         probe = readiness_url(pod)
         if probe is not None:
             self._report_ready(pod.metadata.name, False)
