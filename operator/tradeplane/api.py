@@ -664,8 +664,9 @@ class Rollout(Model):
     httpRoute: HTTPRouteRef | None = None
     orderFlow: OrderFlow | None = Field(
         default=None,
-        description="Split by account in the callers of the service (bundled components with bundled "
-        "callers: risk and execution, called by order), at basis-point resolution, under a lease.",
+        description="Split by account in the callers of the service, at basis-point resolution, under a "
+        "lease. Bundled: risk, called by order. Not execution: it holds the matching book, and orders of "
+        "one symbol split between two books would not meet.",
     )
 
     rules = (

@@ -302,10 +302,13 @@ class Controller:
         if decision.routing is None or view.spec is None:
             return
         owner = view.owner
+        key = (owner.namespace, owner.name)
         callers = self._callers(owner.namespace, view.spec.component)
-        failed = await self.routing.push((owner.namespace, owner.name), decision.routing, callers)
+        failed = await self.routing.push(key, decision.routing, callers)
         metrics.ROUTING_PUSHES.labels("ok").inc(len(callers) - failed)
         metrics.ROUTING_PUSHES.labels("failed").inc(failed)
+        unready = self._callers(owner.namespace, view.spec.component, ready=False)
+        await self.routing.withdraw(key, decision.routing, unready)
 
     async def _post_event(self, body: Mapping[str, Any], note: Event) -> None:
         metadata = body["metadata"]
@@ -342,8 +345,9 @@ class Controller:
             self._monitoring = (time.monotonic(), served)
         return self._monitoring[1]
 
-    def _callers(self, namespace: str, component: str) -> list[str]:
-        """HTTP endpoints of the ready pods of the services that split their orders to `component`."""
+    def _callers(self, namespace: str, component: str, ready: bool = True) -> list[str]:
+        """HTTP endpoints of the running pods, ready or not as asked, of the services that split their
+        orders to `component`."""
         indexes = self._indexes()
         splitting = splitting_callers(component)
         endpoints = []
@@ -356,7 +360,7 @@ class Controller:
                 endpoints += [
                     f"{pod.ip}:{port}"
                     for pod in indexes.pods.get((service_namespace, name), ())
-                    if pod.ready and pod.active and pod.ip
+                    if pod.ready == ready and pod.active and pod.ip
                 ]
         return sorted(endpoints)
 

@@ -71,6 +71,18 @@ class RoutingPushes:
         callers.answers = answers
         return failed
 
+    async def withdraw(self, key: ServiceKey, table: RoutingTable, endpoints: Sequence[str]) -> None:
+        """Push a canary-free table to callers that are running but not ready: one may still hold a
+        canary share from when it was ready, and its clients' sessions outlive its readiness. Best effort:
+        their answers count for nothing, and one that does not answer falls back by its lease."""
+        if table.weight_basis_points != 0 or not endpoints:
+            return
+        client, body = self._http(), table.document()
+        results = await asyncio.gather(*(self._push_one(client, endpoint, body) for endpoint in endpoints))
+        for endpoint, result in zip(endpoints, results, strict=True):
+            if not isinstance(result, RoutingAnswer):
+                logger.info("%s/%s: unready caller %s not told: %s", key[0], key[1], endpoint, result)
+
     def forget(self, key: ServiceKey) -> None:
         self._services.pop(key, None)
 

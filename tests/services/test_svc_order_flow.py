@@ -5,6 +5,7 @@ compares its decisions with the stable's without a client ever seeing one or wai
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -16,9 +17,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support import wait_for
+from tradeplane.routing import RoutingPushes
 from tradeplane_services.client import OrderSession
 from tradeplane_services.eventlog import PARTITIONS
-from tradeplane_services.orderflow import bucket
+from tradeplane_services.orderflow import RoutingTable, bucket
 from tradeplane_services.protocol import ExecType, ExecutionReport, Reason, Side, price_units
 from tradeplane_services.stack import Stack
 
@@ -130,6 +132,28 @@ def test_the_share_falls_to_zero_when_the_lease_lapses(stacks: tuple[Stack, Stac
         wait_for(lambda: json.loads(http_get(stable, "/routing"))["risk"]["weightInForce"] == 0, 5)
         reports = send_orders(session, list(range(1, 51)))
     assert not any(answered_by_canary(report) for report in reports.values()), "no canary after the lease"
+
+
+def test_an_unready_caller_is_told_of_a_rollback_and_not_of_a_canary(stacks: tuple[Stack, Stack]) -> None:
+    """The operator's best-effort push to callers out of the Service: a table without the canary is
+    delivered at once (not left to the lease), one with a canary share is not sent at all."""
+    stable, canary = stacks
+    assert push(stable, routing(canary, 10_000, lease=30))[0] == 200
+    endpoint = stable.metrics_url("order", "").removeprefix("http://")
+
+    def withdraw(weight: int) -> int:
+        table = RoutingTable.from_document(routing(canary, weight))
+        pushes = RoutingPushes()
+
+        async def send() -> None:
+            await pushes.withdraw(("trading", "risk"), table, [endpoint])
+            await pushes.close()
+
+        asyncio.run(send())
+        return int(json.loads(http_get(stable, "/routing"))["risk"]["weightInForce"])
+
+    assert withdraw(5_000) == 10_000, "a canary share never goes to an unready caller"
+    assert withdraw(0) == 0
 
 
 def test_orders_in_flight_at_a_switch_are_answered_by_the_revision_that_took_them(
