@@ -192,6 +192,7 @@ def statefulset_manifests(
         ]
     )
     metadata = {"name": STATEFULSET_NAME, "namespace": namespace, "labels": labels}
+    ports = {"client": CLIENT_PORT, "cluster": CLUSTER_PORT, "monitor": MONITOR_PORT}
     container = {
         "name": "nats",
         "image": image,
@@ -217,11 +218,7 @@ def statefulset_manifests(
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "NATS_ROUTES", "value": routes},
         ],
-        "ports": [
-            {"name": "client", "containerPort": CLIENT_PORT},
-            {"name": "cluster", "containerPort": CLUSTER_PORT},
-            {"name": "monitor", "containerPort": MONITOR_PORT},
-        ],
+        "ports": [{"name": name, "containerPort": port} for name, port in ports.items()],
         # Ready once JetStream is on: routes need the peers' addresses before the meta group has a leader.
         "readinessProbe": {"httpGet": {"path": "/healthz?js-enabled-only=true", "port": "monitor"}},
         "volumeMounts": [
@@ -240,10 +237,7 @@ def statefulset_manifests(
                 # Routes form between pods not yet Ready, as the official chart's headless Service allows.
                 "publishNotReadyAddresses": True,
                 "selector": labels,
-                "ports": [
-                    {"name": port["name"], "port": port["containerPort"], "targetPort": port["containerPort"]}
-                    for port in container["ports"]  # type: ignore[attr-defined]
-                ],
+                "ports": [{"name": name, "port": port, "targetPort": port} for name, port in ports.items()],
             },
         },
         {

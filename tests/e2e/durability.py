@@ -340,17 +340,31 @@ class ProofStack:
         )
 
     def describe(self) -> str:
-        """Pods with node, IP and readiness, and each order replica's view of the partitions."""
+        """Pods with node, IP and readiness, each order replica's view of the partitions (the ones it sees
+        unserved in full), and the last log lines of the order and risk processes."""
         lines = []
         for component, _, _ in STACK:
             for pod in self.pods(component):
                 ip = pod["status"].get("podIP")
                 ready = bool(ip) and _ready(ip)
                 lines.append(f"{pod['metadata']['name']} {pod['spec'].get('nodeName')} {ip} ready={ready}")
-        for ip in self.ready_ips("order"):
-            view = self.status(ip) or {}
-            owners = {p: (lease or {}).get("owner") for p, lease in view.get("riskPartitions", {}).items()}
+        for pod in self.pods("order"):
+            ip = pod["status"].get("podIP")
+            view = (self.status(ip) if ip else None) or {}
+            leases = view.get("riskPartitions", {})
+            owners = {p: (lease or {}).get("owner") for p, lease in leases.items()}
             lines.append(f"order {ip} sees owners {owners}")
+            unserved = {
+                p: lease
+                for p, lease in leases.items()
+                if not (lease and lease["serving"] and lease.get("connected"))
+            }
+            if unserved:
+                lines.append(f"order {ip} partitions not served: {unserved}")
+        for running in self.runner.running.values():  # the last words of the processes, before they go
+            if running.name.startswith(("order-", "risk-")):
+                log = (running.workdir / "output.log").read_text(errors="replace").splitlines()
+                lines += [f"{running.name}: {line}" for line in log[-5:]]
         return "\n".join(lines)
 
     def wait(self, predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> None:
