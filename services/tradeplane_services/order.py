@@ -681,6 +681,7 @@ class OrderService(Service[OrderSettings]):
         # A check goes to the revision its account is routed to; an exposure update to the revision that
         # booked the order. The stable's share goes to the partition's owner when there is an event log.
         # In a shadow rollout the canary gets its copy after the stable's message is on its way.
+        link: PeerLink | None
         if isinstance(message, RiskUpdate):
             done = bool(message.done)
             link = self.risk.update_link(message.order_id, done)
@@ -689,7 +690,9 @@ class OrderService(Service[OrderSettings]):
             done = False
             new_check = not message.is_replace
             link = self.risk.route(account, message.order_id, new_check)
-        if link is self.risk.stable and self.risk_routes is not None:
+        if link is None:  # the account's canary revision has no reachable pod: refused, not rerouted
+            reached = RISK_UNAVAILABLE
+        elif link is self.risk.stable and self.risk_routes is not None:
             reached = self.risk_routes.send(message, account)
         else:
             # An exposure update can share the next write; a check holds an order up.

@@ -63,7 +63,8 @@ class RoutingTable:
     stable_revision: str
     canary_revision: str
     canary: tuple[str, ...]
-    """host:port of the canary revision's ready pods (wire port)."""
+    """host:port of the canary revision's ready pods (wire port); none with a weight above 0 while none is
+    ready: callers already holding the share keep its accounts with the canary (refused meanwhile)."""
     weight_basis_points: int
     salt: str
     lease_seconds: float
@@ -114,8 +115,6 @@ class RoutingTable:
         mode = document.get("mode", LIVE)
         if mode not in MODES:
             raise RoutingError(f"mode: expected one of {list(MODES)}, got {mode!r}")
-        if weight and not canary:
-            raise RoutingError("canary: a weight above 0 needs at least one canary endpoint")
         return cls(
             peer=peer,
             stable_revision=_text(document, "stableRevision", _REVISION),

@@ -6,6 +6,11 @@ routing the operator pushes (orderflow.py). Each new order goes by its account's
 the link its check went to for everything after (replace checks, exposure updates), so a revision never
 hears of an order it did not book.
 
+Sticky: a share comes into force once a canary pod is connected, and from then on the canary's accounts
+stay with its revision; while none of its pods is reachable their orders are refused (RISK_UNAVAILABLE),
+never checked by the stable, which knows nothing of what the canary booked for them. Only the end of the
+rollout (a table without the share) or the lapse of the lease hands them back to the stable.
+
 Fail-safe: the canary share holds only while the lease holds, counted on this process's monotonic clock
 (the event loop's timer) from the last push; when it lapses the weight is 0 and new orders go to the
 stable. Switching never drops an order: a link that leaves the routing keeps its session until every
@@ -26,6 +31,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -96,30 +102,38 @@ class AccountSplit(Collector):
 
     # --- the order path -----------------------------------------------------------------------------
 
-    def route(self, account: int, order_id: int, new: bool) -> PeerLink:
-        """The link for an order's check: the one that booked it, else by the account's bucket."""
+    def route(self, account: int, order_id: int, new: bool) -> PeerLink | None:
+        """The link for an order's check: the one that booked it, else by the account's bucket; None when
+        the account's revision is the canary and no canary pod is connected: the order is refused rather
+        than checked by the stable, which knows nothing of what the canary booked for the account."""
         booked = self._booked.get(order_id)
         if booked is not None:
             return booked
-        link = self.stable
-        revision = self._stable_revision
         weight = self.weight
-        if weight:
-            position = bucket(account, self._salt)
-            if position < weight:
-                links = self._canary_order
-                chosen = links[position % len(links)]
-                if chosen.connected:
-                    revision = self._canary_revision
-                    if self.mode == SHADOW:
-                        self._shadowed[order_id] = chosen
-                    else:
-                        link = chosen
-                        self._booked[order_id] = chosen
-                # A canary pod that is not connected: the stable answers rather than nobody.
+        if not weight or (position := bucket(account, self._salt)) >= weight:
+            if new:
+                self.routed[self._stable_revision] += 1
+            return self.stable
         if new:
-            self.routed[revision] += 1
-        return link
+            self.routed[self._canary_revision] += 1
+        chosen = self._connected_canary(position)
+        if self.mode == SHADOW:  # the stable answers every order; a copy goes where it can
+            if chosen is not None:
+                self._shadowed[order_id] = chosen
+            return self.stable
+        if chosen is not None:
+            self._booked[order_id] = chosen
+        return chosen
+
+    def _connected_canary(self, position: int) -> PeerLink | None:
+        """The account's canary pod, or another connected one of the same revision."""
+        links = self._canary_order
+        if not links:
+            return None
+        preferred = links[position % len(links)]
+        if preferred.connected:
+            return preferred
+        return next((link for link in links if link.connected), None)
 
     def decided(self, order_id: int, decision: int, booked: bool) -> None:
         """The peer answered an order's check; one it refused (`booked` False) hears nothing more."""
@@ -184,26 +198,43 @@ class AccountSplit(Collector):
         if self.table is None or table.salt != self.table.salt:
             # A new rollout: accounts are placed afresh, and no order of the last one is pinned.
             self._salt = table.salt_key
+        same_canary = table.canary_revision == self._canary_revision
         self._stable_revision = table.stable_revision
         self._canary_revision = table.canary_revision
         self.mode = table.mode
-        self._connect(table.canary)
-        was = self.weight
+        if table.canary or not same_canary:
+            self._connect(table.canary)
+        # else: the canary has no ready pod just now; its accounts stay with it (and wait) meanwhile.
         self.table = table
-        self.weight = table.weight_basis_points
         self._lapse = asyncio.get_running_loop().call_later(table.lease_seconds, self._lapsed)
-        if was != self.weight:
-            log.info(
-                "routing changed",
-                extra=fields(
-                    peer=self.peer,
-                    canary=table.canary_revision,
-                    mode=table.mode,
-                    weight_basis_points=self.weight,
-                    lease_seconds=table.lease_seconds,
-                ),
-            )
+        # A share comes into force once a canary pod is connected (so the operator sees it held only
+        # then), and stays with its revision from then on, connected or not, while the lease holds.
+        pinned = same_canary and self.weight > 0
+        connected = any(link.connected for link in self._canary_order)
+        self._hold(table.weight_basis_points if pinned or connected else 0)
         return self.answer()
+
+    def _canary_up(self, endpoint: str, _: Connection) -> None:
+        """A canary pod logged on: the share waiting for one comes into force now, not at the next push."""
+        current = self.table is not None and endpoint in self.table.canary
+        if current and self.table is not None and self._lapse is not None and not self.weight:
+            self._hold(self.table.weight_basis_points)
+
+    def _hold(self, weight: int) -> None:
+        if weight == self.weight:
+            return
+        self.weight = weight
+        assert self.table is not None
+        log.info(
+            "routing changed",
+            extra=fields(
+                peer=self.peer,
+                canary=self.table.canary_revision,
+                mode=self.table.mode,
+                weight_basis_points=weight,
+                lease_seconds=self.table.lease_seconds,
+            ),
+        )
 
     def answer(self) -> RoutingAnswer:
         return RoutingAnswer(self.peer, self.weight, dict(self.routed))
@@ -226,6 +257,7 @@ class AccountSplit(Collector):
                     self._canary_handlers,
                     self.service.metrics,
                     self.service.credentials,
+                    on_up=partial(self._canary_up, endpoint),
                     source=self.service.environment.bind,
                 )
                 link.start()

@@ -30,7 +30,7 @@ from tradeplane.cluster.podrunner import PodRunner
 from tradeplane.sessions_cli import secret_credentials
 from tradeplane_services.client import OrderSession
 from tradeplane_services.config import Address
-from tradeplane_services.orderflow import bucket
+from tradeplane_services.orderflow import BUCKETS, bucket
 from tradeplane_services.protocol import ExecType, ExecutionReport, Reason, Side, price_units
 from tradeplane_services.sessions import Credentials
 
@@ -225,6 +225,77 @@ def test_the_canary_takes_its_accounts_and_the_share_lapses_without_the_operator
         assert (resumed["step"], resumed["canaryRevision"]) == (1, canary)
     assert desk.unanswered == 0 and desk.answers[True] > 0
     print(f"lease lapsed {lapsed:.2f}s after the operator's SIGKILL (lease {LEASE_SECONDS}s)")
+
+
+SPLIT_ORDERS = 100_000
+SPLIT_ACCOUNTS = range(1, 50_001)  # two orders each, far apart in the stream
+
+
+def holding(kubectl: Kubectl, namespace: str, weight: int) -> str:
+    """The canary revision, once every caller holds `weight` basis points for it."""
+
+    def held() -> str | None:
+        status = get_json(kubectl, "tradingservice", "risk", "-n", namespace).get("status") or {}
+        assert isinstance(status, dict)
+        started = status.get("stepStartedAt") and status.get("weight") == weight / 100
+        return str(status["canaryRevision"]) if started else None
+
+    revision: str = wait_for(held, 90, what=f"every caller holding {weight} bp")
+    return revision
+
+
+def split_rollout(weight: int) -> dict[str, Any]:
+    """One step at `weight`, under a lease long enough that a loaded machine's late renewal does not
+    send the canary's accounts back to the stable mid-count (the lease itself is tested above)."""
+    return {
+        **ROLLOUT,
+        "orderFlow": {"leaseSeconds": 10},
+        "steps": [{"weightBasisPoints": weight, "pause": "1h"}],
+    }
+
+
+def test_one_and_ten_percent_of_accounts_over_100k_orders_each(
+    kube_env: Path,
+    kubectl: Kubectl,
+    namespace: str,
+    tmp_path: Path,
+    operator_process: OperatorProcess,
+    pod_runner: Callable[..., PodRunner],
+) -> None:
+    """At 1%, then (a new canary revision) at 10%: the accounts the canary answered are exactly those whose
+    bucket is below the weight, none answered by both revisions, and the canary's share of 100k orders is
+    the weight within the binomial spread of which accounts a hash draws (the printed figure)."""
+    order, _ = start_stack(kubectl, namespace, pod_runner, split_rollout(100))
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kube_env)))  # type: ignore[no-untyped-call]
+    creds = secret_credentials(api, namespace, "client", tmp_path)
+    accounts = [SPLIT_ACCOUNTS[(index * 7919) % len(SPLIT_ACCOUNTS)] for index in range(SPLIT_ORDERS)]
+    for limit, weight in ((CANARY_QUANTITY_LIMIT, 100), (CANARY_QUANTITY_LIMIT + 1, 1000)):
+        patch = {"spec": {"config": {"maxOrderQuantity": limit}, "rollout": split_rollout(weight)}}
+        kubectl(
+            "patch", "tradingservice", "risk", "-n", namespace, "--type", "merge", "-p", json.dumps(patch)
+        )
+        salt = f"{namespace}/risk/{holding(kubectl, namespace, weight)}".encode()
+        answered: dict[int, set[bool]] = {}
+        canary_orders = 0
+        with OrderSession(order, creds=creds) as session:
+            # Small batches: each order is answered well inside order's risk timeout on a loaded machine.
+            for start in range(0, SPLIT_ORDERS, 200):
+                batch = accounts[start : start + 200]
+                sent = [(session.new_order(Side.BUY, "AAPL", QUANTITY, FAR_PRICE, a), a) for a in batch]
+                for client_order_id, account in sent:
+                    report = session.report_for(client_order_id, timeout=10)
+                    assert report.exec_type == ExecType.REJECTED, report
+                    assert report.reason != Reason.RISK_UNAVAILABLE, report
+                    answered.setdefault(account, set()).add(by_canary(report))
+                    canary_orders += by_canary(report)
+        on_canary = {account for account, seen in answered.items() if True in seen}
+        assert all(len(seen) == 1 for seen in answered.values()), "an account answered by both revisions"
+        assert on_canary == {account for account in SPLIT_ACCOUNTS if bucket(account, salt) < weight}
+        share = 100 * canary_orders / SPLIT_ORDERS
+        # Which accounts a hash draws is binomial: four standard deviations of the drawn share.
+        spread = 100 * 4 * (weight / BUCKETS * (1 - weight / BUCKETS) / len(SPLIT_ACCOUNTS)) ** 0.5
+        print(f"weight {weight / 100:g}%: canary answered {share:.3f}% of {SPLIT_ORDERS} orders")
+        assert abs(share - weight / 100) <= spread, (share, spread)
 
 
 SHADOW_ROLLOUT = {

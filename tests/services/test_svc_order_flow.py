@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +40,16 @@ def push(stack: Stack, document: dict[str, Any]) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def push_held(stack: Stack, document: dict[str, Any]) -> None:
+    """Push, then wait until order holds the share: it does once a canary pod has logged on."""
+    assert push(stack, document)[0] == 200
+    wait_for(lambda: held_weight(stack) == document["weightBasisPoints"], 10, what="order holding the share")
+
+
+def held_weight(stack: Stack) -> int:
+    return int(json.loads(http_get(stack, "/routing"))["risk"]["weightInForce"])
 
 
 def routing(
@@ -97,11 +108,11 @@ def serving_every_partition(risk: Stack) -> bool:
 def test_orders_follow_their_accounts_bucket_and_the_counters_say_so(stacks: tuple[Stack, Stack]) -> None:
     stable, canary = stacks
     status, answer = push(stable, routing(canary, 1000))
-    assert status == 200 and answer["weightBasisPoints"] == 1000, answer
+    assert status == 200 and answer["weightBasisPoints"] == 0, "held only once the canary is connected"
     wait_for(
-        lambda: all(json.loads(http_get(stable, "/routing"))["risk"]["canaryConnected"].values()),
+        lambda: held_weight(stable) == 1000,
         10,
-        what="order's session to the canary risk",
+        what="order's session to the canary risk, and the share in force",
     )
     accounts = list(range(1, 201))
     with OrderSession(stable.address("order")) as session:
@@ -124,12 +135,12 @@ def test_orders_follow_their_accounts_bucket_and_the_counters_say_so(stacks: tup
 
 def test_the_share_falls_to_zero_when_the_lease_lapses(stacks: tuple[Stack, Stack]) -> None:
     stable, canary = stacks
-    assert push(stable, routing(canary, 10_000, lease=1.5))[0] == 200
+    push_held(stable, routing(canary, 10_000, lease=1.5))
     with OrderSession(stable.address("order")) as session:
         wait_for(
             lambda: answered_by_canary(send_orders(session, [7])[7]), 10, what="orders reaching the canary"
         )
-        wait_for(lambda: json.loads(http_get(stable, "/routing"))["risk"]["weightInForce"] == 0, 5)
+        wait_for(lambda: held_weight(stable) == 0, 5)
         reports = send_orders(session, list(range(1, 51)))
     assert not any(answered_by_canary(report) for report in reports.values()), "no canary after the lease"
 
@@ -138,7 +149,7 @@ def test_an_unready_caller_is_told_of_a_rollback_and_not_of_a_canary(stacks: tup
     """The operator's best-effort push to callers out of the Service: a table without the canary is
     delivered at once (not left to the lease), one with a canary share is not sent at all."""
     stable, canary = stacks
-    assert push(stable, routing(canary, 10_000, lease=30))[0] == 200
+    push_held(stable, routing(canary, 10_000, lease=30))
     endpoint = stable.metrics_url("order", "").removeprefix("http://")
 
     def withdraw(weight: int) -> int:
@@ -150,17 +161,41 @@ def test_an_unready_caller_is_told_of_a_rollback_and_not_of_a_canary(stacks: tup
             await pushes.close()
 
         asyncio.run(send())
-        return int(json.loads(http_get(stable, "/routing"))["risk"]["weightInForce"])
+        return held_weight(stable)
 
     assert withdraw(5_000) == 10_000, "a canary share never goes to an unready caller"
     assert withdraw(0) == 0
+
+
+def test_a_canary_out_of_reach_keeps_its_accounts_refused_not_moved_to_the_stable(
+    stacks: tuple[Stack, Stack],
+) -> None:
+    """Sticky: once the share is in force, the canary's accounts stay with its revision. With no canary
+    pod reachable (killed; then no ready pod in the routing) their orders are refused; the stable never
+    checks them, and the other accounts are untouched. Only the end of the rollout moves them back."""
+    stable, canary = stacks
+    push_held(stable, routing(canary, 5_000))
+    accounts = list(range(1, 41))
+    on_canary = {account for account in accounts if bucket(account, b"trading/risk/v2") < 5_000}
+    canary.kill("risk", signal.SIGKILL)
+    for table in (routing(canary, 5_000), {**routing(canary, 5_000), "canary": []}):
+        assert push(stable, table)[1]["weightBasisPoints"] == 5_000, "still held for its revision"
+        with OrderSession(stable.address("order")) as session:
+            reports = send_orders(session, accounts)
+        refused = {account for account, report in reports.items() if report.reason == Reason.RISK_UNAVAILABLE}
+        assert refused == on_canary
+        assert not any(answered_by_canary(report) for report in reports.values())
+    assert push(stable, {**routing(canary, 0), "canary": []})[1]["weightBasisPoints"] == 0
+    with OrderSession(stable.address("order")) as session:
+        reports = send_orders(session, accounts)
+    assert not any(report.reason == Reason.RISK_UNAVAILABLE for report in reports.values())
 
 
 def test_orders_in_flight_at_a_switch_are_answered_by_the_revision_that_took_them(
     stacks: tuple[Stack, Stack],
 ) -> None:
     stable, canary = stacks
-    assert push(stable, routing(canary, 10_000))[0] == 200
+    push_held(stable, routing(canary, 10_000))
     with OrderSession(stable.address("order")) as session:
         wait_for(
             lambda: answered_by_canary(send_orders(session, [7])[7]), 10, what="orders reaching the canary"
@@ -229,16 +264,9 @@ def shadow_counters(stack: Stack) -> dict[tuple[str, ...], float]:
     return counters
 
 
-def connected_to_canary(stack: Stack) -> bool:
-    connected = json.loads(http_get(stack, "/routing"))["risk"]["canaryConnected"]
-    return bool(connected) and all(connected.values())
-
-
 def test_a_shadow_canary_is_compared_and_never_answers_a_client(shadow_stacks: tuple[Stack, Stack]) -> None:
     stable, canary = shadow_stacks
-    status, answer = push(stable, routing(canary, 10_000, mode="shadow"))
-    assert status == 200 and answer["weightBasisPoints"] == 10_000, answer
-    wait_for(lambda: connected_to_canary(stable), 10, what="order's session to the canary risk")
+    push_held(stable, routing(canary, 10_000, mode="shadow"))
     accounts = list(range(1, 101))
     reports: list[ExecutionReport] = []
     with OrderSession(stable.address("order")) as session:
@@ -275,8 +303,7 @@ def test_a_shadow_canary_is_off_the_orders_path_and_unanswered_copies_are_counte
         revision="v2",
     )
     wait_for(lambda: serving_every_partition(slow), 30, what="the canary risk serving every partition")
-    assert push(stable, routing(slow, 10_000, mode="shadow"))[0] == 200
-    wait_for(lambda: connected_to_canary(stable), 10, what="order's session to the canary risk")
+    push_held(stable, routing(slow, 10_000, mode="shadow"))
     with OrderSession(stable.address("order")) as session:
         started = time.monotonic()
         sent = [session.new_order(Side.BUY, "MSFT", QUANTITY, FAR_PRICE, a) for a in range(1, 21)]

@@ -73,13 +73,19 @@ def test_a_routing_document_round_trips() -> None:
     assert RoutingTable.from_document(table.document()) == table
 
 
+def test_a_share_without_a_ready_canary_pod_is_a_valid_routing() -> None:
+    """The canary's pods are all unready for a moment: callers holding the share keep its accounts."""
+    table = RoutingTable.from_document({**GOOD, "canary": []})
+    assert table.weight_basis_points == 10 and table.canary == ()
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
         ({"weightBasisPoints": 10_001}, "weightBasisPoints"),
         ({"weightBasisPoints": 1.5}, "weightBasisPoints"),
         ({"leaseSeconds": 0}, "leaseSeconds"),
-        ({"canary": []}, "canary"),
+        ({"canary": "127.1.0.7:7002"}, "canary"),
         ({"canary": ["no-port"]}, "canary"),
         ({"salt": ""}, "salt"),
         ({"stableRevision": "a b"}, "stableRevision"),

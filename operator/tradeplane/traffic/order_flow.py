@@ -74,7 +74,8 @@ def routing_table(
     canary_endpoints: Iterable[str],
     weight: int,
 ) -> RoutingTable:
-    """What the callers hold: without a canary, weight 0 and no canary pods (the last push of a rollout)."""
+    """What the callers hold: without a canary, weight 0 and no canary pods (the last push of a rollout);
+    `canary_endpoints` are its ready pods."""
     if spec.rollout.orderFlow is None:
         raise ValueError("spec.rollout.orderFlow is not set: the service's callers route nothing")
     canary = tuple(sorted(canary_endpoints)) if canary_revision is not None else ()
@@ -84,7 +85,9 @@ def routing_table(
         stable_revision=stable_revision,
         canary_revision=revision,
         canary=canary,
-        weight_basis_points=weight if canary else 0,
+        # With no ready canary pod the share stays: callers holding it keep the canary's accounts with
+        # it (refused meanwhile), callers not holding it yet take it once a pod is there to connect to.
+        weight_basis_points=weight if canary_revision is not None else 0,
         # Per rollout: another canary places the accounts afresh; the same one, after an operator
         # restart, exactly as before.
         salt=f"{owner.namespace}/{owner.name}/{revision}",
