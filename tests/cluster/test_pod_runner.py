@@ -285,7 +285,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             body = f"{name}:{count}"
         self.send_response(200); self.end_headers(); self.wfile.write(body.encode())
-http.server.HTTPServer((os.environ["TRADEPLANE_BIND"], 8080), Handler).serve_forever()
+http.server.ThreadingHTTPServer((os.environ["TRADEPLANE_BIND"], 8080), Handler).serve_forever()
 """
 
 
