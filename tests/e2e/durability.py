@@ -412,7 +412,16 @@ class ProofStack:
             reports = positions(self.address("position"), 0, timeout=10, creds=self.creds)
             return {(r.account, r.symbol): r.quantity for r in reports if r.quantity}
 
-        wait_for(lambda: booked() == told, timeout=60, what="positions to equal the clients' fills")
+        try:
+            wait_for(lambda: booked() == told, timeout=60, what="positions to equal the clients' fills")
+        except AssertionError as error:
+            # Stalled (its sequence behind the log's) or short of fills the log has: say which.
+            venue, _ = asyncio.run(self._venue())
+            status = self.status(self.address("position").host)
+            raise AssertionError(
+                f"{error}: position {status}, the log {venue.fills} fills to sequence {venue.sequence}, "
+                f"the clients {self.fills} fills"
+            ) from None
         position = self.status(self.address("position").host)
         assert position is not None and position["fills"] == self.fills, (position, self.fills)
         venue, peak = asyncio.run(self._venue())
@@ -435,6 +444,7 @@ class ProofStack:
                     if book.apply(fill):
                         net = abs(book.positions[fill.account, fill.symbol].quantity)
                         peak[fill.account] = max(peak.get(fill.account, 0), net)
+                book.sequence = event.sequence
         finally:
             await log.close()
         return book, peak
