@@ -85,7 +85,7 @@ async def replay(url: str, fills: int, per_event: int) -> tuple[float, float, Po
         async for event in log.read(subject_filter("fill", 0)):
             for message in event.messages:
                 book.apply(message)
-            book.sequence = event.sequence
+            book.advance(event.sequence)
         return written, time.perf_counter() - started, book
     finally:
         await log.close()

@@ -22,8 +22,8 @@ import time
 from typing import Any
 
 import numpy as np
-from hdrh.histogram import HdrHistogram
 
+from tradeplane_services._wire import LatencyHistogram
 from tradeplane_services.protocol import Reason, price_units, symbol_bytes
 from tradeplane_services.risk import CHECK_DTYPE, RiskEngine
 from tradeplane_services.settings import RiskSettings
@@ -52,12 +52,12 @@ def orders(count: int, first: int, engine: RiskEngine) -> np.ndarray[Any, Any]:
     return records
 
 
-def single(engine: RiskEngine, records: np.ndarray[Any, Any]) -> tuple[HdrHistogram, float, int]:
+def single(engine: RiskEngine, records: np.ndarray[Any, Any]) -> tuple[LatencyHistogram, float, int]:
     arguments = []
     for record in records.tolist():
         order_id, account, symbol, side, kind, quantity, price = record[4:11]
         arguments.append((order_id, account, symbol.ljust(8, b"\0"), side, kind, quantity, price))
-    histogram = HdrHistogram(1, 10**9, 3)
+    histogram = LatencyHistogram(10**9)
     clock = time.perf_counter_ns
     check, done = engine.check, engine.on_done
     timings = []
@@ -68,8 +68,7 @@ def single(engine: RiskEngine, records: np.ndarray[Any, Any]) -> tuple[HdrHistog
         timings.append(clock() - started)
         accepted += reason == Reason.OK
         done(order_id)
-    for value in timings:
-        histogram.record_value(max(1, value))
+    histogram.record_all(timings)
     loop_started = time.perf_counter()
     now = time.perf_counter_ns()
     for order_id, account, symbol, side, kind, quantity, price in arguments:
@@ -111,7 +110,7 @@ def main() -> int:
         records = orders(arguments.orders, 1 + run * 10 * arguments.orders, engine)
         histogram, rate, accepted = single(engine, records)
         assert accepted == len(records), f"only {accepted} of {len(records)} accepted: the bench must pass"
-        percentiles.append({p: histogram.get_value_at_percentile(p) / 1000 for p in (50, 99, 99.9)})
+        percentiles.append({p: histogram.value_at_percentile(p) / 1000 for p in (50, 99, 99.9)})
         single_rates.append(rate)
         for batch in batches:
             engine = make_engine()

@@ -32,7 +32,13 @@ from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 from tradeplane.labels import POOL_LABEL
 from tradeplane.names import CALENDARS, TIMEZONES
 from tradeplane.quantity import QUANTITY_PATTERN, integer_quantity
-from tradeplane_services.catalog import BUNDLED, CUSTOM, ORDER_FLOW_COMPONENTS
+from tradeplane_services.catalog import (
+    BUNDLED,
+    CUSTOM,
+    ORDER_FLOW_COMPONENTS,
+    STATE_SHADOW_COMPONENTS,
+    ring_callees,
+)
 
 GROUP = "tradeplane.io"
 VERSION = "v1alpha1"
@@ -327,8 +333,10 @@ class SLO(Model):
         description="Shadow rollouts (rollout.orderFlow.mode: shadow): the largest fraction of copied checks "
         "on which the canary may decide otherwise than the stable (accept/reject and reason; a copy the "
         "canary did not answer in time counts as a mismatch), measured from the callers' "
-        "tradeplane_shadow_decisions_total over the analysis window. Fewer than minSamples compared "
-        "decisions is Inconclusive.",
+        "tradeplane_shadow_decisions_total over the analysis window. State shadows (rollout.stateShadow): "
+        "the largest fraction of compared log sequences at which a canary pod's state digest differs from "
+        "the stable's (unset: 0, a projection of the same log must agree exactly). Fewer than minSamples "
+        "compared decisions is Inconclusive.",
     )
 
 
@@ -645,6 +653,22 @@ class OrderFlow(Model):
     )
 
 
+class StateShadow(Model):
+    """The canary of a log projection (position) replays the same event log as the stable, serves no client,
+    and is compared with the stable by state: at every log sequence both recorded, each canary pod's state
+    digest against the stable pods' (the gate: slo.maxDecisionMismatch, default 0). The canary gets a
+    Service of its own and the stable's Service selects the stable pods only; a step's weight sets only
+    how many canary pods run (its share of the stable's). The canary serves no requests, so the latency
+    and error-rate gates (samples, p99, errorRate, baseline) are not judged: the gates are the state
+    comparison and the trading gates of analysis.gates, each Inconclusive when its series has no data. A
+    passed state shadow holds after its last step (Paused, ShadowPassed), still following the log, until
+    promotion is requested (the promote annotation)."""
+
+    timeoutSeconds: float = Field(
+        default=2.0, gt=0, le=30, description="Longest wait for a pod's digest history (metrics port)."
+    )
+
+
 # CEL: a step's weight in basis points, whichever of the two fields it has.
 _STEP_BASIS_POINTS = "(has(step.weight) ? step.weight * 100 : step.weightBasisPoints)"
 
@@ -667,6 +691,13 @@ class Rollout(Model):
         description="Split by account in the callers of the service, at basis-point resolution, under a "
         "lease. Bundled: risk, called by order. Not execution: it holds the matching book, and orders of "
         "one symbol split between two books would not meet.",
+    )
+    stateShadow: StateShadow | None = Field(
+        default=None,
+        description="A canary of a log projection (bundled: "
+        + ", ".join(STATE_SHADOW_COMPONENTS)
+        + ") that serves no client and is judged by comparing its state with the stable's at the same "
+        "log sequences; a traffic mechanism of its own, instead of orderFlow or httpRoute.",
     )
 
     rules = (
@@ -692,7 +723,72 @@ class Rollout(Model):
             lambda rollout: rollout.orderFlow is None or rollout.httpRoute is None,
             "orderFlow",
         ),
+        Rule(
+            "!has(self.stateShadow) || (!has(self.orderFlow) && !has(self.httpRoute))",
+            "stateShadow gives the canary no client traffic: it goes with neither orderFlow nor httpRoute",
+            lambda rollout: (
+                rollout.stateShadow is None or (rollout.orderFlow is None and rollout.httpRoute is None)
+            ),
+            "stateShadow",
+        ),
     )
+
+    @property
+    def shadow(self) -> bool:
+        """Whether the canary answers no client: a shadow of the order flow, or of the state."""
+        return self.stateShadow is not None or (
+            self.orderFlow is not None and self.orderFlow.mode == "shadow"
+        )
+
+
+class CoLocated(Model):
+    component: str = Field(
+        description="A bundled component this one calls, run as a container of the same pod.",
+        json_schema_extra={"enum": list(BUNDLED)},
+    )
+    cpus: int = Field(default=1, ge=1, le=512, description="Its exclusive cores (requests == limits).")
+    memory: str = Field(
+        default="1Gi", pattern=QUANTITY_PATTERN, max_length=16, description="Its memory, requests == limits."
+    )
+
+    rules = (
+        Rule(
+            _positive_integer_quantity("self.memory"),
+            "memory must be a positive quantity",
+            lambda colocated: integer_quantity(colocated.memory) > 0,
+            "memory",
+        ),
+    )
+
+
+class CoLocation(Model):
+    """Peers run in the same pod and reached over shared-memory rings: no socket, no syscall per message."""
+
+    services: list[CoLocated] = Field(
+        min_length=1, max_length=4, description="The peers that share the pod, each once."
+    )
+    medium: Literal["HugePages", "Memory"] = Field(
+        default="Memory",
+        description="Where the rings live: the pod's huge pages (needs resources.hugepages) or memory.",
+    )
+
+    rules = (
+        Rule(
+            "self.services.all(a, self.services.exists_one(b, b.component == a.component))",
+            "coLocate.services must name each component once",
+            lambda location: len({s.component for s in location.services}) == len(location.services),
+            "services",
+        ),
+    )
+
+
+CALLEES = {component: tuple(ring_callees(component)) for component in BUNDLED}
+"""The bundled components each one calls and may share its pod with (reached over rings)."""
+
+
+def _cel_callees() -> str:
+    entries = ", ".join(f"'{component}': {_cel_list(peers)}" for component, peers in CALLEES.items())
+    return f"{{{entries}, 'custom': []}}"
 
 
 def _cel_port_defaults() -> str:
@@ -736,6 +832,11 @@ class TradingServiceSpec(Model):
         description="Where execution appends fills and position projects them from; unset: fills are "
         "reported but kept nowhere.",
     )
+    coLocate: CoLocation | None = Field(
+        default=None,
+        description="Peers this component calls, run in each of its pods and reached over shared-memory "
+        "rings instead of TCP.",
+    )
 
     rules = (
         Rule(
@@ -760,21 +861,55 @@ class TradingServiceSpec(Model):
         ),
         Rule(
             "!has(self.slo) || !has(self.slo.maxDecisionMismatch) || (has(self.rollout) && "
-            "has(self.rollout.orderFlow) && has(self.rollout.orderFlow.mode) && "
-            "self.rollout.orderFlow.mode == 'shadow')",
-            "slo.maxDecisionMismatch needs rollout.orderFlow.mode: shadow (only a shadow canary's "
-            "decisions are compared)",
-            lambda spec: (
-                spec.slo.maxDecisionMismatch is None
-                or (spec.rollout.orderFlow is not None and spec.rollout.orderFlow.mode == "shadow")
-            ),
+            "((has(self.rollout.orderFlow) && has(self.rollout.orderFlow.mode) && "
+            "self.rollout.orderFlow.mode == 'shadow') || has(self.rollout.stateShadow)))",
+            "slo.maxDecisionMismatch needs rollout.orderFlow.mode: shadow or rollout.stateShadow (only a "
+            "shadow canary's decisions or state are compared)",
+            lambda spec: spec.slo.maxDecisionMismatch is None or spec.rollout.shadow,
             "slo.maxDecisionMismatch",
+        ),
+        Rule(
+            f"!has(self.rollout) || !has(self.rollout.stateShadow) || "
+            f"self.component in {_cel_list(STATE_SHADOW_COMPONENTS)}",
+            "stateShadow compares projections of the event log: component must be one of "
+            + ", ".join(STATE_SHADOW_COMPONENTS),
+            lambda spec: spec.rollout.stateShadow is None or spec.component in STATE_SHADOW_COMPONENTS,
+            "rollout.stateShadow",
+        ),
+        Rule(
+            "!has(self.rollout) || !has(self.rollout.stateShadow) || has(self.eventLog)",
+            "stateShadow needs eventLog: without the log there is no projected state to compare",
+            lambda spec: spec.rollout.stateShadow is None or spec.eventLog is not None,
+            "rollout.stateShadow",
         ),
         Rule(
             f"(has(self.port) ? self.port : {_cel_port_defaults()}[self.component]) != self.metricsPort",
             "metricsPort must differ from the wire-protocol port",
             lambda spec: spec.wire_port != spec.metricsPort,
             "metricsPort",
+        ),
+        Rule(
+            f"!has(self.coLocate) || self.coLocate.services.all(s, s.component in "
+            f"{_cel_callees()}[self.component])",
+            "coLocate.services may name only peers the component calls ("
+            + "; ".join(f"{c}: {', '.join(peers)}" for c, peers in CALLEES.items() if peers)
+            + ")",
+            lambda spec: (
+                spec.coLocate is None
+                or all(s.component in CALLEES.get(spec.component, ()) for s in spec.coLocate.services)
+            ),
+            "coLocate.services",
+        ),
+        Rule(
+            "!has(self.coLocate) || !has(self.coLocate.medium) || self.coLocate.medium != 'HugePages' || "
+            "has(self.resources.hugepages)",
+            "coLocate.medium HugePages needs resources.hugepages: the rings live in the pod's huge pages",
+            lambda spec: (
+                spec.coLocate is None
+                or spec.coLocate.medium != "HugePages"
+                or spec.resources.hugepages is not None
+            ),
+            "coLocate.medium",
         ),
     )
 
@@ -900,8 +1035,8 @@ class TradingServiceStatus(Model):
     )
     shadow: bool = Field(
         default=False,
-        description="The canary's steps run in shadow mode (it answers no client); a change of "
-        "rollout.orderFlow.mode restarts the steps at 1 in the new mode.",
+        description="The canary's steps run in shadow mode (it answers no client: orderFlow.mode shadow or "
+        "stateShadow); a change of mode restarts the steps at 1 in the new mode.",
     )
     stepStartedAt: str | None = None
     lastAnalysisAt: str | None = None

@@ -1,4 +1,5 @@
-"""The decision-mismatch gate of shadow rollouts: how often the canary decided otherwise than the stable.
+"""The decision-mismatch gate of shadow rollouts: how often the canary decided otherwise than the stable
+(order flow's shadow), or held another state at the same log sequence (a state shadow).
 
 Pure. The fraction is (mismatch + unanswered) / compared, compared being every copy whose window closed
 (match + mismatch + unanswered): a canary that does not answer is not agreeing. Fewer compared decisions
@@ -30,8 +31,8 @@ def decision_mismatch(
         return GateResult(
             gate=GATE,
             verdict=Verdict.INCONCLUSIVE,
-            message=f"{compared} shadow decisions of revision {revision} compared in {window}, fewer than "
-            f"minSamples {min_decisions}",
+            message=f"{compared} {decisions.what} of revision {revision} compared "
+            f"{decisions.span or f'in {window}'}, fewer than minSamples {min_decisions}",
             value=compared,
             threshold=min_decisions,
             samples=compared,
@@ -39,9 +40,12 @@ def decision_mismatch(
     disagreed = decisions.mismatch + decisions.unanswered
     fraction = disagreed / compared
     figures = (
-        f"{disagreed}/{compared} shadow decisions of revision {revision} differ from the stable's over "
-        f"{window} ({decisions.mismatch} mismatched, {decisions.unanswered} unanswered)"
+        f"{disagreed}/{compared} {decisions.what} of revision {revision} differ from the stable's "
+        f"{decisions.span or f'over {window}'} ({decisions.mismatch} mismatched, {decisions.unanswered} "
+        "unanswered)"
     )
+    if decisions.detail:
+        figures += f", {decisions.detail}"
     failed = fraction > max_mismatch
     return GateResult(
         gate=GATE,

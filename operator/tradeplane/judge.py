@@ -6,6 +6,11 @@ p99 regression against the stable when maxRegressionVsBaseline is set, then the 
 every gate is judged and reported, and the first that did not pass decides. Adding a gate kind is one
 class and one entry in `TRADING_GATES`. In a shadow rollout with slo.maxDecisionMismatch, the
 decision-mismatch gate (decision_gate.py) comes last.
+
+A state shadow's canary serves no client: it has no latency samples, requests or errors, so the gates on
+them (samples, p99, errorRate, baseline) are not judged, rather than left Inconclusive forever. Its gates
+are the state comparison (the decision-mismatch gate, at slo.maxDecisionMismatch or else 0) and the
+trading gates of analysis.gates, each Inconclusive when its series has no data.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Protocol
 
 from tradeplane.api import SLO, Analysis, AnalysisResult, GateResult, Verdict, now_iso
 from tradeplane.api import Gate as GateSettings
+from tradeplane.decision_gate import GATE as DECISION_GATE
 from tradeplane.decision_gate import decision_mismatch
 from tradeplane.measurement import (
     ACCEPTED_REASON,
@@ -303,11 +309,14 @@ TRADING_GATES: dict[str, Callable[[GateSettings], Gate]] = {
 """Gate kinds of `spec.rollout.analysis.gates`, by `kind`."""
 
 
-def gates_for(slo: SLO, analysis: Analysis) -> list[Gate]:
-    """The gates of one analysis, in the order they decide."""
-    gates: list[Gate] = [SamplesGate(), P99Gate(slo), ErrorRateGate(slo)]
-    if analysis.maxRegressionVsBaseline is not None:
-        gates.append(RegressionGate(analysis.maxRegressionVsBaseline))
+def gates_for(slo: SLO, analysis: Analysis, serves_clients: bool = True) -> list[Gate]:
+    """The gates of one analysis, in the order they decide (a canary that serves no client has no
+    latency or error figures to judge)."""
+    gates: list[Gate] = []
+    if serves_clients:
+        gates += [SamplesGate(), P99Gate(slo), ErrorRateGate(slo)]
+        if analysis.maxRegressionVsBaseline is not None:
+            gates.append(RegressionGate(analysis.maxRegressionVsBaseline))
     gates += [TRADING_GATES[settings.kind](settings) for settings in analysis.gates]
     return gates
 
@@ -320,6 +329,7 @@ def judge(
     revision: str,
     now: datetime,
     decisions: Decisions | ProviderUnavailable | None = None,
+    state_shadow: bool = False,
 ) -> AnalysisResult:
     """The verdict on one interval. Too few samples is Inconclusive, never Pass.
 
@@ -331,6 +341,9 @@ def judge(
 
     def verdict(decider: GateResult, results: list[GateResult], message: str) -> AnalysisResult:
         p99_result = next((result for result in results if result.gate == "baseline"), None)
+        samples = measured.samples
+        if state_shadow:  # no latency samples: what the verdict stands on is the states compared
+            samples = next((result.samples for result in results if result.gate == DECISION_GATE), 0)
         return AnalysisResult(
             verdict=decider.verdict,
             gate=decider.gate,
@@ -341,7 +354,7 @@ def judge(
             p99Micros=measured.p99_micros,
             baselineP99Micros=p99_result.baseline if p99_result else None,
             errorRate=measured.error_rate,
-            samples=measured.samples,
+            samples=samples,
             window=analysis.window,
             revision=revision,
             message=message,
@@ -351,7 +364,7 @@ def judge(
     if isinstance(canary, ProviderUnavailable):
         return verdict(_result("provider", Verdict.INCONCLUSIVE, str(canary)), [], str(canary))
     results = []
-    for gate in gates_for(slo, analysis):
+    for gate in gates_for(slo, analysis, serves_clients=not state_shadow):
         if not gate.relative:
             results.append(gate(canary, None, analysis))
         elif isinstance(baseline, Measurement):
@@ -359,14 +372,16 @@ def judge(
         else:
             reason = "not measured" if baseline is None else str(baseline)
             results.append(_result(gate.name, Verdict.INCONCLUSIVE, f"stable baseline unavailable: {reason}"))
-    if decisions is not None and slo.maxDecisionMismatch is not None:
+    max_mismatch = slo.maxDecisionMismatch
+    if max_mismatch is None and state_shadow:
+        max_mismatch = 0.0  # projections of the same log agree exactly
+    if decisions is not None and max_mismatch is not None:
         results.append(
-            decision_mismatch(
-                decisions, slo.maxDecisionMismatch, analysis.minSamples, analysis.window, revision
-            )
+            decision_mismatch(decisions, max_mismatch, analysis.minSamples, analysis.window, revision)
         )
     decider = next((result for result in results if result.verdict != Verdict.PASS), None)
     if decider is not None:
         return verdict(decider, results, decider.message)
-    passed = next(result for result in results if result.gate == "p99")
-    return verdict(passed, results, f"all gates passed on {measured.samples} samples")
+    # The p99 gate when the canary serves clients; a state shadow's last gate is its state comparison.
+    passed = next((result for result in results if result.gate == "p99"), results[-1])
+    return verdict(passed, results, f"all gates passed on {passed.samples} samples")

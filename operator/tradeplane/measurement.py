@@ -8,7 +8,7 @@ same revision through the same providers: decisions by reason, orders, fills, an
 
 In a shadow rollout a provider also counts the canary's decisions as its callers compared them with the
 stable's (SHADOW_DECISIONS_METRIC, exported by the callers: the target's endpoints are then the callers'
-pods).
+pods). A state shadow's comparisons (state_comparison.py) are `Decisions` too.
 """
 
 from __future__ import annotations
@@ -89,10 +89,19 @@ class Decisions:
     match: int
     mismatch: int
     unanswered: int
+    what: str = "shadow decisions"
+    """What was compared, for the gate's message."""
+    detail: str = ""
+    """Where they differed first, when the comparison can say."""
+    span: str = ""
+    """What the comparison covered, when not the analysis window."""
 
     @classmethod
     def from_outcomes(cls, outcomes: dict[str, float]) -> Decisions:
-        return cls(*(round(outcomes.get(outcome, 0.0)) for outcome in (MATCH, MISMATCH, UNANSWERED)))
+        match, mismatch, unanswered = (
+            round(outcomes.get(outcome, 0.0)) for outcome in (MATCH, MISMATCH, UNANSWERED)
+        )
+        return cls(match, mismatch, unanswered)
 
 
 class MetricsProvider(Protocol):

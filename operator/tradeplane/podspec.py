@@ -9,6 +9,9 @@ its pod template. Pure, no I/O.
 - CRI-O annotations for the isolation asks, and the runtime class that enables them.
 - a restricted security context: non-root, read-only root filesystem, no privilege escalation, every
   capability dropped, NET_ADMIN / NET_RAW added back only when the spec asks.
+- co-located peers (`spec.coLocate`): each a container of the same pod, Guaranteed like the first, serving
+  the first over a pair of shared-memory rings in an emptyDir they share (medium HugePages-<size> or
+  Memory) instead of TCP; the ring files are charged to the peer's container, which creates them.
 - what a bundled component needs beyond its spec (from the component catalog): its command, config
   defaults, the peers it calls and whose session keys it holds. The services read their settings from
   `TRADEPLANE_CONFIG` (the ConfigMap, top-level camelCase keys as in `spec.config`) and where to listen
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from tradeplane.api import TradingServiceSpec
@@ -28,6 +32,7 @@ from tradeplane.labels import HOSTNAME_LABEL, NAME_LABEL, POOL_LABEL, REVISION_L
 from tradeplane.naming import Owner, labels, revision_object_name
 from tradeplane.quantity import canonical_quantity, parse_quantity
 from tradeplane_services.catalog import BUNDLED, CUSTOM, callees
+from tradeplane_services.config import RING_BYTES, RING_FILES, RING_HEADER_BYTES, RingAddress
 
 CRIO_ANNOTATIONS = {
     "cpuLoadBalancing": "cpu-load-balancing.crio.io",
@@ -35,6 +40,8 @@ CRIO_ANNOTATIONS = {
     "cpuQuota": "cpu-quota.crio.io",
 }
 HUGEPAGES_MOUNT = "/dev/hugepages"
+RINGS_MOUNT = "/run/tradeplane/rings"
+MEBIBYTE = 1 << 20
 RUN_AS_USER = 10001
 CPU = "cpu"
 MEMORY = "memory"
@@ -77,32 +84,33 @@ def pod_template(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[
     if hugepages:
         volumes.append(hugepages[0])
         mounts.append(hugepages[1])
-    container: dict[str, Any] = {
-        "name": container_name(spec),
-        "image": spec.image,
-        "command": command(spec),
-        "ports": [
-            {"name": "wire", "containerPort": spec.wire_port, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": spec.metricsPort, "protocol": "TCP"},
-        ],
-        "env": environment(spec, owner.namespace, revision, owner.name),
-        "resources": resources(spec),
-        "volumeMounts": mounts,
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": "metrics"},
-            "periodSeconds": 2,
-            "failureThreshold": 2,
-        },
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
-        "securityContext": container_security_context(spec),
-    }
+    rings = rings_volume(spec)
+    if rings:
+        volumes.append(rings[0])
+        mounts.append(rings[1])
+    container = _container(
+        spec,
+        container_name(spec),
+        command(spec),
+        (spec.wire_port, spec.metricsPort),
+        environment(spec, owner.namespace, revision, owner.name),
+        resources(spec),
+        mounts,
+    )
+    co_located = [
+        _container(
+            spec,
+            peer.component,
+            [SERVICE_COMMAND, peer.component],
+            (BUNDLED[peer.component].port, co_located_metrics_port(spec, index)),
+            co_located_environment(spec, index, owner.namespace, revision, owner.name),
+            co_located_resources(spec, index),
+            [mount for mount in mounts if mount["name"] != "hugepages"],
+        )
+        for index, peer in enumerate(spec.coLocate.services if spec.coLocate else [])
+    ]
     pod_spec: dict[str, Any] = {
-        "containers": [container],
+        "containers": [container, *co_located],
         "volumes": volumes,
         "affinity": affinity(spec, same_revision),
         "tolerations": tolerations(spec),
@@ -125,6 +133,47 @@ def pod_template(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[
     return {"metadata": metadata, "spec": pod_spec}
 
 
+def _container(
+    spec: TradingServiceSpec,
+    name: str,
+    argv: list[str],
+    ports: tuple[int, int],
+    env: list[dict[str, Any]],
+    amounts: dict[str, Any],
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One service container. The first one's ports are named (wire, metrics: its Service targets
+    them); port names are unique in a pod, so co-located peers' ports go by number."""
+    first = name == container_name(spec)
+    wire, metrics = ports
+    wire_port: dict[str, Any] = {"containerPort": wire, "protocol": "TCP"}
+    metrics_port: dict[str, Any] = {"containerPort": metrics, "protocol": "TCP"}
+    if first:
+        wire_port, metrics_port = {"name": "wire", **wire_port}, {"name": "metrics", **metrics_port}
+    probe_port: str | int = "metrics" if first else metrics
+    return {
+        "name": name,
+        "image": spec.image,
+        "command": argv,
+        "ports": [wire_port, metrics_port],
+        "env": env,
+        "resources": amounts,
+        "volumeMounts": mounts,
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": probe_port},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": probe_port},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
+        "securityContext": container_security_context(spec),
+    }
+
+
 # -- pod-spec fragments ---------------------------------------------------------------------------
 
 
@@ -144,6 +193,53 @@ def hugepages_volume(spec: TradingServiceSpec) -> tuple[dict[str, Any], dict[str
         return None
     volume = {"name": "hugepages", "emptyDir": {"medium": f"HugePages-{pages.pageSize}"}}
     return volume, {"name": "hugepages", "mountPath": HUGEPAGES_MOUNT}
+
+
+def ring_directory(peer: str) -> str:
+    """Where a co-located peer serves its rings, in the volume every container of the pod mounts."""
+    return f"{RINGS_MOUNT}/{peer}"
+
+
+def ring_file_bytes(spec: TradingServiceSpec) -> int:
+    """One ring file as the volume holds it: whole huge pages on HugePages, whole MiB otherwise."""
+    pages = spec.resources.hugepages
+    unit = int(parse_quantity(pages.pageSize)) if pages and _on_hugepages(spec) else MEBIBYTE
+    return -(-(RING_BYTES + RING_HEADER_BYTES) // unit) * unit
+
+
+def _on_hugepages(spec: TradingServiceSpec) -> bool:
+    return spec.coLocate is not None and spec.coLocate.medium == "HugePages"
+
+
+def rings_volume(spec: TradingServiceSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The emptyDir the co-located containers share their rings through, and its mount."""
+    if spec.coLocate is None:
+        return None
+    pages = spec.resources.hugepages
+    if _on_hugepages(spec) and pages:
+        empty_dir: dict[str, Any] = {"medium": f"HugePages-{pages.pageSize}"}
+    else:
+        size = ring_file_bytes(spec) * RING_FILES * len(spec.coLocate.services)
+        empty_dir = {"medium": "Memory", "sizeLimit": f"{size // MEBIBYTE}Mi"}
+    return {"name": "rings", "emptyDir": empty_dir}, {"name": "rings", "mountPath": RINGS_MOUNT}
+
+
+def co_located_metrics_port(spec: TradingServiceSpec, index: int) -> int:
+    """The pod's containers share its network: each co-located peer serves metrics above the first's."""
+    return spec.metricsPort + 1 + index
+
+
+def co_located_resources(spec: TradingServiceSpec, index: int) -> dict[str, Any]:
+    """requests == limits like the first container (the pod stays Guaranteed), plus the huge pages of
+    the rings it creates when they live there."""
+    assert spec.coLocate is not None
+    peer = spec.coLocate.services[index]
+    amounts = {CPU: str(peer.cpus), MEMORY: canonical_quantity(peer.memory)}
+    pages = spec.resources.hugepages
+    if _on_hugepages(spec) and pages:
+        ring_pages = ring_file_bytes(spec) * RING_FILES
+        amounts[f"hugepages-{pages.pageSize}"] = canonical_quantity(f"{ring_pages // MEBIBYTE}Mi")
+    return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
 def affinity(spec: TradingServiceSpec, pod_selector: Mapping[str, str]) -> dict[str, Any]:
@@ -266,7 +362,11 @@ def session_identities(spec: TradingServiceSpec) -> list[str]:
     callers' (to check their logons). Custom components hold none."""
     if spec.component == CUSTOM:
         return []
-    return [spec.component, *BUNDLED[spec.component].callers]
+    peers = [peer.component for peer in spec.coLocate.services] if spec.coLocate else []
+    identities = [spec.component, *BUNDLED[spec.component].callers]
+    for peer in peers:
+        identities += [peer, *BUNDLED[peer].callers]
+    return list(dict.fromkeys(identities))
 
 
 def drain_seconds(spec: TradingServiceSpec) -> int:
@@ -285,7 +385,46 @@ def termination_grace_seconds(spec: TradingServiceSpec) -> int:
 def environment(
     spec: TradingServiceSpec, namespace: str, revision: str, service: str
 ) -> list[dict[str, Any]]:
-    """The container's env: where to listen, the revision it runs, its config file and its peers."""
+    """The container's env: where to listen, the revision it runs, its config file and its peers (the
+    co-located ones at their rings)."""
+    variables = _service_environment(
+        spec, str(spec.component), (spec.wire_port, spec.metricsPort), namespace, revision, service
+    )
+    co_located = {peer.component for peer in spec.coLocate.services} if spec.coLocate else set()
+    for variable in variables:
+        peer = _peer_of_variable.get(variable["name"])
+        if peer in co_located:
+            variable["value"] = str(RingAddress(Path(ring_directory(peer))))
+    return variables
+
+
+def co_located_environment(
+    spec: TradingServiceSpec, index: int, namespace: str, revision: str, service: str
+) -> list[dict[str, Any]]:
+    """A co-located peer's env: its own component's, with the rings it serves the first container on."""
+    assert spec.coLocate is not None
+    peer = spec.coLocate.services[index].component
+    ports = (BUNDLED[peer].port, co_located_metrics_port(spec, index))
+    variables = _service_environment(spec, peer, ports, namespace, revision, service)
+    # No config file of its own: its component's defaults.
+    for variable in variables:
+        if variable["name"] == "TRADEPLANE_CONFIG":
+            variable["value"] = f"{CONFIG_DIR}/{peer}.yaml"
+    return [*variables, {"name": "TRADEPLANE_RING_DIR", "value": ring_directory(peer)}]
+
+
+_peer_of_variable = {entry.peer_variable: name for name, entry in BUNDLED.items()}
+
+
+def _service_environment(
+    spec: TradingServiceSpec,
+    component: str,
+    ports: tuple[int, int],
+    namespace: str,
+    revision: str,
+    service: str,
+) -> list[dict[str, Any]]:
+    wire_port, metrics_port = ports
     variables: list[dict[str, Any]] = [
         {"name": "TRADEPLANE_SERVICE", "value": service},
         {"name": "TRADEPLANE_REVISION", "value": revision},
@@ -293,18 +432,18 @@ def environment(
         {"name": "TRADEPLANE_BIND", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         # A stable name per replica: risk's partition lease owner id (it advertises podIP:port to order).
         {"name": "TRADEPLANE_REPLICA", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "TRADEPLANE_PORT", "value": str(spec.wire_port)},
-        {"name": "TRADEPLANE_METRICS_PORT", "value": str(spec.metricsPort)},
+        {"name": "TRADEPLANE_PORT", "value": str(wire_port)},
+        {"name": "TRADEPLANE_METRICS_PORT", "value": str(metrics_port)},
         {"name": "TRADEPLANE_STATE_DIR", "value": STATE_DIR},
     ]
-    if spec.component != CUSTOM:
+    if component != CUSTOM:
         variables.append({"name": "TRADEPLANE_KEYS_DIR", "value": KEYS_DIR})
         variables += [
             # Only the peers it calls: what its NetworkPolicy lets it reach, and all it needs to find.
             {"name": BUNDLED[peer].peer_variable, "value": f"{peer}.{namespace}.svc:{BUNDLED[peer].port}"}
-            for peer in called_components(spec)
+            for peer in callees(component)
         ]
-    if spec.component != CUSTOM and spec.eventLog is not None:
+    if component != CUSTOM and spec.eventLog is not None:
         variables += [
             {"name": "TRADEPLANE_EVENT_LOG", "value": ",".join(spec.eventLog.servers)},
             {"name": "TRADEPLANE_EVENT_LOG_REPLICAS", "value": str(spec.eventLog.replicas)},

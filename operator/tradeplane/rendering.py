@@ -42,7 +42,7 @@ from tradeplane.labels import (
 from tradeplane.naming import Owner, Role, deployment_name, labels, revision_object_name, selector
 from tradeplane.podspec import pod_template
 from tradeplane.revision import template_fields
-from tradeplane_services.catalog import BUNDLED, CUSTOM, splits_orders
+from tradeplane_services.catalog import BUNDLED, CUSTOM, callees, splits_orders
 
 SCRAPE_INTERVAL = "5s"
 PROGRESS_DEADLINE_SECONDS = 180
@@ -260,7 +260,17 @@ def network_policy(owner: Owner, spec: TradingServiceSpec) -> dict[str, Any] | N
         metrics_from.append(operator)
     if metrics_from:
         ingress.append({"from": metrics_from, "ports": [{"protocol": "TCP", "port": spec.metricsPort}]})
-    called = podspec.called_components(spec)
+    co_located = [peer.component for peer in spec.coLocate.services] if spec.coLocate else []
+    for peer in co_located:
+        # A co-located peer is a replica like any other (risk's partitions): its callers elsewhere reach
+        # it at this pod's address, and its clients (risk's admins) too.
+        peer_callers = [_component_pods(caller) for caller in BUNDLED[peer].bundled_callers]
+        if BUNDLED[peer].takes_clients:
+            peer_callers += [_peer(client) for client in settings.clients]
+        ingress.append({"from": peer_callers, "ports": [{"protocol": "TCP", "port": BUNDLED_PORTS[peer]}]})
+    called = list(
+        dict.fromkeys([*podspec.called_components(spec), *(c for p in co_located for c in callees(p))])
+    )
     if "market-data" in called:
         ingress.append({"from": [_component_pods("market-data")], "ports": [{"protocol": "UDP"}]})
     policy_spec: dict[str, Any] = {

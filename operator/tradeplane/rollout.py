@@ -381,18 +381,19 @@ class _Machine:
         """A shadow run proves agreement, not live behaviour: the user decides what comes next."""
         status = self.status
         status.phase = Phase.PAUSED
-        status.message = (
-            f"shadow passed {where}, the canary answered no client: request promotion, or set "
-            "rollout.orderFlow.mode: live to walk the steps live"
+        then = (
+            "request promotion"
+            if self.spec.rollout.stateShadow is not None
+            else "request promotion, or set rollout.orderFlow.mode: live to walk the steps live"
         )
+        status.message = f"shadow passed {where}, the canary answered no client: {then}"
         if self.status.condition("Progressing").reason != "ShadowPassed":
             self._note("Normal", "ShadowPassed", f"canary {self.revision}: {status.message}")
         self._condition(True, "ShadowPassed", status.message)
         return self._plan(self._stable(), canary_replicas=replicas, traffic_weight=traffic_weight)
 
     def _shadow(self) -> bool:
-        order_flow = self.spec.rollout.orderFlow
-        return order_flow is not None and order_flow.mode == "shadow"
+        return self.spec.rollout.shadow
 
     def _step_done(self, pause: str) -> bool:
         status = self.status

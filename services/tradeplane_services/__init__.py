@@ -10,7 +10,10 @@ Environment (the operator renders these into each pod):
     TRADEPLANE_PORT              wire port (order 7001, risk 7002, market-data 7003, execution 7004,
                                  position 7005)
     TRADEPLANE_METRICS_PORT      HTTP: /metrics, /healthz, /readyz, /status (default 9100)
-    TRADEPLANE_RISK_ADDR         host:port of risk (order needs it)
+    TRADEPLANE_RISK_ADDR         host:port of risk (order needs it), or shm:/dir when co-located: the
+                                 shared-memory rings risk serves in /dir (any peer but market-data)
+    TRADEPLANE_RING_DIR          directory where this service also serves one co-located caller over
+                                 shared-memory rings (TCP stays open for everyone else)
     TRADEPLANE_EXECUTION_ADDR    host:port of execution (order needs it)
     TRADEPLANE_EVENT_LOG         nats:// URLs of the event log's servers, comma-separated (execution
                                  appends fills, position projects them; unset: fills are kept nowhere)

@@ -53,9 +53,16 @@ class BundledComponent:
     server_urls: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """Settings that name a server outside the stack by http(s) URL, with the server's default ports
     (http, https) for a URL that names none: its NetworkPolicy lets it reach that port."""
+    ring_reachable: bool = True
+    """Whether a co-located caller may reach it over shared-memory rings (ringtransport.py) instead of TCP;
+    not market-data, whose feed is UDP beside its TCP subscriptions."""
     split_by: tuple[str, ...] = ()
     """Callers that split their orders to it by account (split.py), so its canaries can take an exact
     share of the orders (`spec.rollout.orderFlow`)."""
+    projects_log: bool = False
+    """Whether it is a projection of the event log that answers DIGESTS_ROUTE, so its canaries can run as
+    a state shadow (`spec.rollout.stateShadow`): replaying the same log, compared with the stable at the
+    same log sequences, serving no client."""
 
     @property
     def peer_variable(self) -> str:
@@ -110,6 +117,7 @@ BUNDLED: dict[str, BundledComponent] = _catalog(
             for identity in ("risk", "position", "analytics", CLIENT, ADMIN)
         },
         {"ticksPerSecond": 10_000},
+        ring_reachable=False,
     ),
     BundledComponent(
         "execution",
@@ -128,6 +136,7 @@ BUNDLED: dict[str, BundledComponent] = _catalog(
         # Fills reach position through the event log, never over a session.
         {CLIENT: ("PositionQuery",), ADMIN: ("PositionQuery",)},
         {"snapshotEveryEvents": 1000},
+        projects_log=True,
     ),
     BundledComponent(
         "analytics",
@@ -154,6 +163,11 @@ def callees(name: str) -> list[str]:
     return [callee for callee, entry in BUNDLED.items() if name in entry.callers]
 
 
+def ring_callees(name: str) -> list[str]:
+    """The bundled components `name` calls that may share its pod and be reached over rings."""
+    return [callee for callee in callees(name) if BUNDLED[callee].ring_reachable]
+
+
 def splitting_callers(name: str) -> tuple[str, ...]:
     """The bundled components that split their orders to `name` by account; none for a custom one."""
     entry = BUNDLED.get(name)
@@ -167,6 +181,11 @@ def splits_orders(name: str) -> bool:
 
 ORDER_FLOW_COMPONENTS = tuple(name for name, entry in BUNDLED.items() if entry.split_by)
 """The components whose canaries can take an order-flow share."""
+STATE_SHADOW_COMPONENTS = tuple(name for name, entry in BUNDLED.items() if entry.projects_log)
+"""The components whose canaries can run as a state shadow."""
+DIGESTS_ROUTE = "/digests"
+"""GET on the metrics port of a log projection: `{"sequence", "digest", "history": [[sequence, digest],
+...]}`, digests as 16 hex digits, the history oldest first (position.py says what a digest covers)."""
 
 
 def start_order() -> tuple[str, ...]:

@@ -71,11 +71,39 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class RingAddress:
+    """A co-located peer reached over the shared-memory rings in `directory` (ringtransport.py)."""
+
+    directory: Path
+
+    def __str__(self) -> str:
+        return f"{RING_SCHEME}{self.directory}"
+
+
+RING_SCHEME = "shm:"
+RING_BYTES = 1 << 20  # each ring's data; its file adds a 4 KiB header, rounded up to whole (huge) pages
+RING_HEADER_BYTES = 4096
+RING_FILES = 2  # a session's pair: one ring each way
+
+
 def parse_address(text: str, variable: str) -> Address:
     host, separator, port = text.rpartition(":")
     if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"{variable}={text!r}: expected host:port")
     return Address(host, int(port))
+
+
+def parse_peer_address(text: str, variable: str, rings: bool = True) -> Address | RingAddress:
+    """host:port, or shm:/directory for a peer that serves rings there (absolute: both sides mount it)."""
+    if not text.startswith(RING_SCHEME):
+        return parse_address(text, variable)
+    directory = text.removeprefix(RING_SCHEME)
+    if not rings:
+        raise ConfigError(f"{variable}={text!r}: expected host:port (this peer is reached over TCP only)")
+    if not directory.startswith("/") or directory.rstrip("/") == "":
+        raise ConfigError(f"{variable}={text!r}: expected shm:/absolute/directory")
+    return RingAddress(Path(directory))
 
 
 @dataclass(frozen=True)
@@ -90,19 +118,20 @@ class Environment:
     metrics_port: int
     keys_dir: Path = Path(DEFAULT_KEYS_DIR)
     state_dir: Path = Path(DEFAULT_STATE_DIR)  # files a component keeps (the pod's state volume)
-    peers: dict[str, Address] = field(default_factory=dict)
+    peers: dict[str, Address | RingAddress] = field(default_factory=dict)
     market_data_group: Address | None = None
     event_log: list[str] = field(default_factory=list)  # nats:// URLs of the event log's servers
     event_log_replicas: int = 1  # the stream's and snapshot bucket's replicas, when a service creates them
     replica: str | None = None  # a stable name of this replica (the pod name): risk's lease owner id
     advertise: Address | None = None  # where peers reach this replica, when not bind:port
+    ring_dir: Path | None = None  # where it also serves a co-located caller over shared-memory rings
 
     def advertised_address(self) -> Address:
         if self.advertise is not None:
             return self.advertise
         return Address(self.bind if self.bind != "0.0.0.0" else socket.gethostname(), self.port)
 
-    def peer(self, name: str) -> Address | None:
+    def peer(self, name: str) -> Address | RingAddress | None:
         return self.peers.get(name)
 
 
@@ -141,7 +170,7 @@ def read_environment(name: str, config: str | None, env: dict[str, str] | None =
     env = dict(os.environ) if env is None else env
     config_text = config or env.get("TRADEPLANE_CONFIG") or DEFAULT_CONFIG_PATH
     peers = {
-        peer.name: parse_address(env[peer.peer_variable], peer.peer_variable)
+        peer.name: parse_peer_address(env[peer.peer_variable], peer.peer_variable, peer.ring_reachable)
         for peer in BUNDLED.values()
         if env.get(peer.peer_variable)
     }
@@ -163,4 +192,13 @@ def read_environment(name: str, config: str | None, env: dict[str, str] | None =
         event_log_replicas=_bounded("TRADEPLANE_EVENT_LOG_REPLICAS", 1, 1, 5, env),
         replica=env.get("TRADEPLANE_REPLICA") or None,
         advertise=parse_address(advertise, "TRADEPLANE_ADVERTISE_ADDR") if advertise else None,
+        ring_dir=_ring_dir(env.get("TRADEPLANE_RING_DIR")),
     )
+
+
+def _ring_dir(text: str | None) -> Path | None:
+    if not text:
+        return None
+    if not text.startswith("/"):
+        raise ConfigError(f"TRADEPLANE_RING_DIR={text!r}: expected an absolute directory")
+    return Path(text)

@@ -23,7 +23,7 @@ from tradeplane_services.client import describe
 from tradeplane_services.config import ConfigError, parse_event_log
 from tradeplane_services.eventlog import LEASE_BUCKET, STREAM, EventLog, partition_of, subject_filter
 from tradeplane_services.partitions import MEMBER_PREFIX, LeaseTable
-from tradeplane_services.position import FILLS, SNAPSHOT_KEY, PositionBook
+from tradeplane_services.position import FILLS, SNAPSHOT_KEYS, PositionBook
 from tradeplane_services.protocol import Fill, ProtocolError, Side, price_value, symbol_text
 
 DEFAULT_EVENT_LOG = "nats://127.0.0.1:4222"
@@ -63,11 +63,15 @@ async def info(log: EventLog) -> None:
         f"stream {STREAM}: {state.messages} events, sequences {state.first_seq}-{state.last_seq}, "
         f"replicas {stream.config.num_replicas}, subjects {stream.config.subjects}"
     )
-    snapshot = await (await log.snapshots()).load(SNAPSHOT_KEY)
-    if snapshot is None:
-        print("position snapshot: none (replay starts at sequence 1)")
-    else:
-        print(f"position snapshot: at sequence {snapshot['sequence']}, {snapshot['fills']} fills")
+    snapshots = await log.snapshots()
+    for method, key in SNAPSHOT_KEYS.items():
+        snapshot = await snapshots.load(key)
+        if snapshot is None:
+            print(f"position snapshot ({method}): none (replay starts at sequence 1)")
+        else:
+            print(
+                f"position snapshot ({method}): at sequence {snapshot['sequence']}, {snapshot['fills']} fills"
+            )
 
 
 async def dump(log: EventLog, account: int, start: int, stop: int | None) -> None:
@@ -85,7 +89,7 @@ async def replay(log: EventLog, stop: int, account: int) -> None:
     async for event in log.read(FILLS, 1, stop):
         for message in event.messages:
             book.apply(message)
-        book.sequence = event.sequence
+        book.advance(event.sequence)
     print(f"positions at sequence {book.sequence} ({book.fills} fills):")
     for report in book.reports(account):
         print("  " + describe(report))

@@ -3,7 +3,8 @@
 Open loop: order i is due at start + i/rate whatever happened to earlier ones, and its latency is measured
 from that intended time to its acknowledgement (ExecutionReport NEW or REJECTED; the echoed frame for the
 echo server). A stalled service therefore shows up as latency of every order that should have been sent
-meanwhile: no coordinated omission. Latencies go into an HdrHistogram (1 ns .. 60 s, 3 digits).
+meanwhile: no coordinated omission. Latencies go into the compiled LatencyHistogram (an HdrHistogram,
+1 ns .. 60 s, 3 digits).
 
 Orders come in crossing pairs (a buy and a sell of the same quantity at the symbol's reference price) so
 that the simulated venue trades them; the generator keeps the net filled quantity per (account, symbol)
@@ -29,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
-from hdrh.histogram import HdrHistogram
 
+from tradeplane_services._wire import LatencyHistogram
 from tradeplane_services.config import Address, parse_address
 from tradeplane_services.protocol import (
     HEADER,
@@ -266,13 +267,12 @@ def run_load(
     intended = start + (np.arange(total) * interval_ns).astype(np.int64)
     done = answered_at > 0
     latencies = (answered_at - intended)[done & (np.arange(total) >= warmup_orders)]
-    histogram = HdrHistogram(1, 60 * 10**9, 3)
-    for value in latencies.tolist():
-        histogram.record_value(max(1, value))
+    histogram = LatencyHistogram()
+    histogram.record_all(np.maximum(latencies, 1).tolist())
     result.sent, result.answered, result.unanswered = sent, answered, total - answered
-    result.measured = int(histogram.get_total_count())
-    result.percentiles_us = {f"p{p:g}": histogram.get_value_at_percentile(p) / 1000 for p in PERCENTILES}
-    result.max_us = histogram.get_max_value() / 1000
+    result.measured = histogram.count
+    result.percentiles_us = dict(histogram.percentiles_us(PERCENTILES))
+    result.max_us = histogram.max_ns / 1000
     if answered:
         last = int(answered_at[done].max())
         result.achieved_rate = answered / max(1e-9, (last - start) / 1e9)

@@ -490,7 +490,7 @@ def subscribe_if_published(
 ) -> MarketDataSubscriber | None:
     """A subscriber to the environment's market-data publisher; None when the component has none."""
     publisher = environment.peer("market-data")
-    if publisher is None:
+    if not isinstance(publisher, Address):  # never rings: read_environment refuses them for market-data
         return None
     credentials = Credentials(environment.component, Keyring(environment.keys_dir))
     return MarketDataSubscriber(

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from tradeplane_services.config import ConfigError, Environment, parse_address
+from tradeplane_services.config import ConfigError, Environment, RingAddress, parse_address
 from tradeplane_services.eventlog import EventLog, partition_of
 from tradeplane_services.partitions import LeaseTable, describe_owners
 from tradeplane_services.protocol import (
@@ -40,6 +40,7 @@ from tradeplane_services.protocol import (
     RouteOrder,
     VenueReport,
 )
+from tradeplane_services.ringtransport import ring_serves
 from tradeplane_services.runtime import (
     Connection,
     PeerLink,
@@ -550,7 +551,9 @@ class RiskRoutes:
         named = {lease.address for lease in self.table.owners().values() if lease is not None}
         for address in named:
             self._link(address)
-        for address in [a for a, link in self.links.items() if a not in named and not link.connected]:
+        stable = self.service.risk.stable
+        gone = [a for a, link in self.links.items() if a not in named and not link.connected]
+        for address in [a for a in gone if self.links[a] is not stable]:
             link = self.links.pop(address)
             self.service.links.remove(link)
             closing = asyncio.get_running_loop().create_task(link.stop())
@@ -571,6 +574,8 @@ class RiskRoutes:
 
     def _link(self, address_text: str) -> PeerLink | None:
         link = self.links.get(address_text)
+        if link is None and address_text == self.service.co_located_risk():
+            link = self.links[address_text] = self.service.risk.stable  # its session over the rings
         if link is None:
             try:
                 address = parse_address(address_text, "risk partition lease address")
@@ -732,6 +737,11 @@ class OrderService(Service[OrderSettings]):
 
     def on_venue_report(self, connection: Connection, message: VenueReport) -> None:
         self.manager.venue_report(message)
+
+    def co_located_risk(self) -> str | None:
+        """The TCP address of the risk replica this one reaches over shared-memory rings, if any."""
+        address = self.environment.peer("risk")
+        return ring_serves(address.directory) if isinstance(address, RingAddress) else None
 
     def on_risk_down(self) -> None:
         self.manager.risk_lost()

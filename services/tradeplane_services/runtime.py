@@ -20,7 +20,6 @@ import signal
 import socket
 import sys
 import time
-from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Generic, TypeVar, cast
@@ -31,8 +30,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tradeplane_services._wire import LatencyHistogram
 from tradeplane_services.catalog import CALLERS
-from tradeplane_services.config import Address, ConfigError, Environment, load_settings
+from tradeplane_services.config import Address, ConfigError, Environment, RingAddress, load_settings
 from tradeplane_services.protocol import (
     LAYOUTS,
     Challenge,
@@ -49,6 +49,7 @@ from tradeplane_services.protocol import (
     layout_of,
     reject_for,
 )
+from tradeplane_services.ringtransport import RingServer, open_ring, serve_ring
 from tradeplane_services.sessions import (
     NONCE_BYTES,
     AuthenticationError,
@@ -70,6 +71,8 @@ LATENCY_BUCKETS_SECONDS = tuple(
         *(1000, 1250, 1500, 1750, 2000, 3000, 5000, 10_000, 20_000, 50_000, 100_000),
     )
 )
+LATENCY_BUCKETS_NS = [round(seconds * 1e9) for seconds in LATENCY_BUCKETS_SECONDS]
+STATUS_PERCENTILES = (50.0, 99.0, 99.9)
 MAX_OUTBOUND_BUFFER = 64 * 1024 * 1024
 DEFERRED_FLUSH_SECONDS = 0.001
 SESSION_SWEEP_SECONDS = 0.25
@@ -127,16 +130,14 @@ class RequestMetrics(Collector):
     """The series the canary analysis reads, for one service and revision: latency and requests for
     every service, decisions by reason (risk) and orders and fills (execution) for the trading gates.
 
-    A collector of its own rather than prometheus_client's Histogram: observing is a bisect and two
-    additions (no lock, no linear bucket scan), and a batch of N requests answered together is one
-    `record(started, n)` call.
+    A collector of its own rather than prometheus_client's Histogram: latencies go into a compiled
+    HdrHistogram in nanoseconds (no lock, no bucket scan, no allocation), a batch of N requests answered
+    together is one `record(started, n)` call, and the Prometheus buckets are read from it per scrape.
     """
 
     def __init__(self, registry: CollectorRegistry, service: str, revision: str) -> None:
         self.labels = {"service": service, "revision": revision}
-        self._bounds = LATENCY_BUCKETS_SECONDS
-        self._counts = [0] * (len(self._bounds) + 1)
-        self._sum = 0.0
+        self.latency = LatencyHistogram()
         self.ok = 0
         self.errors = 0
         self.refusals: Counter[str] = Counter()  # session refusals by reason name
@@ -146,13 +147,15 @@ class RequestMetrics(Collector):
         registry.register(self)
 
     def record(self, started_ns: int, count: int = 1, ok: bool = True) -> None:
-        seconds = (time.perf_counter_ns() - started_ns) / 1e9
-        self._counts[bisect_left(self._bounds, seconds)] += count
-        self._sum += seconds * count
+        self.latency.record(time.perf_counter_ns() - started_ns, count)
         if ok:
             self.ok += count
         else:
             self.errors += count
+
+    def latency_micros(self) -> dict[str, float]:
+        """Percentiles and maximum of the request latencies since the start, in microseconds."""
+        return {**dict(self.latency.percentiles_us(STATUS_PERCENTILES)), "max": self.latency.max_ns / 1000}
 
     def collect(self) -> Iterator[Metric]:
         histogram = HistogramMetricFamily(
@@ -160,11 +163,10 @@ class RequestMetrics(Collector):
             "Time from receiving a request to answering it.",
             labels=list(self.labels),
         )
-        cumulative, buckets = 0, []
-        for bound, count in zip((*self._bounds, float("inf")), self._counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-        histogram.add_metric(list(self.labels.values()), buckets, self._sum)
+        counts = self.latency.cumulative_counts(LATENCY_BUCKETS_NS)
+        buckets = [(repr(bound), count) for bound, count in zip(LATENCY_BUCKETS_SECONDS, counts, strict=True)]
+        buckets.append(("+Inf", self.latency.count))
+        histogram.add_metric(list(self.labels.values()), buckets, self.latency.sum_ns / 1e9)
         yield histogram
         requests = CounterMetricFamily(
             "tradeplane_requests_total",
@@ -414,7 +416,7 @@ class PeerLink(ConnectionOwner):
     def __init__(
         self,
         name: str,
-        address: Address,
+        address: Address | RingAddress,
         handlers: dict[type, Callable[[Connection, Any], None]],
         metrics: RequestMetrics,
         credentials: Credentials,
@@ -496,12 +498,7 @@ class PeerLink(ConnectionOwner):
         delay = 0.02
         while True:
             try:
-                _, connection = await loop.create_connection(
-                    lambda: Connection(self, self.name),
-                    self.address.host,
-                    self.address.port,
-                    local_addr=self.local_address,
-                )
+                connection = await self._connect(loop)
             except OSError as error:
                 log.debug("peer unreachable", extra=fields(peer=self.name, error=str(error)))
                 await asyncio.sleep(delay)
@@ -513,6 +510,16 @@ class PeerLink(ConnectionOwner):
             else:  # refused or unanswered logon: back off as for an unreachable peer
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> Connection:
+        address = self.address
+        if isinstance(address, RingAddress):
+            _, protocol = await open_ring(lambda: Connection(self, self.name), address.directory)
+            return cast(Connection, protocol)
+        _, connection = await loop.create_connection(
+            lambda: Connection(self, self.name), address.host, address.port, local_addr=self.local_address
+        )
+        return connection
 
     def send(self, message: Any) -> bool:
         connection = self.connection
@@ -575,6 +582,7 @@ class Service(ConnectionOwner, Generic[SettingsT]):
         self.splits: dict[str, Any] = {}  # peer -> its AccountSplit (split.py), for callers of canaries
         self.links: list[PeerLink] = []
         self.wire_server: asyncio.AbstractServer | None = None
+        self.ring_server: RingServer | None = None  # a co-located caller's rings (TRADEPLANE_RING_DIR)
 
     # --- hooks ------------------------------------------------------------------------------------
 
@@ -732,6 +740,8 @@ class Service(ConnectionOwner, Generic[SettingsT]):
             "draining": self.draining,
             "sessions": len(self.sessions),
             "peers": {link.name: link.connected for link in self.links},
+            "requests": self.metrics.latency.count,
+            "latencyMicros": self.metrics.latency_micros(),
             "settings": self.settings.model_dump(mode="json"),
             **self.status(),
         }
@@ -851,6 +861,11 @@ async def serve_service(service: Service[Any], started: Callable[[], None] | Non
 
     http = HttpEndpoint(service)
     http_server = await asyncio.start_server(http.handle, environment.bind, environment.metrics_port)
+    if environment.ring_dir is not None:
+        # Before start(): a co-located caller that finds this service's address in a lease (risk's
+        # partitions) must already find the rings that reach it.
+        served = str(environment.advertised_address())
+        service.ring_server = serve_ring(service.accept, environment.ring_dir, served)
     await service.start()
     for link in service.links:
         link.start()
@@ -862,7 +877,11 @@ async def serve_service(service: Service[Any], started: Callable[[], None] | Non
     quiet_garbage_collector()
     log.info(
         "listening",
-        extra=fields(wire=f"{environment.bind}:{environment.port}", metrics=environment.metrics_port),
+        extra=fields(
+            wire=f"{environment.bind}:{environment.port}",
+            rings=str(environment.ring_dir) if environment.ring_dir else None,
+            metrics=environment.metrics_port,
+        ),
     )
     if started is not None:
         started()
@@ -871,12 +890,16 @@ async def serve_service(service: Service[Any], started: Callable[[], None] | Non
     log.info("SIGTERM: draining")
     service.draining = True
     service.wire_server.close()
+    if service.ring_server is not None:
+        service.ring_server.stop_accepting()
     try:
         await asyncio.wait_for(service.drain(), service.settings.drainTimeoutSeconds)
     except TimeoutError:
         log.error("drain timed out; closing with work in flight")
     for connection in list(service.connections):
         connection.close()
+    if service.ring_server is not None:
+        service.ring_server.close()
     watch_task.cancel()
     sessions_task.cancel()
     for link in service.links:

@@ -128,6 +128,11 @@ class PositionSettings(Settings):
     snapshotEveryEvents: int = Field(
         1000, ge=1, description="A snapshot of the positions goes to the event log's KV store this often."
     )
+    pnlMethod: Literal["average-cost", "fifo"] = Field(
+        "average-cost",
+        description="How a closing fill realizes PnL: against the position's average cost, or against its "
+        "oldest open lots first (FIFO, as tax-lot accounting does). Each method keeps its own snapshots.",
+    )
 
 
 class MarketDataSettings(Settings):

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from tradeplane_services.catalog import BUNDLED, start_order
-from tradeplane_services.config import Address, ConfigError, parse_settings
+from tradeplane_services.config import Address, ConfigError, RingAddress, parse_settings
 from tradeplane_services.eventlog import STREAM
 from tradeplane_services.natsserver import NatsServers
 from tradeplane_services.sessions import Credentials, Keyring, generate_keyring
@@ -80,6 +80,8 @@ class Stack:
     keys_dir: Path | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     event_log_servers: int = 1
+    co_located: tuple[str, ...] = ()
+    """Components whose callers reach them over shared-memory rings (`ring_dir`) instead of TCP."""
 
     def __post_init__(self) -> None:
         self.events = NatsServers(self.host, self.workdir / "eventlog", self.event_log_servers)
@@ -94,6 +96,16 @@ class Stack:
         """Where a component (or replica, `risk-1`) listens for sessions."""
         component, replica = parse_replica_name(name)
         return Address(self.host, BUNDLED[component].port + REPLICA_PORT_STEP * replica)
+
+    def ring_dir(self, name: str) -> Path:
+        """Where a co-located component serves its rings (on a pod: the shared volume's mount)."""
+        return self.workdir / "rings" / name
+
+    def peer_address(self, name: str) -> str:
+        """What callers of `name` are given: shm:/directory when co-located, host:port otherwise."""
+        if name in self.co_located:
+            return str(RingAddress(self.ring_dir(name)))
+        return str(self.address(name))
 
     def metrics_port(self, name: str) -> int:
         return self.address(name).port + METRICS_PORT_SHIFT
@@ -115,11 +127,13 @@ class Stack:
             "TRADEPLANE_METRICS_PORT": str(self.metrics_port(name)),
             "TRADEPLANE_KEYS_DIR": str(self.keys_dir),
             "TRADEPLANE_STATE_DIR": str(self.workdir / name),
-            **{peer.peer_variable: str(self.address(peer.name)) for peer in BUNDLED.values()},
+            **{peer.peer_variable: self.peer_address(peer.name) for peer in BUNDLED.values()},
             "TRADEPLANE_EVENT_LOG": self.events.url,
             "TRADEPLANE_EVENT_LOG_REPLICAS": str(self.event_log_servers),
             **self.extra_env,
         }
+        if name in self.co_located:
+            env["TRADEPLANE_RING_DIR"] = str(self.ring_dir(name))
         if self.multicast:
             env["TRADEPLANE_MARKET_DATA_GROUP"] = str(multicast_group_for(self.host))
         else:

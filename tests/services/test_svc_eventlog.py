@@ -7,10 +7,12 @@ every fill a client was told of is in positions exactly once, whatever died.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -18,8 +20,9 @@ from typing import Any
 import pytest
 
 from support import wait_for
+from tradeplane_services.catalog import DIGESTS_ROUTE
 from tradeplane_services.client import OrderSession, positions
-from tradeplane_services.eventlog import STREAM, Append, EventLog, subject, subject_filter
+from tradeplane_services.eventlog import STREAM, Append, EventLog, partition_of, subject, subject_filter
 from tradeplane_services.natsserver import NatsServers
 from tradeplane_services.protocol import (
     ExecType,
@@ -258,3 +261,45 @@ def test_a_position_canary_reads_the_same_log_and_aborting_it_loses_nothing(make
     stack.start_one("position")
     stack.wait_ready(components=("position",))
     assert booked(stack) == told and stack.status("position")["fills"] == fills
+
+
+def test_a_replica_from_a_snapshot_and_one_replaying_everything_digest_alike_at_every_common_sequence(
+    make_stack: StackFactory,
+) -> None:
+    """Two position processes on one real log: `position` replays from sequence 1 and follows, `position-1`
+    starts later from the snapshot `position` stored; at every sequence both recorded, their digests are
+    equal, and they cover the new events both followed."""
+    stack = make_stack({"position": {"snapshotEveryEvents": 10}}, components=("position",))
+    prices = [190, 185, 193, 188, 201, 176]
+
+    def trade(first: int, last: int) -> None:
+        async def body(log: EventLog) -> None:
+            for n in range(first, last + 1):
+                side, account = Side.BUY if n % 3 else Side.SELL, 1 + n % 4
+                record = Fill(7, n, account, AAPL, int(side), 5 + n % 7, price_units(prices[n % 6]), n, 0)
+                await log.append([Append("fill", partition_of(account), [record], f"digest-{n}")])
+
+        with_log(stack.events, body)
+
+    def digests(name: str) -> dict[str, Any]:
+        with urllib.request.urlopen(stack.metrics_url(name, DIGESTS_ROUTE), timeout=5) as response:
+            document: dict[str, Any] = json.load(response)
+        return document
+
+    trade(1, 60)
+    wait_for(lambda: digests("position")["sequence"] == 60, timeout=15, what="position to follow 60 events")
+    wait_for(lambda: stack.status("position")["snapshotSequence"] >= 50, timeout=15, what="a snapshot")
+    stack.start_one("position-1")
+    stack.wait_ready(components=("position-1",))
+    trade(61, 120)
+    for name in ("position", "position-1"):
+        wait_for(lambda name=name: digests(name)["sequence"] == 120, timeout=15, what=f"{name} at 120")
+    replayed, restored = digests("position"), digests("position-1")
+    assert replayed["history"][0][0] == 1, "position recorded every event from the first"
+    snapshot_sequence = restored["history"][0][0]
+    assert 50 <= snapshot_sequence <= 60, "position-1 started from the snapshot, not from sequence 1"
+    history = dict(map(tuple, replayed["history"]))
+    common = [(sequence, digest) for sequence, digest in restored["history"] if sequence in history]
+    assert len(common) == 121 - snapshot_sequence
+    assert all(history[sequence] == digest for sequence, digest in common)
+    assert len({digest for _, digest in common}) > 1, "the digest moved with the fills"

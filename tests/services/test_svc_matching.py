@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tradeplane_services.matching import MatchingEngine, VenueEvent
 from tradeplane_services.protocol import ExecType, OrderType, Reason, Side, TimeInForce
 
@@ -119,3 +125,185 @@ def test_many_price_levels_stay_in_order() -> None:
     venue.cancel("a", 4)  # 103
     events = submit(venue, 99, BUY, 6, 200)
     assert [price for _, _, price in trades(events)][::2] == [101, 101, 105, 107, 109]
+
+
+# --- the specification, checked on random order flow ----------------------------------------------
+# The checker below follows each order from the events alone (what it rests at, what it has left, when
+# it joined its level) and holds every call to the module's rules: each trade is against the best-priced,
+# then oldest, resting order, at its price; a limit never trades through its price; an order stops
+# trading only when nothing crosses it; remainders rest (DAY limit) or are canceled (IOC, market);
+# and the book's depth is what the open orders leave.
+
+OWNERS = ("a", "b")
+
+
+@dataclass
+class Open:
+    side: int
+    price: int
+    leaves: int
+    filled: int
+    joined: int  # when it joined its level's queue (time priority)
+    opened: int  # when its (owner, order id) first opened (disconnect cancel order)
+
+
+class Checker:
+    def __init__(self) -> None:
+        self.open: dict[tuple[str, int], Open] = {}
+        self.clock = 0
+
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def first_in_line(self, side: int) -> tuple[str, int] | None:
+        """The resting order on `side` an incoming order must trade with first."""
+        queued = [(key, o) for key, o in self.open.items() if o.side == side]
+        if not queued:
+            return None
+        best = (max if side == BUY else min)(o.price for _, o in queued)
+        return min((o.joined, key) for key, o in queued if o.price == best)[1]
+
+    def crosses(self, side: int, price: int, market: bool) -> bool:
+        first = self.first_in_line(SELL if side == BUY else BUY)
+        if first is None:
+            return False
+        resting = self.open[first].price
+        return market or (resting <= price if side == BUY else resting >= price)
+
+    def trades(
+        self, events: list[VenueEvent], owner: str, side: int, quantity: int, price: int, market: bool
+    ) -> int:
+        """Checks the trade pairs starting `events`; returns what the incoming order has left."""
+        leaves = quantity
+        while events and events[0].exec_type == ExecType.TRADE:
+            resting, incoming, *events = events
+            expected = self.first_in_line(SELL if side == BUY else BUY)
+            assert expected is not None and (resting.owner, resting.order_id) == expected
+            book = self.open[expected]
+            traded = resting.last_quantity
+            assert traded == incoming.last_quantity == min(leaves, book.leaves)
+            assert resting.last_price == incoming.last_price == book.price
+            assert market or (book.price <= price if side == BUY else book.price >= price)
+            book.leaves -= traded
+            book.filled += traded
+            leaves -= traded
+            assert (resting.leaves_quantity, incoming.leaves_quantity) == (book.leaves, leaves)
+            assert incoming.owner == owner
+            if book.leaves == 0:
+                del self.open[expected]
+        assert not events, events
+        return leaves
+
+    def rest_or_cancel(
+        self, tail: list[VenueEvent], key: tuple[str, int], order: Open, immediate: bool, market: bool
+    ) -> None:
+        """What is left once trading stopped (which it may only when nothing crosses it)."""
+        assert bool(tail) == (immediate and order.leaves > 0)
+        if not order.leaves:
+            return
+        assert not self.crosses(order.side, order.price, market)
+        if immediate:
+            assert [(e.exec_type, e.reason, e.leaves_quantity) for e in tail] == [
+                (ExecType.CANCELED, Reason.NO_LIQUIDITY, 0)
+            ]
+        else:
+            order.joined = self.tick()
+            self.open[key] = order
+
+    def submit(self, venue: MatchingEngine, owner: str, order_id: int, side: int, kind: int, quantity: int,
+               price: int) -> None:  # fmt: skip
+        order_type, time_in_force = ((LIMIT, DAY), (LIMIT, IOC), (MARKET, DAY))[kind]
+        events = submit(venue, order_id, side, quantity, price, owner, order_type, time_in_force)
+        key = (owner, order_id)
+        if key in self.open:
+            assert [(e.exec_type, e.reason) for e in events] == [
+                (ExecType.REJECTED, Reason.DUPLICATE_CLIENT_ORDER_ID)
+            ]
+            return
+        assert (events[0].exec_type, events[0].leaves_quantity) == (ExecType.NEW, quantity)
+        market = order_type == MARKET
+        immediate = market or time_in_force == IOC
+        order = Open(side, price, quantity, 0, 0, self.tick())
+        self.trades_then_rest(events[1:], key, order, quantity, immediate, market)
+
+    def trades_then_rest(self, events: list[VenueEvent], key: tuple[str, int], order: Open, quantity: int,
+                         immediate: bool, market: bool) -> None:  # fmt: skip
+        # The last event may be the remainder's cancel: the trades come before it.
+        tail = events[-1:] if events and events[-1].exec_type == ExecType.CANCELED else []
+        trades = events[: len(events) - len(tail)]
+        order.leaves = self.trades(trades, key[0], order.side, quantity, order.price, market)
+        order.filled += quantity - order.leaves
+        self.rest_or_cancel(tail, key, order, immediate, market)
+
+    def cancel(self, venue: MatchingEngine, owner: str, order_id: int) -> None:
+        events = venue.cancel(owner, order_id)
+        if self.open.pop((owner, order_id), None) is None:
+            assert [(e.exec_type, e.reason) for e in events] == [
+                (ExecType.CANCEL_REJECTED, Reason.ORDER_NOT_OPEN)
+            ]
+        else:
+            assert [(e.exec_type, e.leaves_quantity) for e in events] == [(ExecType.CANCELED, 0)]
+
+    def replace(self, venue: MatchingEngine, owner: str, order_id: int, quantity: int, price: int) -> None:
+        events = venue.replace(owner, order_id, quantity, price)
+        key = (owner, order_id)
+        order = self.open.get(key)
+        if order is None:
+            assert [(e.exec_type, e.reason) for e in events] == [
+                (ExecType.CANCEL_REJECTED, Reason.ORDER_NOT_OPEN)
+            ]
+            return
+        leaves = quantity - order.filled
+        assert events[0].exec_type == ExecType.REPLACED and events[0].leaves_quantity == max(leaves, 0)
+        if leaves <= 0 or (price == order.price and leaves <= order.leaves):
+            assert len(events) == 1
+            if leaves <= 0:
+                del self.open[key]
+            order.leaves = leaves
+            return
+        del self.open[key]
+        replacement = Open(order.side, price, leaves, order.filled, 0, order.opened)
+        self.trades_then_rest(events[1:], key, replacement, leaves, immediate=False, market=False)
+
+    def cancel_owner(self, venue: MatchingEngine, owner: str) -> None:
+        events = venue.cancel_owner(owner, int(Reason.CANCELED_ON_DISCONNECT))
+        owned = sorted((o.opened, key) for key, o in self.open.items() if key[0] == owner)
+        assert [(e.owner, e.order_id) for e in events] == [key for _, key in owned]
+        assert all(e.reason == Reason.CANCELED_ON_DISCONNECT for e in events)
+        for _, key in owned:
+            del self.open[key]
+
+    def depth_matches(self, venue: MatchingEngine) -> None:
+        levels: dict[int, dict[int, int]] = {BUY: {}, SELL: {}}
+        for order in self.open.values():
+            levels[order.side][order.price] = levels[order.side].get(order.price, 0) + order.leaves
+        bids, asks = venue.depth(SYMBOL)
+        assert bids == sorted(levels[BUY].items(), reverse=True)
+        assert asks == sorted(levels[SELL].items())
+        assert not bids or not asks or bids[0][0] < asks[0][0]
+
+
+owners = st.sampled_from(OWNERS)
+order_ids = st.integers(1, 8)
+prices = st.integers(99, 101)  # few prices, so that orders cross often
+submits = st.tuples(
+    st.just("submit"), owners, order_ids, st.sampled_from((BUY, SELL)), st.sampled_from((0, 0, 1, 2)),
+    st.integers(1, 6), prices,
+)  # fmt: skip
+calls = st.one_of(
+    submits,
+    submits,
+    st.tuples(st.just("cancel"), owners, order_ids),
+    st.tuples(st.just("replace"), owners, order_ids, st.integers(1, 10), prices),
+    st.tuples(st.just("cancel_owner"), owners),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(calls, min_size=20, max_size=80))
+def test_random_order_flow_follows_price_time_priority(flow: list[tuple[Any, ...]]) -> None:
+    venue, checker = MatchingEngine(), Checker()
+    for name, *arguments in flow:
+        getattr(checker, name)(venue, *arguments)
+        checker.depth_matches(venue)

@@ -197,10 +197,11 @@ def test_two_sessions_buying_across_a_kill_9_of_risk_end_exactly_at_the_limit(
     seller.close()
 
 
-def logged(stack: Stack, kind: str, partition: int) -> list[tuple[str, Any]]:
-    """(Nats-Msg-Id, message) of every message on the kind's subject of the partition."""
+def logged(stack: Stack, kind: str, partition: int) -> list[tuple[str, int, Any]]:
+    """(Nats-Msg-Id, log sequence, message) of every message on the kind's subject of the partition: the
+    messages of one event share its id and sequence."""
 
-    async def read() -> list[tuple[str, Any]]:
+    async def read() -> list[tuple[str, int, Any]]:
         log = EventLog(stack.events.url.split(","))
         await log.connect(attempts=3)
         try:
@@ -209,7 +210,7 @@ def logged(stack: Stack, kind: str, partition: int) -> list[tuple[str, Any]]:
             async for event in log.read(subject_filter(kind, partition)):
                 stored = await log.js.get_msg(STREAM, event.sequence)
                 event_id = (stored.headers or {}).get("Nats-Msg-Id", "")
-                found += [(event_id, message) for message in event.messages]
+                found += [(event_id, event.sequence, message) for message in event.messages]
             return found
         finally:
             await log.close()
@@ -227,12 +228,12 @@ def test_risk_decisions_and_kill_switch_moves_are_in_the_log(make_stack: StackFa
     assert outcomes.count(Reason.POSITION_LIMIT) == 2, outcomes
     partition = partition_of(BUYER)
 
-    def refusals() -> list[tuple[str, Any]]:
-        return [entry for entry in logged(stack, REFUSAL_KIND, partition) if entry[1].account == BUYER]
+    def refusals() -> list[tuple[str, int, Any]]:
+        return [entry for entry in logged(stack, REFUSAL_KIND, partition) if entry[2].account == BUYER]
 
     wait_for(lambda: len(refusals()) == 2, timeout=15, what="the two refusals in the log")
-    assert {message.reason for _, message in refusals()} == {Reason.POSITION_LIMIT}
-    reservations = [m for _, m in logged(stack, RISK_KIND, partition) if getattr(m, "account", 0) == BUYER]
+    assert {message.reason for _, _, message in refusals()} == {Reason.POSITION_LIMIT}
+    reservations = [m for _, _, m in logged(stack, RISK_KIND, partition) if getattr(m, "account", 0) == BUYER]
     assert len([m for m in reservations if isinstance(m, Reservation)]) == 10
 
     risk = stack.address(partition_owners(stack)[partition] or "risk")
@@ -240,8 +241,11 @@ def test_risk_decisions_and_kill_switch_moves_are_in_the_log(make_stack: StackFa
     assert set_kill_switch(risk, KillSwitchState.ACTIVE) == KillSwitchState.ACTIVE
     wait_for(lambda: len(logged(stack, KILL_SWITCH_KIND, 0)) == 2, timeout=15, what="both moves logged")
     moves = logged(stack, KILL_SWITCH_KIND, 0)
-    assert [message.state for _, message in moves] == [KillSwitchState.HALTED, KillSwitchState.ACTIVE]
-    assert {message.by.rstrip(b"\0").decode() for _, message in moves} == {partition_owners(stack)[partition]}
-    event_ids = [event_id for event_id, _ in [*moves, *refusals()]]
-    assert all(event_ids) and len(set(event_ids)) == len(event_ids), event_ids
+    assert [message.state for _, _, message in moves] == [KillSwitchState.HALTED, KillSwitchState.ACTIVE]
+    movers = {message.by.rstrip(b"\0").decode() for _, _, message in moves}
+    assert movers == {partition_owners(stack)[partition]}
+    # Two refusals of one turn of the loop are one event: an id names an event, not a message.
+    events = {(event_id, sequence) for event_id, sequence, _ in [*moves, *refusals()]}
+    assert all(event_id for event_id, _ in events), events
+    assert len({event_id for event_id, _ in events}) == len(events), events
     seller.close()

@@ -101,6 +101,7 @@ def test_health_readiness_and_metrics_carry_service_and_revision(stack: Stack) -
     buckets = histogram(stack, "order")
     assert buckets[float("inf")] >= 1
     assert {1e-06, 5e-06, 0.002, 0.1} <= set(buckets), "microsecond buckets from 1us to 100ms"
+    assert stack.status("order")["requests"] == buckets[float("inf")], "/status counts what /metrics does"
 
 
 def counter(stack: Stack, component: str, name: str, **labels: str) -> float:
@@ -248,6 +249,8 @@ def test_limits_and_latency_injection_change_without_a_restart(stack: Stack) -> 
     after = histogram(stack, "order")
     slow = (after[float("inf")] - after[0.003]) - (before[float("inf")] - before[0.003])
     assert slow >= 20, "every order after the reload took longer than the injected 3 ms"
+    latency = stack.status("order")["latencyMicros"]
+    assert latency["max"] >= 3000 and latency["p50"] <= latency["p99"] <= latency["p99.9"] <= latency["max"]
     assert stack.processes["risk"].pid == risk_pid
 
 

@@ -4,7 +4,8 @@ The rollout state machine decides a weight per step, in basis points; the router
 says how many canary pods that weight needs, whether it is reached, and what weight is actually served. A
 mechanism that steers traffic through an object of its own (an HTTPRoute) names it, the controller reads
 it before the reconcile and applies the router's patch after it; order flow's callers hold the routing
-themselves and are pushed it (order_flow.py). Adding a mechanism: a module here implementing
+themselves and are pushed it (order_flow.py); a state shadow's canary takes no traffic at all
+(state_shadow.py). Adding a mechanism: a module here implementing
 `TrafficRouter`, its settings in `api.Rollout`, and one entry in `ROUTERS` (first match wins).
 """
 
@@ -15,9 +16,15 @@ from tradeplane.traffic.base import Backends, Serving, TrafficObject, TrafficRou
 from tradeplane.traffic.http_route import HTTPRouteRouter
 from tradeplane.traffic.order_flow import OrderFlowRouter
 from tradeplane.traffic.replica_ratio import ReplicaRatioRouter
+from tradeplane.traffic.state_shadow import StateShadowRouter
 
 __all__ = ["ROUTERS", "Backends", "Serving", "TrafficObject", "TrafficRouter", "router_for"]
-ROUTERS: tuple[TrafficRouter, ...] = (OrderFlowRouter(), HTTPRouteRouter(), ReplicaRatioRouter())
+ROUTERS: tuple[TrafficRouter, ...] = (
+    StateShadowRouter(),
+    OrderFlowRouter(),
+    HTTPRouteRouter(),
+    ReplicaRatioRouter(),
+)
 
 
 def router_for(spec: TradingServiceSpec) -> TrafficRouter:
