@@ -15,6 +15,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CLIENT_PORT = 4222
 MONITOR_PORT = 8222
@@ -151,3 +152,113 @@ class NatsServers:
                 process.kill()
                 process.wait()
         self.processes.clear()
+
+
+STATEFULSET_NAME = "nats"
+STORE_MOUNT = "/data"
+CONFIG_MOUNT = "/etc/nats"
+SERVER_IMAGE = "nats:2-alpine"
+
+
+def statefulset_manifests(
+    namespace: str, replicas: int = 3, image: str = SERVER_IMAGE
+) -> list[dict[str, Any]]:
+    """JetStream as a StatefulSet: a ConfigMap with the durability settings, a headless Service and
+    `replicas` clustered servers `nats-0`.. bound to their pod IPs, each soliciting routes to all by
+    their per-pod DNS names (`nats-N.nats.<namespace>.svc:6222`) and advertising its pod IP, so gossip
+    completes the mesh. Used on the local control plane (the pod runner plays kubelet and DNS); on real
+    clusters the official NATS Helm chart does the same (services/README.md gives its values).
+
+    The store is an emptyDir: it survives a restart of the server's container, as a kill -9 tests; a
+    replaced pod starts empty and catches up from its peers (streams at R3). The local control plane has
+    no volume provisioner for a volumeClaimTemplate."""
+    labels = {"app.kubernetes.io/name": STATEFULSET_NAME, "app.kubernetes.io/part-of": "tradeplane"}
+    routes = ",".join(
+        f"nats://{STATEFULSET_NAME}-{index}.{STATEFULSET_NAME}.{namespace}.svc:{CLUSTER_PORT}"
+        for index in range(replicas)
+    )
+    config = "\n".join(
+        [
+            f"port: {CLIENT_PORT}",
+            f"http_port: {MONITOR_PORT}",
+            "jetstream {",
+            "  sync_interval: always  # fsync before acknowledging; the default syncs every 2 minutes",
+            "}",
+            "cluster {",
+            '  name: "tradeplane"',
+            f"  port: {CLUSTER_PORT}",
+            "}",
+            "",
+        ]
+    )
+    metadata = {"name": STATEFULSET_NAME, "namespace": namespace, "labels": labels}
+    ports = {"client": CLIENT_PORT, "cluster": CLUSTER_PORT, "monitor": MONITOR_PORT}
+    container = {
+        "name": "nats",
+        "image": image,
+        "command": ["nats-server"],
+        "args": [
+            "--config",
+            f"{CONFIG_MOUNT}/nats.conf",
+            "--name",
+            "$(POD_NAME)",
+            "--addr",
+            "$(POD_IP)",
+            "--cluster",
+            f"nats://$(POD_IP):{CLUSTER_PORT}",
+            "--cluster_advertise",
+            f"$(POD_IP):{CLUSTER_PORT}",
+            "--routes",
+            "$(NATS_ROUTES)",
+            "--store_dir",  # in args, not the file, so the volume's path is the one the kubelet mounted
+            f"{STORE_MOUNT}/jetstream",
+        ],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "NATS_ROUTES", "value": routes},
+        ],
+        "ports": [{"name": name, "containerPort": port} for name, port in ports.items()],
+        # Ready once JetStream is on: routes need the peers' addresses before the meta group has a leader.
+        "readinessProbe": {"httpGet": {"path": "/healthz?js-enabled-only=true", "port": "monitor"}},
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_MOUNT},
+            {"name": "store", "mountPath": STORE_MOUNT},
+        ],
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"nats.conf": config}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata,
+            "spec": {
+                "clusterIP": "None",
+                # Routes form between pods not yet Ready, as the official chart's headless Service allows.
+                "publishNotReadyAddresses": True,
+                "selector": labels,
+                "ports": [{"name": name, "port": port, "targetPort": port} for name, port in ports.items()],
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": metadata,
+            "spec": {
+                "serviceName": STATEFULSET_NAME,
+                "replicas": replicas,
+                "podManagementPolicy": "Parallel",  # the servers need each other to elect a meta leader
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [container],
+                        "volumes": [
+                            {"name": "config", "configMap": {"name": STATEFULSET_NAME}},
+                            {"name": "store", "emptyDir": {}},
+                        ],
+                    },
+                },
+            },
+        },
+    ]

@@ -296,6 +296,8 @@ class PositionService(Service[PositionSettings]):
         self.routes["/positions"] = self.positions_route
         self.routes[DIGESTS_ROUTE] = self.digests_route
         self.replayed = False
+        self.projected = 0  # events applied since the start
+        self.replay: dict[str, float] = {}  # the start's replay: events, fills, seconds
         self.snapshot_sequence = 0  # the last snapshot tried
         self.stored_snapshot = 0  # the last one stored, or loaded at start
         self.snapshots: Snapshots | None = None
@@ -322,14 +324,20 @@ class PositionService(Service[PositionSettings]):
         from_snapshot = self.book.fills
         await self._project(self.event_log.read(FILLS, self.book.sequence + 1))
         self.replayed = True
+        self.replay = {
+            "events": self.projected,
+            "fills": self.book.fills - from_snapshot,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
         log.info(
             "event log replayed",
             extra=fields(
                 snapshotSequence=self.stored_snapshot,
                 fillsFromSnapshot=from_snapshot,
-                fillsReplayed=self.book.fills - from_snapshot,
+                eventsReplayed=self.projected,
+                fillsReplayed=self.replay["fills"],
                 sequence=self.book.sequence,
-                seconds=round(time.perf_counter() - started, 3),
+                seconds=self.replay["seconds"],
             ),
         )
         # Were it to stop following, this replica would answer stale positions as if current.
@@ -351,6 +359,7 @@ class PositionService(Service[PositionSettings]):
     async def _project(self, events: AsyncIterator[Event]) -> None:
         settings = self.settings
         async for event in events:
+            self.projected += 1
             for fill in event.messages:
                 self.book.apply(fill)
             self.book.advance(event.sequence)
@@ -415,4 +424,5 @@ class PositionService(Service[PositionSettings]):
             "positions": len(self.book.positions),
             "sequence": self.book.sequence,
             "snapshotSequence": self.stored_snapshot,
+            "replay": self.replay,
         }

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from support import Kubectl, wait_for
-from tradeplane.cluster.podrunner import PodRunner
+from tradeplane.cluster.podrunner import PodRunner, RunningPod
 
 pytestmark = pytest.mark.cluster
 
@@ -168,7 +168,7 @@ http.server.HTTPServer((os.environ["TRADEPLANE_BIND"], 8080), Handler).serve_for
 
 RUNNER = """
 import sys, time
-from tradeplane.cluster.podrunner import PodRunner
+from tradeplane.cluster.podrunner import PodRunner, RunningPod
 PodRunner(sys.argv[1], kubeconfig=sys.argv[2]).start()
 time.sleep(600)
 """
@@ -270,3 +270,99 @@ def test_a_pod_is_ready_only_while_its_process_answers_the_readiness_probe(
 
     (tmp_path / "drain").touch()  # /readyz turns 503, as a draining service's does
     wait_for(lambda: not ready(), what="the pod not Ready once /readyz fails")
+
+
+PEER_SERVER = """
+import http.server, os, pathlib, sys, urllib.request
+name, starts = sys.argv[1], pathlib.Path(sys.argv[2]) / "starts"
+count = int(starts.read_text()) + 1 if starts.exists() else 1
+starts.write_text(str(count))
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/peers":
+            urls = os.environ["PEERS"].split(",")
+            body = ",".join(urllib.request.urlopen(url + "/", timeout=2).read().decode() for url in urls)
+        else:
+            body = f"{name}:{count}"
+        self.send_response(200); self.end_headers(); self.wfile.write(body.encode())
+http.server.ThreadingHTTPServer((os.environ["TRADEPLANE_BIND"], 8080), Handler).serve_forever()
+"""
+
+
+def test_statefulset_pods_reach_each_other_by_name_and_keep_their_emptydir_across_restarts(
+    kubectl: Kubectl, namespace: str, pod_runner: Callable[..., PodRunner]
+) -> None:
+    labels = {"app.kubernetes.io/managed-by": "tradeplane", "app": "peer"}
+    peers = ",".join(f"http://peer-{index}.peer.{namespace}.svc:8080" for index in range(2))
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "peer", "namespace": namespace},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": labels,
+            "ports": [{"port": 8080}],
+        },
+    }
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "peer", "namespace": namespace},
+        "spec": {
+            "serviceName": "peer",
+            "replicas": 2,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "registry.example/peer:1",
+                            "command": ["python", "-c", PEER_SERVER],
+                            "args": ["$(POD_NAME)", "/state"],
+                            "env": [
+                                {
+                                    "name": "POD_NAME",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                },
+                                {"name": "PEERS", "value": peers},
+                            ],
+                            "volumeMounts": [{"name": "state", "mountPath": "/state"}],
+                        }
+                    ],
+                    "volumes": [{"name": "state", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [service, statefulset]}),
+    )
+    runner = pod_runner(namespace)
+    pods = {pod.name: pod for pod in runner.wait_running(2)}
+
+    def peers_seen_by(name: str, expected: str) -> Callable[[], bool]:
+        return lambda: _get(f"http://{runner_pod(name).ip}:8080/peers") == expected
+
+    def runner_pod(name: str) -> RunningPod:
+        return next(pod for pod in runner.running.values() if pod.name == name)
+
+    wait_for(peers_seen_by("peer-0", "peer-0:1,peer-1:1"), what="peer-0 to reach both pods by their names")
+
+    # kill -9: the runner restarts the container; the process finds what it wrote in the pod's emptyDir.
+    pods["peer-1"].process.kill()
+    wait_for(peers_seen_by("peer-0", "peer-0:1,peer-1:2"), what="peer-1 restarted with its emptyDir kept")
+
+    # A replaced pod keeps its name (not its emptyDir) and is reached by it again.
+    kubectl("delete", "pod", "peer-1", "-n", namespace, "--wait=false")
+    wait_for(
+        peers_seen_by("peer-0", "peer-0:1,peer-1:1"),
+        timeout=60,
+        what="peer-1 replaced and reached by its name",
+    )

@@ -1,5 +1,6 @@
-"""The durability proof on the local control plane: the bundled stack with every service on a 3-node
-JetStream event log (streams at R3), two order replicas, two risk replicas owning the account partitions
+"""The durability proof on the local control plane: the bundled stack with every service on a JetStream
+event log of three clustered nats-server pods (a StatefulSet the pod runner runs; streams at R3), two
+order replicas, two risk replicas owning the account partitions
 (firm-wide limits), crossing orders over two sessions, one per order replica, and a fault mid-stream.
 
 After each fault every fill a client was told of must be in positions exactly once, as in the venue's own
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -37,7 +39,12 @@ from tradeplane.sessions_cli import ensure_secret, secret_credentials
 from tradeplane_services.client import OrderSession, positions
 from tradeplane_services.config import Address
 from tradeplane_services.eventlog import EventLog
-from tradeplane_services.natsserver import CLIENT_PORT, NatsServers
+from tradeplane_services.natsserver import (
+    CLIENT_PORT,
+    MONITOR_PORT,
+    STATEFULSET_NAME,
+    statefulset_manifests,
+)
 from tradeplane_services.position import FILLS, PositionBook
 from tradeplane_services.protocol import ExecType, ExecutionReport, Reason, Side, price_units
 from tradeplane_services.sessions import Credentials
@@ -200,7 +207,77 @@ class CaseResult:
     refused: dict[str, int]
     recovery_seconds: float  # the fault to the stack whole again (what it is depends on the case)
     takeover_seconds: float | None  # risk: claim to serving, the heir's own figure (max over partitions)
-    replay_seconds: float | None  # position: its new pod from start to ready, having replayed the log
+    replay_seconds: float | None = None  # position: the new pod's replay (snapshot + tail), its own figure
+    replay_events: int | None = None  # ... and the events it replayed after the snapshot
+
+
+@dataclass
+class JetStreamPods:
+    """The event log as the StatefulSet of natsserver.statefulset_manifests, its pods' processes run by a
+    pod runner of their own (the stack's runner selects the operator's pods)."""
+
+    kubectl: Kubectl
+    kubeconfig: Path
+    namespace: str
+    replicas: int = 3
+    runner: PodRunner | None = None
+
+    @property
+    def service_url(self) -> str:
+        """The log's address as the services are given it: the headless Service, through cluster DNS."""
+        return f"nats://{STATEFULSET_NAME}.{self.namespace}.svc:{CLIENT_PORT}"
+
+    def pod_ips(self) -> list[str]:
+        items: list[dict[str, Any]] = get_json(  # type: ignore[assignment]
+            self.kubectl, "pods", "-n", self.namespace, "-l", f"app.kubernetes.io/name={STATEFULSET_NAME}"
+        )["items"]
+        return sorted(pod["status"]["podIP"] for pod in items if pod["status"].get("podIP"))
+
+    def client_urls(self) -> list[str]:
+        """Every server's own URL, for this process (outside the cluster, as through a port-forward)."""
+        return [f"nats://{ip}:{CLIENT_PORT}" for ip in self.pod_ips()]
+
+    def start(self) -> None:
+        manifests = {"apiVersion": "v1", "kind": "List", "items": statefulset_manifests(self.namespace)}
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifests))
+        selector = f"app.kubernetes.io/name={STATEFULSET_NAME}"
+        self.runner = PodRunner(self.namespace, selector, kubeconfig=str(self.kubeconfig)).start()
+        self.wait_healthy(timeout=120)
+
+    def healthy(self) -> bool:
+        """Every server up with JetStream current (a meta leader, its streams caught up)."""
+        ips = self.pod_ips()
+        return len(ips) == self.replicas and all(
+            http_json(f"{ip}:{MONITOR_PORT}", "/healthz") == {"status": "ok"} for ip in ips
+        )
+
+    def wait_healthy(self, timeout: float) -> None:
+        assert self.runner is not None
+        runner = self.runner
+        wait_for(
+            self.healthy,
+            timeout=timeout,
+            interval=0.1,
+            what=f"{self.replicas} JetStream pods healthy (exits: {runner.exits})",
+        )
+
+    def kill(self, index: int) -> int:
+        """SIGKILL the process of pod nats-`index` (the crash `sync_interval: always` is for); the runner
+        restarts it as a kubelet restarts a container. Returns the killed process's id."""
+        assert self.runner is not None
+        name = f"{STATEFULSET_NAME}-{index}"
+        (running,) = [pod for pod in self.runner.running.values() if pod.name == name]
+        running.process.send_signal(signal.SIGKILL)
+        return running.process.pid
+
+    def restarted(self, index: int, killed: int) -> bool:
+        assert self.runner is not None
+        name = f"{STATEFULSET_NAME}-{index}"
+        return any(p.name == name and p.process.pid != killed for p in self.runner.running.values())
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
 
 
 @dataclass
@@ -209,7 +286,7 @@ class ProofStack:
     kubeconfig: Path
     namespace: str
     workdir: Path
-    events: NatsServers
+    events: JetStreamPods
     creds: Credentials
     runner: PodRunner
     operator: OperatorProcess
@@ -263,17 +340,31 @@ class ProofStack:
         )
 
     def describe(self) -> str:
-        """Pods with node, IP and readiness, and each order replica's view of the partitions."""
+        """Pods with node, IP and readiness, each order replica's view of the partitions (the ones it sees
+        unserved in full), and the last log lines of the order and risk processes."""
         lines = []
         for component, _, _ in STACK:
             for pod in self.pods(component):
                 ip = pod["status"].get("podIP")
                 ready = bool(ip) and _ready(ip)
                 lines.append(f"{pod['metadata']['name']} {pod['spec'].get('nodeName')} {ip} ready={ready}")
-        for ip in self.ready_ips("order"):
-            view = self.status(ip) or {}
-            owners = {p: (lease or {}).get("owner") for p, lease in view.get("riskPartitions", {}).items()}
+        for pod in self.pods("order"):
+            ip = pod["status"].get("podIP")
+            view = (self.status(ip) if ip else None) or {}
+            leases = view.get("riskPartitions", {})
+            owners = {p: (lease or {}).get("owner") for p, lease in leases.items()}
             lines.append(f"order {ip} sees owners {owners}")
+            unserved = {
+                p: lease
+                for p, lease in leases.items()
+                if not (lease and lease["serving"] and lease.get("connected"))
+            }
+            if unserved:
+                lines.append(f"order {ip} partitions not served: {unserved}")
+        for running in self.runner.running.values():  # the last words of the processes, before they go
+            if running.name.startswith(("order-", "risk-")):
+                log = (running.workdir / "output.log").read_text(errors="replace").splitlines()
+                lines += [f"{running.name}: {line}" for line in log[-5:]]
         return "\n".join(lines)
 
     def wait(self, predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> None:
@@ -321,7 +412,16 @@ class ProofStack:
             reports = positions(self.address("position"), 0, timeout=10, creds=self.creds)
             return {(r.account, r.symbol): r.quantity for r in reports if r.quantity}
 
-        wait_for(lambda: booked() == told, timeout=60, what="positions to equal the clients' fills")
+        try:
+            wait_for(lambda: booked() == told, timeout=60, what="positions to equal the clients' fills")
+        except AssertionError as error:
+            # Stalled (its sequence behind the log's) or short of fills the log has: say which.
+            venue, _ = asyncio.run(self._venue())
+            status = self.status(self.address("position").host)
+            raise AssertionError(
+                f"{error}: position {status}, the log {venue.fills} fills to sequence {venue.sequence}, "
+                f"the clients {self.fills} fills"
+            ) from None
         position = self.status(self.address("position").host)
         assert position is not None and position["fills"] == self.fills, (position, self.fills)
         venue, peak = asyncio.run(self._venue())
@@ -334,7 +434,7 @@ class ProofStack:
     async def _venue(self) -> tuple[PositionBook, dict[int, int]]:
         """The log's fills folded in order (each fill once, as the venue numbered them) and the largest
         |net position| each account reached along the way."""
-        log = EventLog(self.events.url.split(","), name="durability proof")
+        log = EventLog(self.events.client_urls(), name="durability proof")
         await log.connect(attempts=3)
         book = PositionBook()
         peak: dict[int, int] = {}
@@ -344,6 +444,7 @@ class ProofStack:
                     if book.apply(fill):
                         net = abs(book.positions[fill.account, fill.symbol].quantity)
                         peak[fill.account] = max(peak.get(fill.account, 0), net)
+                book.sequence = event.sequence
         finally:
             await log.close()
         return book, peak
@@ -354,17 +455,17 @@ class ProofStack:
         restarted: list[float] = []
 
         def fault() -> None:
-            self.events.kill(1)
+            pid = self.events.kill(1)
             killed = time.monotonic()
-            time.sleep(seconds / 4)
-            self.events.start_one(1)
-            self.events.wait_ready(timeout=60)
+            self.wait(lambda: self.events.restarted(1, pid), timeout=60, what="nats-1 restarted")
+            self.events.wait_healthy(timeout=120)
             restarted.append(time.monotonic() - killed)
 
         return self._case("kill -9 a JetStream node", pairs_per_second, seconds, fault, lambda: restarted[0])
 
     def delete_position_pod(self, pairs_per_second: float, seconds: float) -> CaseResult:
         replay: list[float] = []
+        replayed: list[dict[str, Any]] = []
 
         def fault() -> None:
             victim = self.pods("position")[0]["metadata"]["name"]
@@ -380,9 +481,13 @@ class ProofStack:
                 what="a new position pod ready (replayed)",
             )
             replay.append(time.monotonic() - deleted)
+            status = self.status(self.ready_ips("position")[0])
+            assert status is not None and status["replay"], status
+            replayed.append(status["replay"])
 
         result = self._case("delete the position pod", pairs_per_second, seconds, fault, lambda: replay[0])
-        result.replay_seconds = replay[0]
+        result.replay_seconds = replayed[0]["seconds"]
+        result.replay_events = replayed[0]["events"]
         return result
 
     def delete_risk_pod(self, pairs_per_second: float, seconds: float) -> CaseResult:
@@ -490,7 +595,6 @@ class ProofStack:
             refused={Reason(reason).name: count for reason, count in refused.items()},
             recovery_seconds=recovery(),
             takeover_seconds=self.takeover_seconds(before),
-            replay_seconds=None,
         )
 
     def owners(self) -> dict[str, str | None]:
@@ -573,15 +677,13 @@ def _cordon(kubectl: Kubectl, nodes: tuple[str, ...], cordoned: bool) -> None:
 
 @contextmanager
 def proof_stack(kubectl: Kubectl, kubeconfig: Path, namespace: str, workdir: Path) -> Iterator[ProofStack]:
-    """The stack Ready in `namespace`, its event log a 3-node nats-server cluster on loopback (ports moved
-    with TRADEPLANE_PORT_OFFSET), the operator and the pod runner as processes; all stopped after."""
-    offset = int(os.environ.get("TRADEPLANE_PORT_OFFSET", "0"))
-    events = NatsServers("127.0.0.1", workdir / "eventlog", size=3, port=CLIENT_PORT + 10_100 + offset)
-    events.start()
+    """The stack Ready in `namespace`, its event log the JetStream StatefulSet there, the operator and the
+    pod runners as processes; all stopped after."""
+    events = JetStreamPods(kubectl, kubeconfig, namespace)
     operator = OperatorProcess(kubeconfig, namespace, workdir / "operator.log")
     runner: PodRunner | None = None
     try:
-        events.wait_ready(timeout=60)
+        events.start()
         api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))  # type: ignore[no-untyped-call]
         ensure_secret(api, namespace)
         operator.start()
@@ -590,7 +692,9 @@ def proof_stack(kubectl: Kubectl, kubeconfig: Path, namespace: str, workdir: Pat
             try:
                 names = [(c, n) for c, n, on_state in STACK if on_state == placed]
                 for component, replicas in names:
-                    kubectl("apply", "-f", "-", input=manifest(namespace, component, replicas, events.url))
+                    kubectl(
+                        "apply", "-f", "-", input=manifest(namespace, component, replicas, events.service_url)
+                    )
                 wait_for(
                     lambda names=names: all(  # type: ignore[misc]
                         len([p for p in _pods(kubectl, namespace, c) if p["spec"].get("nodeName")]) == n

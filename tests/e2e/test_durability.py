@@ -18,8 +18,8 @@ from support import Kubectl
 
 pytestmark = pytest.mark.cluster
 
-# 120 orders/s: what a loaded 2-core machine holds steadily beside the control plane and ten service
-# processes (bench/durability_matrix.py measures higher rates).
+# 120 orders/s keeps the file near 4 minutes on 2 shared cores; bench/durability_matrix.py runs the
+# faults at 1k orders/s (a run of the five takes 5-6 minutes there, the recovery checks of more fills).
 PAIRS_PER_SECOND = 60.0
 SECONDS = 16.0
 

@@ -8,11 +8,16 @@ IP. Prometheus' pod service discovery and the operator's direct scrape then reac
 as in a cluster. A pod that goes away has its process stopped (SIGTERM, so the service drains); a
 process that exits is restarted after a growing back-off, and every process dies with the runner.
 
-There is no kube-proxy or cluster DNS here, so env values of the form
-`<service>[.<namespace>[.svc[.cluster.local]]]:<port>` are replaced before the process starts by the
-Service's stand-in address on the runner's ServiceProxy, which looks the Service and its Ready pods up at
-each connection (so a Service created later, or a pod replaced since, is found, as through DNS and
-kube-proxy).
+There is no kube-proxy or cluster DNS here, so addresses in env values, alone or comma-separated, with or
+without a scheme (`nats://...`), are replaced before the process starts by stand-in addresses on the
+runner's ServiceProxy, which looks their target up at each connection (so a Service created later, or a
+pod replaced since, is found, as through DNS and kube-proxy): `<service>[.<namespace>[.svc[.cluster.local]]]
+:<port>` reaches the Service's Ready pods, and a StatefulSet pod's own name
+`<hostname>.<service>.<namespace>.svc[.cluster.local]:<port>` reaches that pod (Ready or not when the
+headless Service publishes not-ready addresses). `$(VAR)` in command and args is then expanded from the
+container's env, as the kubelet does, and mounted paths in env values and args mapped to the
+local directories standing in for the volumes. Volumes other than ConfigMaps and Secrets (emptyDir) are a
+directory that lives as long as the pod: a restarted process finds what it wrote there.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ RESTART_BACKOFF_MAX_SECONDS = 10.0
 PROBE_TIMEOUT_SECONDS = 1.0
 READY_CONDITIONS = ("Ready", "ContainersReady")
 _SERVICE_ADDRESS = re.compile(r"^([a-z0-9-]+)(?:\.([a-z0-9-]+))?(?:\.svc(?:\.cluster\.local)?)?:([0-9]+)$")
+# A pod's DNS name under its headless Service; `.svc` is required (`a.b` names Service a in namespace b).
+_POD_ADDRESS = re.compile(r"^([a-z0-9-]+)\.([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?:([0-9]+)$")
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*://)?(.*)$")
+_VARIABLE_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
 @dataclass
@@ -138,10 +147,12 @@ def _is_ready(pod: Any) -> bool:
 def resolve_service(
     api: client.CoreV1Api, namespace: str, name: str, port: int
 ) -> tuple[int, list[str]] | None:
-    """The target port of a Service's `port` and its Ready pods' IPs, as kube-proxy's endpoints; None
-    without such a Service."""
+    """The target port of a Service's `port` and its Ready pods' IPs, as kube-proxy's endpoints; for
+    `<hostname>.<service>` (a pod of a headless Service), that pod's IP as its DNS record has it and `port`
+    itself. None without such a Service."""
+    hostname, _, service_name = name.rpartition(".")
     try:
-        service: Any = api.read_namespaced_service(name, namespace)
+        service: Any = api.read_namespaced_service(service_name, namespace)
     except client.ApiException as error:
         if error.status == 404:
             return None
@@ -156,24 +167,70 @@ def resolve_service(
     )
     selector = ",".join(f"{key}={val}" for key, val in (service.spec.selector or {}).items())
     pods: list[Any] = api.list_namespaced_pod(namespace, label_selector=selector).items
+    if hostname:
+        pods = [p for p in pods if p.spec.hostname == hostname and p.spec.subdomain == service_name]
+        target = port
+    ready_only = not (hostname and service.spec.publish_not_ready_addresses)
     ips = sorted(
         p.status.pod_ip
         for p in pods
         if p.status.phase == "Running"
         and p.status.pod_ip
         and p.metadata.deletion_timestamp is None
-        and _is_ready(p)
+        and (_is_ready(p) or not ready_only)
     )
     return target, ips
 
 
-def _service_address(proxy: ServiceProxy, namespace: str, value: str) -> str | None:
-    """The stand-in address of the Service a cluster address (`name[.namespace[.svc...]]:port`) names."""
-    match = _SERVICE_ADDRESS.match(value)
+def _stand_in(proxy: ServiceProxy, namespace: str, address: str) -> str | None:
+    """The stand-in `host:port` of the Service or StatefulSet pod a cluster address names; None when it
+    names neither."""
+    pod = _POD_ADDRESS.match(address)
+    if pod is not None:
+        hostname, service, pod_namespace, port = pod.groups()
+        return proxy.address(pod_namespace, f"{hostname}.{service}", int(port))
+    match = _SERVICE_ADDRESS.match(address)
     if match is None:
         return None
     name, service_namespace, port = match.group(1), match.group(2) or namespace, int(match.group(3))
-    return proxy.address(service_namespace, name, port)
+    return proxy.address(service_namespace, name, int(port))
+
+
+def _service_address(proxy: ServiceProxy, namespace: str, value: str) -> str | None:
+    """`value` with every cluster address in it (alone or comma-separated, with or without a scheme)
+    replaced by its stand-in; None when it holds none."""
+    replaced = False
+    parts = []
+    for item in value.split(","):
+        scheme, address = _SCHEME.match(item).groups()  # type: ignore[union-attr]  # matches any string
+        stand_in = _stand_in(proxy, namespace, address)
+        replaced = replaced or stand_in is not None
+        parts.append(f"{scheme or ''}{stand_in or address}")
+    return ",".join(parts) if replaced else None
+
+
+def expand_references(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion of command and args: a defined variable's value, an undefined
+    reference left as written, `$$` for a literal `$`."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _VARIABLE_REFERENCE.sub(replace, text)
+
+
+def local_path(value: str, mounts: dict[str, Path]) -> str:
+    """A path under a mount's path mapped to the local directory standing in for it; any other value as
+    it is."""
+    # Mapped once, by the deepest mount holding the path: a mapped path may lie under another mount's path
+    # (the local directories live in /tmp, and pods mount an emptyDir at /tmp).
+    holding = [path for path in mounts if value == path or value.startswith(path.rstrip("/") + "/")]
+    if not holding:
+        return value
+    mount_path = max(holding, key=len)
+    return str(mounts[mount_path]) + value[len(mount_path) :]
 
 
 def _environment(pod: Any, mounts: dict[str, Path]) -> dict[str, str]:
@@ -188,14 +245,7 @@ def _environment(pod: Any, mounts: dict[str, Path]) -> dict[str, str]:
     }
     for variable in pod.spec.containers[0].env or []:
         if variable.value is not None:
-            value = variable.value
-            # Mapped once, by the deepest mount holding the path: a mapped path may lie under another
-            # mount's path (the local directories live in /tmp, and pods mount an emptyDir at /tmp).
-            holding = [path for path in mounts if value == path or value.startswith(path.rstrip("/") + "/")]
-            if holding:
-                mount_path = max(holding, key=len)
-                value = str(mounts[mount_path]) + value[len(mount_path) :]
-            env[variable.name] = value
+            env[variable.name] = local_path(variable.value, mounts)
         elif variable.value_from is not None and variable.value_from.field_ref is not None:
             env[variable.name] = fields.get(variable.value_from.field_ref.field_path) or ""
     env["TRADEPLANE_BIND"] = pod.status.pod_ip
@@ -218,6 +268,8 @@ class PodRunner:
         """Pod name -> how its process last exited, with its last log line."""
         self.restarts: dict[str, int] = {}
         self.restart_after: dict[str, float] = {}
+        self.pod_dirs: dict[str, Path] = {}
+        """Pod UID -> its local directory (volumes, output.log), kept while the pod exists."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -235,11 +287,14 @@ class PodRunner:
             if error.status == 404:
                 return  # the container waits for its ConfigMap or Secret, tried again next sync
             raise
-        workdir = Path(tempfile.mkdtemp(prefix=f"pod-{pod.metadata.name}-"))
+        workdir = self.pod_dirs.get(pod.metadata.uid) or Path(
+            tempfile.mkdtemp(prefix=f"pod-{pod.metadata.name}-")
+        )
+        self.pod_dirs[pod.metadata.uid] = workdir
         mounts: dict[str, Path] = {}
         for index, (mount_path, files) in enumerate(volume_files.items()):
             local = workdir / f"volume-{index}"
-            local.mkdir(mode=0o700)
+            local.mkdir(mode=0o700, exist_ok=True)
             for file_name, content in files.items():
                 (local / file_name).write_bytes(content)
             mounts[mount_path] = local
@@ -252,6 +307,7 @@ class PodRunner:
         env = _environment(pod, mounts)
         for key, value in env.items():
             env[key] = _service_address(self.proxy, self.namespace, value) or value
+        command = [local_path(expand_references(part, env), mounts) for part in command]
         probe = readiness_url(pod)
         if probe is not None:
             self._report_ready(pod.metadata.name, False)
@@ -301,7 +357,12 @@ class PodRunner:
         running = self.running.pop(uid)
         if running.process.poll() is None:
             stop_process(running.process, signal.SIGTERM, timeout=10)
-        shutil.rmtree(running.workdir, ignore_errors=True)
+
+    def _remove_pod(self, uid: str) -> None:
+        """The pod is gone: its process stopped and its directory (emptyDir volumes) removed."""
+        if uid in self.running:
+            self._stop_pod(uid)
+        shutil.rmtree(self.pod_dirs.pop(uid), ignore_errors=True)
 
     def sync(self) -> None:
         pods: list[Any] = self.api.list_namespaced_pod(self.namespace, label_selector=self.selector).items
@@ -310,8 +371,8 @@ class PodRunner:
             for pod in pods
             if pod.status.phase == "Running" and pod.status.pod_ip and pod.metadata.deletion_timestamp is None
         }
-        for uid in [uid for uid in self.running if uid not in wanted]:
-            self._stop_pod(uid)
+        for uid in [uid for uid in self.pod_dirs if uid not in wanted]:
+            self._remove_pod(uid)
         now = time.monotonic()
         for uid, running in list(self.running.items()):
             if running.process.poll() is not None:
@@ -344,8 +405,8 @@ class PodRunner:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        for uid in list(self.running):
-            self._stop_pod(uid)
+        for uid in list(self.pod_dirs):
+            self._remove_pod(uid)
         self.proxy.stop()
 
     def wait_running(self, count: int, timeout: float = 30.0) -> list[RunningPod]:
