@@ -57,6 +57,8 @@ WRONG_LAST_SEQUENCE = 10071  # JetStream's error code: the expected last sequenc
 DUPLICATE_WINDOW_SECONDS = 120.0
 APPEND_TIMEOUT_SECONDS = 2.0
 FETCH_BATCH = 512
+STALLED_FETCHES = 3
+"""Fetches in a row that time out with events pending before the consumer is taken for stuck."""
 FRAME_LENGTH = struct.Struct("<H")
 REVISION_HEADER = "Tradeplane-Revision"  # the writer's pod-template revision: KPIs per canary revision
 
@@ -109,6 +111,10 @@ def decode_event(data: bytes, where: str) -> list[Any]:
 
 class Fenced(Exception):
     """Another writer appended to the subject after the event this writer expected to be the last."""
+
+
+class ConsumerStalled(Exception):
+    """A consumer with events pending delivers none: it is read again from a new one."""
 
 
 @dataclass
@@ -292,16 +298,24 @@ class EventLog:
                 log.warning("event log unavailable; retrying", extra=fields(error=repr(error)))
                 await asyncio.sleep(0.2)
                 continue
+            stalls = 0  # fetches in a row that timed out with events pending
             try:
                 while (stop is None or next_sequence <= stop) and reconnects == self.reconnects:
                     try:
                         messages = await subscription.fetch(FETCH_BATCH, timeout=0.5)
                     except TimeoutError:  # nats-py raises its own or asyncio's
-                        # Quiet, or the consumer is gone (a server restart): asking tells which.
+                        # Quiet, or the consumer is gone or stuck (its server was killed and came
+                        # back without it delivering): asking tells which.
                         pending = (await subscription.consumer_info()).num_pending
-                        if stop is not None and pending == 0:
-                            return  # nothing more on this subject
-                        continue
+                        if pending == 0:
+                            if stop is not None:
+                                return  # nothing more on this subject
+                            continue
+                        stalls += 1
+                        if stalls < STALLED_FETCHES:
+                            continue
+                        raise ConsumerStalled(f"{pending} events pending, none delivered") from None
+                    stalls = 0
                     for message in messages:
                         try:
                             event = self._event(message)
@@ -320,7 +334,7 @@ class EventLog:
                         await message.ack()
                         if stop is not None and message.metadata.num_pending == 0:
                             return
-            except (TimeoutError, nats.errors.Error) as error:
+            except (TimeoutError, nats.errors.Error, ConsumerStalled) as error:
                 log.warning("event log consumer lost; resuming", extra=fields(error=repr(error)))
                 await asyncio.sleep(0.2)
             finally:

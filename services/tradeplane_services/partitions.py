@@ -50,6 +50,7 @@ from tradeplane_services.runtime import fields, log
 PARTITION_PREFIX = "partition."
 MEMBER_PREFIX = "member."
 RENEWALS_PER_LEASE = 4
+STALE_WATCH_SECONDS = 5.0
 
 
 def partition_key(partition: int) -> str:
@@ -149,12 +150,19 @@ class LeaseTable:
                 continue
             reconnects = event_log.reconnects
             present: set[str] | None = set()  # keys in the bucket when the watch started, until all read
+            quiet_since = time.monotonic()
             try:
                 while reconnects == event_log.reconnects:
                     try:
                         entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
                     except nats.errors.TimeoutError:
+                        # Owners renew several times a lease: a watch this quiet while leases are held
+                        # may have lost its consumer with a killed server, without a reconnect here.
+                        if self.leases and time.monotonic() - quiet_since > STALE_WATCH_SECONDS:
+                            log.warning("lease watch quiet; watching again")
+                            break
                         continue
+                    quiet_since = time.monotonic()
                     if entry is None:  # the bucket's contents at start are all read
                         if present is not None:  # what was deleted while we were away goes too
                             for key in set(self.leases) - present:
