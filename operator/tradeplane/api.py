@@ -797,6 +797,16 @@ def _cel_port_defaults() -> str:
     return f"{{{entries}, 'custom': 0}}"
 
 
+def _components_with(mechanism: str, components: tuple[str, ...], why: str) -> Rule:
+    """`rollout.<mechanism>` is only for the components that can honour it."""
+    return Rule(
+        f"!has(self.rollout) || !has(self.rollout.{mechanism}) || self.component in {_cel_list(components)}",
+        f"{mechanism} {why}: component must be one of " + ", ".join(components),
+        lambda spec: getattr(spec.rollout, mechanism) is None or spec.component in components,
+        f"rollout.{mechanism}",
+    )
+
+
 class TradingServiceSpec(Model):
     component: str = Field(
         description="A bundled service, or custom for any image.",
@@ -851,13 +861,8 @@ class TradingServiceSpec(Model):
             lambda spec: spec.component != CUSTOM or spec.port is not None,
             "port",
         ),
-        Rule(
-            f"!has(self.rollout) || !has(self.rollout.orderFlow) || "
-            f"self.component in {_cel_list(ORDER_FLOW_COMPONENTS)}",
-            "orderFlow needs callers that split their orders by account: component must be one of "
-            + ", ".join(ORDER_FLOW_COMPONENTS),
-            lambda spec: spec.rollout.orderFlow is None or spec.component in ORDER_FLOW_COMPONENTS,
-            "rollout.orderFlow",
+        _components_with(
+            "orderFlow", ORDER_FLOW_COMPONENTS, "needs callers that split their orders by account"
         ),
         Rule(
             "!has(self.slo) || !has(self.slo.maxDecisionMismatch) || (has(self.rollout) && "
@@ -868,14 +873,7 @@ class TradingServiceSpec(Model):
             lambda spec: spec.slo.maxDecisionMismatch is None or spec.rollout.shadow,
             "slo.maxDecisionMismatch",
         ),
-        Rule(
-            f"!has(self.rollout) || !has(self.rollout.stateShadow) || "
-            f"self.component in {_cel_list(STATE_SHADOW_COMPONENTS)}",
-            "stateShadow compares projections of the event log: component must be one of "
-            + ", ".join(STATE_SHADOW_COMPONENTS),
-            lambda spec: spec.rollout.stateShadow is None or spec.component in STATE_SHADOW_COMPONENTS,
-            "rollout.stateShadow",
-        ),
+        _components_with("stateShadow", STATE_SHADOW_COMPONENTS, "compares projections of the event log"),
         Rule(
             "!has(self.rollout) || !has(self.rollout.stateShadow) || has(self.eventLog)",
             "stateShadow needs eventLog: without the log there is no projected state to compare",
