@@ -1,6 +1,6 @@
 """Types of the compiled core (core/, built by setuptools-rust): the wire codec (protocol.py is its Python
-API), the latency histograms (runtime.py, loadgen.py), the matching book (matching.py) and the rings of
-co-located services (ringtransport.py)."""
+API), the latency histograms (runtime.py, loadgen.py), the matching book (matching.py), the risk book
+(risk.py) and the rings of co-located services (ringtransport.py)."""
 
 import os
 from collections.abc import Callable, Hashable, Sequence
@@ -116,3 +116,85 @@ class MatchingBook:
     def replace(self, owner: Hashable, order_id: int, quantity: int, price: int) -> list[Any]: ...
     def cancel_owner(self, owner: Hashable, reason: int) -> list[Any]: ...
     def depth(self, symbol: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]: ...
+
+# (account, symbol index, side, open quantity, credit price) of an open order
+RiskBooking = tuple[int, int, int, int, int]
+# (account, credit used, [(symbol index, position, open buy, open sell)])
+RiskAccountExposure = tuple[int, int, list[tuple[int, int, int, int]]]
+# (order id, account, symbol index, side, open quantity, credit price)
+RiskOrderExposure = tuple[int, int, int, int, int, int]
+
+class RiskBook:
+    """Pre-trade risk state and checks (core/src/risk.rs); risk.RiskEngine subclasses it."""
+
+    kill_switch: int
+    def __new__(
+        cls,
+        symbols: list[bytes],
+        partitions: int,
+        firm_shares: int,
+        codes: dict[str, int],
+        record: dict[str, int],
+    ) -> Self: ...
+    def configure(
+        self,
+        *,
+        firm_credit_share: int | None,
+        max_quantity: int,
+        max_notional: int,
+        collar: float,
+        max_position: int,
+        credit_limit: int,
+        rate_per_ns: float,
+        burst: float,
+        duplicate_window_ns: int,
+        restricted: list[bool],
+        kill_switch: int,
+    ) -> None: ...
+    def check(
+        self,
+        order_id: int,
+        account: int,
+        symbol: bytes,
+        side: int,
+        order_type: int,
+        quantity: int,
+        price: int,
+        now_ns: int,
+        is_replace: int = 0,
+    ) -> int: ...
+    def check_records(self, records: bytes, now_ns: int) -> bytes | None: ...
+    def update_prices_packed(self, symbols: bytes, prices: bytes) -> None: ...
+    def set_reference(self, symbol: bytes, price: int) -> None: ...
+    @property
+    def reference(self) -> list[int]: ...
+    def on_fill(self, order_id: int, quantity: int, price: int) -> None: ...
+    def on_done(self, order_id: int) -> None: ...
+    def replay_fill(
+        self, order_id: int, account: int, symbol: bytes, side: int, quantity: int, price: int
+    ) -> None: ...
+    def replay_reservation(
+        self,
+        order_id: int,
+        account: int,
+        symbol: bytes,
+        side: int,
+        quantity: int,
+        credit_price: int,
+        is_replace: int,
+    ) -> None: ...
+    def booking(self, order_id: int) -> RiskBooking | None: ...
+    def open_orders(self) -> list[tuple[int, RiskBooking]]: ...
+    @property
+    def open_order_count(self) -> int: ...
+    def accounts(self) -> list[tuple[int, float, int]]: ...
+    def recent(self) -> list[tuple[int, int]]: ...
+    def firm_credit(self) -> list[int]: ...
+    def exposure(self, account: int, symbol: bytes) -> tuple[int, int, int, int]: ...
+    def forget_partition(self, partition: int) -> None: ...
+    def partition_exposure(
+        self, partition: int
+    ) -> tuple[list[RiskAccountExposure], list[RiskOrderExposure]]: ...
+    def restore_exposure(
+        self, partition: int, accounts: list[RiskAccountExposure], orders: list[RiskOrderExposure]
+    ) -> None: ...

@@ -16,9 +16,9 @@ the order path). Unpartitioned, one replica sees every account and checks the wh
 Duplicate: an accepted order with the same (account, symbol, side, quantity, price) inside the window,
 recognised by a 64-bit fingerprint of those fields.
 
-`check` evaluates one order in a few microseconds; `check_batch` evaluates a run of orders with numpy and
-gives exactly the results `check` would give one by one (a property test holds it to that): it vectorises
-everything up to the first order that breaks a stateful limit and finishes from there one by one.
+The state and the checks are compiled (core/src/risk.rs): `check` decides one order in well under a
+microsecond, `check_batch` a run of RiskCheck records in one call, deciding each in turn exactly as `check`
+would (a property test holds it to that).
 
 With an event log, limits are firm-wide: each account partition is answered for by one risk replica at a
 time (leases, partitions.py), which rebuilds the partition's exposure from the log before it answers and
@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from itertools import repeat
-from typing import Any
+from typing import Any, Self
 
 import nats.errors
 import numpy as np
 from nats.js.kv import KeyValue
 
+from tradeplane_services._wire import RiskBook
 from tradeplane_services.config import Environment
 from tradeplane_services.eventlog import (
     KILL_SWITCH_KIND,
@@ -56,7 +56,6 @@ from tradeplane_services.eventlog import (
 from tradeplane_services.marketdata import subscribe_if_published
 from tradeplane_services.partitions import LeaseTable, PartitionOwner, replica_identity
 from tradeplane_services.protocol import (
-    I64,
     PRICE_SCALE,
     PROTOCOL_VERSION,
     Fill,
@@ -79,7 +78,6 @@ from tradeplane_services.protocol import (
     Side,
     decode_body,
     layout_of,
-    saturate,
     symbol_bytes,
     symbol_text,
 )
@@ -95,452 +93,77 @@ from tradeplane_services.runtime import (
 )
 from tradeplane_services.settings import RiskSettings
 
-MASK64 = (1 << 64) - 1
-_MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD)
-_FINAL = 0xC4CEB9FE1A85EC53
-BUY, SELL = int(Side.BUY), int(Side.SELL)
-OK, UNKNOWN_ORDER = int(Reason.OK), int(Reason.UNKNOWN_ORDER)
-KILL_SWITCH_HALTED, KILL_SWITCH_REDUCING = int(Reason.KILL_SWITCH_HALTED), int(Reason.KILL_SWITCH_REDUCING)
-THROTTLED, UNKNOWN_SYMBOL = int(Reason.THROTTLED), int(Reason.UNKNOWN_SYMBOL)
-RESTRICTED_SYMBOL, MAX_QUANTITY = int(Reason.RESTRICTED_SYMBOL), int(Reason.MAX_QUANTITY)
-NO_REFERENCE_PRICE, PRICE_COLLAR = int(Reason.NO_REFERENCE_PRICE), int(Reason.PRICE_COLLAR)
-MAX_NOTIONAL, DUPLICATE_ORDER = int(Reason.MAX_NOTIONAL), int(Reason.DUPLICATE_ORDER)
-POSITION_LIMIT, CREDIT_LIMIT = int(Reason.POSITION_LIMIT), int(Reason.CREDIT_LIMIT)
-FIRM_CREDIT_LIMIT = int(Reason.FIRM_CREDIT_LIMIT)
-PARTITION_TAKEOVER = int(Reason.PARTITION_TAKEOVER)
+OK, PARTITION_TAKEOVER = int(Reason.OK), int(Reason.PARTITION_TAKEOVER)
 REASON_NAMES = {int(reason): reason.name for reason in Reason}
-LIMIT = int(OrderType.LIMIT)
 # Events replayed between turns of the event loop in a takeover: lease renewals run between slices.
 REPLAY_SLICE_EVENTS = 64
-HALTED, REDUCING = int(KillSwitchState.HALTED), int(KillSwitchState.REDUCING)
 CHECK_DTYPE = layout_of(RiskCheck).dtype
 RESULT_LAYOUT = layout_of(RiskResult)
+# The protocol's codes and the RiskCheck record layout, as the compiled book reads them.
+BOOK_CODES = {
+    **{member.name: int(member) for member in (*Side, *OrderType, *KillSwitchState)},
+    **{reason.name: int(reason) for reason in Reason},
+}
+CHECK_RECORD = {"size": CHECK_DTYPE.itemsize, **layout_of(RiskCheck).offsets}
 
 
-def fingerprint(account: int, symbol: int, side: int, quantity: int, price: int) -> int:
-    """64-bit fingerprint of an order's identity for duplicate detection (same math as the batch path)."""
-    value = (
-        (account * _MIX[0]) ^ (symbol * _MIX[1]) ^ (side * _MIX[2]) ^ (quantity * _MIX[3]) ^ (price * _MIX[4])
-    ) & MASK64
-    value ^= value >> 33
-    value = (value * _FINAL) & MASK64
-    return value ^ (value >> 29)
+def limits(settings: RiskSettings, symbols: list[bytes], firm_shares: int) -> dict[str, Any]:
+    """RiskSettings in wire units (prices x PRICE_SCALE, nanoseconds), as `RiskBook.configure` takes
+    them; the firm credit limit as the share of one of `firm_shares` buckets."""
+    firm = settings.firmCreditLimit
+    restricted = {symbol_bytes(name) for name in settings.restrictedSymbols}
+    return {
+        "firm_credit_share": None if firm is None else int(firm * PRICE_SCALE) // firm_shares,
+        "max_quantity": settings.maxOrderQuantity,
+        "max_notional": int(settings.maxOrderNotional * PRICE_SCALE),
+        "collar": settings.priceCollarPercent / 100,
+        "max_position": settings.maxPosition,
+        "credit_limit": int(settings.creditLimit * PRICE_SCALE),
+        "rate_per_ns": settings.maxMessagesPerSecond / 1e9,
+        "burst": max(1.0, settings.maxMessagesPerSecond),
+        "duplicate_window_ns": settings.duplicateWindowMillis * 1_000_000,
+        "restricted": [symbol in restricted for symbol in symbols],
+        "kill_switch": int(settings.killSwitch),
+    }
 
 
-def fingerprints(account: Any, symbol: Any, side: Any, quantity: Any, price: Any) -> np.ndarray[Any, Any]:
-    u64 = np.uint64
-    value = (
-        (account.astype(u64) * u64(_MIX[0]))
-        ^ (symbol.astype(u64) * u64(_MIX[1]))
-        ^ (side.astype(u64) * u64(_MIX[2]))
-        ^ (quantity.astype(u64) * u64(_MIX[3]))
-        ^ (price.astype(u64) * u64(_MIX[4]))
-    )
-    value ^= value >> u64(33)
-    value *= u64(_FINAL)
-    return value ^ (value >> u64(29))  # type: ignore[no-any-return]
+class RiskEngine(RiskBook):
+    """Risk state of every account and the checks, compiled (core/src/risk.rs); no I/O, time is passed in.
 
-
-class Limits:
-    """RiskSettings in wire units (prices x PRICE_SCALE, nanoseconds); the firm credit limit as the share of
-    one of `firm_shares` buckets."""
-
-    def __init__(self, settings: RiskSettings, symbols: list[bytes], firm_shares: int = 1) -> None:
-        firm = settings.firmCreditLimit
-        self.firm_credit_share = None if firm is None else int(firm * PRICE_SCALE) // firm_shares
-        self.max_quantity = settings.maxOrderQuantity
-        self.max_notional = int(settings.maxOrderNotional * PRICE_SCALE)
-        self.collar = settings.priceCollarPercent / 100
-        self.max_position = settings.maxPosition
-        self.credit_limit = int(settings.creditLimit * PRICE_SCALE)
-        self.rate_per_ns = settings.maxMessagesPerSecond / 1e9
-        self.burst = max(1.0, settings.maxMessagesPerSecond)
-        self.duplicate_window_ns = settings.duplicateWindowMillis * 1_000_000
-        restricted = {symbol_bytes(name) for name in settings.restrictedSymbols}
-        self.restricted = [symbol in restricted for symbol in symbols]
-        self.restricted_array = np.array(self.restricted, dtype=bool)
-        self.kill_switch = int(settings.killSwitch)
-
-
-class AccountTable:
-    """Per-account risk state in flat numpy arrays, one row per account and one cell per (row, symbol).
-
-    The batch path computes on the arrays directly; the single path reads and writes them through
-    memoryviews, which hand out plain Python ints and floats in a few tens of nanoseconds.
+    This class adds what is Python's: the settings, the log's records and the snapshot documents.
     """
 
-    def __init__(self, symbols: int, capacity: int = 64) -> None:
-        self.symbols = symbols
-        self.rows: dict[int, int] = {}  # account -> row
-        self.accounts: list[int] = []  # row -> account
-        self.capacity = 0
-        empty = np.zeros(0, dtype=np.int64)
-        self.position, self.open_buy, self.open_sell = empty, empty, empty
-        self.credit_used, self.tokens_at, self.tokens = empty, empty, np.zeros(0)
-        self._allocate(capacity)
-
-    def _allocate(self, capacity: int) -> None:
-        cells = capacity * self.symbols
-        self.capacity = capacity
-        self.position = _grown(self.position, cells)
-        self.open_buy = _grown(self.open_buy, cells)
-        self.open_sell = _grown(self.open_sell, cells)
-        self.credit_used = _grown(self.credit_used, capacity)
-        self.tokens = _grown(self.tokens, capacity)
-        self.tokens_at = _grown(self.tokens_at, capacity)
-        self.position_view = self.position.data
-        self.open_buy_view = self.open_buy.data
-        self.open_sell_view = self.open_sell.data
-        self.credit_used_view = self.credit_used.data
-        self.tokens_view: Any = self.tokens.data  # float items; typeshed knows int items only
-        self.tokens_at_view = self.tokens_at.data
-
-    def row(self, account: int, burst: float) -> int:
-        row = self.rows.get(account)
-        if row is None:
-            row = len(self.rows)
-            if row == self.capacity:
-                self._allocate(2 * self.capacity)
-            self.rows[account] = row
-            self.accounts.append(account)
-            self.tokens_view[row] = burst
-        return row
-
-    def reset(self, rows: list[int], burst: float) -> None:
-        """Forget the exposure of these rows (their accounts keep the rows)."""
-        cells = (np.asarray(rows, dtype=np.int64)[:, None] * self.symbols + np.arange(self.symbols)).ravel()
-        for cell_array in (self.position, self.open_buy, self.open_sell):
-            cell_array[cells] = 0
-        self.credit_used[rows] = 0
-        self.tokens[rows] = burst
-        self.tokens_at[rows] = 0
-
-
-def _grown(array: np.ndarray[Any, Any], size: int) -> np.ndarray[Any, Any]:
-    grown = np.zeros(size, dtype=array.dtype)
-    grown[: len(array)] = array
-    return grown
-
-
-# An accepted order's exposure: (row, symbol index, side, open quantity, price its credit was taken at).
-Booking = tuple[int, int, int, int, int]
-
-
-class RiskEngine:
-    """Risk state of every account and the checks; no I/O, time is passed in."""
+    def __new__(cls, settings: RiskSettings, partitioned: bool = False) -> Self:
+        # Firm credit buckets: one per partition when partitions have owners of their own, else one.
+        firm_shares = PARTITIONS if partitioned else 1
+        symbols = [symbol_bytes(name) for name in settings.symbols]
+        return super().__new__(cls, symbols, PARTITIONS, firm_shares, BOOK_CODES, CHECK_RECORD)
 
     def __init__(self, settings: RiskSettings, partitioned: bool = False) -> None:
-        # Firm credit buckets: one per partition when partitions have owners of their own, else one.
         self.firm_shares = PARTITIONS if partitioned else 1
         self.symbols = [symbol_bytes(name) for name in settings.symbols]
         self.symbol_index = {symbol: index for index, symbol in enumerate(self.symbols)}
-        order = np.argsort(np.array(self.symbols, dtype="S8"))
-        self._sorted_symbols = np.array(self.symbols, dtype="S8")[order]
-        self._sorted_index = order.astype(np.int64)
-        self.limits = Limits(settings, self.symbols, self.firm_shares)
-        self.firm_credit = [0] * self.firm_shares  # credit used by the accounts of each bucket
-        self.reference = np.zeros(len(self.symbols), dtype=np.int64)  # last trade price, 0: none yet
-        self._reference = self.reference.tolist()
-        self.accounts = AccountTable(len(self.symbols))
-        self.open_orders: dict[int, Booking] = {}
-        self.recent: dict[int, int] = {}  # duplicate fingerprint -> expiry (ns)
-        self._recent_pruned_size = 0
-
-    # --- configuration and market data -------------------------------------------------------
+        self.configure(**limits(settings, self.symbols, self.firm_shares))
 
     def reconfigure(self, settings: RiskSettings) -> None:
         if [symbol_bytes(name) for name in settings.symbols] != self.symbols:
             raise ValueError("symbols cannot change while the service runs; restart it")
-        self.limits = Limits(settings, self.symbols, self.firm_shares)
-        # The batch path books credit per account only: sum the buckets afresh.
-        table = self.accounts
-        buckets = np.array(table.accounts, dtype=np.int64) % self.firm_shares
-        totals = np.bincount(buckets, weights=table.credit_used[: len(buckets)], minlength=self.firm_shares)
-        self.firm_credit = [int(total) for total in totals]
-
-    @property
-    def kill_switch(self) -> int:
-        return self.limits.kill_switch
-
-    @kill_switch.setter
-    def kill_switch(self, state: int) -> None:
-        self.limits.kill_switch = int(KillSwitchState(state))
+        self.configure(**limits(settings, self.symbols, self.firm_shares))
 
     def update_prices(self, symbols: np.ndarray[Any, Any], prices: np.ndarray[Any, Any]) -> None:
         """Last trade prices from a market-data batch (later ticks of a symbol win)."""
-        position = np.searchsorted(self._sorted_symbols, symbols).clip(0, len(self.symbols) - 1)
-        known = (self._sorted_symbols[position] == symbols) & (prices > 0)
-        self.reference[self._sorted_index[position[known]]] = prices[known]
-        self._reference = self.reference.tolist()
-
-    def set_reference(self, symbol: bytes, price: int) -> None:
-        self.reference[self.symbol_index[symbol]] = price
-        self._reference = self.reference.tolist()
-
-    def exposure(self, account: int, symbol: bytes) -> tuple[int, int, int, int]:
-        """(position, open buy, open sell, credit used) of an account in a symbol."""
-        table = self.accounts
-        row = table.rows.get(account)
-        if row is None:
-            return 0, 0, 0, 0
-        cell = row * table.symbols + self.symbol_index[symbol]
-        return (
-            int(table.position[cell]),
-            int(table.open_buy[cell]),
-            int(table.open_sell[cell]),
-            int(table.credit_used[row]),
+        self.update_prices_packed(
+            np.ascontiguousarray(symbols, dtype="S8").tobytes(),
+            np.ascontiguousarray(prices, dtype="<i8").tobytes(),
         )
 
-    # --- rebuilding a partition from the event log ----------------------------------------------------
-
-    def forget_partition(self, partition: int) -> None:
-        """Drop every account's exposure in the partition: its next owner rebuilds it from the log."""
-        table = self.accounts
-        rows = [row for account, row in table.rows.items() if partition_of(account) == partition]
-        if not rows:
-            return
-        self.firm_credit[partition % self.firm_shares] -= int(table.credit_used[rows].sum())
-        table.reset(rows, self.limits.burst)
-        forgotten = set(rows)
-        self.open_orders = {o: b for o, b in self.open_orders.items() if b[0] not in forgotten}
-
-    def partition_state(self, partition: int) -> dict[str, Any]:
-        """The exposure of the partition's accounts as JSON: positions and open quantities by symbol,
-        credit used, and open orders (their bookings). Throttle and duplicate state are not exposure."""
-        table, names = self.accounts, [symbol_text(symbol) for symbol in self.symbols]
-        rows = {row: account for account, row in table.rows.items() if partition_of(account) == partition}
-        accounts = []
-        for row, account in rows.items():
-            cells = range(row * table.symbols, (row + 1) * table.symbols)
-            held = {
-                names[index]: [
-                    int(table.position[cell]),
-                    int(table.open_buy[cell]),
-                    int(table.open_sell[cell]),
-                ]
-                for index, cell in enumerate(cells)
-                if table.position[cell] or table.open_buy[cell] or table.open_sell[cell]
-            }
-            accounts.append([account, int(table.credit_used[row]), held])
-        orders = [
-            [order_id, rows[row], names[index], side, quantity, credit_price]
-            for order_id, (row, index, side, quantity, credit_price) in self.open_orders.items()
-            if row in rows
-        ]
-        return {"accounts": accounts, "orders": orders}
-
-    def restore_partition(self, partition: int, state: dict[str, Any]) -> None:
-        """Put back what `partition_state` gave, after forgetting the partition; symbols no longer
-        configured are left out."""
-        self.forget_partition(partition)
-        table, burst = self.accounts, self.limits.burst
-        for account, credit, held in state["accounts"]:
-            row = table.row(account, burst)
-            self._add_credit(row, credit)
-            for name, (position, open_buy, open_sell) in held.items():
-                index = self.symbol_index.get(symbol_bytes(name))
-                if index is not None:
-                    cell = row * table.symbols + index
-                    table.position[cell], table.open_buy[cell], table.open_sell[cell] = (
-                        position,
-                        open_buy,
-                        open_sell,
-                    )
-        for order_id, account, name, side, quantity, credit_price in state["orders"]:
-            index = self.symbol_index.get(symbol_bytes(name))
-            if index is not None:
-                self.open_orders[order_id] = (table.row(account, burst), index, side, quantity, credit_price)
-
-    def reservation(self, check: RiskCheck) -> Reservation:
-        """The log record of an order `check` just accepted."""
-        credit_price = self.open_orders[check.order_id][4]
-        order_id, account, symbol, side, _, quantity, _, is_replace = check
-        return Reservation(order_id, account, symbol, side, quantity, credit_price, is_replace)
-
-    def book_reservation(self, reservation: Reservation) -> None:
-        """Replay an accepted order: book its exposure as the check did (a replace: instead of the old)."""
-        index = self.symbol_index.get(reservation.symbol)
-        if index is None:
-            return  # a symbol no longer configured: nothing to check it against
-        if reservation.is_replace:
-            self.on_done(reservation.order_id)
-        row = self.accounts.row(reservation.account, self.limits.burst)
-        booking = (row, index, reservation.side, reservation.quantity, reservation.price)
-        self._book(booking, 1)
-        self.open_orders[reservation.order_id] = booking
-
-    def apply_fill(self, fill: Fill) -> None:
-        """A fill from the log; one of an order booked elsewhere still moves the position and credit."""
-        if fill.order_id in self.open_orders:
-            self.on_fill(fill.order_id, fill.quantity, fill.price)
-            return
-        index = self.symbol_index.get(fill.symbol)
-        if index is None:
-            return
-        table = self.accounts
-        row = table.row(fill.account, self.limits.burst)
-        signed = fill.quantity if fill.side == BUY else -fill.quantity
-        cell = row * table.symbols + index
-        table.position_view[cell] = saturate(table.position_view[cell] + signed, I64)
-        self._add_credit(row, fill.quantity * fill.price)
-
-    def account_of(self, order_id: int) -> int | None:
-        booking = self.open_orders.get(order_id)
-        return None if booking is None else self.accounts.accounts[booking[0]]
-
-    # --- one order --------------------------------------------------------------------------------
-
-    def check(
-        self,
-        order_id: int,
-        account: int,
-        symbol: bytes,
-        side: int,
-        order_type: int,
-        quantity: int,
-        price: int,
-        now_ns: int,
-        is_replace: int = 0,
-    ) -> int:
-        """OK (0) and the order's exposure booked, or the Reason it is refused."""
-        limits = self.limits
-        if limits.kill_switch == HALTED:
-            return KILL_SWITCH_HALTED
-        table = self.accounts
-        row = table.rows.get(account)
-        if row is None:
-            row = table.row(account, limits.burst)
-        tokens_view = table.tokens_view
-        tokens = tokens_view[row] + (now_ns - table.tokens_at_view[row]) * limits.rate_per_ns
-        if tokens > limits.burst:
-            tokens = limits.burst
-        table.tokens_at_view[row] = now_ns
-        if tokens < 1.0:
-            tokens_view[row] = tokens
-            return THROTTLED
-        tokens_view[row] = tokens - 1.0
-        index = self.symbol_index.get(symbol)
-        if index is None:
-            return UNKNOWN_SYMBOL
-        if limits.restricted[index]:
-            return RESTRICTED_SYMBOL
-        if quantity > limits.max_quantity:
-            return MAX_QUANTITY
-        reference = self._reference[index]
-        if reference == 0:
-            return NO_REFERENCE_PRICE
-        if order_type == LIMIT:
-            if abs(price - reference) > reference * limits.collar:
-                return PRICE_COLLAR
-            credit_price = price
-        else:
-            credit_price = reference
-        notional = quantity * credit_price
-        if notional > limits.max_notional:
-            return MAX_NOTIONAL
-        replaced = None
-        if is_replace:
-            replaced = self.open_orders.pop(order_id, None)
-            if replaced is None:
-                return UNKNOWN_ORDER
-            self._book(replaced, -1)
-        reason = self._check_exposure(
-            account, row, index, side, quantity, price, notional, now_ns, is_replace
-        )
-        if reason:
-            if replaced is not None:
-                self._book(replaced, 1)
-                self.open_orders[order_id] = replaced
-            return reason
-        booking = (row, index, side, quantity, credit_price)
-        self._book(booking, 1)
-        self.open_orders[order_id] = booking
-        return OK
-
-    def _check_exposure(
-        self,
-        account: int,
-        row: int,
-        index: int,
-        side: int,
-        quantity: int,
-        price: int,
-        notional: int,
-        now_ns: int,
-        is_replace: int,
-    ) -> int:
-        limits = self.limits
-        key = 0
-        if limits.duplicate_window_ns and not is_replace:
-            key = fingerprint(account, index, side, quantity, price)
-            if self.recent.get(key, 0) > now_ns:
-                return DUPLICATE_ORDER
-        table = self.accounts
-        cell = row * table.symbols + index
-        position = table.position_view[cell]
-        if side == BUY:
-            projected = position + table.open_buy_view[cell] + quantity
-            reducing = position < 0 and projected <= 0
-        else:
-            projected = table.open_sell_view[cell] + quantity - position
-            reducing = position > 0 and projected <= 0
-        if limits.kill_switch == REDUCING and not reducing:
-            return KILL_SWITCH_REDUCING
-        if projected > limits.max_position:
-            return POSITION_LIMIT
-        if table.credit_used_view[row] + notional > limits.credit_limit:
-            return CREDIT_LIMIT
-        firm_share = limits.firm_credit_share
-        if firm_share is not None and self.firm_credit[account % self.firm_shares] + notional > firm_share:
-            return FIRM_CREDIT_LIMIT
-        if key:
-            self._remember({key: now_ns + limits.duplicate_window_ns}, now_ns)
-        return OK
-
-    def _remember(self, keys: dict[int, int], now_ns: int) -> None:
-        self.recent.update(keys)
-        if len(self.recent) > 2 * self._recent_pruned_size + 1024:
-            self.recent = {k: t for k, t in self.recent.items() if t > now_ns}
-            self._recent_pruned_size = len(self.recent)
-
-    def _book(self, booking: Booking, sign: int) -> None:
-        row, index, side, quantity, credit_price = booking
-        table = self.accounts
-        cell = row * table.symbols + index
-        if side == BUY:
-            table.open_buy_view[cell] += sign * quantity
-        else:
-            table.open_sell_view[cell] += sign * quantity
-        self._add_credit(row, sign * quantity * credit_price)
-
-    def _add_credit(self, row: int, amount: int) -> None:
-        # A fill's notional can outgrow 64 bits (the venue trades what the wire allows): the credit used
-        # then stays at the limit of the array, which refuses every order after it.
-        view = self.accounts.credit_used_view
-        view[row] = saturate(view[row] + amount, I64)
-        self.firm_credit[self.accounts.accounts[row] % self.firm_shares] += amount
-
-    def on_fill(self, order_id: int, quantity: int, price: int) -> None:
-        booking = self.open_orders.get(order_id)
-        if booking is None:
-            return
-        row, index, side, open_quantity, credit_price = booking
-        released = min(quantity, open_quantity)
-        self.open_orders[order_id] = (row, index, side, open_quantity - released, credit_price)
-        table = self.accounts
-        cell = row * table.symbols + index
-        if side == BUY:
-            table.open_buy_view[cell] -= released
-            table.position_view[cell] += quantity
-        else:
-            table.open_sell_view[cell] -= released
-            table.position_view[cell] -= quantity
-        self._add_credit(row, quantity * price - released * credit_price)
-
-    def on_done(self, order_id: int) -> None:
-        booking = self.open_orders.pop(order_id, None)
-        if booking is not None:
-            self._book(booking, -1)
+    def check_batch(self, checks: np.ndarray[Any, Any] | bytes, now_ns: int) -> np.ndarray[Any, Any] | None:
+        """Reasons for a run of RiskCheck records (CHECK_DTYPE), each decided and booked as `check` would
+        one by one; None, nothing booked, when a record holds a field the decoder refuses or a symbol not
+        configured: the caller then decodes and checks the run frame by frame."""
+        records = checks if isinstance(checks, bytes) else checks.tobytes()
+        reasons = self.check_records(records, now_ns)
+        return None if reasons is None else np.frombuffer(reasons, dtype="<u2")
 
     def apply_update(self, update: RiskUpdate) -> None:
         if update.filled_quantity:
@@ -548,149 +171,66 @@ class RiskEngine:
         if update.done:
             self.on_done(update.order_id)
 
-    # --- a batch of orders ------------------------------------------------------------------------
+    def account_of(self, order_id: int) -> int | None:
+        booking = self.booking(order_id)
+        return None if booking is None else booking[0]
 
-    def check_batch(self, checks: np.ndarray[Any, Any], now_ns: int) -> np.ndarray[Any, Any] | None:
-        """Reasons for a run of new-order checks (CHECK_DTYPE records), booked as `check` would book them.
+    # --- the event log's records and snapshots of a partition -----------------------------------------
 
-        None when the run holds anything the vectorised path does not cover (replaces, invalid fields,
-        unknown symbols, the REDUCING kill switch): the caller then checks those orders one by one.
-        Everything up to the first order that breaks a stateful limit is decided on arrays; from that
-        order on, `check` goes one by one.
-        """
-        count = len(checks)
-        limits = self.limits
-        if limits.kill_switch == HALTED:
-            return np.full(count, KILL_SWITCH_HALTED, dtype=np.uint16)
-        if limits.firm_credit_share is not None:
-            return None  # one firm-wide sum across the run's accounts: one by one
-        side, order_type = checks["side"], checks["order_type"]
-        quantity, price = checks["quantity"].astype(np.int64), checks["price"]
-        position = np.searchsorted(self._sorted_symbols, checks["symbol"]).clip(0, len(self.symbols) - 1)
-        if (
-            not (self._sorted_symbols[position] == checks["symbol"]).all()
-            or limits.kill_switch == REDUCING
-            or checks["is_replace"].any()
-            or not np.isin(side, (BUY, SELL)).all()
-            or not np.isin(order_type, (1, 2)).all()
-            or not (quantity > 0).all()
-            or not (price >= 0).all()
-        ):
-            return None
-        index = self._sorted_index[position]
-        table = self.accounts
-        account_ids, owner = np.unique(checks["account"], return_inverse=True)
-        account_rows = np.array([table.row(a, limits.burst) for a in account_ids.tolist()], dtype=np.int64)
-        rows = account_rows[owner]
+    def reservation(self, check: RiskCheck) -> Reservation:
+        """The log record of an order `check` just accepted."""
+        booking = self.booking(check.order_id)
+        if booking is None:
+            raise KeyError(f"order {check.order_id} is not open")
+        order_id, account, symbol, side, _, quantity, _, is_replace = check
+        return Reservation(order_id, account, symbol, side, quantity, booking[4], is_replace)
 
-        # Throttle: each account's k-th order passes while k < its whole tokens.
-        tokens = np.minimum(
-            table.tokens[account_rows] + (now_ns - table.tokens_at[account_rows]) * limits.rate_per_ns,
-            limits.burst,
-        )
-        throttled = _rank_within_groups(owner) >= np.floor(tokens[owner])
+    def book_reservation(self, reservation: Reservation) -> None:
+        """Replay an accepted order: book its exposure as the check did (a replace: instead of the old)."""
+        self.replay_reservation(*reservation)
 
-        reference = self.reference[index]
-        is_limit = order_type == LIMIT
-        credit_price = np.where(is_limit, price, reference)
-        notional = quantity * credit_price
-        reasons = np.select(
-            [
-                throttled,
-                limits.restricted_array[index],
-                quantity > limits.max_quantity,
-                reference == 0,
-                is_limit & (np.abs(price - reference) > reference * limits.collar),
-                notional > limits.max_notional,
+    def apply_fill(self, fill: Fill) -> None:
+        """A fill from the log; one of an order booked elsewhere still moves the position and credit."""
+        self.replay_fill(fill.order_id, fill.account, fill.symbol, fill.side, fill.quantity, fill.price)
+
+    def partition_state(self, partition: int) -> dict[str, Any]:
+        """The exposure of the partition's accounts as JSON: positions and open quantities by symbol,
+        credit used, and open orders (their bookings). Throttle and duplicate state are not exposure."""
+        names = [symbol_text(symbol) for symbol in self.symbols]
+        accounts, orders = self.partition_exposure(partition)
+        return {
+            "accounts": [
+                [account, credit, {names[index]: list(cell) for index, *cell in held}]
+                for account, credit, held in accounts
             ],
-            [THROTTLED, RESTRICTED_SYMBOL, MAX_QUANTITY, NO_REFERENCE_PRICE, PRICE_COLLAR, MAX_NOTIONAL],
-            OK,
-        ).astype(np.uint16)
+            "orders": [
+                [order_id, account, names[index], side, quantity, credit_price]
+                for order_id, account, index, side, quantity, credit_price in orders
+            ],
+        }
 
-        candidate = reasons == OK
-        keys = None
-        if limits.duplicate_window_ns:
-            keys = fingerprints(checks["account"], index, side, quantity, price)
-            expiries = np.fromiter(map(self.recent.get, keys.tolist(), repeat(0)), np.int64, count)
-            duplicate = candidate & (expiries > now_ns)
-            fresh = np.flatnonzero(candidate & ~duplicate)
-            _, first = np.unique(keys[fresh], return_index=True)
-            repeated = np.ones(len(fresh), dtype=bool)
-            repeated[first] = False
-            duplicate[fresh[repeated]] = True
-            reasons[duplicate] = DUPLICATE_ORDER
-            candidate &= ~duplicate
-
-        # Stateful limits assuming every candidate is accepted: exact up to the first that breaks one.
-        cells = rows * table.symbols + index
-        buy, sell = candidate & (side == BUY), candidate & (side == SELL)
-        bought = _cumsum_within_groups(cells, np.where(buy, quantity, 0))
-        sold = _cumsum_within_groups(cells, np.where(sell, quantity, 0))
-        filled = table.position[cells]
-        projected = np.where(
-            side == BUY, filled + table.open_buy[cells] + bought, table.open_sell[cells] + sold - filled
-        )
-        credit = table.credit_used[rows] + _cumsum_within_groups(rows, np.where(candidate, notional, 0))
-        breaking = candidate & ((projected > limits.max_position) | (credit > limits.credit_limit))
-        stop = int(np.argmax(breaking)) if breaking.any() else count
-
-        table.tokens[account_rows] = tokens
-        table.tokens_at[account_rows] = now_ns
-        np.subtract.at(table.tokens, rows[:stop][~throttled[:stop]], 1.0)
-        accepted = np.flatnonzero(candidate[:stop])
-        np.add.at(table.open_buy, cells[accepted], np.where(buy, quantity, 0)[accepted])
-        np.add.at(table.open_sell, cells[accepted], np.where(sell, quantity, 0)[accepted])
-        np.add.at(table.credit_used, rows[accepted], notional[accepted])
-        bookings = zip(
-            rows[accepted].tolist(),
-            index[accepted].tolist(),
-            side[accepted].tolist(),
-            quantity[accepted].tolist(),
-            credit_price[accepted].tolist(),
-            strict=True,
-        )
-        self.open_orders.update(zip(checks["order_id"][accepted].tolist(), bookings, strict=True))
-        if keys is not None and len(accepted):
-            expiry = now_ns + limits.duplicate_window_ns
-            self._remember(dict.fromkeys(keys[accepted].tolist(), expiry), now_ns)
-
-        for position_in_run in range(stop, count):
-            record = checks[position_in_run]
-            reasons[position_in_run] = self.check(
-                int(record["order_id"]),
-                int(record["account"]),
-                bytes(record["symbol"]).ljust(8, b"\0"),
-                int(record["side"]),
-                int(record["order_type"]),
-                int(record["quantity"]),
-                int(record["price"]),
-                now_ns,
+    def restore_partition(self, partition: int, state: dict[str, Any]) -> None:
+        """Put back what `partition_state` gave, after forgetting the partition; symbols no longer
+        configured are left out."""
+        index_of = self.symbol_index.get
+        accounts = [
+            (
+                account,
+                credit,
+                [
+                    (index, position, open_buy, open_sell)
+                    for name, (position, open_buy, open_sell) in held.items()
+                    if (index := index_of(symbol_bytes(name))) is not None
+                ],
             )
-        return reasons
-
-
-def _rank_within_groups(groups: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """For each element, how many earlier elements share its group."""
-    order = np.argsort(groups, kind="stable")
-    ordered = groups[order]
-    starts = np.r_[0, np.flatnonzero(ordered[1:] != ordered[:-1]) + 1]
-    run_lengths = np.diff(np.r_[starts, len(groups)])
-    ranks = np.arange(len(groups)) - np.repeat(starts, run_lengths)
-    result = np.empty(len(groups), dtype=np.int64)
-    result[order] = ranks
-    return result
-
-
-def _cumsum_within_groups(groups: np.ndarray[Any, Any], values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """Running total of `values` over each element and the earlier elements of its group."""
-    order = np.argsort(groups, kind="stable")
-    ordered_groups, ordered_values = groups[order], values[order].astype(np.int64)
-    running = np.cumsum(ordered_values)
-    starts = np.r_[0, np.flatnonzero(ordered_groups[1:] != ordered_groups[:-1]) + 1]
-    before_group = np.repeat(running[starts] - ordered_values[starts], np.diff(np.r_[starts, len(groups)]))
-    result = np.empty(len(groups), dtype=np.int64)
-    result[order] = running - before_group
-    return result
+            for account, credit, held in state["accounts"]
+        ]
+        orders = [
+            (order_id, account, index, side, quantity, credit_price)
+            for order_id, account, name, side, quantity, credit_price in state["orders"]
+            if (index := index_of(symbol_bytes(name))) is not None
+        ]
+        self.restore_exposure(partition, accounts, orders)
 
 
 class PartitionLedger:
@@ -1060,8 +600,7 @@ class RiskService(Service[RiskSettings]):
         if self.event_log is not None:  # every acceptance waits for the log: nothing to gain in a batch
             self._check_one_by_one(connection, run)
             return
-        checks = np.frombuffer(run.data, dtype=CHECK_DTYPE)
-        reasons = self.engine.check_batch(checks, time.perf_counter_ns())
+        reasons = self.engine.check_batch(run.data, time.perf_counter_ns())
         if reasons is None:
             self._check_one_by_one(connection, run)
             return
@@ -1074,7 +613,7 @@ class RiskService(Service[RiskSettings]):
         results["type"] = RESULT_LAYOUT.type_id
         results["version"] = PROTOCOL_VERSION
         results["sequence"] = np.arange(connection.sequence + 1, connection.sequence + 1 + run.frames)
-        results["order_id"] = checks["order_id"]
+        results["order_id"] = np.frombuffer(run.data, dtype=CHECK_DTYPE)["order_id"]
         results["reason"] = reasons
         connection.sequence += run.frames
         connection.send_raw(results.tobytes())
@@ -1149,8 +688,8 @@ class RiskService(Service[RiskSettings]):
         engine = self.engine
         return {
             "killSwitch": KillSwitchState(engine.kill_switch).name,
-            "accounts": len(engine.accounts.rows),
-            "openOrders": len(engine.open_orders),
+            "accounts": len(engine.accounts()),
+            "openOrders": engine.open_order_count,
             "referencePrices": {
                 symbol.rstrip(b"\0").decode(): int(price)
                 for symbol, price in zip(engine.symbols, engine.reference, strict=True)

@@ -25,7 +25,7 @@ from tradeplane_services.protocol import (
 from tradeplane_services.risk import RiskEngine
 from tradeplane_services.settings import RiskSettings
 
-AAPL = symbol_bytes("AAPL")
+AAPL, MSFT = symbol_bytes("AAPL"), symbol_bytes("MSFT")
 SECOND = 1_000_000_000
 
 
@@ -129,10 +129,8 @@ def test_a_partition_rebuilt_from_its_events_has_the_exposure_the_live_checks_bu
         assert rebuilt.exposure(account, AAPL) == live.exposure(account, AAPL)
         assert restored.exposure(account, AAPL) == live.exposure(account, AAPL)
     assert rebuilt.exposure(2, AAPL)[1] == 7, "another partition's exposure is left alone"
-    in_partition = {
-        o: b[1:] for o, b in live.open_orders.items() if partition_of(live.account_of(o) or 0) == 1
-    }
-    assert {o: b[1:] for o, b in restored.open_orders.items()} == in_partition
+    in_partition = {o: b for o, b in live.open_orders() if partition_of(b[0]) == 1}
+    assert dict(restored.open_orders()) == in_partition
 
 
 def test_a_forgotten_partition_answers_as_if_new() -> None:
@@ -142,7 +140,7 @@ def test_a_forgotten_partition_answers_as_if_new() -> None:
         Reason.POSITION_LIMIT
     )
     risk.forget_partition(partition_of(1))
-    assert risk.exposure(1, AAPL) == (0, 0, 0, 0) and not risk.open_orders
+    assert risk.exposure(1, AAPL) == (0, 0, 0, 0) and not risk.open_orders()
 
 
 def firm_engine(limit: float, partitioned: bool) -> RiskEngine:
@@ -177,3 +175,47 @@ def test_partition_owners_hold_equal_shares_of_the_firm_credit_limit() -> None:
     assert buy(risk, 3, 2, 10) == Reason.OK, "partition 2 has a share of its own"
     risk.forget_partition(1)
     assert buy(risk, 4, 17, 10) == Reason.OK, "a forgotten partition's share is whole again"
+
+
+# partition_state(3) as the numpy engine (before the risk book was compiled) wrote it after the flow of
+# the test below; snapshots like it are in event logs and must still restore.
+NUMPY_ENGINE_SNAPSHOT = """
+{"accounts": [[3, 70250000, {"AAPL": [25, 15, 0], "MSFT": [0, 0, 15]}], [19, 24120000, {"MSFT": [12, 0, 0]}]],
+ "orders": [[1, 3, "AAPL", 1, 15, 1000000], [2, 3, "MSFT", 2, 15, 2000000]]}
+"""
+
+
+def test_a_snapshot_the_numpy_engine_wrote_restores_to_the_exposure_of_its_flow() -> None:
+    settings = RiskSettings.model_validate(
+        {
+            "symbols": {"AAPL": 100.0, "MSFT": 200.0},
+            "duplicateWindowMillis": 0,
+            "creditLimit": 1e7,
+            "firmCreditLimit": 1.6e5,
+        }
+    )
+    live, restored = RiskEngine(settings, partitioned=True), RiskEngine(settings, partitioned=True)
+    for risk in (live, restored):
+        risk.set_reference(AAPL, price_units(100))
+        risk.set_reference(MSFT, price_units(200))
+    buy, sell, limit, market = int(Side.BUY), int(Side.SELL), int(OrderType.LIMIT), int(OrderType.MARKET)
+    assert live.check(1, 3, AAPL, buy, limit, 40, price_units(100), SECOND) == Reason.OK
+    assert live.check(2, 3, MSFT, sell, market, 15, 0, SECOND) == Reason.OK
+    assert live.check(3, 19, AAPL, sell, limit, 7, price_units(99), SECOND) == Reason.OK
+    assert live.check(4, 4, AAPL, buy, limit, 5, price_units(100), SECOND) == Reason.OK  # partition 4
+    live.on_fill(1, 25, price_units(101))
+    live.apply_fill(Fill(1, 9, 19, MSFT, buy, 12, price_units(201), 77, 0))
+    live.on_done(3)
+
+    document = json.loads(NUMPY_ENGINE_SNAPSHOT)
+    assert live.partition_state(3) == document, "the compiled book writes the same document"
+    restored.restore_partition(3, document)
+    for account in (3, 19):
+        for symbol in (AAPL, MSFT):
+            assert restored.exposure(account, symbol) == live.exposure(account, symbol)
+    assert restored.open_orders() == [o for o in live.open_orders() if partition_of(o[1][0]) == 3]
+    assert restored.firm_credit()[3] == live.firm_credit()[3] == 70250000 + 24120000
+    # 160,000 of firm credit in 16 shares: 9,437 of partition 3's 10,000 are used.
+    for risk in (live, restored):
+        assert risk.check(5, 35, AAPL, buy, limit, 6, price_units(100), SECOND) == Reason.FIRM_CREDIT_LIMIT
+        assert risk.check(6, 35, AAPL, buy, limit, 5, price_units(100), SECOND) == Reason.OK

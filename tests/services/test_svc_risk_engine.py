@@ -136,7 +136,7 @@ def test_market_data_sets_reference_prices_last_tick_wins() -> None:
     risk = engine()
     symbols = np.array([AAPL, MSFT, AAPL, symbol_bytes("IBM")], dtype="S8")
     risk.update_prices(symbols, np.array([1, 2, 3, 4], dtype=np.int64))
-    assert risk.reference.tolist() == [3, 2, 0]
+    assert risk.reference == [3, 2, 0]
 
 
 # --- batch == one by one ------------------------------------------------------------------------------
@@ -148,6 +148,7 @@ ORDER = st.tuples(
     st.sampled_from([LIMIT, LIMIT, MARKET]),
     st.integers(1, 60),  # quantity
     st.integers(-8, 8),  # price offset, percent of reference
+    st.one_of(st.none(), st.none(), st.integers(1, 15), st.integers(1000, 1010)),  # the order it replaces
 )
 LIMITS = st.fixed_dictionaries(
     {
@@ -159,40 +160,36 @@ LIMITS = st.fixed_dictionaries(
         "maxMessagesPerSecond": st.sampled_from([5.0, 12.0, 1e6]),
         "duplicateWindowMillis": st.sampled_from([0, 50]),
         "restrictedSymbols": st.sampled_from([[], ["MSFT"]]),
+        "killSwitch": st.sampled_from(["ACTIVE", "ACTIVE", "REDUCING"]),
+        "firmCreditLimit": st.sampled_from([None, 15_000.0]),
     }
 )
 
 
 def _records(orders: list[tuple[Any, ...]], first_id: int, risk: RiskEngine) -> np.ndarray[Any, Any]:
     records = np.zeros(len(orders), dtype=CHECK_DTYPE)
-    for position, (account, symbol, side, kind, quantity, offset) in enumerate(orders):
-        reference = int(risk.reference[risk.symbol_index[symbol]]) or P100
+    for position, (account, symbol, side, kind, quantity, offset, replaced) in enumerate(orders):
+        reference = risk.reference[risk.symbol_index[symbol]] or P100
         price = 0 if kind == MARKET else reference + reference * offset // 100
-        records[position] = (0, 0, 0, 0, first_id + position, account, symbol, side, kind, quantity, price, 0)
+        order_id, is_replace = (first_id + position, 0) if replaced is None else (replaced, 1)
+        records[position] = (0, 0, 0, 0, order_id, account, symbol, side, kind, quantity, price, is_replace)
     return records
 
 
-def _arguments(record: Any) -> list[Any]:
+def _arguments(record: Any, now: int) -> list[Any]:
     """check() arguments of a CHECK_DTYPE record (numpy strips the symbol's NUL padding)."""
-    values = list(record.tolist()[4:11])
+    values = list(record.tolist()[4:12])
     values[2] = values[2].ljust(8, b"\0")
-    return values
+    return [*values[:7], now, values[7]]
 
 
 def _state(risk: RiskEngine) -> Any:
-    """Everything the engine knows, keyed by account and symbol (row numbers may differ between paths)."""
-    table = risk.accounts
+    """Everything the engine knows, keyed by account and symbol."""
     accounts = {
-        account: (
-            float(table.tokens[row]),
-            int(table.credit_used[row]),
-            [risk.exposure(account, symbol)[:3] for symbol in risk.symbols],
-        )
-        for account, row in table.rows.items()
+        account: (tokens, credit, [risk.exposure(account, symbol)[:3] for symbol in risk.symbols])
+        for account, tokens, credit in risk.accounts()
     }
-    account_of_row = {row: account for account, row in table.rows.items()}
-    opened = {oid: (account_of_row[b[0]], *b[1:]) for oid, b in risk.open_orders.items()}
-    return accounts, opened, risk.recent
+    return accounts, risk.open_orders(), risk.recent(), risk.firm_credit()
 
 
 @settings(max_examples=250, deadline=None)
@@ -210,36 +207,48 @@ def test_batch_checks_equal_one_by_one_checks(
     batch: list[tuple[Any, ...]],
     gap_ms: int,
 ) -> None:
+    kill_switch = KillSwitchState[limits.pop("killSwitch")]  # thrown after the history built positions
     engines = [engine(**limits), engine(**limits)]
     now = 5 * SECOND
     for risk in engines:
         records = _records(history, 1, risk)
         for record in records:
-            risk.check(*_arguments(record), now)
+            risk.check(*_arguments(record, now))
         for order_id, quantity, done in fills:
             risk.on_fill(order_id, quantity, P100)
             if done:
                 risk.on_done(order_id)
+        risk.kill_switch = kill_switch
     later = now + gap_ms * 1_000_000
     one_by_one, batched = engines
     records = _records(batch, 1000, one_by_one)
-    expected = [one_by_one.check(*_arguments(record), later) for record in records]
+    expected = [one_by_one.check(*_arguments(record, later)) for record in records]
     reasons = batched.check_batch(records, later)
     assert reasons is not None
     assert reasons.tolist() == expected
     assert _state(batched) == _state(one_by_one)
 
 
-def test_batch_declines_what_it_does_not_vectorise() -> None:
-    risk = engine(killSwitch="REDUCING")
-    assert risk.check_batch(_records([(1, AAPL, BUY, LIMIT, 1, 0)], 1, risk), SECOND) is None
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("symbol", b"IBM"), ("symbol", b"a?"), ("side", 3), ("order_type", 0), ("quantity", 0), ("price", -1)],
+)
+def test_batch_leaves_a_run_the_decoder_may_refuse_to_the_frame_by_frame_path(field: str, value: Any) -> None:
     risk = engine()
-    unknown = _records([(1, AAPL, BUY, LIMIT, 1, 0)], 1, risk)
-    unknown["symbol"] = b"IBM"
-    assert risk.check_batch(unknown, SECOND) is None
+    records = _records([(1, AAPL, BUY, LIMIT, 1, 0, None)] * 3, 1, risk)
+    records[field][2] = value
+    assert risk.check_batch(records, SECOND) is None
+    assert risk.open_orders() == [] and risk.accounts() == [], "nothing of the run is booked"
+
+
+def test_batch_refuses_a_run_whose_length_is_not_whole_records() -> None:
+    risk = engine()
+    records = _records([(1, AAPL, BUY, LIMIT, 1, 0, None)] * 2, 1, risk).tobytes()
+    with pytest.raises(ValueError, match="not a whole number of 47-byte RiskCheck records"):
+        risk.check_batch(records[:-1], SECOND)
 
 
 def test_halted_batch_is_refused_whole() -> None:
     risk = engine(killSwitch="HALTED")
-    reasons = risk.check_batch(_records([(1, AAPL, BUY, LIMIT, 1, 0)] * 3, 1, risk), SECOND)
+    reasons = risk.check_batch(_records([(1, AAPL, BUY, LIMIT, 1, 0, None)] * 3, 1, risk), SECOND)
     assert reasons is not None and set(reasons.tolist()) == {Reason.KILL_SWITCH_HALTED}
