@@ -143,25 +143,25 @@ def test_market_data_sets_reference_prices_last_tick_wins() -> None:
 
 ORDER = st.tuples(
     st.integers(1, 3),  # account
-    st.sampled_from([AAPL, MSFT, HALT]),
+    st.sampled_from([AAPL, AAPL, MSFT, HALT]),
     st.sampled_from([BUY, SELL]),
     st.sampled_from([LIMIT, LIMIT, MARKET]),
-    st.integers(1, 60),  # quantity
-    st.integers(-8, 8),  # price offset, percent of reference
+    st.integers(1, 30),  # quantity
+    st.integers(-4, 4),  # price offset, percent of reference
     st.one_of(st.none(), st.none(), st.integers(1, 15), st.integers(1000, 1010)),  # the order it replaces
 )
 LIMITS = st.fixed_dictionaries(
     {
         "maxOrderQuantity": st.integers(20, 80),
-        "maxOrderNotional": st.sampled_from([2_000.0, 10_000.0]),
+        "maxOrderNotional": st.sampled_from([2_500.0, 10_000.0, 1e9]),
         "priceCollarPercent": st.sampled_from([3.0, 6.0]),
-        "maxPosition": st.integers(30, 200),
-        "creditLimit": st.sampled_from([8_000.0, 40_000.0, 1e9]),
-        "maxMessagesPerSecond": st.sampled_from([5.0, 12.0, 1e6]),
+        "maxPosition": st.integers(20, 150),
+        "creditLimit": st.sampled_from([3_000.0, 8_000.0, 1e9]),
+        "maxMessagesPerSecond": st.sampled_from([5.0, 12.0, 1e6, 1e6]),
         "duplicateWindowMillis": st.sampled_from([0, 50]),
         "restrictedSymbols": st.sampled_from([[], ["MSFT"]]),
         "killSwitch": st.sampled_from(["ACTIVE", "ACTIVE", "REDUCING"]),
-        "firmCreditLimit": st.sampled_from([None, 15_000.0]),
+        "firmCreditLimit": st.sampled_from([None, 6_000.0]),
     }
 )
 
