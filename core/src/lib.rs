@@ -339,7 +339,13 @@ impl Codec {
             )));
         }
         PyBytes::new_with(py, layout.size, |out| {
-            wire::write_header(out, layout.size, layout.type_id, self.wire.version, sequence);
+            wire::write_header(
+                out,
+                layout.size,
+                layout.type_id,
+                self.wire.version,
+                sequence,
+            );
             for (index, field) in layout.fields.iter().enumerate() {
                 let item = values.get_borrowed_item(index)?;
                 let text;
@@ -424,7 +430,10 @@ impl Codec {
         frame: &Bound<'py, PyAny>,
     ) -> PyResult<(Bound<'py, PyAny>, u64)> {
         with_bytes(frame, |raw| {
-            let decoded = self.wire.decode(raw).map_err(|error| self.error(py, error))?;
+            let decoded = self
+                .wire
+                .decode(raw)
+                .map_err(|error| self.error(py, error))?;
             let message = self
                 .build(py, decoded.layout, raw, Some((frame, 0)))
                 .map_err(|error| self.error(py, built_wrong(decoded.layout, error)))?;

@@ -236,11 +236,7 @@ impl Rule {
                 first,
                 rest,
                 longest,
-            } => format!(
-                "padded_text {} {} {longest}",
-                members(first),
-                members(rest)
-            ),
+            } => format!("padded_text {} {} {longest}", members(first), members(rest)),
         }
     }
 
@@ -662,12 +658,20 @@ impl Codec {
                     let layout = &mut layouts[index];
                     let (first, last) = (integer(first)?, integer(last)?);
                     if first.max(last) >= layout.fields.len() {
-                        return Err(at(format!("{} has no field {}", layout.name, first.max(last))));
+                        return Err(at(format!(
+                            "{} has no field {}",
+                            layout.name,
+                            first.max(last)
+                        )));
                     }
                     layout.ordered.push((first, last));
                 }
                 [""] => {}
-                _ => return Err(at(format!("{line:?} is no version, layout, check or ordered line"))),
+                _ => {
+                    return Err(at(format!(
+                        "{line:?} is no version, layout, check or ordered line"
+                    )))
+                }
             }
         }
         Codec::new(version.ok_or("no version line")?, layouts)
