@@ -6,6 +6,8 @@
 mod histogram;
 mod matching;
 mod ring;
+#[cfg(test)]
+mod steady_state;
 pub mod wire;
 
 use std::collections::HashMap;
