@@ -15,23 +15,29 @@ pub struct LatencyHistogram {
     sum_ns: u128,
 }
 
+impl LatencyHistogram {
+    pub(crate) fn with_bounds(highest_ns: u64, significant_digits: u8) -> Result<Self, String> {
+        let counts =
+            Histogram::new_with_bounds(1, highest_ns, significant_digits).map_err(|error| {
+                format!(
+                    "highest_ns={highest_ns}, significant_digits={significant_digits}: {error:?}"
+                )
+            })?;
+        Ok(LatencyHistogram { counts, sum_ns: 0 })
+    }
+}
+
 #[pymethods]
 impl LatencyHistogram {
     #[new]
     #[pyo3(signature = (highest_ns = 60_000_000_000, significant_digits = 3))]
     fn new(highest_ns: u64, significant_digits: u8) -> PyResult<Self> {
-        let counts =
-            Histogram::new_with_bounds(1, highest_ns, significant_digits).map_err(|error| {
-                PyValueError::new_err(format!(
-                    "highest_ns={highest_ns}, significant_digits={significant_digits}: {error:?}"
-                ))
-            })?;
-        Ok(LatencyHistogram { counts, sum_ns: 0 })
+        Self::with_bounds(highest_ns, significant_digits).map_err(PyValueError::new_err)
     }
 
     /// `count` occurrences of a latency of `value_ns`.
     #[pyo3(signature = (value_ns, count = 1))]
-    fn record(&mut self, value_ns: u64, count: u64) {
+    pub(crate) fn record(&mut self, value_ns: u64, count: u64) {
         self.counts.saturating_record_n(value_ns, count);
         self.sum_ns += u128::from(value_ns) * u128::from(count);
     }
@@ -44,7 +50,7 @@ impl LatencyHistogram {
     }
 
     #[getter]
-    fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.counts.len()
     }
 

@@ -7,7 +7,9 @@ mod histogram;
 mod matching;
 mod ring;
 mod risk;
-mod wire;
+#[cfg(test)]
+mod steady_state;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -69,8 +71,7 @@ impl Rule {
 /// The layouts and the Python classes a decoder builds; installed once by `protocol.py`.
 #[pyclass(frozen, module = "tradeplane_services._wire")]
 struct Codec {
-    version: u8,
-    layouts: Vec<Option<Layout>>,
+    wire: wire::Codec,
     classes: Vec<Option<Py<PyType>>>,
     type_ids: HashMap<usize, u8>,
     protocol_error: Py<PyAny>,
@@ -145,17 +146,9 @@ impl Codec {
         type_id: u8,
         source: Option<(&Bound<'py, PyAny>, usize)>,
     ) -> Result<Bound<'py, PyAny>, WireError> {
-        let Some(layout) = &self.layouts[type_id as usize] else {
-            return Err(wire::unknown_type(type_id));
-        };
-        layout.validate(frame)?;
-        self.build(py, layout, frame, source).map_err(|error| {
-            WireError::new(
-                wire::MALFORMED_FRAME,
-                0,
-                format!("{} could not be built: {error}", layout.name),
-            )
-        })
+        let layout = self.wire.check_body(frame, type_id)?;
+        self.build(py, layout, frame, source)
+            .map_err(|error| built_wrong(layout, error))
     }
 
     fn build<'py>(
@@ -207,7 +200,7 @@ impl Codec {
         let key = message.get_type().as_ptr() as usize;
         self.type_ids
             .get(&key)
-            .and_then(|&type_id| self.layouts[type_id as usize].as_ref())
+            .and_then(|&type_id| self.wire.layouts[type_id as usize].as_ref())
             .ok_or_else(|| {
                 PyTypeError::new_err(format!(
                     "{} is not a wire message",
@@ -219,6 +212,14 @@ impl Codec {
                 ))
             })
     }
+}
+
+fn built_wrong(layout: &Layout, error: PyErr) -> WireError {
+    WireError::new(
+        wire::MALFORMED_FRAME,
+        0,
+        format!("{} could not be built: {error}", layout.name),
+    )
 }
 
 /// A field's integer as `T`; ValueError naming the field when it is not an integer or out of range.
@@ -283,7 +284,7 @@ impl Codec {
         frame_run: Py<PyAny>,
         decode_ticks: Py<PyAny>,
     ) -> PyResult<Self> {
-        let mut by_id: Vec<Option<Layout>> = vec![None; 256];
+        let mut by_id = Vec::with_capacity(layouts.len());
         let mut classes: Vec<Option<Py<PyType>>> = (0..256).map(|_| None).collect();
         let mut type_ids = HashMap::new();
         for (type_id, class, names, format, record_size, checks, ordered) in layouts {
@@ -299,19 +300,13 @@ impl Codec {
             let name = class.name()?.to_string();
             let layout = Layout::new(type_id, name, names, codes, record_size, checks, ordered)
                 .map_err(PyValueError::new_err)?;
-            if by_id[type_id as usize].is_some() {
-                return Err(PyValueError::new_err(format!(
-                    "message type {type_id} registered twice"
-                )));
-            }
-            by_id[type_id as usize] = Some(layout);
+            by_id.push(layout);
             type_ids.insert(class.as_ptr() as usize, type_id);
             classes[type_id as usize] = Some(class.unbind());
         }
         let tuple_new = py.get_type::<PyTuple>().getattr("__new__")?.unbind();
         Ok(Codec {
-            version,
-            layouts: by_id,
+            wire: wire::Codec::new(version, by_id).map_err(PyValueError::new_err)?,
             classes,
             type_ids,
             protocol_error,
@@ -321,6 +316,11 @@ impl Codec {
             decode_ticks,
             tuple_new,
         })
+    }
+
+    /// The layouts as text, for a decoder without Python (see wire::Codec::describe).
+    fn describe(&self) -> String {
+        self.wire.describe()
     }
 
     /// The frame of `message` with `sequence` in its header.
@@ -342,14 +342,19 @@ impl Codec {
             )));
         }
         PyBytes::new_with(py, layout.size, |out| {
-            wire::write_header(out, layout.size, layout.type_id, self.version, sequence);
+            wire::write_header(
+                out,
+                layout.size,
+                layout.type_id,
+                self.wire.version,
+                sequence,
+            );
             for (index, field) in layout.fields.iter().enumerate() {
                 let item = values.get_borrowed_item(index)?;
-                let place = &mut out[field.offset..field.offset + field.code.size()];
-                match field.code {
-                    // Like struct's "Ns": shorter text stays NUL-padded, longer text is cut.
-                    Code::Bytes(width) => {
-                        let text = item.cast::<PyBytes>().map_err(|_| {
+                let text;
+                let value = match field.code {
+                    Code::Bytes(_) => {
+                        text = item.cast::<PyBytes>().map_err(|_| {
                             PyTypeError::new_err(format!(
                                 "{}.{}={}: expected bytes",
                                 layout.name,
@@ -357,25 +362,14 @@ impl Codec {
                                 repr(&item)
                             ))
                         })?;
-                        let text = text.as_bytes();
-                        let used = text.len().min(width);
-                        place[..used].copy_from_slice(&text[..used]);
+                        Value::Bytes(text.as_bytes())
                     }
-                    Code::U64 => place.copy_from_slice(
-                        &field_integer::<u64>(layout, index, &item)?.to_le_bytes(),
-                    ),
-                    Code::I64 => place.copy_from_slice(
-                        &field_integer::<i64>(layout, index, &item)?.to_le_bytes(),
-                    ),
-                    code => {
-                        let (low, high) = code.bounds().expect("an integer field");
-                        let number = field_integer::<i64>(layout, index, &item)? as i128;
-                        if number < low || number > high {
-                            return Err(out_of_range(layout, index, number));
-                        }
-                        code.write_int(number, place);
-                    }
-                }
+                    Code::U64 => Value::Int(field_integer::<u64>(layout, index, &item)?.into()),
+                    _ => Value::Int(field_integer::<i64>(layout, index, &item)?.into()),
+                };
+                field
+                    .write(&value, &mut out[field.offset..])
+                    .map_err(|error| PyValueError::new_err(format!("{}.{error}", layout.name)))?;
             }
             Ok(())
         })
@@ -393,7 +387,7 @@ impl Codec {
         channel: u8,
         now_ns: u64,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let layout = self.layouts[layout_id as usize]
+        let layout = self.wire.layouts[layout_id as usize]
             .as_ref()
             .filter(|layout| layout.record_size > 0)
             .ok_or_else(|| {
@@ -420,9 +414,11 @@ impl Codec {
                 now_ns as i128,
             ];
             PyBytes::new_with(py, size, |out| {
-                wire::write_header(out, size, layout.type_id, self.version, sequence);
+                wire::write_header(out, size, layout.type_id, self.wire.version, sequence);
                 for (field, value) in layout.fields.iter().zip(body) {
-                    field.code.write_int(value, &mut out[field.offset..]);
+                    field
+                        .write(&Value::Int(value), &mut out[field.offset..])
+                        .map_err(PyValueError::new_err)?;
                 }
                 out[layout.size..].copy_from_slice(records);
                 Ok(())
@@ -437,12 +433,14 @@ impl Codec {
         frame: &Bound<'py, PyAny>,
     ) -> PyResult<(Bound<'py, PyAny>, u64)> {
         with_bytes(frame, |raw| {
-            let header = wire::check_frame_header(raw, self.version)
+            let decoded = self
+                .wire
+                .decode(raw)
                 .map_err(|error| self.error(py, error))?;
             let message = self
-                .decode_checked(py, raw, header.type_id, Some((frame, 0)))
-                .map_err(|error| self.error(py, error))?;
-            Ok((message, header.sequence))
+                .build(py, decoded.layout, raw, Some((frame, 0)))
+                .map_err(|error| self.error(py, built_wrong(decoded.layout, error)))?;
+            Ok((message, decoded.sequence))
         })
     }
 
@@ -577,8 +575,8 @@ impl StreamDecoder {
                 break;
             }
             let minimum_run = minimum_runs[header.type_id as usize];
-            if minimum_run > 0 && header.version == codec.version {
-                let fixed = codec.layouts[header.type_id as usize]
+            if minimum_run > 0 && header.version == codec.wire.version {
+                let fixed = codec.wire.layouts[header.type_id as usize]
                     .as_ref()
                     .is_some_and(|layout| layout.record_size == 0 && layout.size == header.length);
                 let run_end = if fixed {
@@ -599,8 +597,8 @@ impl StreamDecoder {
                 }
             }
             let frame = &buffer[position..position + header.length];
-            let decoded = if header.version != codec.version {
-                Err(wire::wrong_version(header.version, codec.version))
+            let decoded = if header.version != codec.wire.version {
+                Err(wire::wrong_version(header.version, codec.wire.version))
             } else {
                 codec.decode_checked(
                     py,

@@ -93,6 +93,21 @@ impl Code {
         let size = self.size();
         out[..size].copy_from_slice(&value.to_le_bytes()[..size]);
     }
+
+    /// The code as Python's struct module spells it ("Q", "8s"), which `parse_codes` reads back.
+    pub fn letters(self) -> String {
+        match self {
+            Code::U8 => "B".to_owned(),
+            Code::U16 => "H".to_owned(),
+            Code::U32 => "I".to_owned(),
+            Code::U64 => "Q".to_owned(),
+            Code::I8 => "b".to_owned(),
+            Code::I16 => "h".to_owned(),
+            Code::I32 => "i".to_owned(),
+            Code::I64 => "q".to_owned(),
+            Code::Bytes(width) => format!("{width}s"),
+        }
+    }
 }
 
 /// The struct codes of a body ("QI8sBB..."), as Python's struct module spells them.
@@ -151,6 +166,7 @@ pub enum Rule {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value<'a> {
     Int(i128),
     Bytes(&'a [u8]),
@@ -201,6 +217,63 @@ impl Rule {
             _ => false,
         }
     }
+
+    /// The rule as one line of text without tabs, which `Rule::from_description` reads back.
+    pub fn describe(&self) -> String {
+        let members = |set: &[bool; 256]| -> String {
+            (0..=255u8)
+                .filter(|&byte| set[byte as usize])
+                .map(|byte| format!("{byte:02x}"))
+                .collect()
+        };
+        match self {
+            Rule::OneOf(members) => {
+                let listed: Vec<String> = members.iter().map(i128::to_string).collect();
+                format!("one_of {}", listed.join(","))
+            }
+            Rule::Above(bound) => format!("above {bound}"),
+            Rule::PaddedText {
+                first,
+                rest,
+                longest,
+            } => format!("padded_text {} {} {longest}", members(first), members(rest)),
+        }
+    }
+
+    pub fn from_description(text: &str) -> Result<Rule, String> {
+        let bad = || format!("rule {text:?}: expected one_of, above or padded_text");
+        let number = |word: &str| -> Result<i128, String> {
+            word.parse()
+                .map_err(|_| format!("rule {text:?}: {word:?} is not an integer"))
+        };
+        let hex = |word: &str| -> Result<Vec<u8>, String> {
+            (0..word.len())
+                .step_by(2)
+                .map(|at| {
+                    word.get(at..at + 2)
+                        .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                        .ok_or_else(|| format!("rule {text:?}: {word:?} is not hex bytes"))
+                })
+                .collect()
+        };
+        let words: Vec<&str> = text.split(' ').collect();
+        match words.as_slice() {
+            ["one_of", members] => Ok(Rule::OneOf(
+                members
+                    .split(',')
+                    .filter(|member| !member.is_empty())
+                    .map(number)
+                    .collect::<Result<_, _>>()?,
+            )),
+            ["above", bound] => Ok(Rule::Above(number(bound)?)),
+            ["padded_text", first, rest, longest] => Ok(Rule::padded_text(
+                &hex(first)?,
+                &hex(rest)?,
+                number(longest)? as usize,
+            )),
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// One field of a layout: where it sits in the frame and how it is packed.
@@ -209,6 +282,40 @@ pub struct Field {
     pub name: String,
     pub code: Code,
     pub offset: usize,
+}
+
+impl Field {
+    /// Writes `value` at the start of `out` (the field's bytes): text shorter than the field stays
+    /// NUL-padded and longer text is cut, like struct's "Ns"; an integer must be within the code's range.
+    pub fn write(&self, value: &Value, out: &mut [u8]) -> Result<(), String> {
+        match (self.code, value) {
+            (Code::Bytes(width), Value::Bytes(text)) => {
+                let used = text.len().min(width);
+                out[..used].copy_from_slice(&text[..used]);
+                out[used..width].fill(0);
+                Ok(())
+            }
+            (Code::Bytes(_), Value::Int(number)) => {
+                Err(format!("{}={number}: expected bytes", self.name))
+            }
+            (code, Value::Int(number)) => {
+                let (low, high) = code.bounds().expect("an integer field");
+                if *number < low || *number > high {
+                    return Err(format!(
+                        "{}={number}: out of range {low}..{high}",
+                        self.name
+                    ));
+                }
+                code.write_int(*number, out);
+                Ok(())
+            }
+            (_, Value::Bytes(text)) => Err(format!(
+                "{}={}: expected an integer",
+                self.name,
+                python_repr(&Value::Bytes(text))
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +393,43 @@ impl Layout {
         }
     }
 
+    /// The frame of `values` (one per field) followed by `records` (a batch's trailing records), written
+    /// over `out`, whose capacity is reused.
+    pub fn encode_into(
+        &self,
+        version: u8,
+        sequence: u64,
+        values: &[Value],
+        records: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        if values.len() != self.fields.len() {
+            return Err(format!(
+                "{} has {} fields, not {}",
+                self.name,
+                self.fields.len(),
+                values.len()
+            ));
+        }
+        let length = self.size + records.len();
+        if length > MAX_FRAME_SIZE {
+            return Err(format!(
+                "{} of {length} bytes: the limit is {MAX_FRAME_SIZE}",
+                self.name
+            ));
+        }
+        out.clear();
+        out.resize(length, 0);
+        write_header(out, length, self.type_id, version, sequence);
+        for (field, value) in self.fields.iter().zip(values) {
+            field
+                .write(value, &mut out[field.offset..])
+                .map_err(|error| format!("{}.{error}", self.name))?;
+        }
+        out[self.size..].copy_from_slice(records);
+        Ok(())
+    }
+
     /// Checks the sizes and field rules of the frame `frame` (its `length` bytes, header included).
     pub fn validate(&self, frame: &[u8]) -> Result<(), WireError> {
         let length = frame.len();
@@ -360,6 +504,177 @@ impl Layout {
             }
         }
         Ok(())
+    }
+}
+
+/// The layouts of one protocol version, by message type: what a decoder accepts.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    pub version: u8,
+    pub layouts: Vec<Option<Layout>>,
+}
+
+/// One accepted frame: its layout, header sequence and bytes (header included).
+#[derive(Debug, Clone, Copy)]
+pub struct Frame<'a> {
+    pub layout: &'a Layout,
+    pub sequence: u64,
+    pub bytes: &'a [u8],
+}
+
+impl Frame<'_> {
+    pub fn value(&self, index: usize) -> Value<'_> {
+        self.layout.value(index, self.bytes)
+    }
+
+    /// The trailing records of a batch (empty for a fixed-size frame).
+    pub fn records(&self) -> &[u8] {
+        &self.bytes[self.layout.size..]
+    }
+}
+
+impl Codec {
+    pub fn new(version: u8, layouts: Vec<Layout>) -> Result<Codec, String> {
+        let mut by_id: Vec<Option<Layout>> = vec![None; 256];
+        for layout in layouts {
+            let slot = &mut by_id[layout.type_id as usize];
+            if slot.is_some() {
+                return Err(format!("message type {} registered twice", layout.type_id));
+            }
+            *slot = Some(layout);
+        }
+        Ok(Codec {
+            version,
+            layouts: by_id,
+        })
+    }
+
+    /// One complete frame (a datagram), header and body checked.
+    pub fn decode<'a>(&'a self, frame: &'a [u8]) -> Result<Frame<'a>, WireError> {
+        let header = check_frame_header(frame, self.version)?;
+        let layout = self.check_body(frame, header.type_id)?;
+        Ok(Frame {
+            layout,
+            sequence: header.sequence,
+            bytes: frame,
+        })
+    }
+
+    /// The layout of a frame whose header was checked, once its sizes and field rules are.
+    pub fn check_body(&self, frame: &[u8], type_id: u8) -> Result<&Layout, WireError> {
+        let Some(layout) = &self.layouts[type_id as usize] else {
+            return Err(unknown_type(type_id));
+        };
+        layout.validate(frame)?;
+        Ok(layout)
+    }
+
+    /// The codec as tab-separated lines, which `Codec::from_description` reads back: what a decoder
+    /// without Python (the fuzz target) needs of the layouts `protocol.py` declares.
+    pub fn describe(&self) -> String {
+        let mut text = format!("version\t{}\n", self.version);
+        for layout in self.layouts.iter().flatten() {
+            let format: String = layout.fields.iter().map(|f| f.code.letters()).collect();
+            let names: Vec<&str> = layout.fields.iter().map(|f| f.name.as_str()).collect();
+            let _ = writeln!(
+                text,
+                "layout\t{}\t{}\t{}\t{format}\t{}",
+                layout.type_id,
+                layout.name,
+                layout.record_size,
+                names.join(",")
+            );
+            for check in &layout.checks {
+                let _ = writeln!(
+                    text,
+                    "check\t{}\t{}\t{}\t{}",
+                    layout.type_id,
+                    check.field,
+                    check.rule.describe(),
+                    check.expected
+                );
+            }
+            for (first, last) in &layout.ordered {
+                let _ = writeln!(text, "ordered\t{}\t{first}\t{last}", layout.type_id);
+            }
+        }
+        text
+    }
+
+    pub fn from_description(text: &str) -> Result<Codec, String> {
+        let mut version = None;
+        let mut layouts: Vec<Layout> = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let at = |what: String| format!("line {}: {what}", number + 1);
+            let words: Vec<&str> = line.split('\t').collect();
+            let integer = |word: &str| -> Result<usize, String> {
+                word.parse()
+                    .map_err(|_| at(format!("{word:?} is not a count")))
+            };
+            let index_of = |layouts: &[Layout], type_id: &str| {
+                let type_id = integer(type_id)?;
+                layouts
+                    .iter()
+                    .position(|layout| layout.type_id as usize == type_id)
+                    .ok_or_else(|| at(format!("message type {type_id} has no layout line before")))
+            };
+            match words.as_slice() {
+                ["version", value] => version = Some(integer(value)? as u8),
+                ["layout", type_id, name, record_size, format, names] => {
+                    let names: Vec<String> = names
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    let codes = parse_codes(format).map_err(at)?;
+                    layouts.push(
+                        Layout::new(
+                            integer(type_id)? as u8,
+                            (*name).to_owned(),
+                            names,
+                            codes,
+                            integer(record_size)?,
+                            Vec::new(),
+                            Vec::new(),
+                        )
+                        .map_err(at)?,
+                    );
+                }
+                ["check", type_id, field, rule, expected] => {
+                    let index = index_of(&layouts, type_id)?;
+                    let layout = &mut layouts[index];
+                    let field = integer(field)?;
+                    if field >= layout.fields.len() {
+                        return Err(at(format!("{} has no field {field}", layout.name)));
+                    }
+                    layout.checks.push(Check {
+                        field,
+                        rule: Rule::from_description(rule).map_err(at)?,
+                        expected: (*expected).to_owned(),
+                    });
+                }
+                ["ordered", type_id, first, last] => {
+                    let index = index_of(&layouts, type_id)?;
+                    let layout = &mut layouts[index];
+                    let (first, last) = (integer(first)?, integer(last)?);
+                    if first.max(last) >= layout.fields.len() {
+                        return Err(at(format!(
+                            "{} has no field {}",
+                            layout.name,
+                            first.max(last)
+                        )));
+                    }
+                    layout.ordered.push((first, last));
+                }
+                [""] => {}
+                _ => {
+                    return Err(at(format!(
+                        "{line:?} is no version, layout, check or ordered line"
+                    )))
+                }
+            }
+        }
+        Codec::new(version.ok_or("no version line")?, layouts)
     }
 }
 

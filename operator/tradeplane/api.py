@@ -750,6 +750,10 @@ class CoLocated(Model):
     memory: str = Field(
         default="1Gi", pattern=QUANTITY_PATTERN, max_length=16, description="Its memory, requests == limits."
     )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Its settings over its component's defaults, as spec.config is for the first container.",
+    )
 
     rules = (
         Rule(

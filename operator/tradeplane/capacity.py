@@ -14,7 +14,7 @@ from typing import Any
 
 from tradeplane.api import TradingServiceSpec
 from tradeplane.labels import NUMA_NODES_LABEL, POOL_LABEL
-from tradeplane.podspec import CPU, MEMORY, resources
+from tradeplane.podspec import CPU, MEMORY, co_located_resources, resources
 from tradeplane.quantity import parse_quantity
 
 # Kubelet admission rejections that leave a Failed pod behind which nothing reschedules.
@@ -81,7 +81,10 @@ def pod_requests(pod: Mapping[str, Any]) -> Amounts:
 
 
 def spec_requests(spec: TradingServiceSpec) -> Amounts:
+    """What one pod of the spec asks for: its own container and each co-located peer's, and one pod."""
     amounts = Amounts.parse(resources(spec)["requests"])
+    for index in range(len(spec.coLocate.services) if spec.coLocate else 0):
+        amounts = amounts + Amounts.parse(co_located_resources(spec, index)["requests"])
     return amounts + Amounts({PODS: 1})
 
 
@@ -260,18 +263,21 @@ def _unusable(node: NodeView) -> str:
 
 def _numa_shortage(spec: TradingServiceSpec, nodes: Sequence[NodeView]) -> Fit | None:
     """single-numa-node: all of a pod's cores on one NUMA node, or the kubelet refuses it
-    (TopologyAffinityError). Nodes say how many NUMA nodes share their cores."""
+    (TopologyAffinityError). The trading nodes' topology manager aligns per pod, so co-located peers'
+    cores count too (their rings are shared memory: one NUMA node is the point). Nodes say how many
+    NUMA nodes share their cores."""
     if spec.placement.numa != "single-numa-node":
         return None
     per_numa = {node.name: node.allocatable.get(CPU) // node.numa_nodes for node in nodes}
-    if max(per_numa.values()) >= spec.resources.cpus * 1000:
+    pod_cpus = spec_requests(spec).get(CPU)
+    if max(per_numa.values()) >= pod_cpus:
         return None
     best = max(nodes, key=lambda node: per_numa[node.name])
     return Fit(
         False,
         "InsufficientCPUPerNUMANode",
-        f"numa: single-numa-node needs {spec.resources.cpus} cpus on one NUMA node; the largest in pool "
-        f"{spec.placement.pool} has {format_amount(CPU, per_numa[best.name])} ({best.name}: "
+        f"numa: single-numa-node needs {format_amount(CPU, pod_cpus)} cpus on one NUMA node; the largest in "
+        f"pool {spec.placement.pool} has {format_amount(CPU, per_numa[best.name])} ({best.name}: "
         f"{format_amount(CPU, best.allocatable.get(CPU))} cpus over {best.numa_nodes} NUMA nodes)",
     )
 

@@ -341,6 +341,21 @@ def config(spec: TradingServiceSpec) -> dict[str, Any]:
     return _merge(dict(defaults), spec.config)
 
 
+def config_files(spec: TradingServiceSpec) -> dict[str, dict[str, Any]]:
+    """The config files of the pod's containers by file name: the first's, then each co-located peer's
+    (its component's defaults under its own `config`)."""
+    files = {CONFIG_FILE: config(spec)}
+    for peer in spec.coLocate.services if spec.coLocate else []:
+        files[co_located_config_file(peer.component)] = _merge(
+            dict(BUNDLED[peer.component].rendered_defaults), peer.config
+        )
+    return files
+
+
+def co_located_config_file(peer: str) -> str:
+    return f"{peer}.yaml"
+
+
 def calling_components(spec: TradingServiceSpec) -> list[str]:
     """The bundled components that open sessions to this one."""
     return BUNDLED[spec.component].bundled_callers if spec.component in BUNDLED else []
@@ -406,10 +421,9 @@ def co_located_environment(
     peer = spec.coLocate.services[index].component
     ports = (BUNDLED[peer].port, co_located_metrics_port(spec, index))
     variables = _service_environment(spec, peer, ports, namespace, revision, service)
-    # No config file of its own: its component's defaults.
     for variable in variables:
         if variable["name"] == "TRADEPLANE_CONFIG":
-            variable["value"] = f"{CONFIG_DIR}/{peer}.yaml"
+            variable["value"] = f"{CONFIG_DIR}/{co_located_config_file(peer)}"
     return [*variables, {"name": "TRADEPLANE_RING_DIR", "value": ring_directory(peer)}]
 
 

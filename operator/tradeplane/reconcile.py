@@ -238,7 +238,7 @@ def _decide(
         traffic_weight=(
             router.object_weight(traffic_object, backends)
             if traffic_object is not None
-            else callers.held_weight
+            else callers.held_weight(revision)
             if callers is not None
             else None
         ),

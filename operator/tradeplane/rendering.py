@@ -81,7 +81,10 @@ def _stamped(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_map(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[str, Any]:
-    text = yaml.safe_dump(podspec.config(spec), sort_keys=True, default_flow_style=False)
+    files = {
+        name: yaml.safe_dump(settings, sort_keys=True, default_flow_style=False)
+        for name, settings in podspec.config_files(spec).items()
+    }
     return _stamped(
         {
             "apiVersion": "v1",
@@ -89,7 +92,7 @@ def config_map(owner: Owner, spec: TradingServiceSpec, revision: str) -> dict[st
             "metadata": _metadata(
                 owner, revision_object_name(owner, revision), spec, {REVISION_LABEL: revision}
             ),
-            "data": {podspec.CONFIG_FILE: text},
+            "data": files,
         }
     )
 

@@ -27,6 +27,7 @@ TEMPLATE_FIELDS = frozenset(
         "network",
         "config",
         "eventLog",
+        "coLocate",
     }
 )
 REVISION_LENGTH = 10

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from tradeplane.traffic.order_flow import CallerReport, RoutedCounts, held_weight
+from tradeplane.traffic.order_flow import CallerReport, RoutedCounts
 from tradeplane_services.orderflow import RoutingAnswer, RoutingError, RoutingTable
 
 logger = logging.getLogger("tradeplane")
@@ -45,8 +45,8 @@ class RoutingPushes:
         callers = self._services.get(key)
         if callers is None:
             return CallerReport(None, None)
-        held = held_weight(callers.answers) if callers.answers is not None else None
-        return CallerReport(held, callers.counts.canary_share(stable_revisions))
+        answers = None if callers.answers is None else tuple(callers.answers)
+        return CallerReport(answers, callers.counts.canary_share(stable_revisions))
 
     async def push(self, key: ServiceKey, table: RoutingTable, endpoints: Sequence[str]) -> int:
         """Push to every caller pod at once; keep their answers for the next `report`. Answers how many

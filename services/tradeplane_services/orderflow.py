@@ -136,20 +136,33 @@ def _text(document: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> s
 
 @dataclass(frozen=True)
 class RoutingAnswer:
-    """A caller's answer to a push: the weight it now holds, and the orders it routed per revision since
-    it started (cumulative counters, as /metrics exports them)."""
+    """A caller's answer to a push: the weight it now holds and for which canary revision, and the orders
+    it routed per revision since it started (cumulative counters, as /metrics exports them)."""
 
     peer: str
     weight_basis_points: int
     routed: dict[str, int]
+    canary_revision: str | None
+    """None from a caller that predates the field: its weight is taken for the revision last pushed."""
 
     def document(self) -> dict[str, Any]:
-        return {"peer": self.peer, "weightBasisPoints": self.weight_basis_points, "routed": self.routed}
+        return {
+            "peer": self.peer,
+            "weightBasisPoints": self.weight_basis_points,
+            "routed": self.routed,
+            "canaryRevision": self.canary_revision,
+        }
 
     @classmethod
     def from_document(cls, document: Any) -> RoutingAnswer:
         try:
             routed = {str(revision): int(count) for revision, count in document["routed"].items()}
-            return cls(str(document["peer"]), int(document["weightBasisPoints"]), routed)
+            revision = document.get("canaryRevision")
+            return cls(
+                str(document["peer"]),
+                int(document["weightBasisPoints"]),
+                routed,
+                None if revision is None else str(revision),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise RoutingError(f"not a routing answer: {error!r}") from None

@@ -639,6 +639,8 @@ decode: Callable[[bytes | bytearray | memoryview], tuple[Any, int]] = _CODEC.dec
 # (buffer, offset, length, type_id) -> the message of a frame whose header was checked and whose
 # `length` bytes are all present.
 decode_body: Callable[[bytes | bytearray | memoryview, int, int, int], Any] = _CODEC.decode_body
+# () -> the layouts as text, for the decoder without Python (the fuzz target in core/fuzz).
+describe_codec: Callable[[], str] = _CODEC.describe
 
 # Splits a byte stream into frames: (message, sequence), FrameError, or FrameRun.
 #

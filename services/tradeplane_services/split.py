@@ -237,7 +237,7 @@ class AccountSplit(Collector):
         )
 
     def answer(self) -> RoutingAnswer:
-        return RoutingAnswer(self.peer, self.weight, dict(self.routed))
+        return RoutingAnswer(self.peer, self.weight, dict(self.routed), self._canary_revision)
 
     def _lapsed(self) -> None:
         self._lapse = None

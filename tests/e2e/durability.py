@@ -45,6 +45,7 @@ from tradeplane_services.natsserver import (
     STATEFULSET_NAME,
     statefulset_manifests,
 )
+from tradeplane_services.partitions import preferred_owner
 from tradeplane_services.position import FILLS, PositionBook
 from tradeplane_services.protocol import ExecType, ExecutionReport, Reason, Side, price_units
 from tradeplane_services.sessions import Credentials
@@ -314,29 +315,33 @@ class ProofStack:
     def status(self, ip: str) -> dict[str, Any] | None:
         return http_json(f"{ip}:{DEFAULT_METRICS_PORT}", "/status")
 
-    def served_everywhere(self, avoiding: str | None = None) -> bool:
-        """Every order replica sees every partition served, connected, by a live risk pod."""
-        live = {pod["metadata"]["name"] for pod in self.pods("risk")} - {avoiding}
+    def served_everywhere(self, avoiding: str | None = None, settled: bool = False) -> bool:
+        """Every order replica sees every partition served, connected, by a live risk pod; `settled`: by
+        the pod the partition's hand-over rule prefers, so no hand-over is still to come."""
+        live = sorted({pod["metadata"]["name"] for pod in self.pods("risk")} - {avoiding})
         views = [self.status(ip) for ip in self.ready_ips("order")]
         if len(views) < 2 or any(view is None for view in views):
             return False
         for view in views:
             assert view is not None
-            for lease in view["riskPartitions"].values():
+            for partition, lease in view["riskPartitions"].items():
                 if not (lease and lease["serving"] and lease.get("connected") and lease["owner"] in live):
+                    return False
+                if settled and lease["owner"] != preferred_owner(int(partition), live):
                     return False
         return True
 
-    def wait_whole(self, timeout: float = 180.0, avoiding: str | None = None) -> None:
-        """Every pod Running with its process ready, every partition served."""
+    def wait_whole(self, timeout: float = 180.0) -> None:
+        """Every pod Running with its process ready, every partition served by its preferred owner: a
+        case starting before the risk replicas' hand-overs would see order unready mid-way for them."""
         wanted = {component: replicas for component, replicas, _ in STACK}
         self.wait(
             lambda: (
                 all(len(self.ready_ips(c)) == n for c, n in wanted.items())
-                and self.served_everywhere(avoiding)
+                and self.served_everywhere(settled=True)
             ),
             timeout,
-            "every pod ready and every partition served",
+            "every pod ready and every partition served by its preferred owner",
         )
 
     def describe(self) -> str:
@@ -598,9 +603,19 @@ class ProofStack:
         )
 
     def owners(self) -> dict[str, str | None]:
-        """Partition -> its risk owner, as the first order replica sees it."""
-        view = self.status(self.ready_ips("order")[0]) or {}
-        return {partition: (lease or {}).get("owner") for partition, lease in view["riskPartitions"].items()}
+        """Partition -> its risk owner, as the first order replica that answers sees it (ready or not: a
+        replica mid-takeover still knows the leases)."""
+        views: list[dict[str, Any]] = []
+
+        def answered() -> bool:
+            ips = [pod["status"].get("podIP") for pod in self.pods("order")]
+            views.extend(view for ip in ips if ip and (view := self.status(ip)))
+            return bool(views)
+
+        self.wait(answered, timeout=60, interval=0.2, what="an order replica's view of the partitions")
+        return {
+            partition: (lease or {}).get("owner") for partition, lease in views[0]["riskPartitions"].items()
+        }
 
     def takeover_seconds(self, before: dict[str, str | None]) -> float | None:
         """The longest claim-to-serving (the heirs' own figures) of the partitions that changed owner

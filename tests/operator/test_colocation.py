@@ -10,7 +10,8 @@ from tradeplane import podspec, rendering
 from tradeplane.api import TradingServiceSpec
 from tradeplane.naming import Owner
 from tradeplane.podspec import qos_violations
-from tradeplane_services.config import Address, RingAddress, read_environment
+from tradeplane.revision import template_revision
+from tradeplane_services.config import Address, RingAddress, load_settings, read_environment
 
 OWNER = Owner("order", "trading", "uid-1")
 
@@ -105,3 +106,28 @@ def test_the_network_policy_lets_a_co_located_peer_do_its_work() -> None:
     reached = [rule["ports"] for rule in egress]
     for port in (7002, 7004, 7003):
         assert [{"protocol": "TCP", "port": port}] in reached
+
+
+def test_a_co_located_peer_reads_its_own_settings_from_the_revisions_config_map(tmp_path: Path) -> None:
+    limited = spec({"services": [{"component": "risk", "config": {"maxPosition": 500}}]})
+    files = rendering.config_map(OWNER, limited, "r1")["data"]
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    order, risk = podspec.pod_template(OWNER, limited, "r1")["spec"]["containers"]
+    mounted = {
+        container["name"]: Path(variables(container)["TRADEPLANE_CONFIG"]) for container in (order, risk)
+    }
+    assert all(path.parent == Path(podspec.CONFIG_DIR) for path in mounted.values())
+    settings = load_settings("risk", tmp_path / mounted["risk"].name)
+    assert settings.maxPosition == 500  # type: ignore[attr-defined]
+    assert type(load_settings("order", tmp_path / mounted["order"].name)).__name__ == "OrderSettings"
+
+
+def test_co_location_and_a_peers_settings_shape_the_revision() -> None:
+    alone = TradingServiceSpec.model_validate(
+        {"component": "order", "image": "svc:1", "resources": {"cpus": 4, "memory": "8Gi"}}
+    )
+    with_risk = spec({"services": [{"component": "risk"}]})
+    limited = spec({"services": [{"component": "risk", "config": {"maxPosition": 500}}]})
+    revisions = {template_revision(alone), template_revision(with_risk), template_revision(limited)}
+    assert len(revisions) == 3, "each needs its own pods: a canary, not an in-place change"

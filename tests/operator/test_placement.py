@@ -10,6 +10,7 @@ import pytest
 from tradeplane import capacity, podspec, quantity
 from tradeplane.api import TradingServiceSpec
 from tradeplane.capacity import Amounts, NodeView, PodView, PoolSnapshot
+from tradeplane.naming import Owner
 
 GiB = 2**30
 
@@ -229,6 +230,33 @@ class TestPreflight:
         assert "the largest in pool trading has 16" in verdict.message
         relaxed = spec(resources={"cpus": 20, "memory": "8Gi"}, placement={"numa": "best-effort"})
         assert capacity.preflight(relaxed, pool(two_sockets), pods_needed=1).fits
+
+    def test_co_located_peers_are_charged_like_the_pod_the_scheduler_sees(self) -> None:
+        co_located = spec(
+            resources={"cpus": 4, "memory": "8Gi", "hugepages": {"pageSize": "1Gi", "amount": "2Gi"}},
+            coLocate={"services": [{"component": "risk", "cpus": 6, "memory": "2Gi"}], "medium": "HugePages"},
+            placement={"spread": "none"},
+        )
+        template = podspec.pod_template(Owner("order", "trading", "uid"), co_located, "r1")
+        charged = capacity.spec_requests(co_located)
+        assert charged.values == capacity.pod_requests(template).values
+        assert (charged.get("cpu"), charged.get("memory")) == (10_000, 10 * GiB)
+        # Ten cores a pod: three fit on a 32-core node, where its first container alone would fit eight.
+        assert capacity.preflight(co_located, pool(node("a")), pods_needed=3).fits
+        verdict = capacity.preflight(co_located, pool(node("a")), pods_needed=4)
+        assert (verdict.fits, verdict.reason) == (False, "InsufficientCPU")
+
+    def test_single_numa_node_counts_the_co_located_peers_cores(self) -> None:
+        two_sockets = node("a", labels={"tradeplane.io/numa-nodes": "2"})
+        alone = spec(resources={"cpus": 12, "memory": "8Gi"})
+        assert capacity.preflight(alone, pool(two_sockets), pods_needed=1).fits
+        with_risk = spec(
+            resources={"cpus": 12, "memory": "8Gi"},
+            coLocate={"services": [{"component": "risk", "cpus": 6}]},
+        )
+        verdict = capacity.preflight(with_risk, pool(two_sockets), pods_needed=1)
+        assert verdict.reason == "InsufficientCPUPerNUMANode"
+        assert "needs 18 cpus on one NUMA node" in verdict.message
 
     def test_a_partial_view_says_so(self) -> None:
         snapshot = PoolSnapshot("trading", [node("a")], {}, partial=True)

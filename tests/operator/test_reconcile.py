@@ -16,6 +16,7 @@ from tradeplane.labels import REVISION_LABEL
 from tradeplane.reconcile import Decision, View, decide, is_subset
 from tradeplane.revision import template_revision
 from tradeplane.traffic.order_flow import CallerReport
+from tradeplane_services.orderflow import RoutingAnswer
 
 NOW = datetime(2025, 6, 7, 12, 0, tzinfo=UTC)  # a Saturday: no exchange session
 SPEC: dict[str, Any] = {
@@ -436,6 +437,10 @@ def test_an_order_flow_canary_is_routed_by_the_callers_at_basis_points() -> None
     assert pushed.routing.salt == f"trading/order/{canary}" and pushed.routing.lease_seconds == 2
     assert pushed.status is not None and pushed.status["stepStartedAt"] is None, "no caller holds it yet"
 
-    held = decide(cluster.view(), now=NOW, pool=trading_pool(), callers=CallerReport(10, 12))
+    previous = (RoutingAnswer("order", 10, {}, "a-canary-this-one-replaced"),)
+    stale = decide(cluster.view(), now=NOW, pool=trading_pool(), callers=CallerReport(previous, 12))
+    assert stale.status is not None and stale.status["stepStartedAt"] is None, "held for another canary"
+    answers = (RoutingAnswer("order", 10, {}, canary),)
+    held = decide(cluster.view(), now=NOW, pool=trading_pool(), callers=CallerReport(answers, 12))
     assert held.status is not None and held.status["stepStartedAt"] is not None
     assert held.status["actualWeight"] == 0.12, "the share the callers counted, not a pod ratio"

@@ -9,7 +9,7 @@ from rollout.world import World, make_spec
 from tradeplane.api import Phase, TradingServiceSpec, Verdict
 from tradeplane.naming import Owner
 from tradeplane.traffic import Serving, router_for
-from tradeplane.traffic.order_flow import OrderFlowRouter, RoutedCounts, held_weight, routing_table
+from tradeplane.traffic.order_flow import CallerReport, OrderFlowRouter, RoutedCounts, routing_table
 from tradeplane_services.orderflow import RoutingAnswer
 
 ROUTER = OrderFlowRouter()
@@ -49,10 +49,22 @@ def test_the_served_weight_is_what_the_callers_counted_not_the_pods() -> None:
     assert ROUTER.served_weight(Serving(2, 1, held_weight=10)) == 0, "no order counted: no share served"
 
 
-def test_held_weight_is_the_lowest_any_caller_holds() -> None:
-    answers = [RoutingAnswer("risk", 100, {}), RoutingAnswer("risk", 10, {})]
-    assert held_weight(answers) == 10
-    assert held_weight([]) is None
+def test_held_weight_is_the_lowest_any_caller_holds_for_the_canary_asked() -> None:
+    answers = (RoutingAnswer("risk", 100, {}, "r2"), RoutingAnswer("risk", 10, {}, "r2"))
+    assert CallerReport(answers, None).held_weight("r2") == 10
+    assert CallerReport((), None).held_weight("r2") is None
+    assert CallerReport(None, None).held_weight("r2") is None, "a caller did not answer"
+    # A new canary replacing r2 mid-step: the callers still holding r2's share hold none of r3's.
+    assert CallerReport(answers, None).held_weight("r3") == 0
+    # A caller from before answers named their revision is taken at its word.
+    assert CallerReport((RoutingAnswer("risk", 10, {}, None),), None).held_weight("r3") == 10
+
+
+def test_a_routing_answer_names_the_revision_its_weight_is_for() -> None:
+    answer = RoutingAnswer("risk", 100, {"r1": 5}, "r2")
+    assert RoutingAnswer.from_document(answer.document()) == answer
+    older = {"peer": "risk", "weightBasisPoints": 100, "routed": {}}
+    assert RoutingAnswer.from_document(older).canary_revision is None
 
 
 def test_counted_share_covers_the_window_across_callers_and_restarts() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -238,3 +239,10 @@ def test_text_rules_accept_exactly_what_the_specified_patterns_match(data: st.Da
 def test_encoding_names_the_field_that_cannot_be_packed(message: Any, error: type, text: str) -> None:
     with pytest.raises(error, match=re.escape(text)):
         encode(message)
+
+
+def test_fuzz_seed_corpus_holds_a_valid_frame_of_every_layout() -> None:
+    # The wire fuzz target starts from these; python scripts/fuzz_wire.py --seed-corpus writes them.
+    corpus = Path(__file__).resolve().parents[2] / "core" / "fuzz" / "corpus" / "decode"
+    decoded_types = {type(decode(path.read_bytes())[0]) for path in sorted(corpus.iterdir())}
+    assert decoded_types == {spec.cls for spec in LAYOUTS.values()}

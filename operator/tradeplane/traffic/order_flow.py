@@ -90,10 +90,22 @@ def routing_table(
 class CallerReport:
     """What the callers answered the last routing pushes."""
 
-    held_weight: int | None
-    """The weight every caller holds; None when a caller did not answer (or there is none)."""
+    answers: tuple[RoutingAnswer, ...] | None
+    """The last push's answers; None when a caller did not answer it (or there is none)."""
     counted_weight: int | None
     """The canary's share of the orders they counted in the window; None without orders."""
+
+    def held_weight(self, canary_revision: str) -> int | None:
+        """The weight every caller holds for `canary_revision`: the lowest when they differ (a push that
+        did not land yet). A caller holding another revision's share holds none of this one's: a new
+        canary replacing one mid-step is not reached on the old one's answers. None when a caller did not
+        answer."""
+        if not self.answers:
+            return None
+        return min(
+            answer.weight_basis_points if answer.canary_revision in (None, canary_revision) else 0
+            for answer in self.answers
+        )
 
 
 @dataclass
@@ -135,10 +147,3 @@ class RoutedCounts:
                 if revision not in stable:
                     off_stable += count
         return round(BASIS_POINTS * off_stable / total) if total else None
-
-
-def held_weight(answers: Iterable[RoutingAnswer]) -> int | None:
-    """The weight every caller holds: the lowest when they differ (a push that did not land yet); None
-    when no caller answered."""
-    weights = [answer.weight_basis_points for answer in answers]
-    return min(weights) if weights else None
