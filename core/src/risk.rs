@@ -280,6 +280,63 @@ fn symbol_key(symbol: &[u8; 8]) -> u64 {
 }
 
 impl RiskBook {
+    fn with(
+        symbols: Vec<Vec<u8>>,
+        partitions: u64,
+        firm_shares: u64,
+        codes: Codes,
+        record: RecordLayout,
+    ) -> Result<Self, String> {
+        if partitions == 0 || firm_shares == 0 {
+            return Err("partitions and firm_shares must be at least 1".to_string());
+        }
+        let mut keys = Vec::with_capacity(symbols.len());
+        let mut symbol_index = fast_map(symbols.len());
+        for (index, symbol) in symbols.iter().enumerate() {
+            let key: [u8; 8] = symbol
+                .as_slice()
+                .try_into()
+                .map_err(|_| format!("symbols[{index}]: expected 8 bytes, got {}", symbol.len()))?;
+            symbol_index.insert(symbol_key(&key), index);
+            keys.push(key);
+        }
+        let count = keys.len();
+        Ok(RiskBook {
+            codes,
+            record,
+            symbols: keys,
+            symbol_index,
+            partitions,
+            firm_shares,
+            limits: Limits {
+                firm_credit_share: None,
+                max_quantity: 0,
+                max_notional: 0,
+                collar: 0.0,
+                max_position: 0,
+                credit_limit: 0,
+                rate_per_ns: 0.0,
+                burst: 1.0,
+                duplicate_window_ns: 0,
+                restricted: vec![false; count],
+                kill_switch: 0,
+            },
+            reference: vec![0; count],
+            firm_credit: vec![0; firm_shares as usize],
+            rows: fast_map(1024),
+            accounts: Vec::with_capacity(1024),
+            position: Vec::new(),
+            open_buy: Vec::new(),
+            open_sell: Vec::new(),
+            credit_used: Vec::new(),
+            tokens: Vec::new(),
+            tokens_at: Vec::new(),
+            open_orders: fast_map(1 << 16),
+            recent: fast_map(4096),
+            recent_pruned_size: 0,
+        })
+    }
+
     fn index_of(&self, symbol: &[u8]) -> Option<usize> {
         let symbol: &[u8; 8] = symbol.try_into().ok()?;
         self.symbol_index.get(&symbol_key(symbol)).copied()
@@ -504,58 +561,14 @@ impl RiskBook {
         codes: &Bound<'_, PyDict>,
         record: &Bound<'_, PyDict>,
     ) -> PyResult<Self> {
-        if partitions == 0 || firm_shares == 0 {
-            return Err(PyValueError::new_err(
-                "partitions and firm_shares must be at least 1",
-            ));
-        }
-        let mut keys = Vec::with_capacity(symbols.len());
-        let mut symbol_index = fast_map(symbols.len());
-        for (index, symbol) in symbols.iter().enumerate() {
-            let key: [u8; 8] = symbol.as_slice().try_into().map_err(|_| {
-                PyValueError::new_err(format!(
-                    "symbols[{index}]: expected 8 bytes, got {}",
-                    symbol.len()
-                ))
-            })?;
-            symbol_index.insert(symbol_key(&key), index);
-            keys.push(key);
-        }
-        let count = keys.len();
-        Ok(RiskBook {
-            codes: Codes::from_dict(codes)?,
-            record: RecordLayout::from_dict(record)?,
-            symbols: keys,
-            symbol_index,
+        RiskBook::with(
+            symbols,
             partitions,
             firm_shares,
-            limits: Limits {
-                firm_credit_share: None,
-                max_quantity: 0,
-                max_notional: 0,
-                collar: 0.0,
-                max_position: 0,
-                credit_limit: 0,
-                rate_per_ns: 0.0,
-                burst: 1.0,
-                duplicate_window_ns: 0,
-                restricted: vec![false; count],
-                kill_switch: 0,
-            },
-            reference: vec![0; count],
-            firm_credit: vec![0; firm_shares as usize],
-            rows: fast_map(1024),
-            accounts: Vec::with_capacity(1024),
-            position: Vec::new(),
-            open_buy: Vec::new(),
-            open_sell: Vec::new(),
-            credit_used: Vec::new(),
-            tokens: Vec::new(),
-            tokens_at: Vec::new(),
-            open_orders: fast_map(1 << 16),
-            recent: fast_map(4096),
-            recent_pruned_size: 0,
-        })
+            Codes::from_dict(codes)?,
+            RecordLayout::from_dict(record)?,
+        )
+        .map_err(PyValueError::new_err)
     }
 
     /// Sets the limits, in wire units (prices x PRICE_SCALE, nanoseconds).
@@ -608,7 +621,9 @@ impl RiskBook {
     fn set_kill_switch(&mut self, state: u8) -> PyResult<()> {
         let codes = &self.codes;
         if ![codes.active, codes.reducing, codes.halted].contains(&state) {
-            return Err(PyValueError::new_err(format!("kill_switch: {state} is not a kill switch state")));
+            return Err(PyValueError::new_err(format!(
+                "kill_switch: {state} is not a kill switch state"
+            )));
         }
         self.limits.kill_switch = state;
         Ok(())
@@ -986,6 +1001,87 @@ impl RiskBook {
             self.open_orders.insert(order_id, booking);
         }
         Ok(())
+    }
+}
+
+/// A book of AAPL and MSFT with the protocol's codes, CHECK_DTYPE's layout and limits no order of
+/// `steady_check_and_done` breaks, for the allocation counts of core/src/steady_state.rs.
+#[cfg(test)]
+pub(crate) fn steady_book(duplicate_window_ns: i64) -> RiskBook {
+    let codes = Codes {
+        buy: 1,
+        sell: 2,
+        limit: 1,
+        market: 2,
+        active: 1,
+        reducing: 2,
+        halted: 3,
+        ok: 0,
+        kill_switch_halted: 20,
+        throttled: 21,
+        unknown_symbol: 23,
+        restricted_symbol: 24,
+        max_quantity: 25,
+        no_reference_price: 26,
+        price_collar: 27,
+        max_notional: 28,
+        unknown_order: 29,
+        duplicate_order: 30,
+        kill_switch_reducing: 31,
+        position_limit: 32,
+        credit_limit: 33,
+        firm_credit_limit: 34,
+    };
+    let record = RecordLayout {
+        size: 47,
+        order_id: 12,
+        account: 20,
+        symbol: 24,
+        side: 32,
+        order_type: 33,
+        quantity: 34,
+        price: 38,
+        is_replace: 46,
+    };
+    let symbols = vec![b"AAPL\0\0\0\0".to_vec(), b"MSFT\0\0\0\0".to_vec()];
+    let Ok(mut book) = RiskBook::with(symbols, 16, 16, codes, record) else {
+        panic!("a valid book");
+    };
+    book.limits = Limits {
+        firm_credit_share: Some(i128::MAX),
+        max_quantity: 1_000_000,
+        max_notional: i128::MAX,
+        collar: 0.05,
+        max_position: i128::MAX,
+        credit_limit: i128::MAX,
+        rate_per_ns: 1.0,
+        burst: 1e9,
+        duplicate_window_ns,
+        restricted: vec![false, false],
+        kill_switch: 1,
+    };
+    book.reference = vec![1_000_000, 2_000_000];
+    book
+}
+
+#[cfg(test)]
+impl RiskBook {
+    /// Round `round`'s order over 1,000 accounts and both symbols, checked (accepted) then released.
+    pub(crate) fn steady_check_and_done(&mut self, round: u64) -> u16 {
+        let index = (round % 2) as usize;
+        let order = Order {
+            order_id: round,
+            account: 1 + round % 1000,
+            symbol: self.symbols[index],
+            side: 1 + (round / 2 % 2) as u8,
+            order_type: 1,
+            quantity: 1 + (round / 2000 % 500) as i64,
+            price: self.reference[index],
+            is_replace: 0,
+        };
+        let reason = self.decide(&order, Some(index), round as i64 * 1_000);
+        self.on_done_booking(round);
+        reason
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::histogram::LatencyHistogram;
 use crate::ring::{Ring, KIND_DATA};
+use crate::risk::steady_book;
 use crate::wire::{parse_codes, Check, Codec, Layout, Rule, Value};
 
 struct Counting;
@@ -188,4 +189,15 @@ fn histogram_record_allocates_nothing() {
     });
     assert_eq!(allocations, 0);
     assert_eq!(histogram.count(), WARM_UP + OPERATIONS);
+}
+
+#[test]
+fn risk_check_and_release_allocate_nothing() {
+    // Duplicate fingerprints expire 50 us after their order (a round is 1 us): the map of them is
+    // pruned in place and keeps its capacity.
+    let mut book = steady_book(50_000);
+    let allocations = steady_allocations("risk check + release", |round| {
+        assert_eq!(book.steady_check_and_done(round), 0);
+    });
+    assert_eq!(allocations, 0);
 }
