@@ -392,11 +392,11 @@ impl RiskBook {
         }
     }
 
+    /// The checks in the order risk.py's docstring gives; `index` is the order's symbol index, None for
+    /// a symbol not configured.
     fn decide(&mut self, order: &Order, index: Option<usize>, now_ns: i64) -> u16 {
-        let codes = &self.codes;
-        let limits = &self.limits;
-        if limits.kill_switch == codes.halted {
-            return codes.kill_switch_halted;
+        if self.limits.kill_switch == self.codes.halted {
+            return self.codes.kill_switch_halted;
         }
         let row = self.row(order.account);
         let (codes, limits) = (&self.codes, &self.limits);
@@ -648,7 +648,7 @@ impl RiskBook {
         let order = Order {
             order_id,
             account,
-            symbol: [0; 8],
+            symbol: [0; 8], // `decide` goes by `index`
             side,
             order_type,
             quantity,
