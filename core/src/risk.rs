@@ -223,7 +223,7 @@ impl RecordLayout {
     }
 }
 
-/// RiskSettings in wire units (see `Limits` in risk.py, which converts them).
+/// RiskSettings in wire units (see `limits` in risk.py, which converts them).
 struct Limits {
     firm_credit_share: Option<i128>,
     max_quantity: i128,
@@ -280,6 +280,28 @@ fn symbol_key(symbol: &[u8; 8]) -> u64 {
 }
 
 impl RiskBook {
+    fn booking_state(&self, booking: &Booking) -> BookingState {
+        (
+            self.accounts[booking.row],
+            booking.index,
+            booking.side,
+            booking.quantity,
+            booking.credit_price,
+        )
+    }
+
+    /// The open orders of the accounts `keep` takes, as `booking` gives them, by order id.
+    fn open_orders_where(&self, keep: impl Fn(u64) -> bool) -> Vec<(u64, BookingState)> {
+        let mut orders: Vec<_> = self
+            .open_orders
+            .iter()
+            .map(|(order_id, booking)| (*order_id, self.booking_state(booking)))
+            .filter(|(_, state)| keep(state.0))
+            .collect();
+        orders.sort_unstable_by_key(|(order_id, _)| *order_id);
+        orders
+    }
+
     fn with(
         symbols: Vec<Vec<u8>>,
         partitions: u64,
@@ -809,38 +831,14 @@ impl RiskBook {
 
     /// (account, symbol index, side, open quantity, credit price) of an open order, None if not open.
     fn booking(&self, order_id: u64) -> Option<BookingState> {
-        self.open_orders.get(&order_id).map(|booking| {
-            let account = self.accounts[booking.row];
-            (
-                account,
-                booking.index,
-                booking.side,
-                booking.quantity,
-                booking.credit_price,
-            )
-        })
+        self.open_orders
+            .get(&order_id)
+            .map(|booking| self.booking_state(booking))
     }
 
     /// Every open order as `booking` gives it, by order id.
     fn open_orders(&self) -> Vec<(u64, BookingState)> {
-        let mut orders: Vec<_> = self
-            .open_orders
-            .iter()
-            .map(|(order_id, b)| {
-                (
-                    *order_id,
-                    (
-                        self.accounts[b.row],
-                        b.index,
-                        b.side,
-                        b.quantity,
-                        b.credit_price,
-                    ),
-                )
-            })
-            .collect();
-        orders.sort_unstable_by_key(|(order_id, _)| *order_id);
-        orders
+        self.open_orders_where(|_| true)
     }
 
     #[getter]
@@ -941,22 +939,15 @@ impl RiskBook {
                 (self.accounts[*row], self.credit_used[*row], held)
             })
             .collect();
-        let mut orders: Vec<OrderState> = self
-            .open_orders
-            .iter()
-            .filter(|(_, b)| self.accounts[b.row] % self.partitions == partition)
-            .map(|(order_id, b)| {
-                (
-                    *order_id,
-                    self.accounts[b.row],
-                    b.index,
-                    b.side,
-                    b.quantity,
-                    b.credit_price,
-                )
-            })
+        let orders = self
+            .open_orders_where(|account| account % self.partitions == partition)
+            .into_iter()
+            .map(
+                |(order_id, (account, index, side, quantity, credit_price))| {
+                    (order_id, account, index, side, quantity, credit_price)
+                },
+            )
             .collect();
-        orders.sort_unstable_by_key(|order| order.0);
         (accounts, orders)
     }
 
