@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any, Self
 
 import nats.errors
@@ -261,6 +262,7 @@ class PartitionLedger:
         self.partition = partition
         self.lease_revision = lease_revision
         self.serving = False
+        self.stopped = False
         self.last_sequence = 0  # of the last event on the partition's risk subject, ours or the claim
         self.commits = 0
         self.pending: list[tuple[Reservation, Connection, int]] = []  # waiting for the log
@@ -296,11 +298,13 @@ class PartitionLedger:
         replay = self.event_log.read(
             events, self.snapshot_sequence + 1, self.last_sequence, damaged=self.damaged
         )
-        async for event in replay:
+        async for event in self._until_stopped(replay):
             self.apply(event, replaying=True)
             self.replayed_events += 1
             if self.replayed_events % REPLAY_SLICE_EVENTS == 0:
                 await asyncio.sleep(0)  # a fetched batch is replayed without a pause: let the leases renew
+        if self.stopped:
+            return
         every = self.service.settings.snapshotEveryEvents
         # Nothing of ours in flight yet: the state is the fold up to the claim, worth keeping if long.
         replayed_far = self.last_sequence - self.snapshot_sequence >= every
@@ -321,11 +325,20 @@ class PartitionLedger:
         if document is not None:
             await self.save_snapshot(document)
         tail = self.event_log.read(events, self.last_sequence + 1, follow=True, damaged=self.damaged)
-        async for event in tail:
+        async for event in self._until_stopped(tail):
             self.apply(event, replaying=False)
             quiet = self.committing is None and event.sequence >= self.last_sequence
             if quiet and self.serving and event.sequence - self.snapshot_sequence >= every:
                 await self.save_snapshot(self.snapshot_document(event.sequence))
+
+    async def _until_stopped(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        """Events while this ledger holds the partition. Its task's cancellation can be lost (in Python
+        3.11 asyncio.wait_for drops one that races a message), and a stopped ledger that read on would
+        fold events into the state its successor rebuilds, or fence that successor with its claim."""
+        async for event in events:
+            if self.stopped:
+                return
+            yield event
 
     def damaged(self, error: ProtocolError) -> None:
         """A frame no risk replica wrote (each writes what its own protocol version decodes): foreign input
@@ -379,11 +392,13 @@ class PartitionLedger:
                 if replaying:  # ours are booked when accepted
                     engine.book_reservation(message)
             elif kind is PartitionClaim and not replaying and message.lease_revision != self.lease_revision:
-                log.warning("partition claimed by another replica", extra=fields(partition=self.partition))
+                # Fenced after ours, so newer: another replica's claim, or this replica's own after its
+                # lease lapsed (then this ledger was stopped first and reads no further).
+                log.warning("partition claimed under another lease", extra=fields(partition=self.partition))
                 self.service.lose(self.partition)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
+        if task.cancelled() or self.stopped:
             return
         # Following the log ends only with the partition; anything else leaves it to another replica.
         error = task.exception()
@@ -453,7 +468,7 @@ class PartitionLedger:
 
     def stop(self) -> None:
         """Lost: refuse from now on; commits in flight finish (logged, they are the next owner's too)."""
-        self.serving = False
+        self.serving, self.stopped = False, True
         self.task.cancel()
 
     @property

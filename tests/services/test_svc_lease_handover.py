@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 
+from support import until
 from tradeplane_services.eventlog import LEASE_BUCKET, PARTITIONS, EventLog
 from tradeplane_services.natsserver import NatsServers
 from tradeplane_services.partitions import LeaseTable, PartitionOwner
@@ -52,13 +53,6 @@ class Replica:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def until(condition: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def test_a_joining_replica_gets_partitions_only_after_a_lease_duration_live(nats_server: NatsServers) -> None:
