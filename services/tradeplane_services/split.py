@@ -203,7 +203,7 @@ class AccountSplit(Collector):
         self._canary_revision = table.canary_revision
         self.mode = table.mode
         if table.canary or not same_canary:
-            self._connect(table.canary)
+            self._connect(table.canary, same_canary)
         # else: the canary has no ready pod just now; its accounts stay with it (and wait) meanwhile.
         self.table = table
         self._lapse = asyncio.get_running_loop().call_later(table.lease_seconds, self._lapsed)
@@ -248,7 +248,14 @@ class AccountSplit(Collector):
             )
         self.weight = 0
 
-    def _connect(self, endpoints: tuple[str, ...]) -> None:
+    def _connect(self, endpoints: tuple[str, ...], same_canary: bool) -> None:
+        """Links to the canary's pods at `endpoints`. A new canary revision gets new links only: its pod
+        may have the address an old revision's pod had, and a link kept from then may still be logged
+        on to that pod's process, which would answer for accounts it never held."""
+        gone = [endpoint for endpoint in self.canary if endpoint not in endpoints or not same_canary]
+        for endpoint in gone:
+            link = self.canary.pop(endpoint)
+            asyncio.get_running_loop().create_task(self._retire(link))
         for endpoint in endpoints:
             if endpoint not in self.canary:
                 link = PeerLink(
@@ -262,9 +269,6 @@ class AccountSplit(Collector):
                 )
                 link.start()
                 self.canary[endpoint] = link
-        for endpoint in [endpoint for endpoint in self.canary if endpoint not in endpoints]:
-            link = self.canary.pop(endpoint)
-            asyncio.get_running_loop().create_task(self._retire(link))
         self._canary_order = [self.canary[endpoint] for endpoint in endpoints]
 
     async def _retire(self, link: PeerLink) -> None:

@@ -191,6 +191,26 @@ def test_a_canary_out_of_reach_keeps_its_accounts_refused_not_moved_to_the_stabl
     assert not any(report.reason == Reason.RISK_UNAVAILABLE for report in reports.values())
 
 
+def test_a_new_canary_revision_at_an_old_pods_address_gets_a_session_of_its_own(
+    stacks: tuple[Stack, Stack],
+) -> None:
+    """Pod addresses are reused: a new revision's pod may have the address of the last canary's, whose
+    process may still be running. Order logs on to it anew rather than keep the old revision's session."""
+    stable, canary = stacks
+    push_held(stable, routing(canary, 5_000))
+
+    def risk_sessions() -> int:
+        with urllib.request.urlopen(canary.metrics_url("risk", "/status"), timeout=5) as response:
+            return int(json.loads(response.read())["sessions"])
+
+    before = risk_sessions()
+    push(stable, {**routing(canary, 5_000, salt="trading/risk/v3"), "canaryRevision": "v3"})
+    wait_for(lambda: risk_sessions() == before + 1, 10, what="a session logged on for the new revision")
+    wait_for(lambda: held_weight(stable) == 5_000, 10, what="the new revision's share in force")
+    # The old revision's session closes once what was sent on it had time to be answered.
+    wait_for(lambda: risk_sessions() == before, 15, what="the old revision's session retired")
+
+
 def test_orders_in_flight_at_a_switch_are_answered_by_the_revision_that_took_them(
     stacks: tuple[Stack, Stack],
 ) -> None:
