@@ -340,7 +340,7 @@ class _Machine:
         if reached and status.stepStartedAt is None:
             status.stepStartedAt = now_iso(self.now)
         status.actualWeight = actual_weight(self.spec, observed)
-        traffic_weight = weight if observed.canary_ready > 0 else 0
+        traffic_weight = self._share(weight)
         where = f"step {status.step}/{len(steps)} ({weight_text(weight)})"
         if self._requested(observed.promote) and freeze is not None:
             where += f", promotion requested but held by {freeze.description} until {now_iso(freeze.until)}"
@@ -376,6 +376,16 @@ class _Machine:
             canary_replicas=canary_replicas_for(self.spec, following),
             traffic_weight=traffic_weight,
         )
+
+    def _share(self, weight: int) -> int:
+        """The canary's share to route: none while no canary pod is ready, but an order-flow share its
+        callers already held stays while its pods are briefly unready (a slow probe on a busy machine):
+        those accounts wait for the canary, refused meanwhile, rather than move to a stable revision that
+        knows nothing of what the canary booked for them. A canary that stays down fails its analysis."""
+        if self.observed.canary_ready > 0:
+            return weight
+        held = self.spec.rollout.orderFlow is not None and self.status.stepStartedAt is not None
+        return weight if held else 0
 
     def _hold_shadow_passed(self, where: str, replicas: int, traffic_weight: int) -> Plan:
         """A shadow run proves agreement, not live behaviour: the user decides what comes next."""
@@ -433,7 +443,7 @@ class _Machine:
             self._note("Normal", "Promoting", f"canary {self.revision} promoted {how}")
         status.weight = percent(BASIS_POINTS)
         status.actualWeight = actual_weight(self.spec, observed)
-        traffic_weight = self.spec.rollout.steps[-1].basis_points if observed.canary_ready > 0 else 0
+        traffic_weight = self._share(self.spec.rollout.steps[-1].basis_points)
         if observed.canary_ready < full:
             status.message = f"promoting: growing canary to {full} pods ({observed.canary_ready} ready)"
         elif freeze is not None:

@@ -240,7 +240,11 @@ def test_a_pod_is_ready_only_while_its_process_answers_the_readiness_probe(
                     "command": ["python", "-c", SLOW_SERVER],
                     "env": [{"name": "GATE", "value": str(tmp_path)}],
                     "ports": [{"name": "http", "containerPort": 8080}],
-                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
+                    "readinessProbe": {
+                        "httpGet": {"path": "/readyz", "port": "http"},
+                        "periodSeconds": 1,
+                        "failureThreshold": 3,
+                    },
                 }
             ]
         },
@@ -269,7 +273,10 @@ def test_a_pod_is_ready_only_while_its_process_answers_the_readiness_probe(
     assert _get(f"http://{running.ip}:8080/readyz") is not None
 
     (tmp_path / "drain").touch()  # /readyz turns 503, as a draining service's does
+    drained = time.monotonic()
     wait_for(lambda: not ready(), what="the pod not Ready once /readyz fails")
+    # Three failures in a row, a second apart, as the kubelet counts them: one miss is not enough.
+    assert time.monotonic() - drained >= 2, "not Ready before failureThreshold probes failed"
 
 
 PEER_SERVER = """

@@ -112,3 +112,18 @@ def test_the_machine_walks_basis_point_steps_and_rolls_back_to_zero() -> None:
         Phase.ROLLING_BACK,
         Phase.ROLLED_BACK,
     )
+
+
+def test_a_held_share_stays_with_the_canary_while_its_pods_are_briefly_unready() -> None:
+    """Its accounts wait for the canary rather than move to a stable that knows nothing of their orders;
+    before any caller held the share, a canary with no ready pod is given none."""
+    world = World(order_flow_spec())
+    world.tick()
+    world.revision = "v2"
+    world.tick()
+    assert world.plans[-1].traffic_weight == 0, "no ready canary pod yet, no share"
+    world.run_until(lambda world: world.state.stepStartedAt is not None)
+    assert world.plans[-1].traffic_weight == 10
+    world.canary_ready = 0  # a slow readiness probe on a busy machine
+    plan = world.tick()
+    assert (plan.traffic_weight, world.state.step, world.state.phase) == (10, 1, Phase.PROGRESSING)

@@ -47,7 +47,6 @@ from tradeplane.cluster.serviceproxy import ServiceProxy
 DEFAULT_SELECTOR = "app.kubernetes.io/managed-by=tradeplane"
 _PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_MAX_SECONDS = 10.0
-PROBE_TIMEOUT_SECONDS = 1.0
 READY_CONDITIONS = ("Ready", "ContainersReady")
 _SERVICE_ADDRESS = re.compile(r"^([a-z0-9-]+)(?:\.([a-z0-9-]+))?(?:\.svc(?:\.cluster\.local)?)?:([0-9]+)$")
 # A pod's DNS name under its headless Service; `.svc` is required (`a.b` names Service a in namespace b).
@@ -63,9 +62,25 @@ class RunningPod:
     ip: str
     process: subprocess.Popen[bytes]
     workdir: Path
-    probe: str | None = None
-    """URL of the readinessProbe, when the runner reports readiness for this pod."""
+    probe: ReadinessProbe | None = None
+    """The readinessProbe, when the runner reports readiness for this pod."""
     ready: bool = False
+    failures: int = 0
+    """Probes failed in a row since the last success."""
+    next_probe: float = 0.0
+    """When a Ready pod is probed next (monotonic)."""
+
+
+@dataclass(frozen=True)
+class ReadinessProbe:
+    """An httpGet readinessProbe with the kubelet's defaults: a Ready pod turns unready only after
+    `failure_threshold` failures in a row, one probe each `period` seconds (a single slow answer from a
+    busy process is not a lost pod). A pod not yet Ready is probed at every sync, so starts are quick."""
+
+    url: str
+    period: float = 10.0
+    timeout: float = 1.0
+    failure_threshold: int = 3
 
 
 def _die_with_runner() -> None:
@@ -115,8 +130,8 @@ def _volume_files(api: client.CoreV1Api, namespace: str, pod: Any) -> dict[str, 
     return mounted
 
 
-def readiness_url(pod: Any) -> str | None:
-    """The first container's httpGet readinessProbe as a URL on the pod IP; None without one."""
+def readiness_probe(pod: Any) -> ReadinessProbe | None:
+    """The first container's httpGet readinessProbe, its URL on the pod IP; None without one."""
     container = pod.spec.containers[0]
     probe = container.readiness_probe
     if probe is None or probe.http_get is None:
@@ -127,13 +142,18 @@ def readiness_url(pod: Any) -> str | None:
         if not named:
             raise LookupError(f"{pod.metadata.name}: readinessProbe port {port!r} names no container port")
         port = named[0]
-    return f"http://{pod.status.pod_ip}:{port}{probe.http_get.path or '/'}"
+    return ReadinessProbe(
+        f"http://{pod.status.pod_ip}:{port}{probe.http_get.path or '/'}",
+        probe.period_seconds or ReadinessProbe.period,
+        probe.timeout_seconds or ReadinessProbe.timeout,
+        probe.failure_threshold or ReadinessProbe.failure_threshold,
+    )
 
 
-def probe_answers(url: str) -> bool:
+def probe_answers(url: str, timeout: float) -> bool:
     """As the kubelet's httpGet probe: any status from 200 to 399 is a success."""
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_SECONDS) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             status: int = response.status
     except OSError:  # refused, timed out, or an HTTPError (4xx/5xx; redirects are followed)
         return False
@@ -308,7 +328,7 @@ class PodRunner:
         for key, value in env.items():
             env[key] = _service_address(self.proxy, self.namespace, value) or value
         command = [local_path(expand_references(part, env), mounts) for part in command]
-        probe = readiness_url(pod)
+        probe = readiness_probe(pod)
         if probe is not None:
             self._report_ready(pod.metadata.name, False)
         log = (workdir / "output.log").open("ab")
@@ -345,10 +365,16 @@ class PodRunner:
             if error.status != 404:  # a pod deleted meanwhile has nothing left to report on
                 raise
 
-    def _probe(self, running: RunningPod) -> None:
-        if running.probe is None:
+    def _probe(self, running: RunningPod, now: float) -> None:
+        probe = running.probe
+        if probe is None or (running.ready and now < running.next_probe):
             return
-        ready = running.process.poll() is None and probe_answers(running.probe)
+        running.next_probe = now + probe.period
+        if running.process.poll() is None and probe_answers(probe.url, probe.timeout):
+            running.failures, ready = 0, True
+        else:
+            running.failures += 1
+            ready = running.ready and running.failures < probe.failure_threshold
         if ready != running.ready:
             self._report_ready(running.name, ready)
             running.ready = ready
@@ -371,6 +397,12 @@ class PodRunner:
             for pod in pods
             if pod.status.phase == "Running" and pod.status.pod_ip and pod.metadata.deletion_timestamp is None
         }
+        for uid, pod in wanted.items():
+            starting = uid not in self.running and uid not in self.skipped
+            if starting and _is_ready(pod) and readiness_probe(pod) is not None:
+                # kwok says Ready at once; taken back before anything else (stopping a pod that went
+                # takes seconds), so nobody routes to a pod whose process does not run yet.
+                self._report_ready(pod.metadata.name, False)
         for uid in [uid for uid in self.pod_dirs if uid not in wanted]:
             self._remove_pod(uid)
         now = time.monotonic()
@@ -389,7 +421,7 @@ class PodRunner:
             if uid not in self.running and uid not in self.skipped and now >= self.restart_after.get(uid, 0):
                 self._start(pod)
         for running in self.running.values():
-            self._probe(running)
+            self._probe(running, now)
 
     def run(self, interval: float = 0.5) -> None:
         while not self._stop.is_set():
