@@ -544,8 +544,8 @@ class RiskService(Service[RiskSettings]):
     async def drain(self) -> None:
         if self.event_log is None or self.lease_bucket is None:
             return
-        for task in self.tasks:
-            task.cancel()
+        # Ended before the leases go: a lease round still running could claim a partition again.
+        await cancel_and_wait(*self.tasks)
         for partition in list(self.ledgers):
             self.ledgers[partition].serving = False
         await wait_until(lambda: not any(ledger.busy for ledger in self.ledgers.values()), 5.0)

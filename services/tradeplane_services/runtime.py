@@ -103,14 +103,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+CANCEL_RETRY_SECONDS = 0.5
+
+
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
     """Cancel background tasks and wait for each to end, so their cleanup has run before what they use
-    is closed."""
+    is closed. A cancellation is repeated until it takes: in Python 3.11 asyncio.wait_for drops one that
+    races the result it waits for, and a task following a log would then never end."""
     for task in tasks:
-        if task is not None:
+        if task is None:
+            continue
+        while not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=CANCEL_RETRY_SECONDS)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def configure_logging(service: str, revision: str, level: str) -> None:
