@@ -17,7 +17,7 @@ def test_kubernetes_components_share_one_build_pinned_to_published_staging_modul
     group = toolchain.GROUP_OF["kube-apiserver"]
     others = ("kube-controller-manager", "kube-scheduler", "kubectl")
     assert all(toolchain.GROUP_OF[name] is group for name in others)
-    go_mod = group.go_mod()
+    go_mod = toolchain.VERSION_SET_OF[group.name].go_mod()
     assert f"require k8s.io/kubernetes {toolchain.KUBERNETES_VERSION}" in go_mod
     assert "\tk8s.io/client-go => k8s.io/client-go v0.34.4\n" in go_mod
     assert len(toolchain.ALL_BINARIES) == len(set(toolchain.ALL_BINARIES))
@@ -59,6 +59,23 @@ def test_a_log_without_a_terminal_gets_timed_lines_per_group() -> None:
     assert lines[-1].endswith("etcd v3.6.6: built in 12s")
 
 
+def test_groups_that_share_client_go_resolve_one_version_set_and_etcd_keeps_its_own() -> None:
+    # One version of client-go, grpc and protobuf for all of them: Go's build cache compiles each once.
+    names = ("kubectl", "kwok", "helm", *toolchain.PULUMI_TOOLS)
+    version_set = toolchain.VERSION_SET_OF[toolchain.GROUP_OF["kubectl"].name]
+    assert all(toolchain.VERSION_SET_OF[toolchain.GROUP_OF[name].name] is version_set for name in names)
+    go_mod = version_set.go_mod()
+    for group in version_set.groups:
+        assert f"require {group.module} {group.version}\n" in go_mod
+    assert toolchain.VERSION_SET_OF["etcd"] is not version_set
+    assert "k8s.io" not in toolchain.VERSION_SET_OF["etcd"].go_mod()
+    # A binary built from another version set is another cached file.
+    assert (
+        toolchain.binary_path("kubectl").name
+        == f"kubectl-{toolchain.KUBERNETES_VERSION}-{version_set.digest()}"
+    )
+
+
 def test_each_binary_is_found_where_go_build_writes_it() -> None:
     # `go build -o DIR/` names a main package after its last element, or the one before a /vN suffix.
     names = {
@@ -70,8 +87,7 @@ def test_each_binary_is_found_where_go_build_writes_it() -> None:
 
 
 def test_pulumi_cli_pins_its_sdk_and_the_provider_is_built_from_a_completed_copy(tmp_path: Path) -> None:
-    cli = toolchain.GROUP_OF["pulumi"]
-    go_mod = cli.go_mod()
+    go_mod = toolchain.VERSION_SET_OF[toolchain.GROUP_OF["pulumi"].name].go_mod()
     assert f"require github.com/pulumi/pulumi/pkg/v3 {toolchain.PULUMI_VERSION}" in go_mod
     assert (
         f"github.com/pulumi/pulumi/sdk/v3 => github.com/pulumi/pulumi/sdk/v3 {toolchain.PULUMI_VERSION}"

@@ -5,13 +5,18 @@ its `k8s.io/*` staging modules with local paths, which `go build` of the module 
 built through small wrapper modules that pin the published `v0.X` staging versions instead.
 
 Binaries that share a dependency graph are one `BuildGroup`: one `go build` compiles the shared packages
-once and links every binary of the group. The set-up command (`scripts/bootstrap`) builds everything
-before any test runs; tests only `require` what is cached and fail with a clear message otherwise.
+once and links every binary of the group. Groups whose graphs overlap resolve their dependencies together,
+as one `VersionSet` (one wrapper module): kwok, helm and Pulumi's Kubernetes provider then compile against
+the same client-go, grpc and protobuf as Kubernetes, so Go's build cache compiles those packages once
+instead of once per version each group's own go.mod picks (6,225 package compiles down to 3,934). The
+set-up command (`scripts/bootstrap`) builds everything before any test runs; tests only `require` what is
+cached and fail with a clear message otherwise.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -70,17 +75,26 @@ class BuildGroup:
             for binary, package in self.binaries.items()
         }
 
+
+@dataclass(frozen=True)
+class VersionSet:
+    """Build groups resolved together in one wrapper module: every module they share is at one version,
+    the highest any of them requires, so a package they share compiles once."""
+
+    name: str
+    groups: tuple[BuildGroup, ...]
+
     def go_mod(self) -> str:
-        lines = [
-            f"module {WRAPPER_MODULE}",
-            "",
-            "go 1.25.0",
-            "",
-            f"require {self.module} {self.version}",
-        ]
-        if self.replaces:
-            lines += ["", "replace (", *(f"\t{line}" for line in self.replaces), ")"]
+        lines = [f"module {WRAPPER_MODULE}", "", "go 1.25.0", ""]
+        lines += [f"require {group.module} {group.version}" for group in self.groups]
+        replaces = [line for group in self.groups for line in group.replaces]
+        if replaces:
+            lines += ["", "replace (", *(f"\t{line}" for line in replaces), ")"]
         return "\n".join(lines) + "\n"
+
+    def digest(self) -> str:
+        """Names what the set's binaries were built from: another version of any member is another build."""
+        return hashlib.sha256(self.go_mod().encode()).hexdigest()[:8]
 
 
 def _kubernetes_ldflags() -> str:
@@ -112,70 +126,86 @@ def _complete_kubernetes_provider(directory: Path) -> None:
     (directory / "terraform-mapping-embed.json").write_text(json.dumps(mapping, separators=(",", ":")))
 
 
-GROUPS: tuple[BuildGroup, ...] = (
-    BuildGroup(
+VERSION_SETS: tuple[VersionSet, ...] = (
+    # etcd stores the cluster's state: it keeps the grpc and bbolt its own release was tested with.
+    VersionSet(
+        "etcd",
+        (
+            BuildGroup(
+                "etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, {"etcd": "go.etcd.io/etcd/server/v3"}
+            ),
+        ),
+    ),
+    VersionSet(
         "kubernetes",
-        "k8s.io/kubernetes",
-        KUBERNETES_VERSION,
-        {
-            name: f"k8s.io/kubernetes/cmd/{name}"
-            for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-        },
-        ldflags=_kubernetes_ldflags(),
-        replaces=tuple(
-            f"k8s.io/{module} => k8s.io/{module} {_STAGING_VERSION}" for module in STAGING_MODULES
-        ),
-    ),
-    BuildGroup("etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, {"etcd": "go.etcd.io/etcd/server/v3"}),
-    BuildGroup("kwok", "sigs.k8s.io/kwok", KWOK_VERSION, {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
-    # Stamped as helm's own Makefile does: without it `helm version` says v3.19 and `helm template`
-    # renders for Kubernetes v1.20 (its client-go is v0.34).
-    BuildGroup(
-        "helm",
-        "helm.sh/helm/v3",
-        HELM_VERSION,
-        {"helm": "helm.sh/helm/v3/cmd/helm"},
-        ldflags=" ".join(
-            [
-                f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
-                "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
-                *(
-                    f"-X helm.sh/helm/v3/pkg/{package}.k8sVersion{part}={value}"
-                    for package in ("chartutil", "lint/rules")
-                    for part, value in (("Major", "1"), ("Minor", "34"))
+        (
+            BuildGroup(
+                "kubernetes",
+                "k8s.io/kubernetes",
+                KUBERNETES_VERSION,
+                {
+                    name: f"k8s.io/kubernetes/cmd/{name}"
+                    for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+                },
+                ldflags=_kubernetes_ldflags(),
+                replaces=tuple(
+                    f"k8s.io/{module} => k8s.io/{module} {_STAGING_VERSION}" for module in STAGING_MODULES
                 ),
-            ]
+            ),
+            BuildGroup("kwok", "sigs.k8s.io/kwok", KWOK_VERSION, {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
+            # Stamped as helm's own Makefile does: without it `helm version` says v3.19 and `helm template`
+            # renders for Kubernetes v1.20 (its client-go is v0.34).
+            BuildGroup(
+                "helm",
+                "helm.sh/helm/v3",
+                HELM_VERSION,
+                {"helm": "helm.sh/helm/v3/cmd/helm"},
+                ldflags=" ".join(
+                    [
+                        f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+                        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+                        *(
+                            f"-X helm.sh/helm/v3/pkg/{package}.k8sVersion{part}={value}"
+                            for package in ("chartutil", "lint/rules")
+                            for part, value in (("Major", "1"), ("Minor", "34"))
+                        ),
+                    ]
+                ),
+            ),
+            # pkg/v3's go.mod points sdk/v3 at its sibling directory and swaps in a clipboard fork; replaces
+            # only apply inside their own module, so both are restated here (sdk/v3 at pkg's version).
+            BuildGroup(
+                "pulumi",
+                "github.com/pulumi/pulumi/pkg/v3",
+                PULUMI_VERSION,
+                {"pulumi": "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"},
+                ldflags=f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={PULUMI_VERSION}",
+                replaces=(
+                    f"github.com/pulumi/pulumi/sdk/v3 => github.com/pulumi/pulumi/sdk/v3 {PULUMI_VERSION}",
+                    "github.com/atotto/clipboard => "
+                    "github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e",
+                ),
+            ),
+            BuildGroup(
+                "pulumi-kubernetes",
+                "github.com/pulumi/pulumi-kubernetes/provider/v4",
+                PULUMI_KUBERNETES_VERSION,
+                {
+                    "pulumi-resource-kubernetes": (
+                        "github.com/pulumi/pulumi-kubernetes/provider/v4/cmd/pulumi-resource-kubernetes"
+                    )
+                },
+                ldflags="-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version="
+                + PULUMI_KUBERNETES_VERSION.removeprefix("v"),
+                completions={"pulumi-resource-kubernetes": _complete_kubernetes_provider},
+            ),
         ),
-    ),
-    # pkg/v3's go.mod points sdk/v3 at its sibling directory and swaps in a clipboard fork; replaces only
-    # apply inside their own module, so both are restated here (sdk/v3 at pkg's version).
-    BuildGroup(
-        "pulumi",
-        "github.com/pulumi/pulumi/pkg/v3",
-        PULUMI_VERSION,
-        {"pulumi": "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"},
-        ldflags=f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={PULUMI_VERSION}",
-        replaces=(
-            f"github.com/pulumi/pulumi/sdk/v3 => github.com/pulumi/pulumi/sdk/v3 {PULUMI_VERSION}",
-            "github.com/atotto/clipboard => "
-            "github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e",
-        ),
-    ),
-    BuildGroup(
-        "pulumi-kubernetes",
-        "github.com/pulumi/pulumi-kubernetes/provider/v4",
-        PULUMI_KUBERNETES_VERSION,
-        {
-            "pulumi-resource-kubernetes": (
-                "github.com/pulumi/pulumi-kubernetes/provider/v4/cmd/pulumi-resource-kubernetes"
-            )
-        },
-        ldflags="-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version="
-        + PULUMI_KUBERNETES_VERSION.removeprefix("v"),
-        completions={"pulumi-resource-kubernetes": _complete_kubernetes_provider},
     ),
 )
-
+GROUPS = tuple(group for version_set in VERSION_SETS for group in version_set.groups)
+VERSION_SET_OF: dict[str, VersionSet] = {
+    group.name: version_set for version_set in VERSION_SETS for group in version_set.groups
+}
 GROUP_OF: dict[str, BuildGroup] = {name: group for group in GROUPS for name in group.binaries}
 ALL_BINARIES = tuple(GROUP_OF)
 # The CLI and the plugin the engine needs for the local target.
@@ -195,7 +225,8 @@ def cache_dir() -> Path:
 
 
 def binary_path(name: str) -> Path:
-    return cache_dir() / f"{name}-{GROUP_OF[name].version}"
+    group = GROUP_OF[name]
+    return cache_dir() / f"{name}-{group.version}-{VERSION_SET_OF[group.name].digest()}"
 
 
 def require(name: str) -> Path:
@@ -254,10 +285,13 @@ def _module_dir(group: BuildGroup, work: Path) -> Path:
     return Path(json.loads(listed)["Dir"])
 
 
-def _prepare(group: BuildGroup, work: Path) -> int:
-    """Write the wrapper module, fetch its modules; return how many packages the build compiles."""
-    (work / "go.mod").write_text(group.go_mod())
-    if group.completions:
+def _prepare(version_set: VersionSet, groups: list[BuildGroup], work: Path) -> dict[str, int]:
+    """Write the set's wrapper module and fetch its modules; return, per group to build in that order, how
+    many packages its build compiles (those an earlier group of the set compiled come from the cache)."""
+    (work / "go.mod").write_text(version_set.go_mod())
+    for group in version_set.groups:
+        if not group.completions:
+            continue
         source = _module_dir(group, work)
         for binary, complete in group.completions.items():
             copy = work / binary
@@ -266,11 +300,16 @@ def _prepare(group: BuildGroup, work: Path) -> int:
             for path in (copy, *copy.rglob("*")):
                 path.chmod(path.stat().st_mode | 0o200)
             complete(copy)
-    imports = "\n".join(f'import _ "{package}"' for package in group.packages().values())
+    packages = [package for group in version_set.groups for package in group.packages().values()]
+    imports = "\n".join(f'import _ "{package}"' for package in packages)
     (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\n{imports}\n")
-    _run(["go", "mod", "tidy"], work, group.name)
-    listed = _run(["go", "list", "-deps", *group.packages().values()], work, group.name)
-    return len(listed.split())
+    _run(["go", "mod", "tidy"], work, version_set.name)
+    totals, compiled = {}, set[str]()
+    for group in groups:
+        listed = set(_run(["go", "list", "-deps", *group.packages().values()], work, group.name).split())
+        totals[group.name] = len(listed - compiled)
+        compiled |= listed
+    return totals
 
 
 def output_name(package: str) -> str:
@@ -280,7 +319,7 @@ def output_name(package: str) -> str:
 
 
 def _compile(group: BuildGroup, work: Path, progress: BuildProgress) -> None:
-    out = work / "out"
+    out = work / f"out-{group.name}"
     out.mkdir()
     command = [
         "go", "build", "-v", "-trimpath", "-ldflags", f"-s -w {group.ldflags}".strip(),
@@ -322,31 +361,37 @@ def _build_missing(names: tuple[str, ...], progress: BuildProgress) -> None:
     if shutil.which("go") is None:
         raise ToolchainError(f"the Go toolchain is not on PATH; it is needed once to build {', '.join(todo)}")
     groups = [group for group in GROUPS if any(binary in group.binaries for binary in todo)]
+    version_sets = [
+        version_set for version_set in VERSION_SETS if any(group in groups for group in version_set.groups)
+    ]
     with tempfile.TemporaryDirectory(prefix="tradeplane-build-") as scratch, progress:
         progress.start([(group.name, group.version, list(group.binaries)) for group in groups])
-        works = {group.name: Path(scratch) / group.name for group in groups}
+        works = {version_set.name: Path(scratch) / version_set.name for version_set in version_sets}
         for work in works.values():
             work.mkdir()
         errors: list[BaseException] = []
         lock = threading.Lock()
 
-        def prepare(group: BuildGroup) -> None:
+        def prepare(version_set: VersionSet) -> None:
+            members = [group for group in version_set.groups if group in groups]
             try:
-                progress.fetching(group.name)
-                total = _prepare(group, works[group.name])
-                progress.fetched(group.name, total)
+                for group in members:
+                    progress.fetching(group.name)
+                totals = _prepare(version_set, members, works[version_set.name])
+                for group in members:
+                    progress.fetched(group.name, totals[group.name])
             except BaseException as error:
                 with lock:
                     errors.append(error)
 
-        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-            list(pool.map(prepare, groups))
+        with ThreadPoolExecutor(max_workers=len(version_sets)) as pool:
+            list(pool.map(prepare, version_sets))
         if errors:
             raise errors[0]
         for group in groups:
             started = time.monotonic()
             progress.compiling(group.name)
-            _compile(group, works[group.name], progress)
+            _compile(group, works[VERSION_SET_OF[group.name].name], progress)
             progress.built(group.name, time.monotonic() - started)
 
 
