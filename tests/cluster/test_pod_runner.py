@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from support import Kubectl, wait_for
-from tradeplane.cluster.podrunner import PodRunner, RunningPod
+from tradeplane.cluster.podrunner import DEFAULT_SELECTOR, PodRunner, RunningPod
 
 pytestmark = pytest.mark.cluster
 
@@ -168,7 +169,7 @@ http.server.HTTPServer((os.environ["TRADEPLANE_BIND"], 8080), Handler).serve_for
 
 RUNNER = """
 import sys, time
-from tradeplane.cluster.podrunner import PodRunner, RunningPod
+from tradeplane.cluster.podrunner import DEFAULT_SELECTOR, PodRunner, RunningPod
 PodRunner(sys.argv[1], kubeconfig=sys.argv[2]).start()
 time.sleep(600)
 """
@@ -277,6 +278,67 @@ def test_a_pod_is_ready_only_while_its_process_answers_the_readiness_probe(
     wait_for(lambda: not ready(), what="the pod not Ready once /readyz fails")
     # Three failures in a row, a second apart, as the kubelet counts them: one miss is not enough.
     assert time.monotonic() - drained >= 2, "not Ready before failureThreshold probes failed"
+
+
+LINGERING = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (time.sleep(4), sys.exit(0)))
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_new_pod_kwok_calls_ready_is_unready_before_a_departed_pod_is_stopped(
+    kubectl: Kubectl, namespace: str, kube_env: Path, tmp_path: Path
+) -> None:
+    # kwok marks a pod Ready the moment it exists; stopping a departed pod can take seconds (its drain).
+    # In between, nobody may route to the new pod: its process has not even started.
+    def pod(name: str, command: list[str], probe: dict[str, object] | None = None) -> str:
+        container: dict[str, object] = {
+            "name": "app",
+            "image": f"registry.example/{name}:1",
+            "command": command,
+        }
+        if probe:
+            container |= {"ports": [{"name": "http", "containerPort": 8080}], "readinessProbe": probe}
+        labels = {"app.kubernetes.io/managed-by": "tradeplane"}
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"containers": [container]},
+        }
+        return json.dumps(manifest)
+
+    def status(name: str) -> dict[str, object]:
+        found = kubectl("get", "pod", name, "-n", namespace, "-o", "json", "--ignore-not-found").stdout
+        return json.loads(found)["status"] if found.strip() else {}
+
+    def ready(name: str) -> str | None:
+        conditions = status(name).get("conditions") or []
+        return next((c["status"] for c in conditions if c["type"] == "Ready"), None)  # type: ignore[union-attr]
+
+    runner = PodRunner(namespace, DEFAULT_SELECTOR, kubeconfig=str(kube_env))  # synced by hand, no thread
+    try:
+        kubectl("apply", "-f", "-", input=pod("old", ["python", "-c", LINGERING]))
+        wait_for(lambda: runner.sync() or runner.running, what="the old pod's process")
+        (old,) = runner.running.values()
+
+        kubectl("delete", "pod", "old", "-n", namespace, "--wait=false")
+        probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1}
+        kubectl("apply", "-f", "-", input=pod("new", ["python", "-c", SLOW_SERVER], probe))
+        wait_for(lambda: ready("new") == "True" and status("new").get("podIP"), what="kwok to call new Ready")
+
+        one_sync = threading.Thread(target=runner.sync)  # sees old gone and new arrived at once
+        one_sync.start()
+        seen_while_old_stops = set()
+        while old.process.poll() is None:
+            seen_while_old_stops.add(ready("new"))
+            time.sleep(0.1)
+        one_sync.join()
+        assert seen_while_old_stops == {"False"}, "new was Ready while the departed pod was being stopped"
+    finally:
+        runner.stop()
 
 
 PEER_SERVER = """

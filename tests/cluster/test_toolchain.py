@@ -59,9 +59,9 @@ def test_a_log_without_a_terminal_gets_timed_lines_per_group() -> None:
     assert lines[-1].endswith("etcd v3.6.6: built in 12s")
 
 
-def test_groups_that_share_client_go_resolve_one_version_set_and_etcd_keeps_its_own() -> None:
+def test_groups_that_share_client_go_resolve_one_version_set() -> None:
     # One version of client-go, grpc and protobuf for all of them: Go's build cache compiles each once.
-    names = ("kubectl", "kwok", "helm", *toolchain.PULUMI_TOOLS)
+    names = ("kubectl", "helm", *toolchain.PULUMI_TOOLS)
     version_set = toolchain.VERSION_SET_OF[toolchain.GROUP_OF["kubectl"].name]
     assert all(toolchain.VERSION_SET_OF[toolchain.GROUP_OF[name].name] is version_set for name in names)
     go_mod = version_set.go_mod()

@@ -328,9 +328,6 @@ class PodRunner:
         for key, value in env.items():
             env[key] = _service_address(self.proxy, self.namespace, value) or value
         command = [local_path(expand_references(part, env), mounts) for part in command]
-        probe = readiness_probe(pod)
-        if probe is not None:
-            self._report_ready(pod.metadata.name, False)
         log = (workdir / "output.log").open("ab")
         process = subprocess.Popen(
             command,
@@ -343,7 +340,7 @@ class PodRunner:
             preexec_fn=_die_with_runner,
         )
         self.running[pod.metadata.uid] = RunningPod(
-            pod.metadata.uid, pod.metadata.name, pod.status.pod_ip, process, workdir, probe
+            pod.metadata.uid, pod.metadata.name, pod.status.pod_ip, process, workdir, readiness_probe(pod)
         )
 
     def _report_ready(self, name: str, ready: bool) -> None:

@@ -6,9 +6,9 @@ built through small wrapper modules that pin the published `v0.X` staging versio
 
 Binaries that share a dependency graph are one `BuildGroup`: one `go build` compiles the shared packages
 once and links every binary of the group. Groups whose graphs overlap resolve their dependencies together,
-as one `VersionSet` (one wrapper module): kwok, helm and Pulumi's Kubernetes provider then compile against
+as one `VersionSet` (one wrapper module): helm and Pulumi's Kubernetes provider then compile against
 the same client-go, grpc and protobuf as Kubernetes, so Go's build cache compiles those packages once
-instead of once per version each group's own go.mod picks (6,225 package compiles down to 3,934). The
+instead of once per version each group's own go.mod picks (6,225 package compiles down to 4,946). The
 set-up command (`scripts/bootstrap`) builds everything before any test runs; tests only `require` what is
 cached and fail with a clear message otherwise.
 """
@@ -136,6 +136,10 @@ VERSION_SETS: tuple[VersionSet, ...] = (
             ),
         ),
     ),
+    # kwok v0.7.0 uses an apimachinery constant v0.34 dropped; v0.8.0 needs v0.36.
+    VersionSet(
+        "kwok", (BuildGroup("kwok", "sigs.k8s.io/kwok", KWOK_VERSION, {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),)
+    ),
     VersionSet(
         "kubernetes",
         (
@@ -152,7 +156,6 @@ VERSION_SETS: tuple[VersionSet, ...] = (
                     f"k8s.io/{module} => k8s.io/{module} {_STAGING_VERSION}" for module in STAGING_MODULES
                 ),
             ),
-            BuildGroup("kwok", "sigs.k8s.io/kwok", KWOK_VERSION, {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
             # Stamped as helm's own Makefile does: without it `helm version` says v3.19 and `helm template`
             # renders for Kubernetes v1.20 (its client-go is v0.34).
             BuildGroup(
@@ -172,6 +175,26 @@ VERSION_SETS: tuple[VersionSet, ...] = (
                     ]
                 ),
             ),
+            BuildGroup(
+                "pulumi-kubernetes",
+                "github.com/pulumi/pulumi-kubernetes/provider/v4",
+                PULUMI_KUBERNETES_VERSION,
+                {
+                    "pulumi-resource-kubernetes": (
+                        "github.com/pulumi/pulumi-kubernetes/provider/v4/cmd/pulumi-resource-kubernetes"
+                    )
+                },
+                ldflags="-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version="
+                + PULUMI_KUBERNETES_VERSION.removeprefix("v"),
+                completions={"pulumi-resource-kubernetes": _complete_kubernetes_provider},
+            ),
+        ),
+    ),
+    # The provider needs the pulumi packages of its own release (v3.274 changed codegen types it uses),
+    # so the CLI resolves on its own.
+    VersionSet(
+        "pulumi",
+        (
             # pkg/v3's go.mod points sdk/v3 at its sibling directory and swaps in a clipboard fork; replaces
             # only apply inside their own module, so both are restated here (sdk/v3 at pkg's version).
             BuildGroup(
@@ -185,19 +208,6 @@ VERSION_SETS: tuple[VersionSet, ...] = (
                     "github.com/atotto/clipboard => "
                     "github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e",
                 ),
-            ),
-            BuildGroup(
-                "pulumi-kubernetes",
-                "github.com/pulumi/pulumi-kubernetes/provider/v4",
-                PULUMI_KUBERNETES_VERSION,
-                {
-                    "pulumi-resource-kubernetes": (
-                        "github.com/pulumi/pulumi-kubernetes/provider/v4/cmd/pulumi-resource-kubernetes"
-                    )
-                },
-                ldflags="-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version="
-                + PULUMI_KUBERNETES_VERSION.removeprefix("v"),
-                completions={"pulumi-resource-kubernetes": _complete_kubernetes_provider},
             ),
         ),
     ),
