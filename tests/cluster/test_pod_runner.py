@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -310,18 +311,22 @@ def test_a_new_pod_kwok_calls_ready_is_unready_before_a_departed_pod_is_stopped(
         }
         return json.dumps(manifest)
 
-    def status(name: str) -> dict[str, object]:
+    def status(name: str) -> dict[str, Any]:
         found = kubectl("get", "pod", name, "-n", namespace, "-o", "json", "--ignore-not-found").stdout
-        return json.loads(found)["status"] if found.strip() else {}
+        return dict(json.loads(found)["status"]) if found.strip() else {}
 
     def ready(name: str) -> str | None:
         conditions = status(name).get("conditions") or []
-        return next((c["status"] for c in conditions if c["type"] == "Ready"), None)  # type: ignore[union-attr]
+        return next((c["status"] for c in conditions if c["type"] == "Ready"), None)
+
+    def synced_and_running() -> dict[str, RunningPod]:
+        runner.sync()
+        return runner.running
 
     runner = PodRunner(namespace, DEFAULT_SELECTOR, kubeconfig=str(kube_env))  # synced by hand, no thread
     try:
         kubectl("apply", "-f", "-", input=pod("old", ["python", "-c", LINGERING]))
-        wait_for(lambda: runner.sync() or runner.running, what="the old pod's process")
+        wait_for(synced_and_running, what="the old pod's process")
         (old,) = runner.running.values()
 
         kubectl("delete", "pod", "old", "-n", namespace, "--wait=false")
