@@ -15,8 +15,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::conversion::IntoPyObjectExt;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyModule, PyTuple, PyType};
 
@@ -216,7 +216,9 @@ pub(crate) enum Outcome {
         price: i64,
     },
     /// A CancelRoute; when it cannot be sent, `venue_unsent`.
-    CancelRoute { order_id: u64 },
+    CancelRoute {
+        order_id: u64,
+    },
     /// A ReplaceRoute; when it cannot be sent, `venue_unsent`.
     ReplaceRoute {
         order_id: u64,
@@ -411,7 +413,6 @@ impl Book {
         self.outcomes.push(Outcome::CancelRoute { order_id });
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn replace(
         &mut self,
         session_id: u64,
@@ -1071,9 +1072,7 @@ impl<'a, 'py> Fields<'a, 'py> {
                 "{}.{}={}: expected an integer in range",
                 self.class,
                 self.names[index],
-                item.repr()
-                    .map(|text| text.to_string())
-                    .unwrap_or_default()
+                item.repr().map(|text| text.to_string()).unwrap_or_default()
             ))
         })
     }
@@ -1090,7 +1089,12 @@ const NEW_ORDER: &[&str] = &[
     "price",
 ];
 const CANCEL_ORDER: &[&str] = &["client_order_id", "orig_client_order_id"];
-const REPLACE_ORDER: &[&str] = &["client_order_id", "orig_client_order_id", "quantity", "price"];
+const REPLACE_ORDER: &[&str] = &[
+    "client_order_id",
+    "orig_client_order_id",
+    "quantity",
+    "price",
+];
 const RISK_RESULT: &[&str] = &["order_id", "reason"];
 const VENUE_REPORT: &[&str] = &[
     "order_id",
@@ -1136,7 +1140,9 @@ impl OrderBook {
             Symbol::Slot(slot) => self.symbols[slot as usize]
                 .as_ref()
                 .map_or_else(blank, |symbol| symbol.bind(py).clone().into_any()),
-            Symbol::Request => request_symbol.map_or_else(blank, |symbol| symbol.clone().into_any()),
+            Symbol::Request => {
+                request_symbol.map_or_else(blank, |symbol| symbol.clone().into_any())
+            }
             Symbol::Blank => blank(),
         }
     }
@@ -1176,7 +1182,10 @@ impl OrderBook {
             Outcome::Record { received_ns, ok } => (
                 RECORD,
                 int(py, received_ns)?,
-                pyo3::types::PyBool::new(py, ok).to_owned().into_any().unbind(),
+                pyo3::types::PyBool::new(py, ok)
+                    .to_owned()
+                    .into_any()
+                    .unbind(),
             ),
             Outcome::Check {
                 order_id,
@@ -1262,9 +1271,10 @@ impl OrderBook {
             } => (
                 VENUE,
                 int(py, 0)?,
-                messages
-                    .replace_route
-                    .build(py, [int(py, order_id)?, int(py, quantity)?, int(py, price)?])?,
+                messages.replace_route.build(
+                    py,
+                    [int(py, order_id)?, int(py, quantity)?, int(py, price)?],
+                )?,
             ),
         };
         PyTuple::new(py, [int(py, kind)?, target, message.into_bound(py)])
@@ -1369,7 +1379,14 @@ impl OrderBook {
         let (client_order_id, original) = (fields.get(0)?, fields.get(1)?);
         let (quantity, price) = (fields.get(2)?, fields.get(3)?);
         self.run(py, |book| {
-            book.replace(session, client_order_id, original, quantity, price, received_ns)
+            book.replace(
+                session,
+                client_order_id,
+                original,
+                quantity,
+                price,
+                received_ns,
+            )
         })
     }
 
@@ -1424,11 +1441,22 @@ impl OrderBook {
         let (order_id, exec_type, reason) = (fields.get(0)?, fields.get(1)?, fields.get(2)?);
         let (last_quantity, last_price, leaves) = (fields.get(3)?, fields.get(4)?, fields.get(5)?);
         self.run(py, |book| {
-            book.venue_report(order_id, exec_type, reason, last_quantity, last_price, leaves)
+            book.venue_report(
+                order_id,
+                exec_type,
+                reason,
+                last_quantity,
+                last_price,
+                leaves,
+            )
         })
     }
 
-    fn venue_unsent<'py>(&mut self, py: Python<'py>, order_id: u64) -> PyResult<Bound<'py, PyList>> {
+    fn venue_unsent<'py>(
+        &mut self,
+        py: Python<'py>,
+        order_id: u64,
+    ) -> PyResult<Bound<'py, PyList>> {
         self.run(py, |book| book.venue_unsent(order_id))
     }
 
@@ -1531,4 +1559,499 @@ pub(crate) fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("ORDER_ROUTE", ROUTE)?;
     module.add("ORDER_VENUE", VENUE)?;
     Ok(())
+}
+
+/// protocol.py's codes, for the tests here and the allocation counts of core/src/steady_state.rs
+/// (test_svc_order_book.py checks the Python side reads the same).
+#[cfg(test)]
+pub(crate) fn protocol_codes() -> Codes {
+    Codes {
+        pending_new: 1,
+        new: 2,
+        partially_filled: 3,
+        filled: 4,
+        canceled: 5,
+        rejected: 6,
+        exec_new: 1,
+        exec_rejected: 2,
+        exec_trade: 3,
+        exec_canceled: 4,
+        exec_replaced: 5,
+        exec_cancel_rejected: 6,
+        duplicate_client_order_id: 10,
+        unknown_order: 11,
+        order_not_open: 12,
+        change_pending: 13,
+        risk_unavailable: 14,
+        venue_unavailable: 15,
+        shutting_down: 16,
+        canceled_on_disconnect: 17,
+        canceled_by_kill_switch: 18,
+        active: 1,
+        halted: 3,
+    }
+}
+
+#[cfg(test)]
+impl Book {
+    /// Round `round`'s order of session 1: new, risk OK (routed), filled at once, its deadline swept.
+    /// The number of outcomes, which the caller checks.
+    pub(crate) fn steady_cycle(&mut self, round: u64) -> usize {
+        let mut outcomes = 0;
+        let request = NewRequest {
+            client_order_id: round,
+            account: 1 + round % 1000,
+            side: 1 + (round % 2) as i64,
+            order_type: 1,
+            time_in_force: 1,
+            quantity: 100,
+            price: 1_900_000,
+        };
+        self.outcomes.clear();
+        self.new_order(1, request, round as i64);
+        outcomes += self.outcomes.len();
+        self.outcomes.clear();
+        self.risk_result(self.last_order_id, 0);
+        outcomes += self.outcomes.len();
+        self.outcomes.clear();
+        let exec_trade = self.codes.exec_trade;
+        self.venue_report(self.last_order_id, exec_trade, 0, 100, 1_900_000, 0);
+        outcomes += self.outcomes.len();
+        self.outcomes.clear();
+        self.expire_risk_checks(round as i64);
+        outcomes + self.outcomes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: i64 = 1_000_000;
+    const ALICE: u64 = 1;
+    const BOB: u64 = 2;
+
+    fn book() -> Book {
+        Book::new(protocol_codes(), 100 * MS, 0)
+    }
+
+    fn request(client_order_id: u64, quantity: i64) -> NewRequest {
+        NewRequest {
+            client_order_id,
+            account: 7,
+            side: 1,
+            order_type: 1,
+            time_in_force: 1,
+            quantity,
+            price: 1_900_000,
+        }
+    }
+
+    /// The outcomes of one transition.
+    fn step(book: &mut Book, transition: impl FnOnce(&mut Book)) -> Vec<Outcome> {
+        book.outcomes.clear();
+        transition(book);
+        book.outcomes.clone()
+    }
+
+    fn reports(outcomes: &[Outcome]) -> Vec<Report> {
+        outcomes
+            .iter()
+            .filter_map(|outcome| match outcome {
+                Outcome::Report { report, .. } => Some(*report),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A new order of ALICE's, accepted by risk and routed; its order id.
+    fn routed(book: &mut Book, client_order_id: u64, quantity: i64) -> u64 {
+        step(book, |book| {
+            book.new_order(ALICE, request(client_order_id, quantity), 0);
+        });
+        let order_id = book.last_order_id;
+        let outcomes = step(book, |book| book.risk_result(order_id, 0));
+        assert!(matches!(outcomes[0], Outcome::Route { .. }), "{outcomes:?}");
+        order_id
+    }
+
+    #[test]
+    fn a_new_order_goes_to_risk_then_is_routed_and_acknowledged() {
+        let mut book = book();
+        let outcomes = step(&mut book, |book| {
+            assert_eq!(book.new_order(ALICE, request(1, 100), 5), Some(0));
+        });
+        assert_eq!(
+            outcomes,
+            [Outcome::Check {
+                order_id: 1,
+                account: 7,
+                symbol: Symbol::Slot(0),
+                side: 1,
+                order_type: 1,
+                quantity: 100,
+                price: 1_900_000,
+                is_replace: false,
+            }]
+        );
+        let outcomes = step(&mut book, |book| book.risk_result(1, 0));
+        assert!(matches!(
+            outcomes[0],
+            Outcome::Route {
+                session: ALICE,
+                order_id: 1,
+                quantity: 100,
+                ..
+            }
+        ));
+        let ack = reports(&outcomes)[0];
+        assert_eq!(
+            (ack.exec_type, ack.status, ack.leaves_quantity),
+            (1, 2, 100)
+        );
+        assert_eq!(
+            outcomes[2],
+            Outcome::Record {
+                received_ns: 5,
+                ok: true
+            }
+        );
+    }
+
+    #[test]
+    fn fills_move_the_status_and_the_last_one_retires_the_order_and_frees_its_slot() {
+        let mut book = book();
+        let order_id = routed(&mut book, 1, 100);
+        let outcomes = step(&mut book, |book| {
+            book.venue_report(order_id, 3, 0, 40, 1_900_000, 60)
+        });
+        assert!(matches!(
+            outcomes[0],
+            Outcome::Update {
+                quantity: 40,
+                done: false,
+                ..
+            }
+        ));
+        assert_eq!(reports(&outcomes)[0].status, 3);
+        let outcomes = step(&mut book, |book| {
+            book.venue_report(order_id, 3, 0, 60, 1_900_000, 0)
+        });
+        assert!(matches!(
+            outcomes[0],
+            Outcome::Update {
+                quantity: 60,
+                done: true,
+                ..
+            }
+        ));
+        let report = reports(&outcomes)[0];
+        assert_eq!(
+            (
+                report.status,
+                report.cumulative_quantity,
+                report.leaves_quantity
+            ),
+            (4, 100, 0)
+        );
+        assert!(book.by_id.is_empty() && book.sessions[&ALICE].live.is_empty());
+        assert_eq!(book.free, [0]);
+        step(&mut book, |book| {
+            assert_eq!(
+                book.new_order(ALICE, request(2, 10), 0),
+                Some(0),
+                "the slot is reused"
+            );
+        });
+    }
+
+    #[test]
+    fn client_order_ids_are_unique_per_session_for_the_sessions_life() {
+        let mut book = book();
+        let order_id = routed(&mut book, 1, 100);
+        step(&mut book, |book| {
+            book.venue_report(order_id, 3, 0, 100, 1_900_000, 0)
+        });
+        for outcomes in [
+            step(&mut book, |book| {
+                book.new_order(ALICE, request(1, 100), 0);
+            }),
+            step(&mut book, |book| book.cancel(ALICE, 1, 1, 0)),
+        ] {
+            let report = reports(&outcomes)[0];
+            assert_eq!((report.reason, report.order_id), (10, 0), "{outcomes:?}");
+        }
+        let outcomes = step(&mut book, |book| {
+            book.new_order(BOB, request(1, 100), 0);
+        });
+        assert!(
+            matches!(outcomes[0], Outcome::Check { .. }),
+            "another session may use it"
+        );
+    }
+
+    #[test]
+    fn changes_of_unknown_closed_or_pending_orders_are_refused_with_the_reason() {
+        let mut book = book();
+        let outcomes = step(&mut book, |book| book.cancel(ALICE, 2, 99, 0));
+        let report = reports(&outcomes)[0];
+        assert_eq!((report.exec_type, report.reason, report.status), (6, 11, 6));
+        assert_eq!(report.symbol, Symbol::Blank);
+        let order_id = routed(&mut book, 3, 100);
+        step(&mut book, |book| {
+            book.venue_report(order_id, 3, 0, 100, 1_900_000, 0)
+        });
+        let outcomes = step(&mut book, |book| book.replace(ALICE, 4, 3, 50, 1, 0));
+        assert_eq!(reports(&outcomes)[0].reason, 12);
+        step(&mut book, |book| {
+            book.new_order(ALICE, request(5, 100), 0);
+        });
+        let outcomes = step(&mut book, |book| book.cancel(ALICE, 6, 5, 0));
+        assert_eq!(reports(&outcomes)[0].reason, 13, "risk has not decided yet");
+    }
+
+    #[test]
+    fn a_replace_is_checked_for_what_may_still_trade_then_renames_the_order() {
+        let mut book = book();
+        let order_id = routed(&mut book, 1, 100);
+        step(&mut book, |book| {
+            book.venue_report(order_id, 3, 0, 30, 1_900_000, 70)
+        });
+        let outcomes = step(&mut book, |book| {
+            book.replace(ALICE, 2, 1, 150, 1_910_000, 9)
+        });
+        assert!(matches!(
+            outcomes[0],
+            Outcome::Check {
+                quantity: 120,
+                is_replace: true,
+                ..
+            }
+        ));
+        let outcomes = step(&mut book, |book| book.risk_result(order_id, 0));
+        assert_eq!(
+            outcomes,
+            [Outcome::ReplaceRoute {
+                order_id,
+                quantity: 150,
+                price: 1_910_000
+            }]
+        );
+        let outcomes = step(&mut book, |book| {
+            book.venue_report(order_id, 5, 0, 0, 0, 120)
+        });
+        let report = reports(&outcomes)[0];
+        assert_eq!((report.client_order_id, report.leaves_quantity), (2, 120));
+        assert_eq!(
+            outcomes[1],
+            Outcome::Record {
+                received_ns: 9,
+                ok: true
+            }
+        );
+        assert_eq!(book.sessions[&ALICE].live.keys().collect::<Vec<_>>(), [&2]);
+    }
+
+    #[test]
+    fn a_replace_down_to_what_traded_goes_straight_to_the_venue() {
+        let mut book = book();
+        let order_id = routed(&mut book, 1, 100);
+        step(&mut book, |book| {
+            book.venue_report(order_id, 3, 0, 30, 1_900_000, 70)
+        });
+        let outcomes = step(&mut book, |book| {
+            book.replace(ALICE, 2, 1, 30, 1_900_000, 0)
+        });
+        assert_eq!(
+            outcomes,
+            [Outcome::ReplaceRoute {
+                order_id,
+                quantity: 30,
+                price: 1_900_000
+            }]
+        );
+        let outcomes = step(&mut book, |book| book.venue_report(order_id, 5, 0, 0, 0, 0));
+        assert!(matches!(
+            outcomes[0],
+            Outcome::Update {
+                done: true,
+                quantity: 0,
+                ..
+            }
+        ));
+        assert_eq!(reports(&outcomes)[0].status, 4);
+        assert!(book.by_id.is_empty());
+    }
+
+    #[test]
+    fn unsent_checks_refuse_new_orders_and_reject_replaces() {
+        let mut book = book();
+        step(&mut book, |book| {
+            book.new_order(ALICE, request(1, 100), 3);
+        });
+        let outcomes = step(&mut book, |book| book.risk_unsent(1, 14));
+        let report = reports(&outcomes)[0];
+        assert_eq!(
+            (report.order_id, report.reason, report.exec_type),
+            (0, 14, 2)
+        );
+        assert_eq!(
+            outcomes[1],
+            Outcome::Record {
+                received_ns: 3,
+                ok: false
+            }
+        );
+        assert!(book.by_id.is_empty());
+        let order_id = routed(&mut book, 2, 100);
+        step(&mut book, |book| book.replace(ALICE, 3, 2, 500, 1, 4));
+        let outcomes = step(&mut book, |book| book.risk_unsent(order_id, 14));
+        let report = reports(&outcomes)[0];
+        assert_eq!(
+            (report.client_order_id, report.exec_type, report.status),
+            (3, 6, 2)
+        );
+        assert_eq!(
+            outcomes[1],
+            Outcome::Record {
+                received_ns: 4,
+                ok: false
+            }
+        );
+        let outcomes = step(&mut book, |book| book.cancel(ALICE, 4, 2, 0));
+        assert_eq!(
+            outcomes,
+            [Outcome::CancelRoute { order_id }],
+            "the order is as it was"
+        );
+    }
+
+    #[test]
+    fn an_unsent_route_rejects_the_order_and_an_unsent_cancel_cancels_it() {
+        let mut book = book();
+        let first = routed(&mut book, 1, 100);
+        let outcomes = step(&mut book, |book| book.venue_unsent(first));
+        assert!(matches!(outcomes[0], Outcome::Update { done: true, .. }));
+        let report = reports(&outcomes)[0];
+        assert_eq!((report.exec_type, report.status, report.reason), (2, 6, 15));
+        let second = routed(&mut book, 2, 100);
+        step(&mut book, |book| book.cancel(ALICE, 3, 2, 0));
+        let outcomes = step(&mut book, |book| book.venue_unsent(second));
+        let report = reports(&outcomes)[0];
+        assert_eq!((report.exec_type, report.status, report.reason), (4, 5, 15));
+        assert!(book.by_id.is_empty());
+    }
+
+    #[test]
+    fn unanswered_checks_fail_closed_and_risk_lost_rejects_only_the_accounts_it_served() {
+        let mut book = book();
+        step(&mut book, |book| {
+            book.new_order(ALICE, request(1, 100), 0);
+            book.new_order(ALICE, request(2, 100), 50 * MS);
+        });
+        let outcomes = step(&mut book, |book| book.expire_risk_checks(120 * MS));
+        let rejected: Vec<_> = reports(&outcomes)
+            .iter()
+            .map(|r| (r.client_order_id, r.reason))
+            .collect();
+        assert_eq!(rejected, [(1, 14)]);
+        assert_eq!(
+            outcomes.last(),
+            Some(&Outcome::Update {
+                order_id: 1,
+                account: 7,
+                quantity: 0,
+                price: 0,
+                done: true
+            })
+        );
+        let mut other = request(3, 100);
+        other.account = 8;
+        step(&mut book, |book| {
+            book.new_order(ALICE, other, 60 * MS);
+        });
+        let outcomes = step(&mut book, |book| {
+            book.risk_lost(|account| Ok::<_, ()>(account == 8)).unwrap();
+        });
+        assert_eq!(reports(&outcomes)[0].client_order_id, 3);
+        assert_eq!(book.by_id.keys().collect::<Vec<_>>(), [&2]);
+    }
+
+    #[test]
+    fn a_lost_session_cancels_its_open_orders_and_hears_nothing_more() {
+        let mut book = book();
+        let first = routed(&mut book, 1, 100);
+        step(&mut book, |book| {
+            book.new_order(ALICE, request(2, 100), 0);
+        });
+        let second = book.last_order_id;
+        let outcomes = step(&mut book, |book| book.session_lost(ALICE, 77));
+        assert_eq!(outcomes, [Outcome::CancelRoute { order_id: first }]);
+        let outcomes = step(&mut book, |book| book.risk_result(second, 0));
+        assert!(
+            matches!(outcomes[..], [Outcome::Update { done: true, .. }]),
+            "never routed"
+        );
+        let outcomes = step(&mut book, |book| book.venue_report(first, 4, 0, 0, 0, 0));
+        assert!(reports(&outcomes).is_empty());
+        assert_eq!(
+            outcomes.last(),
+            Some(&Outcome::Record {
+                received_ns: 77,
+                ok: true
+            })
+        );
+        assert!(book.by_id.is_empty() && book.sessions.is_empty());
+    }
+
+    #[test]
+    fn halting_cancels_every_open_order_once_with_the_kill_switch_reason() {
+        let mut book = book();
+        let first = routed(&mut book, 1, 100);
+        let second = routed(&mut book, 2, 100);
+        let outcomes = step(&mut book, |book| assert!(book.set_kill_switch(3, 0)));
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::CancelRoute { order_id: first },
+                Outcome::CancelRoute { order_id: second }
+            ]
+        );
+        assert!(!book.set_kill_switch(3, 0));
+        let outcomes = step(&mut book, |book| book.venue_report(second, 4, 0, 0, 0, 0));
+        let report = reports(&outcomes)[0];
+        assert_eq!((report.status, report.reason), (5, 18));
+    }
+
+    #[test]
+    fn losing_the_venue_cancels_routed_orders_only() {
+        let mut book = book();
+        routed(&mut book, 1, 100);
+        step(&mut book, |book| {
+            book.new_order(ALICE, request(2, 100), 0);
+        });
+        let outcomes = step(&mut book, Book::venue_lost);
+        let canceled: Vec<_> = reports(&outcomes)
+            .iter()
+            .map(|r| (r.client_order_id, r.reason))
+            .collect();
+        assert_eq!(canceled, [(1, 15)]);
+        assert_eq!(book.by_id.len(), 1, "the pending order waits for risk");
+    }
+
+    #[test]
+    fn shutting_down_refuses_new_orders_but_spends_their_ids() {
+        let mut book = book();
+        book.accepting = false;
+        let outcomes = step(&mut book, |book| {
+            assert_eq!(book.new_order(ALICE, request(1, 100), 0), None);
+        });
+        let report = reports(&outcomes)[0];
+        assert_eq!((report.reason, report.symbol), (16, Symbol::Request));
+        book.accepting = true;
+        let outcomes = step(&mut book, |book| {
+            book.new_order(ALICE, request(1, 100), 0);
+        });
+        assert_eq!(reports(&outcomes)[0].reason, 10);
+    }
 }
