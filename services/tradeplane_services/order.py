@@ -136,11 +136,10 @@ class OrderManager:
         """Order id -> status of every order not yet terminal."""
         return self.book.orders()
 
-    def _session_id(self, session: Session) -> int:
-        if session.book is None:
-            session.book = self.book
-            self.sessions[session.id] = session
-        return session.id
+    def _register(self, session: Session) -> None:
+        """A session's first request: the book may report to it from now on."""
+        session.book = self.book
+        self.sessions[session.id] = session
 
     def _apply(self, outcomes: list[tuple[int, int, Any]]) -> int:
         """Does what the book decided, in order; the number of cancels and replaces sent to the venue."""
@@ -170,13 +169,19 @@ class OrderManager:
     # --- client requests --------------------------------------------------------------------------
 
     def new_order(self, session: Session, message: NewOrder, received_ns: int) -> None:
-        self._apply(self.book.new_order(self._session_id(session), message, received_ns))
+        if session.book is None:
+            self._register(session)
+        self._apply(self.book.new_order(session.id, message, received_ns))
 
     def cancel(self, session: Session, message: CancelOrder, received_ns: int) -> None:
-        self._apply(self.book.cancel(self._session_id(session), message, received_ns))
+        if session.book is None:
+            self._register(session)
+        self._apply(self.book.cancel(session.id, message, received_ns))
 
     def replace(self, session: Session, message: ReplaceOrder, received_ns: int) -> None:
-        self._apply(self.book.replace(self._session_id(session), message, received_ns))
+        if session.book is None:
+            self._register(session)
+        self._apply(self.book.replace(session.id, message, received_ns))
 
     # --- risk answers -----------------------------------------------------------------------------
 
@@ -205,6 +210,7 @@ class OrderManager:
     def session_lost(self, session: Session) -> None:
         """Cancel on disconnect: every open order of the session goes; its reports go nowhere."""
         if self.sessions.pop(session.id, None) is not None:
+            session.book = None
             self._apply(self.book.session_lost(session.id, time.perf_counter_ns()))
 
     def cancel_all(self, reason: Reason) -> int:
