@@ -1,9 +1,10 @@
 """Allocations per operation of the Rust core's hot paths in steady state, as core/src/steady_state.rs
 counts them (a counting global allocator in the core's test binary, 1,000,000 operations after a
 10,000-operation warm-up): wire encode + decode of orders into reused buffers, the shared-memory ring's
-push + pop, histogram record, a risk check and its release, and, as the baseline that shows the counter
-counts, the decode of a refused frame (which builds its error text). The test binary is compiled by
-scripts/bootstrap.
+push + pop, histogram record, a risk check and its release, an order's lifecycle in the order book (new,
+risk OK, fill; its session's set of used client order ids grows by doubling), and, as the baseline that
+shows the counter counts, the decode of a refused frame (which builds its error text). The test binary is
+compiled by scripts/bootstrap.
 
 The matching book builds Python objects (the event list and VenueEvents) in every operation, which a test
 binary without an interpreter cannot run: it is counted through its Python API instead, in a child process

@@ -10,9 +10,11 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use pyo3::exceptions::{PyKeyError, PyTypeError};
+use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList, PyType};
+
+use crate::named_tuple::NamedTupleClass;
 
 /// The protocol's codes the book uses, given by the Python side (protocol.py owns them).
 struct Codes {
@@ -80,7 +82,7 @@ impl Order {
 
 /// Builds the Python `VenueEvent`s (a NamedTuple) the book returns.
 struct Events {
-    class: Py<PyType>,
+    class: NamedTupleClass,
     codes: Codes,
     no_symbol: Py<PyBytes>,
 }
@@ -88,23 +90,9 @@ struct Events {
 const EVENT_FIELDS: usize = 10;
 
 impl Events {
-    /// `class` must be a tuple subclass with no storage of its own (a NamedTuple), so that an event
-    /// can be allocated as the class and filled like a tuple, without a call through `tuple.__new__`.
     fn new(py: Python<'_>, class: Py<PyType>, codes: Codes) -> PyResult<Self> {
-        let bound = class.bind(py);
-        // SAFETY: reading the size fields of a live type object.
-        let same_layout = unsafe {
-            (*bound.as_type_ptr()).tp_basicsize == pyo3::ffi::PyTuple_Type.tp_basicsize
-                && (*bound.as_type_ptr()).tp_itemsize == pyo3::ffi::PyTuple_Type.tp_itemsize
-        };
-        if !bound.is_subclass_of::<PyTuple>()? || !same_layout {
-            return Err(PyTypeError::new_err(format!(
-                "event_class must be a NamedTuple, not {}",
-                bound.name()?
-            )));
-        }
         Ok(Events {
-            class,
+            class: NamedTupleClass::new(py, class, "event_class")?,
             codes,
             no_symbol: PyBytes::new(py, &[0u8; 8]).unbind(),
         })
@@ -115,24 +103,7 @@ impl Events {
         py: Python<'_>,
         fields: [Bound<'_, PyAny>; EVENT_FIELDS],
     ) -> PyResult<Py<PyAny>> {
-        // SAFETY: the class has a tuple's layout (checked in `new`); every item is set before the event
-        // is returned, and nothing runs Python code in between.
-        unsafe {
-            let class = self.class.as_ptr() as *mut pyo3::ffi::PyTypeObject;
-            let alloc = (*class).tp_alloc.unwrap_or(pyo3::ffi::PyType_GenericAlloc);
-            let event = alloc(class, EVENT_FIELDS as pyo3::ffi::Py_ssize_t);
-            if event.is_null() {
-                return Err(PyErr::fetch(py));
-            }
-            for (index, field) in fields.into_iter().enumerate() {
-                pyo3::ffi::PyTuple_SET_ITEM(
-                    event,
-                    index as pyo3::ffi::Py_ssize_t,
-                    field.into_ptr(),
-                );
-            }
-            Ok(Py::from_owned_ptr(py, event))
-        }
+        self.class.build(py, fields)
     }
 
     fn of(

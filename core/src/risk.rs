@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict};
 /// Hashes the u64 keys of the maps below (order ids, accounts, fingerprints) with one multiply: SipHash
 /// costs more than the rest of a check, and no key here comes from an adversary who sees the table.
 #[derive(Default)]
-struct MultiplyHasher(u64);
+pub(crate) struct MultiplyHasher(u64);
 
 impl Hasher for MultiplyHasher {
     fn finish(&self) -> u64 {
@@ -33,9 +33,9 @@ impl Hasher for MultiplyHasher {
     }
 }
 
-type FastMap<V> = HashMap<u64, V, BuildHasherDefault<MultiplyHasher>>;
+pub(crate) type FastMap<V> = HashMap<u64, V, BuildHasherDefault<MultiplyHasher>>;
 
-fn fast_map<V>(capacity: usize) -> FastMap<V> {
+pub(crate) fn fast_map<V>(capacity: usize) -> FastMap<V> {
     HashMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default())
 }
 

@@ -7,6 +7,7 @@ use std::cell::Cell;
 use std::path::PathBuf;
 
 use crate::histogram::LatencyHistogram;
+use crate::orders::{protocol_codes, Book};
 use crate::ring::{Ring, KIND_DATA};
 use crate::risk::steady_book;
 use crate::wire::{parse_codes, Check, Codec, Layout, Rule, Value};
@@ -200,4 +201,16 @@ fn risk_check_and_release_allocate_nothing() {
         assert_eq!(book.steady_check_and_done(round), 0);
     });
     assert_eq!(allocations, 0);
+}
+
+#[test]
+fn an_orders_lifecycle_allocates_nothing_but_its_sessions_id_set_growing() {
+    // New, risk OK, filled, swept: the order's slot and map entries are reused; the session's set of
+    // used client order ids grows by doubling (ids are never forgotten while the session lasts).
+    let mut book = Book::new(protocol_codes(), 0, 0);
+    let allocations = steady_allocations("order new + risk OK + fill (one cycle)", |round| {
+        assert_eq!(book.steady_cycle(round), 6);
+    });
+    let doublings = (WARM_UP + OPERATIONS).ilog2() as u64;
+    assert!(allocations <= doublings, "{allocations}");
 }

@@ -5,27 +5,35 @@ routed to execution; PARTIALLY_FILLED / FILLED as trades arrive; CANCELED or REJ
 are unique per session for the session's life, the ids of cancels and replaces included (FIX style: a
 replace gives the order a new client order id).
 
-`OrderManager` holds the rules and talks through three callables (to the client session, to risk, to the
-venue), so it runs without sockets in unit tests; `OrderService` wires it to connections.
+The orders and the rules are the Rust core's `OrderBook` (core/src/orders.rs): each message is one call
+that returns what to send. `OrderManager` sends it through three callables (to the client session, to
+risk, to the venue), so it runs without sockets in unit tests; `OrderService` wires it to connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from tradeplane_services import protocol
+from tradeplane_services._wire import (
+    ORDER_CHECK,
+    ORDER_REPORT,
+    ORDER_ROUTE,
+    ORDER_UPDATE,
+    ORDER_VENUE,
+    OrderBook,
+)
 from tradeplane_services.config import ConfigError, Environment, RingAddress, parse_address
 from tradeplane_services.eventlog import EventLog, partition_of
 from tradeplane_services.partitions import LeaseTable, describe_owners
 from tradeplane_services.protocol import (
     CancelOrder,
-    CancelRoute,
-    ExecType,
     ExecutionReport,
     KillSwitchState,
     KillSwitchStatus,
@@ -33,11 +41,9 @@ from tradeplane_services.protocol import (
     OrderStatus,
     Reason,
     ReplaceOrder,
-    ReplaceRoute,
     RiskCheck,
     RiskResult,
     RiskUpdate,
-    RouteOrder,
     VenueReport,
 )
 from tradeplane_services.ringtransport import ring_serves
@@ -55,70 +61,26 @@ from tradeplane_services.runtime import (
 from tradeplane_services.settings import OrderSettings
 from tradeplane_services.split import AccountSplit, routing_route
 
-PENDING_NEW, NEW, PARTIALLY_FILLED, FILLED, CANCELED, REJECTED = (int(s) for s in OrderStatus)
+PENDING_NEW = int(OrderStatus.PENDING_NEW)
 OK, RISK_UNAVAILABLE = int(Reason.OK), int(Reason.RISK_UNAVAILABLE)
 PARTITION_TAKEOVER = int(Reason.PARTITION_TAKEOVER)
-E_NEW, E_REJECTED, E_TRADE, E_CANCELED, E_REPLACED, E_CANCEL_REJECTED = (int(e) for e in ExecType)
-OPEN = frozenset((NEW, PARTIALLY_FILLED))
 
 
 class Session:
-    """A client connection's orders: every client order id it used, and its orders still alive."""
+    """A client connection; the order book knows it by `id` once it sent its first request."""
 
-    __slots__ = ("connection", "live", "used")
+    __slots__ = ("book", "connection", "id")
+    _ids = itertools.count(1)
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
-        self.used: set[int] = set()
-        self.live: dict[int, Order] = {}
+        self.id = next(Session._ids)
+        self.book: OrderBook | None = None
 
-
-class Change:
-    """A cancel or replace waiting for the venue (or for risk, for a replace)."""
-
-    __slots__ = ("client_order_id", "price", "quantity", "reason", "received_ns")
-
-    def __init__(self, client_order_id: int, received_ns: int, quantity: int = 0, price: int = 0) -> None:
-        self.client_order_id = client_order_id
-        self.received_ns = received_ns
-        self.quantity = quantity  # 0: a cancel
-        self.price = price
-        self.reason = int(Reason.OK)
-
-
-class Order:
-    __slots__ = (
-        "account",
-        "change",
-        "client_order_id",
-        "filled",
-        "order_id",
-        "order_type",
-        "price",
-        "quantity",
-        "received_ns",
-        "session",
-        "side",
-        "status",
-        "symbol",
-        "time_in_force",
-    )
-
-    def __init__(self, order_id: int, session: Session | None, message: NewOrder, received_ns: int) -> None:
-        self.order_id = order_id
-        self.session = session
-        self.client_order_id = message.client_order_id
-        self.account = message.account
-        self.symbol = message.symbol
-        self.side = message.side
-        self.order_type = message.order_type
-        self.time_in_force = message.time_in_force
-        self.quantity = message.quantity
-        self.price = message.price
-        self.filled = 0
-        self.status = PENDING_NEW
-        self.received_ns = received_ns
-        self.change: Change | None = None
+    @property
+    def live(self) -> dict[int, int]:
+        """Client order id -> order id of the session's orders still alive."""
+        return self.book.live(self.id) if self.book is not None else {}
 
 
 Sink = Callable[[Any], bool]
@@ -126,17 +88,10 @@ Sink = Callable[[Any], bool]
 RiskSink = Callable[[RiskCheck | RiskUpdate, int], int]
 
 
-def _risk_check(order: Order, quantity: int, price: int, is_replace: int) -> RiskCheck:
-    """What risk is asked about `order`: a new order, or a replace (quantity: what may still trade)."""
-    return RiskCheck(
-        order.order_id, order.account, order.symbol, order.side, order.order_type, quantity, price, is_replace
-    )
-
-
 class OrderManager:
-    """Order state and rules. `report(session, ExecutionReport)`, `to_risk(msg, account)`, `to_venue(msg)`
-    do I/O; to_risk answers OK or the Reason the message cannot reach risk, to_venue False when the venue
-    is unreachable."""
+    """The order book (core/src/orders.rs holds the orders and rules) and the I/O of its decisions:
+    `report(session, ExecutionReport)`, `to_risk(msg, account)`, `to_venue(msg)`. to_risk answers OK or
+    the Reason the message cannot reach risk, to_venue False when the venue is unreachable."""
 
     def __init__(
         self,
@@ -151,348 +106,122 @@ class OrderManager:
         self.to_risk = to_risk
         self.to_venue = to_venue
         self.metrics = metrics
-        self.risk_timeout_ns = risk_timeout_ns
         # Unique across replicas and restarts: a random 24-bit prefix, a 40-bit counter.
         prefix = id_prefix if id_prefix is not None else int.from_bytes(os.urandom(3), "little")
-        self.next_order_id = prefix << 40
-        self.orders: dict[int, Order] = {}  # order_id -> every order not yet terminal
-        self.awaiting_risk: deque[tuple[int, int]] = deque()  # (deadline ns, order_id), FIFO
-        self.accepting = True
-        self.kill_switch = int(KillSwitchState.ACTIVE)
+        self.book = OrderBook(protocol, risk_timeout_ns, prefix << 40)
+        self.sessions: dict[int, Session] = {}  # by id: those the book may report to
+
+    @property
+    def risk_timeout_ns(self) -> int:
+        return self.book.risk_timeout_ns
+
+    @risk_timeout_ns.setter
+    def risk_timeout_ns(self, value: int) -> None:
+        self.book.risk_timeout_ns = value
+
+    @property
+    def accepting(self) -> bool:
+        return self.book.accepting
+
+    @accepting.setter
+    def accepting(self, value: bool) -> None:
+        self.book.accepting = value
+
+    @property
+    def kill_switch(self) -> int:
+        return self.book.kill_switch
+
+    @property
+    def orders(self) -> dict[int, int]:
+        """Order id -> status of every order not yet terminal."""
+        return self.book.orders()
+
+    def _register(self, session: Session) -> None:
+        """A session's first request: the book may report to it from now on."""
+        session.book = self.book
+        self.sessions[session.id] = session
+
+    def _apply(self, outcomes: list[tuple[int, int, Any]]) -> int:
+        """Does what the book decided, in order; the number of cancels and replaces sent to the venue."""
+        sent = 0
+        for kind, target, message in outcomes:
+            if kind == ORDER_REPORT:
+                self.report(self.sessions[target], message)
+            elif kind == ORDER_UPDATE:
+                self.to_risk(message, target)
+            elif kind == ORDER_CHECK:
+                unreachable = self.to_risk(message, target)
+                if unreachable:
+                    self._apply(self.book.risk_unsent(message.order_id, unreachable))
+            elif kind == ORDER_ROUTE:
+                if not self.to_venue(message):
+                    self._apply(self.book.venue_unsent(message.order_id))
+                    break  # the acknowledgement after the route did not happen
+            elif kind == ORDER_VENUE:
+                if self.to_venue(message):
+                    sent += 1
+                else:
+                    self._apply(self.book.venue_unsent(message.order_id))
+            else:
+                self.metrics.record(target, 1, message)
+        return sent
 
     # --- client requests --------------------------------------------------------------------------
 
     def new_order(self, session: Session, message: NewOrder, received_ns: int) -> None:
-        client_order_id = message.client_order_id
-        if client_order_id in session.used:
-            self._refuse(session, message, Reason.DUPLICATE_CLIENT_ORDER_ID, received_ns)
-            return
-        session.used.add(client_order_id)
-        if not self.accepting:
-            self._refuse(session, message, Reason.SHUTTING_DOWN, received_ns)
-            return
-        self.next_order_id += 1
-        order = Order(self.next_order_id, session, message, received_ns)
-        unreachable = self.to_risk(
-            _risk_check(order, order.quantity, order.price, is_replace=0), order.account
-        )
-        if unreachable:
-            self._refuse(session, message, Reason(unreachable), received_ns, ok=False)
-            return
-        self.orders[order.order_id] = order
-        session.live[client_order_id] = order
-        self.awaiting_risk.append((received_ns + self.risk_timeout_ns, order.order_id))
+        if session.book is None:
+            self._register(session)
+        self._apply(self.book.new_order(session.id, message, received_ns))
 
     def cancel(self, session: Session, message: CancelOrder, received_ns: int) -> None:
-        order = self._changeable(session, message.client_order_id, message.orig_client_order_id, received_ns)
-        if order is None:
-            return
-        order.change = Change(message.client_order_id, received_ns)
-        if not self.to_venue(CancelRoute(order.order_id)):
-            self._venue_lost_order(order)
+        if session.book is None:
+            self._register(session)
+        self._apply(self.book.cancel(session.id, message, received_ns))
 
     def replace(self, session: Session, message: ReplaceOrder, received_ns: int) -> None:
-        order = self._changeable(session, message.client_order_id, message.orig_client_order_id, received_ns)
-        if order is None:
-            return
-        order.change = Change(message.client_order_id, received_ns, message.quantity, message.price)
-        if message.quantity <= order.filled:
-            # Down to what already traded: only less exposure, nothing for risk to check.
-            self._route_replace(order)
-            return
-        check = _risk_check(order, message.quantity - order.filled, message.price, is_replace=1)
-        unreachable = self.to_risk(check, order.account)
-        if unreachable:
-            self._reject_change(order, Reason(unreachable))
-            self.metrics.record(received_ns, ok=False)
-
-    def _changeable(
-        self, session: Session, client_order_id: int, original: int, received_ns: int
-    ) -> Order | None:
-        reason = None
-        order = session.live.get(original)
-        if client_order_id in session.used:
-            reason = Reason.DUPLICATE_CLIENT_ORDER_ID
-        elif order is None:
-            reason = Reason.ORDER_NOT_OPEN if original in session.used else Reason.UNKNOWN_ORDER
-        elif order.change is not None or order.status == PENDING_NEW:
-            reason = Reason.CHANGE_PENDING
-        session.used.add(client_order_id)
-        if reason is None:
-            return order
-        self.report(
-            session,
-            ExecutionReport(
-                client_order_id,
-                order.order_id if order else 0,
-                E_CANCEL_REJECTED,
-                order.status if order else REJECTED,
-                int(reason),
-                order.symbol if order else b"\0" * 8,
-                order.side if order else 0,
-                0,
-                0,
-                order.filled if order else 0,
-                order.quantity - order.filled if order else 0,
-                order.price if order else 0,
-            ),
-        )
-        self.metrics.record(received_ns)
-        return None
+        if session.book is None:
+            self._register(session)
+        self._apply(self.book.replace(session.id, message, received_ns))
 
     # --- risk answers -----------------------------------------------------------------------------
 
     def risk_result(self, message: RiskResult) -> None:
-        order = self.orders.get(message.order_id)
-        if order is None:
-            return
-        if order.status == PENDING_NEW:
-            self._risk_decided_new(order, message.reason)
-        elif order.change is not None and order.change.quantity:
-            if message.reason:
-                received_ns = order.change.received_ns
-                self._reject_change(order, Reason(message.reason))
-                self.metrics.record(received_ns)
-            else:
-                self._route_replace(order)
-
-    def _risk_decided_new(self, order: Order, reason: int) -> None:
-        session = order.session
-        if reason:
-            order.status = REJECTED
-            self._retire(order)
-            if session is not None:
-                self.report(session, self._execution_report(order, E_REJECTED, reason))
-            self.metrics.record(order.received_ns)
-            return
-        if session is None:  # the client left while risk was deciding
-            self._release(order)
-            return
-        route = RouteOrder(
-            order.order_id,
-            order.account,
-            order.symbol,
-            order.side,
-            order.order_type,
-            order.time_in_force,
-            order.quantity,
-            order.price,
-        )
-        if not self.to_venue(route):
-            order.status = REJECTED
-            self._release(order)
-            self.report(session, self._execution_report(order, E_REJECTED, Reason.VENUE_UNAVAILABLE))
-            self.metrics.record(order.received_ns, ok=False)
-            return
-        order.status = NEW
-        self.report(session, self._execution_report(order, E_NEW))
-        self.metrics.record(order.received_ns)
+        self._apply(self.book.risk_result(message))
 
     def expire_risk_checks(self, now_ns: int) -> None:
         """Orders risk did not answer in time are rejected: fail closed."""
-        waiting = self.awaiting_risk
-        while waiting and waiting[0][0] <= now_ns:
-            _, order_id = waiting.popleft()
-            order = self.orders.get(order_id)
-            if order is not None and order.status == PENDING_NEW:
-                self._risk_unanswered(order)
+        self._apply(self.book.expire_risk_checks(now_ns))
 
-    def risk_lost(self, served: Callable[[int], bool] = lambda account: True) -> None:
+    def risk_lost(self, served: Callable[[int], bool] | None = None) -> None:
         """A risk replica went away: the orders it was deciding for (by account) are rejected."""
-        for order in [o for o in self.orders.values() if o.status == PENDING_NEW and served(o.account)]:
-            self._risk_unanswered(order)
-
-    def _risk_unanswered(self, order: Order) -> None:
-        order.status = REJECTED
-        self._retire(order)
-        if order.session is not None:
-            self.report(order.session, self._execution_report(order, E_REJECTED, Reason.RISK_UNAVAILABLE))
-        self.metrics.record(order.received_ns, ok=False)
-        # Risk may have booked it before going quiet.
-        self.to_risk(RiskUpdate(order.order_id, 0, 0, 1), order.account)
+        self._apply(self.book.risk_lost(served))
 
     # --- venue reports ----------------------------------------------------------------------------
 
     def venue_report(self, message: VenueReport) -> None:
-        order = self.orders.get(message.order_id)
-        if order is None:
-            return
-        exec_type = message.exec_type
-        if exec_type == E_TRADE:
-            order.filled += message.last_quantity
-            done = order.filled >= order.quantity
-            order.status = FILLED if done else PARTIALLY_FILLED
-            update = RiskUpdate(order.order_id, message.last_quantity, message.last_price, int(done))
-            self.to_risk(update, order.account)
-            if order.session is not None:
-                self.report(
-                    order.session,
-                    ExecutionReport(
-                        order.client_order_id,
-                        order.order_id,
-                        E_TRADE,
-                        order.status,
-                        0,
-                        order.symbol,
-                        order.side,
-                        message.last_quantity,
-                        message.last_price,
-                        order.filled,
-                        order.quantity - order.filled,
-                        order.price,
-                    ),
-                )
-            if done:
-                self._retire(order)
-        elif exec_type == E_CANCELED:
-            change = order.change
-            order.status = CANCELED
-            reason = message.reason or (change.reason if change else 0)
-            if change is not None:
-                self._rename(order, change.client_order_id)
-            self._release(order)
-            if order.session is not None:
-                self.report(order.session, self._execution_report(order, E_CANCELED, reason))
-            if change is not None:
-                self.metrics.record(change.received_ns)
-        elif exec_type == E_REPLACED:
-            change = order.change
-            if change is None:
-                return
-            self._rename(order, change.client_order_id)
-            order.quantity = change.quantity
-            order.price = change.price
-            order.change = None
-            done = message.leaves_quantity == 0
-            if done:
-                order.status = FILLED if order.filled >= order.quantity else CANCELED
-                self._release(order)
-            if order.session is not None:
-                self.report(order.session, self._execution_report(order, E_REPLACED))
-            self.metrics.record(change.received_ns)
-        elif exec_type == E_CANCEL_REJECTED:
-            if order.change is not None:
-                self._reject_change(order, Reason(message.reason or Reason.ORDER_NOT_OPEN))
-        elif exec_type == E_REJECTED:
-            order.status = REJECTED
-            self._release(order)
-            if order.session is not None:
-                self.report(order.session, self._execution_report(order, E_REJECTED, message.reason))
+        self._apply(self.book.venue_report(message))
 
     def venue_lost(self) -> None:
         """The venue cancels the orders of a connection it lost; say so to their owners."""
-        for order in [o for o in self.orders.values() if o.status in OPEN]:
-            self._venue_lost_order(order)
-
-    def _venue_lost_order(self, order: Order) -> None:
-        order.status = CANCELED
-        self._release(order)
-        if order.session is not None:
-            self.report(order.session, self._execution_report(order, E_CANCELED, Reason.VENUE_UNAVAILABLE))
+        self._apply(self.book.venue_lost())
 
     # --- bulk cancels -----------------------------------------------------------------------------
 
     def session_lost(self, session: Session) -> None:
         """Cancel on disconnect: every open order of the session goes; its reports go nowhere."""
-        for order in list(session.live.values()):
-            order.session = None
-            if order.status in OPEN and order.change is None:
-                order.change = Change(order.client_order_id, time.perf_counter_ns())
-                order.change.reason = int(Reason.CANCELED_ON_DISCONNECT)
-                if not self.to_venue(CancelRoute(order.order_id)):
-                    self._venue_lost_order(order)
-        session.live.clear()
+        if self.sessions.pop(session.id, None) is not None:
+            session.book = None
+            self._apply(self.book.session_lost(session.id, time.perf_counter_ns()))
 
     def cancel_all(self, reason: Reason) -> int:
         """Cancel every open order (kill switch HALTED, shutdown); the number of cancels sent."""
-        sent = 0
-        for order in list(self.orders.values()):
-            if order.status in OPEN and order.change is None:
-                order.change = Change(order.client_order_id, time.perf_counter_ns())
-                order.change.reason = int(reason)
-                if self.to_venue(CancelRoute(order.order_id)):
-                    sent += 1
-                else:
-                    self._venue_lost_order(order)
-        return sent
+        return self._apply(self.book.cancel_all(int(reason), time.perf_counter_ns()))
 
     def set_kill_switch(self, state: int) -> None:
-        previous, self.kill_switch = self.kill_switch, state
-        if state == KillSwitchState.HALTED and previous != state:
-            sent = self.cancel_all(Reason.CANCELED_BY_KILL_SWITCH)
+        cancels = self.book.set_kill_switch(state, time.perf_counter_ns())
+        if cancels is not None:
+            sent = self._apply(cancels)
             log.warning("kill switch HALTED: canceling open orders", extra=fields(cancels=sent))
-
-    # --- helpers ----------------------------------------------------------------------------------
-
-    def _route_replace(self, order: Order) -> None:
-        change = order.change
-        assert change is not None
-        if not self.to_venue(ReplaceRoute(order.order_id, change.quantity, change.price)):
-            self._venue_lost_order(order)
-
-    def _reject_change(self, order: Order, reason: Reason) -> None:
-        change = order.change
-        order.change = None
-        if order.session is not None and change is not None:
-            report = self._execution_report(order, E_CANCEL_REJECTED, reason)
-            self.report(order.session, report._replace(client_order_id=change.client_order_id))
-
-    def _release(self, order: Order) -> None:
-        """The order can trade no more: forget it and free its risk exposure."""
-        self._retire(order)
-        self.to_risk(RiskUpdate(order.order_id, 0, 0, 1), order.account)
-
-    def _retire(self, order: Order) -> None:
-        self.orders.pop(order.order_id, None)
-        if order.session is not None:
-            order.session.live.pop(order.client_order_id, None)
-
-    @staticmethod
-    def _rename(order: Order, client_order_id: int) -> None:
-        """A cancel or replace took effect: the order answers to the request's client order id now."""
-        if order.session is not None and order.session.live.pop(order.client_order_id, None) is order:
-            order.session.live[client_order_id] = order
-        order.client_order_id = client_order_id
-
-    def _refuse(
-        self, session: Session, message: NewOrder, reason: Reason, received_ns: int, ok: bool = True
-    ) -> None:
-        self.report(
-            session,
-            ExecutionReport(
-                message.client_order_id,
-                0,
-                E_REJECTED,
-                REJECTED,
-                int(reason),
-                message.symbol,
-                message.side,
-                0,
-                0,
-                0,
-                0,
-                message.price,
-            ),
-        )
-        self.metrics.record(received_ns, ok=ok)
-
-    @staticmethod
-    def _execution_report(order: Order, exec_type: int, reason: int = 0) -> ExecutionReport:
-        leaves = order.quantity - order.filled if order.status in OPEN or order.status == PENDING_NEW else 0
-        return ExecutionReport(
-            order.client_order_id,
-            order.order_id,
-            exec_type,
-            order.status,
-            int(reason),
-            order.symbol,
-            order.side,
-            0,
-            0,
-            order.filled,
-            leaves,
-            order.price,
-        )
 
 
 class RiskRoutes:
@@ -730,7 +459,7 @@ class OrderService(Service[OrderSettings]):
 
     def on_risk_result(self, connection: Connection, message: RiskResult) -> None:
         self.manager.risk_result(message)
-        self.risk.decided(message.order_id, message.reason, message.order_id in self.manager.orders)
+        self.risk.decided(message.order_id, message.reason, message.order_id in self.manager.book)
 
     def on_kill_switch(self, connection: Connection, message: KillSwitchStatus) -> None:
         self.manager.set_kill_switch(message.state)
@@ -752,10 +481,10 @@ class OrderService(Service[OrderSettings]):
     async def drain(self) -> None:
         manager = self.manager
         manager.accepting = False
-        await wait_until(lambda: not any(o.status == PENDING_NEW for o in manager.orders.values()), 5.0)
+        await wait_until(lambda: PENDING_NEW not in manager.orders.values(), 5.0)
         sent = manager.cancel_all(Reason.CANCELED_ON_DISCONNECT)
         log.info("draining: canceling resting orders", extra=fields(cancels=sent))
-        await wait_until(lambda: not manager.orders, self.settings.drainTimeoutSeconds)
+        await wait_until(lambda: not manager.book, self.settings.drainTimeoutSeconds)
 
     async def stop(self) -> None:
         await self.risk.stop()
@@ -766,7 +495,7 @@ class OrderService(Service[OrderSettings]):
     def status(self) -> dict[str, Any]:
         manager = self.manager
         return {
-            "openOrders": len(manager.orders),
+            "openOrders": len(manager.book),
             "killSwitch": KillSwitchState(manager.kill_switch).name,
             "riskPartitions": self.risk_routes.reachable() if self.risk_routes else None,
         }
