@@ -1,20 +1,21 @@
 """Order entry round trip (client -> order -> risk -> ack) under open-loop load, beside a bare echo server.
 
 Two kinds of load: passive orders (1% off the market: they rest, the path measured is order entry alone)
-and crossing orders (pairs at the same price: every order also trades, so fills flow to the client, risk
-and position as well). Starts the five services and the echo server (`tradeplane-svc echo`: the same
-loopback TCP, uvloop and asyncio protocol, no work) on a loopback address of their own, then alternates
-runs at the same offered rate against each: latency from each order's intended send time to its
-acknowledgement, HdrHistogram. Prints every run, the medians, and the ratio order p99 / echo p99 (goal
-<= 3 at 10k/s; 1k/s shows the unsaturated path). Then steps the offered rate up to find the highest rate
-the stack sustains: every order acknowledged (none refused, e.g. for a risk timeout), at least 98% of the
-offered rate achieved, and the median latency under --sustain-p50-ms. The median, not p99: past
-saturation the queue grows and the median with it, while a single scheduling stall of a shared machine
-moves p99 but not the median.
+and crossing orders (pairs at the same price: every order also trades, so fills flow to the client and
+risk as well). Starts the order path (market data, risk, execution, order; --whole-stack adds position
+and analytics) and the echo server (`tradeplane-svc echo`: the same loopback TCP, uvloop and asyncio
+protocol, no work) on a loopback address of their own, then alternates runs at the same offered rate
+against each: latency from each order's intended send time to its acknowledgement, HdrHistogram. Prints
+every run, the medians, and the ratio order p99 / echo p99 (goal <= 3 at 10k/s; 1k/s shows the
+unsaturated path). Then steps the offered rate up to find the highest rate the stack sustains: every
+order acknowledged (none refused, e.g. for a risk timeout), at least 98% of the offered rate achieved,
+and the median latency under --sustain-p50-ms. The median, not p99: past saturation the queue grows and
+the median with it, while a single scheduling stall of a shared machine moves p99 but not the median.
 
     python bench/services_order_entry.py           # 1k/s and 10k/s, passive and crossing, 3 runs of 5 s
     python bench/services_order_entry.py --rate 10000 --mode passive --runs 5 --seconds 10
     python bench/services_order_entry.py --skip-ramp
+    python bench/services_order_entry.py --whole-stack  # position and analytics on the same two cores
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from tradeplane_services.config import Address
 from tradeplane_services.loadgen import LoadResult, default_plan, run_load
-from tradeplane_services.stack import Stack
+from tradeplane_services.stack import START_ORDER, Stack
 
 HOST = "127.77.250.1"
 ECHO_PORT = 7000
@@ -42,6 +43,9 @@ MODES = {
     # Buy and sell at the same price: every order also trades (fills to client, risk and position).
     "crossing": default_plan(crossing=True),
 }
+# The order path and the price source risk's collar needs. Position and analytics read the log beside it
+# (on other nodes in a cluster); --whole-stack puts them on these two cores too.
+ORDER_PATH = ("market-data", "risk", "execution", "order")
 SETTINGS = {
     # Generated load is spread over 100 accounts; lift credit so long runs never reach it.
     "risk": {"creditLimit": 1e13},
@@ -139,6 +143,9 @@ def main() -> int:
     parser.add_argument("--ramp-seconds", type=float, default=3.0)
     parser.add_argument("--sustain-p50-ms", type=float, default=5.0)
     parser.add_argument("--skip-ramp", action="store_true")
+    parser.add_argument(
+        "--whole-stack", action="store_true", help="position and analytics too, beside the order path"
+    )
     arguments = parser.parse_args()
     modes = arguments.mode or list(MODES)
     print("$ python " + " ".join(shlex.quote(a) for a in sys.argv), flush=True)
@@ -152,8 +159,10 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )
         try:
-            stack.start()
-            stack.wait_ready()
+            components = START_ORDER if arguments.whole_stack else ORDER_PATH
+            print(f"components: the event log, {', '.join(components)}", flush=True)
+            stack.start(components)
+            stack.wait_ready(components=components)
             time.sleep(0.5)
             next_id = 1
             for rate in arguments.rate or [1_000, 10_000]:

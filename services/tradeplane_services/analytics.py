@@ -7,7 +7,8 @@ Exactly once, per input stream (the feed's channel, the event log):
 2. before inserting it, the writer records first..last in `ingest_progress`;
 3. each table gets the batch as one insert carrying a token made of the stream and the range, which
    ClickHouse refuses to store twice;
-4. only then are the log's events acknowledged (the durable consumer's explicit acks).
+4. only then are the log's events acknowledged: the batch's last event, which acknowledges every one
+   before it (AckPolicy.ALL: one acknowledgement a batch, not one an event).
 On start the writer reads the last recorded batch and rebuilds exactly that range first (the log
 redelivers from `first`; the feed replays it from market-data's retained packets), inserting with the same
 tokens: whatever part of it was stored before a crash is refused, the rest is stored. Nothing is lost,
@@ -445,7 +446,7 @@ class AnalyticsService(Service[AnalyticsSettings]):
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=first,
-                ack_policy=AckPolicy.EXPLICIT,
+                ack_policy=AckPolicy.ALL,
                 ack_wait=60.0,
                 max_ack_pending=settings.batchRows * 2,
             ),
@@ -485,12 +486,11 @@ class AnalyticsService(Service[AnalyticsSettings]):
                 log.info("event log caught up", extra=fields(sequence=self.ingested_sequence))
 
     async def _flush_events(self) -> None:
-        """Store the batch, then acknowledge its events (the acks reach the server before the next)."""
+        """Store the batch, then acknowledge its events (the ack reaches the server before the next)."""
         assert self.event_log is not None and self.event_log.nc is not None
         batch, self.events = self.events, EventBatch(self.rejections)
         await asyncio.to_thread(self._store_events, batch)
-        for message in batch.messages:
-            await message.ack()
+        await batch.messages[-1].ack()
         await self.event_log.nc.flush()
         self.ingested_sequence = batch.last
 

@@ -57,6 +57,8 @@ WRONG_LAST_SEQUENCE = 10071  # JetStream's error code: the expected last sequenc
 DUPLICATE_WINDOW_SECONDS = 120.0
 APPEND_TIMEOUT_SECONDS = 2.0
 FETCH_BATCH = 512
+FOLLOW_HEARTBEAT_SECONDS = 0.5
+"""A follower's consumer that sends no heartbeat for two of these is recreated."""
 STALLED_FETCHES = 3
 """Fetches in a row that time out with events pending before the consumer is taken for stuck."""
 FRAME_LENGTH = struct.Struct("<H")
@@ -272,14 +274,18 @@ class EventLog:
         damaged: Callable[[ProtocolError], None] | None = None,
     ) -> AsyncIterator[Event]:
         """Events on `filter_subject` from sequence `start`: up to `stop` (default: the end of the log as
-        it is now), or for ever with `follow`. Each is acknowledged once the caller has taken it; a lost
-        consumer (a server restart) is recreated from the next sequence. An event that cannot be decoded
+        it is now), or for ever with `follow` (`_follow`). Up to `stop`, each is acknowledged once the caller
+        has taken it, and a lost consumer (a server restart) is recreated from the next sequence. An event that cannot be decoded
         raises ProtocolError, or with `damaged` is handed to it and passed over as an empty event."""
         assert self.js is not None
         next_sequence = max(1, start)
-        if stop is None and not follow:
+        if follow:
+            async for event in self._follow(filter_subject, next_sequence, damaged):
+                yield event
+            return
+        if stop is None:
             stop = await self.last_sequence()
-        while stop is None or next_sequence <= stop:
+        while next_sequence <= stop:
             # A consumer from before a reconnect may be stuck on the old server's state: start anew.
             reconnects = self.reconnects
             try:
@@ -300,7 +306,7 @@ class EventLog:
                 continue
             stalls = 0  # fetches in a row that timed out with events pending
             try:
-                while (stop is None or next_sequence <= stop) and reconnects == self.reconnects:
+                while next_sequence <= stop and reconnects == self.reconnects:
                     try:
                         messages = await subscription.fetch(FETCH_BATCH, timeout=0.5)
                     except TimeoutError:  # nats-py raises its own or asyncio's
@@ -308,31 +314,23 @@ class EventLog:
                         # back without it delivering): asking tells which.
                         pending = (await subscription.consumer_info()).num_pending
                         if pending == 0:
-                            if stop is not None:
-                                return  # nothing more on this subject
-                            continue
+                            return  # nothing more on this subject
                         stalls += 1
                         if stalls < STALLED_FETCHES:
                             continue
                         raise ConsumerStalled(f"{pending} events pending, none delivered") from None
                     stalls = 0
                     for message in messages:
-                        try:
-                            event = self._event(message)
-                        except ProtocolError as error:
-                            if damaged is None:
-                                raise
-                            damaged(error)
-                            event = Event(int(message.metadata.sequence.stream), message.subject, [])
+                        event = self._event(message, damaged)
                         if event.sequence < next_sequence:
                             await message.ack()  # redelivered to a consumer from before a reconnect
                             continue
-                        if stop is not None and event.sequence > stop:
+                        if event.sequence > stop:
                             return
                         next_sequence = event.sequence + 1
                         yield event
                         await message.ack()
-                        if stop is not None and message.metadata.num_pending == 0:
+                        if message.metadata.num_pending == 0:
                             return
             except (TimeoutError, nats.errors.Error, ConsumerStalled) as error:
                 log.warning("event log consumer lost; resuming", extra=fields(error=repr(error)))
@@ -340,11 +338,52 @@ class EventLog:
             finally:
                 await _quietly_unsubscribe(subscription)
 
+    async def _follow(
+        self, filter_subject: str, start: int, damaged: Callable[[ProtocolError], None] | None
+    ) -> AsyncIterator[Event]:
+        """Events on `filter_subject` from `start` for ever, through an ordered push consumer: the server
+        sends each event once and in order, with no pull request and no acknowledgement per event (a
+        follower's position is its own, so nothing is worth acknowledging). The client recreates the
+        consumer from the event after the last one delivered when a delivery is missing or its heartbeats
+        stop (its server went away), and the server waits for the reader under flow control."""
+        assert self.js is not None
+        arrived: asyncio.Queue[Msg] = asyncio.Queue(FETCH_BATCH)  # full: nats-py's queue holds the rest
+        while True:
+            try:
+                subscription = await self.js.subscribe(
+                    filter_subject,
+                    stream=STREAM,
+                    cb=arrived.put,
+                    manual_ack=True,
+                    ordered_consumer=True,
+                    idle_heartbeat=FOLLOW_HEARTBEAT_SECONDS,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                    ),
+                )
+                break
+            except (TimeoutError, nats.errors.Error) as error:
+                log.warning("event log unavailable; retrying", extra=fields(error=repr(error)))
+                await asyncio.sleep(0.2)
+        try:
+            while True:
+                yield self._event(await arrived.get(), damaged)
+        finally:
+            await _quietly_unsubscribe(subscription)
+
     @staticmethod
-    def _event(message: Msg) -> Event:
+    def _event(message: Msg, damaged: Callable[[ProtocolError], None] | None) -> Event:
+        """The event `message` holds; a damaged one raises ProtocolError, or with `damaged` is handed to
+        it and comes back empty."""
         sequence = int(message.metadata.sequence.stream)
         where = f"event {sequence} on {message.subject}"
-        return Event(sequence, message.subject, decode_event(message.data, where))
+        try:
+            return Event(sequence, message.subject, decode_event(message.data, where))
+        except ProtocolError as error:
+            if damaged is None:
+                raise
+            damaged(error)
+            return Event(sequence, message.subject, [])
 
     async def snapshots(self) -> Snapshots:
         return Snapshots(await self.bucket(SNAPSHOT_BUCKET))
@@ -364,7 +403,9 @@ class EventLog:
             await self.nc.drain() if self.nc.is_connected else await self.nc.close()
 
 
-async def _quietly_unsubscribe(subscription: JetStreamContext.PullSubscription) -> None:
+async def _quietly_unsubscribe(
+    subscription: JetStreamContext.PullSubscription | JetStreamContext.PushSubscription,
+) -> None:
     # The connection or the consumer may be gone already; the server drops it after inactivity then.
     with contextlib.suppress(TimeoutError, nats.errors.Error):
         await subscription.unsubscribe()
