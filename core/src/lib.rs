@@ -1,12 +1,15 @@
 //! tradeplane's compiled hot path, imported as `tradeplane_services._wire`: the wire codec
 //! (encode, decode, the stream decoder) behind the API of `tradeplane_services.protocol`, the latency
 //! histograms (histogram.rs), the venue's matching book (matching.rs), the pre-trade risk book (risk.rs),
-//! the order service's order book (orders.rs) and the shared-memory rings of co-located services (ring.rs).
+//! the order service's order book (orders.rs), the simulated feed's ticks (feed.rs) and the shared-memory
+//! rings of co-located services (ring.rs).
 
+mod feed;
 mod histogram;
 mod matching;
 mod named_tuple;
 mod orders;
+mod record;
 mod ring;
 mod risk;
 #[cfg(test)]
@@ -643,6 +646,7 @@ fn _wire(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<histogram::LatencyHistogram>()?;
     module.add_class::<matching::MatchingBook>()?;
     module.add_class::<risk::RiskBook>()?;
+    module.add_class::<feed::TickWalk>()?;
     orders::register(module)?;
     module.add_function(wrap_pyfunction!(install, module)?)?;
     module.add("HEADER_SIZE", HEADER_SIZE)?;

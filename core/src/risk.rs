@@ -14,6 +14,8 @@ use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+use crate::record::record_offsets;
+
 /// Hashes the u64 keys of the maps below (order ids, accounts, fingerprints) with one multiply: SipHash
 /// costs more than the rest of a check, and no key here comes from an adversary who sees the table.
 #[derive(Default)]
@@ -154,39 +156,31 @@ struct RecordLayout {
 
 impl RecordLayout {
     fn from_dict(offsets: &Bound<'_, PyDict>) -> PyResult<Self> {
-        let offset = |name: &str| -> PyResult<usize> {
-            offsets
-                .get_item(name)?
-                .ok_or_else(|| PyKeyError::new_err(format!("record offsets have no {name}")))?
-                .extract()
-        };
-        let layout = RecordLayout {
-            size: offset("size")?,
-            order_id: offset("order_id")?,
-            account: offset("account")?,
-            symbol: offset("symbol")?,
-            side: offset("side")?,
-            order_type: offset("order_type")?,
-            quantity: offset("quantity")?,
-            price: offset("price")?,
-            is_replace: offset("is_replace")?,
-        };
-        let ends = [
-            layout.order_id + 8,
-            layout.account + 4,
-            layout.symbol + 8,
-            layout.side + 1,
-            layout.order_type + 1,
-            layout.quantity + 4,
-            layout.price + 8,
-            layout.is_replace + 1,
-        ];
-        if layout.size == 0 || ends.iter().any(|end| *end > layout.size) {
-            return Err(PyValueError::new_err(
-                "record offsets: a field ends past the record size",
-            ));
-        }
-        Ok(layout)
+        let (size, [order_id, account, symbol, side, order_type, quantity, price, is_replace]) =
+            record_offsets(
+                offsets,
+                [
+                    ("order_id", 8),
+                    ("account", 4),
+                    ("symbol", 8),
+                    ("side", 1),
+                    ("order_type", 1),
+                    ("quantity", 4),
+                    ("price", 8),
+                    ("is_replace", 1),
+                ],
+            )?;
+        Ok(RecordLayout {
+            size,
+            order_id,
+            account,
+            symbol,
+            side,
+            order_type,
+            quantity,
+            price,
+            is_replace,
+        })
     }
 }
 

@@ -126,6 +126,14 @@ RiskAccountExposure = tuple[int, int, list[tuple[int, int, int, int]]]
 # (order id, account, symbol index, side, open quantity, credit price)
 RiskOrderExposure = tuple[int, int, int, int, int, int]
 
+class TickWalk:
+    """The simulated feed's ticks (core/src/feed.rs); marketdata.SimulatedFeed wraps it."""
+
+    def __init__(
+        self, names: list[bytes], reference: list[int], cent: int, seed: int, record: dict[str, int]
+    ) -> None: ...
+    def take(self, count: int, now_ns: int) -> bytes: ...
+
 class RiskBook:
     """Pre-trade risk state and checks (core/src/risk.rs); risk.RiskEngine subclasses it."""
 

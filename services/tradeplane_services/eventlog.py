@@ -273,10 +273,11 @@ class EventLog:
         follow: bool = False,
         damaged: Callable[[ProtocolError], None] | None = None,
     ) -> AsyncIterator[Event]:
-        """Events on `filter_subject` from sequence `start`: up to `stop` (default: the end of the log as
-        it is now), or for ever with `follow` (`_follow`). Up to `stop`, each is acknowledged once the caller
-        has taken it, and a lost consumer (a server restart) is recreated from the next sequence. An event that cannot be decoded
-        raises ProtocolError, or with `damaged` is handed to it and passed over as an empty event."""
+        """Events on `filter_subject` from sequence `start`: up to `stop` (default: the end of the log
+        as it is now), or for ever with `follow` (`_follow`). Up to `stop`, each is acknowledged once
+        the caller has taken it, and a lost consumer (a server restart) is recreated from the next
+        sequence. An event that cannot be decoded raises ProtocolError, or with `damaged` is handed to
+        it and passed over as an empty event."""
         assert self.js is not None
         next_sequence = max(1, start)
         if follow:

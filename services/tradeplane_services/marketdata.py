@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from tradeplane_services._wire import TickWalk
 from tradeplane_services.config import Address, Environment
 from tradeplane_services.protocol import (
     BATCH_PREFIX,
@@ -63,37 +64,27 @@ def ticks_per_packet(max_packet_bytes: int) -> int:
     return (max_packet_bytes - BATCH_PREFIX) // TICK_DTYPE.itemsize
 
 
+PRICE_CENT = price_units(0.01)
+# Where each field of a tick sits in its record, as the compiled feed writes them.
+TICK_RECORD = {"size": TICK_DTYPE.itemsize, **{name: at[1] for name, at in (TICK_DTYPE.fields or {}).items()}}
+
+
 class SimulatedFeed:
-    """Ticks around each symbol's reference price: a mean-reverting walk, round-robin over symbols."""
+    """Ticks around each symbol's reference price: a mean-reverting walk, round-robin over symbols, one
+    step of the walk per call (which keeps every price within ~1% of its reference). Compiled
+    (core/src/feed.rs): the ticks are written straight into their wire records."""
 
     def __init__(self, symbols: dict[str, float], seed: int = 7) -> None:
-        self.names = np.array([symbol_bytes(name) for name in symbols], dtype="S8")
-        self.reference = np.array([price_units(price) for price in symbols.values()], dtype=np.int64)
-        self.mid = self.reference.astype(np.float64)
-        self.random = np.random.default_rng(seed)
-        self.cursor = 0
+        self.walk = TickWalk(
+            [symbol_bytes(name) for name in symbols],
+            [price_units(price) for price in symbols.values()],
+            PRICE_CENT,
+            seed,
+            TICK_RECORD,
+        )
 
     def take(self, count: int, now_ns: int) -> np.ndarray[Any, Any]:
-        symbols = len(self.names)
-        # One step of the walk per call keeps every price within ~1% of its reference.
-        shocks = self.random.normal(0.0, 0.0004, symbols)
-        self.mid = self.reference + (self.mid - self.reference) * 0.98 + self.reference * shocks
-        which = (self.cursor + np.arange(count)) % symbols
-        self.cursor = (self.cursor + count) % symbols
-        cents = PRICE_CENT
-        last = (np.round(self.mid[which] / cents) * cents).astype(np.int64)
-        ticks = np.empty(count, dtype=TICK_DTYPE)
-        ticks["symbol"] = self.names[which]
-        ticks["last_price"] = last
-        ticks["bid_price"] = last - cents
-        ticks["ask_price"] = last + cents
-        ticks["bid_quantity"] = self.random.integers(1, 10, count) * 100
-        ticks["ask_quantity"] = self.random.integers(1, 10, count) * 100
-        ticks["timestamp_ns"] = now_ns
-        return ticks
-
-
-PRICE_CENT = price_units(0.01)
+        return np.frombuffer(self.walk.take(count, now_ns), dtype=TICK_DTYPE)
 
 
 class ReplayFeed:
