@@ -95,6 +95,43 @@ def test_a_damaged_event_is_refused_naming_the_event_and_the_byte(nats_server: N
         with_log(nats_server, body)
 
 
+def test_a_follower_reads_every_event_once_in_order_across_its_server_killed_and_restarted(
+    nats_server: NatsServers,
+) -> None:
+    """The follower's consumer dies with the server (kill -9); the client recreates it after the event
+    it delivered last, so nothing is skipped and nothing comes twice."""
+
+    async def body(log: EventLog) -> list[int]:
+        seen: list[int] = []
+
+        async def follow() -> None:
+            async for event in log.read(subject_filter("fill", 3), 1, follow=True):
+                seen.extend(message.fill_sequence for message in event.messages)
+
+        async def until_seen(count: int) -> None:
+            deadline = time.monotonic() + 20
+            while len(seen) < count and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+
+        async def append(numbers: range) -> None:
+            for n in numbers:  # odd ones on the followed partition, even ones beside it
+                await log.append([Append("fill", 3 if n % 2 else 4, [fill(n)], f"f-{n}")])
+
+        follower = asyncio.create_task(follow())
+        await append(range(1, 21))
+        await until_seen(10)
+        await asyncio.to_thread(nats_server.kill, 0)
+        await asyncio.to_thread(nats_server.start_one, 0)
+        await asyncio.to_thread(nats_server.wait_ready)
+        await append(range(21, 41))
+        await until_seen(20)
+        await asyncio.sleep(1.5)  # two heartbeats: a redelivery would have come by now
+        follower.cancel()
+        return seen
+
+    assert with_log(nats_server, body) == list(range(1, 41, 2))
+
+
 def test_a_snapshot_is_replaced_only_by_a_later_one(nats_server: NatsServers) -> None:
     async def body(log: EventLog) -> tuple[bool, bool, bool, Any]:
         one, other = await log.snapshots(), await log.snapshots()  # two replicas
