@@ -12,7 +12,7 @@ use rand_distr::{Distribution, Normal};
 
 use crate::record::record_offsets;
 
-/// Daily noise of the walk: a step's shock is this fraction of the reference price (one sigma).
+/// The noise of one step of the walk: its shock is this fraction of the reference price (one sigma).
 const SHOCK_SIGMA: f64 = 0.0004;
 /// The share of a mid's distance from its reference that one step keeps.
 const REVERSION: f64 = 0.98;
