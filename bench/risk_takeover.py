@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tradeplane_services.client import OrderSession
 from tradeplane_services.drills import start_partitioned, time_takeover
-from tradeplane_services.eventlog import RELEASE_KIND, RISK_KIND, Append, EventLog, partition_of
+from tradeplane_services.eventlog import RELEASE_KIND, Append, Entry, EventLog, journal_subject, partition_of
 from tradeplane_services.protocol import Reason, Release, Reservation, Side, price_units, symbol_bytes
 from tradeplane_services.stack import Stack
 
@@ -39,18 +39,23 @@ PER_EVENT = 32
 
 
 async def write_history(url: str, events: int) -> None:
-    """`events` events of the account's partition: reservations of a past day, each later released."""
+    """`events` events of the account's partition: reservations of a past day in a past replica's journal,
+    each later released."""
     log = EventLog(url.split(","))
     await log.open()
     partition, aapl, price = partition_of(ACCOUNT), symbol_bytes("AAPL"), price_units(190)
-    last = await log.last_sequence_on(RISK_KIND, partition)
+    journal = journal_subject("history")
     try:
         for n in range(0, events, 2):
             orders = range(n * PER_EVENT, (n + 1) * PER_EVENT)
             reservations = [Reservation(o, ACCOUNT, aapl, int(Side.BUY), 1, price, 0) for o in orders]
-            last = await log.append_fenced(Append(RISK_KIND, partition, reservations, f"h-{n}"), last)
             releases = [Release(o, ACCOUNT) for o in orders]
-            await log.append([Append(RELEASE_KIND, partition, releases, f"h-{n}-r")])
+            await log.append(
+                [
+                    Entry(journal, reservations, f"h-{n}"),
+                    Append(RELEASE_KIND, partition, releases, f"h-{n}-r"),
+                ]
+            )
     finally:
         await log.close()
 

@@ -224,17 +224,21 @@ class EventBatch:
         self.messages.append(message)
         parts = message.subject.split(".")
         where = f"event {sequence} on {message.subject}"
+        journal = len(parts) == 5 and parts[2] == "journal"  # a risk replica's: partitions by account
         try:
-            if len(parts) != 4 or not parts[2].isdigit():
+            if not journal and (len(parts) != 4 or not parts[2].isdigit()):
                 raise ProtocolError(
-                    Reason.MALFORMED_FRAME, 0, f"{where}: not {SUBJECT_ROOT}.<partition>.<kind>"
+                    Reason.MALFORMED_FRAME,
+                    0,
+                    f"{where}: not {SUBJECT_ROOT}.<partition>.<kind> or .journal.<writer>.<kind>",
                 )
             frames = decode_event(message.data, where)
         except ProtocolError as error:
             reason = "schema_mismatch" if error.reason in SCHEMA_REASONS else "malformed_event"
             self.rejections.count(reason, 1, str(error))
             return
-        partition, kind = int(parts[2]), parts[3]
+        kind = parts[-1]
+        partition = -1 if journal else int(parts[2])
         logged = Nanoseconds(int(metadata.timestamp.timestamp() * 1e9) if metadata.timestamp else 0)
         revision = (message.headers or {}).get(REVISION_HEADER, "")
         for frame, body in enumerate(frames):
@@ -243,7 +247,8 @@ class EventBatch:
             elif isinstance(body, (PartitionClaim, KillSwitchChange)):
                 continue  # who answers for a partition, a kill switch's move: no order in either
             elif hasattr(body, "order_id"):
-                self.orders.append(order_row(sequence, frame, partition, logged, kind, revision, body))
+                of = partition_of(getattr(body, "account", 0)) if journal else partition
+                self.orders.append(order_row(sequence, frame, of, logged, kind, revision, body))
             else:
                 self.rejections.count(
                     "unmapped_message", 1, f"{where}: frame {frame} {type(body).__name__} has no table"

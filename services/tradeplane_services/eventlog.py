@@ -6,6 +6,11 @@ consumer can read one partition, one kind, or everything. An event holds one or 
 commits what one turn of its loop produced as one event per partition, because a durable append costs an
 fsync on the server, and one fsync per message would cap the log at the disk's sync rate.
 
+Risk's reservations are the exception: a risk replica writes those of every partition it holds to a
+journal of its own, `tradeplane.events.journal.<writer>.risk`, one event per turn of its loop, because they
+are the one event an answer waits for, and one fenced append per partition per turn was what capped the
+order path (risk.py: Journal). Each frame names its partition through its account.
+
 Durability is explicit at each step:
 - the servers tradeplane starts fsync every write before acknowledging it (`sync_interval: always`,
   natsserver.py); on real clusters the stream is replicated (`replicas`, R3);
@@ -17,9 +22,9 @@ Snapshots of projections live in a JetStream key-value bucket; a snapshot is rep
 reflects a later sequence, with revision-checked updates so two replicas never overwrite each other
 blindly.
 
-A single writer per subject (risk, the owner of a partition) appends with `append_fenced`: the event is
-stored only if the subject's last event is still the one the writer saw, so a writer that lost its
-partition to another finds out at its next append instead of writing beside the new owner.
+A single writer per subject (a risk replica's journal, a partition's claims) appends with `append_fenced`:
+the event is stored only if the subject's last event is still the one the writer saw, so a writer that
+lost its partition to another finds out at its next append instead of writing beside the new owner.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import asyncio
 import contextlib
 import json
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -77,6 +82,14 @@ def subject_filter(kind: str = "*", partition: int | None = None) -> str:
     return f"{SUBJECT_ROOT}.{'*' if partition is None else partition}.{kind}"
 
 
+JOURNALS = f"{SUBJECT_ROOT}.journal.*.{RISK_KIND}"
+"""Every risk replica's journal: what a partition's next owner replays beside the partition's subjects."""
+
+
+def journal_subject(writer: str) -> str:
+    return f"{SUBJECT_ROOT}.journal.{writer}.{RISK_KIND}"
+
+
 class Event(NamedTuple):
     sequence: int  # the stream sequence: a position in the log
     subject: str
@@ -88,6 +101,18 @@ class Append(NamedTuple):
     partition: int
     messages: list[Any]
     event_id: str  # Nats-Msg-Id: the same event appended twice is stored once
+
+    @property
+    def subject(self) -> str:
+        return subject(self.kind, self.partition)
+
+
+class Entry(NamedTuple):
+    """An event appended to a subject of its own choosing (a journal), not to a partition's."""
+
+    subject: str
+    messages: list[Any]
+    event_id: str
 
 
 def encode_event(messages: list[Any]) -> bytes:
@@ -193,7 +218,7 @@ class EventLog:
     def connected(self) -> bool:
         return self.nc is not None and self.nc.is_connected
 
-    async def append(self, events: list[Append]) -> list[int]:
+    async def append(self, events: Sequence[Append | Entry]) -> list[int]:
         """Store every event, in order of their sequences; returns them. Retries until the log has them all:
         a caller acknowledges nothing before this returns."""
         assert self.js is not None
@@ -205,7 +230,7 @@ class EventLog:
             try:
                 futures = [
                     await self.js.publish_async(
-                        subject(events[i].kind, events[i].partition),
+                        events[i].subject,
                         encode_event(events[i].messages),
                         headers={"Nats-Msg-Id": events[i].event_id, **revision},
                     )
@@ -229,7 +254,7 @@ class EventLog:
                 delay = min(delay * 2, 1.0)
         return [sequences[index] for index in range(len(events))]
 
-    async def append_fenced(self, event: Append, expected_last: int) -> int:
+    async def append_fenced(self, event: Append | Entry, expected_last: int) -> int:
         """Store `event` only if the last event on its subject has sequence `expected_last` (0: none);
         its sequence. Retries like `append` (the stream deduplicates before it checks the expectation, so a
         retry after a lost acknowledgement gets the stored event's sequence); Fenced if another writer
@@ -240,25 +265,28 @@ class EventLog:
         while True:
             try:
                 acknowledgement = await self.js.publish(
-                    subject(event.kind, event.partition), encode_event(event.messages), headers=headers
+                    event.subject, encode_event(event.messages), headers=headers
                 )
                 return int(acknowledgement.seq)
             except nats.js.errors.APIError as error:
                 if error.err_code == WRONG_LAST_SEQUENCE:
-                    raise Fenced(f"{subject(event.kind, event.partition)}: {error.description}") from None
+                    raise Fenced(f"{event.subject}: {error.description}") from None
                 log.warning("event log refused an append; retrying", extra=fields(error=repr(error)))
             except (TimeoutError, nats.errors.Error) as error:
                 log.warning("event log append failed; retrying", extra=fields(error=repr(error)))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def last_sequence_on(self, kind: str, partition: int) -> int:
-        """The sequence of the last event on one subject (0: none yet)."""
+    async def last_on(self, on: str, damaged: Callable[[ProtocolError], None] | None = None) -> Event | None:
+        """The last event on one subject (None: none yet); one that cannot be decoded raises
+        ProtocolError, or with `damaged` is handed to it and comes back empty."""
         assert self.js is not None
         try:
-            return int((await self.js.get_last_msg(STREAM, subject(kind, partition))).seq or 0)
+            message = await self.js.get_last_msg(STREAM, on)
         except nats.js.errors.NotFoundError:
-            return 0
+            return None
+        sequence = int(message.seq or 0)
+        return _decoded(sequence, on, message.data or b"", damaged)
 
     async def last_sequence(self) -> int:
         assert self.js is not None
@@ -267,23 +295,26 @@ class EventLog:
 
     async def read(
         self,
-        filter_subject: str,
+        filter_subject: str | tuple[str, ...],
         start: int = 1,
         stop: int | None = None,
         follow: bool = False,
         damaged: Callable[[ProtocolError], None] | None = None,
     ) -> AsyncIterator[Event]:
-        """Events on `filter_subject` from sequence `start`: up to `stop` (default: the end of the log
-        as it is now), or for ever with `follow` (`_follow`). Up to `stop`, each is acknowledged once
+        """Events on `filter_subject` (or on any of several, in log order) from sequence `start`: up to
+        `stop` (default: the end of the log as it is now), or for ever with `follow` (`_follow`, one
+        subject filter). Up to `stop`, each is acknowledged once
         the caller has taken it, and a lost consumer (a server restart) is recreated from the next
         sequence. An event that cannot be decoded raises ProtocolError, or with `damaged` is handed to
         it and passed over as an empty event."""
         assert self.js is not None
         next_sequence = max(1, start)
         if follow:
+            assert isinstance(filter_subject, str), "a follower reads one subject filter"
             async for event in self._follow(filter_subject, next_sequence, damaged):
                 yield event
             return
+        filters = (filter_subject,) if isinstance(filter_subject, str) else filter_subject
         if stop is None:
             stop = await self.last_sequence()
         while next_sequence <= stop:
@@ -291,9 +322,10 @@ class EventLog:
             reconnects = self.reconnects
             try:
                 subscription = await self.js.pull_subscribe(
-                    filter_subject,
+                    filters[0],
                     stream=STREAM,
                     config=ConsumerConfig(
+                        filter_subjects=list(filters) if len(filters) > 1 else None,
                         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                         opt_start_seq=next_sequence,
                         ack_policy=AckPolicy.EXPLICIT,
@@ -376,15 +408,7 @@ class EventLog:
     def _event(message: Msg, damaged: Callable[[ProtocolError], None] | None) -> Event:
         """The event `message` holds; a damaged one raises ProtocolError, or with `damaged` is handed to
         it and comes back empty."""
-        sequence = int(message.metadata.sequence.stream)
-        where = f"event {sequence} on {message.subject}"
-        try:
-            return Event(sequence, message.subject, decode_event(message.data, where))
-        except ProtocolError as error:
-            if damaged is None:
-                raise
-            damaged(error)
-            return Event(sequence, message.subject, [])
+        return _decoded(int(message.metadata.sequence.stream), message.subject, message.data, damaged)
 
     async def snapshots(self) -> Snapshots:
         return Snapshots(await self.bucket(SNAPSHOT_BUCKET))
@@ -402,6 +426,16 @@ class EventLog:
     async def close(self) -> None:
         if self.nc is not None:
             await self.nc.drain() if self.nc.is_connected else await self.nc.close()
+
+
+def _decoded(sequence: int, on: str, data: bytes, damaged: Callable[[ProtocolError], None] | None) -> Event:
+    try:
+        return Event(sequence, on, decode_event(data, f"event {sequence} on {on}"))
+    except ProtocolError as error:
+        if damaged is None:
+            raise
+        damaged(error)
+        return Event(sequence, on, [])
 
 
 async def _quietly_unsubscribe(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -66,6 +67,18 @@ def replica_identity(configured: str | None) -> str:
     made a valid key (letters, digits, - _ =)."""
     text = configured or f"{socket.gethostname()}-{os.getpid()}"
     return re.sub(r"[^A-Za-z0-9_=-]", "-", text)[:64]
+
+
+WRITER_NAME = re.compile(r"[A-Za-z0-9_=-]{1,32}")
+"""A journal writer's name: one subject token, and what a PartitionClaim's 32-byte owner field holds."""
+
+
+def journal_writer(identity: str, incarnation: int) -> str:
+    """A risk process's name on its journal and its claims: the head of its identity and a digest of the
+    identity and the process's start, so no two processes ever write one journal, not even a container
+    restarted under its pod's name."""
+    digest = hashlib.blake2b(f"{identity}/{incarnation}".encode(), digest_size=4).hexdigest()
+    return f"{identity[:23]}-{digest}"
 
 
 def preferred_owner(partition: int, members: list[str]) -> str:

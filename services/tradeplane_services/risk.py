@@ -40,6 +40,7 @@ from nats.js.kv import KeyValue
 from tradeplane_services._wire import RiskBook
 from tradeplane_services.config import Environment
 from tradeplane_services.eventlog import (
+    JOURNALS,
     KILL_SWITCH_KIND,
     LEASE_BUCKET,
     PARTITIONS,
@@ -47,15 +48,24 @@ from tradeplane_services.eventlog import (
     RELEASE_KIND,
     RISK_KIND,
     Append,
+    Entry,
     Event,
     EventLog,
     Fenced,
     Snapshots,
+    journal_subject,
     partition_of,
+    subject,
     subject_filter,
 )
 from tradeplane_services.marketdata import subscribe_if_published
-from tradeplane_services.partitions import LeaseTable, PartitionOwner, replica_identity
+from tradeplane_services.partitions import (
+    WRITER_NAME,
+    LeaseTable,
+    PartitionOwner,
+    journal_writer,
+    replica_identity,
+)
 from tradeplane_services.protocol import (
     PRICE_SCALE,
     PROTOCOL_VERSION,
@@ -237,21 +247,22 @@ class RiskEngine(RiskBook):
 class PartitionLedger:
     """One partition this replica holds the lease of: its takeover, its fenced commits, its follower.
 
-    Takeover: append a PartitionClaim to the partition's risk subject expecting the last event seen there
-    (so a previous owner's next append fails), load the partition's latest snapshot, replay its events
-    after the snapshot up to the claim (reservations, fills, releases), then answer. Until then, and from
-    the moment the lease is lost, checks of the partition are refused with PARTITION_TAKEOVER.
+    Takeover (`claim`): seal the journal of the replica whose claim is the partition's last, then append a
+    PartitionClaim to the partition's risk subject expecting that claim there (so two claimants cannot
+    both win), load the partition's latest snapshot, replay its events and the journals' reservations of
+    its accounts after the snapshot up to the claim (reservations, fills, releases), then answer. Until
+    then, and from the moment the lease is lost, checks of the partition are refused with
+    PARTITION_TAKEOVER.
 
-    An accepted order is answered only once its Reservation is in the log: the reservations of one turn of
-    the loop go as one event (group commit), each expecting the previous one as the subject's last, so a
-    replica that lost the partition cannot add exposure beside its new owner. Fills (appended by
-    execution) and releases reach the exposure through the log, in log order: a fill never lands before the
-    reservation it fills, a release never before a fill of its order.
+    An accepted order is answered only once its Reservation is in the log, in this replica's journal
+    (Journal), so a replica that lost the partition cannot add exposure beside its new owner. Fills
+    (appended by execution) and releases reach the exposure through the log, in log order: a fill never
+    lands before the reservation it fills, a release never before a fill of its order.
 
     The owner's exposure is the fold of the partition's events up to the last one it read, plus its own
-    reservations not yet read back. When none are in flight and it has read back its last append, the
-    two are the same: only then, every `snapshotEveryEvents` events, it stores a snapshot (key
-    `risk.<partition>` of the snapshot bucket, replaced only by a later one).
+    reservations. When none are in flight and it has read past its last append, the two are the same:
+    only then, every `snapshotEveryEvents` events, it stores a snapshot (key `risk.<partition>` of the
+    snapshot bucket, replaced only by a later one).
     """
 
     def __init__(self, service: RiskService, partition: int, lease_revision: int) -> None:
@@ -263,10 +274,9 @@ class PartitionLedger:
         self.lease_revision = lease_revision
         self.serving = False
         self.stopped = False
-        self.last_sequence = 0  # of the last event on the partition's risk subject, ours or the claim
+        self.last_sequence = 0  # of the claim, or of the last journal event holding our reservations
+        self.in_flight = 0  # reservations waiting for the journal
         self.commits = 0
-        self.pending: list[tuple[Reservation, Connection, int]] = []  # waiting for the log
-        self.committing: asyncio.Task[None] | None = None
         self.facts: list[tuple[str, Release | Refusal]] = []  # (kind, fact) not yet logged
         self.logging_facts: asyncio.Task[None] | None = None
         self.applied_fills: dict[int, int] = {}  # execution source -> last fill sequence applied
@@ -280,23 +290,11 @@ class PartitionLedger:
 
     async def run(self) -> None:
         self.engine.forget_partition(self.partition)
-        claim = Append(
-            RISK_KIND,
-            self.partition,
-            [PartitionClaim(self.partition, self.lease_revision, self.service.owner_bytes)],
-            f"claim-{self.partition}-{self.lease_revision}",
-        )
-        while True:
-            last = await self.event_log.last_sequence_on(RISK_KIND, self.partition)
-            try:
-                self.last_sequence = await self.event_log.append_fenced(claim, last)
-                break
-            except Fenced:
-                continue  # the previous owner appended after we looked: look again
+        await self.claim()
         await self.load_snapshot()
         events = subject_filter("*", self.partition)
         replay = self.event_log.read(
-            events, self.snapshot_sequence + 1, self.last_sequence, damaged=self.damaged
+            (events, JOURNALS), self.snapshot_sequence + 1, self.last_sequence, damaged=self.damaged
         )
         async for event in self._until_stopped(replay):
             self.apply(event, replaying=True)
@@ -327,9 +325,32 @@ class PartitionLedger:
         tail = self.event_log.read(events, self.last_sequence + 1, follow=True, damaged=self.damaged)
         async for event in self._until_stopped(tail):
             self.apply(event, replaying=False)
-            quiet = self.committing is None and event.sequence >= self.last_sequence
+            quiet = self.in_flight == 0 and event.sequence >= self.last_sequence
             if quiet and self.serving and event.sequence - self.snapshot_sequence >= every:
                 await self.save_snapshot(self.snapshot_document(event.sequence))
+
+    async def claim(self) -> None:
+        """Seal, then claim. The seal is this claim appended to the journal of the replica whose claim is
+        the partition's last, so that replica's next journal append fails and its reservations of the
+        partition are all before this claim. Every claim is appended only after its predecessor's journal
+        was sealed, so every earlier owner's is."""
+        claim = PartitionClaim(self.partition, self.lease_revision, self.service.writer.encode())
+        on = subject(RISK_KIND, self.partition)
+        while True:
+            previous = await self.event_log.last_on(on, damaged=self.damaged)
+            last = 0 if previous is None else previous.sequence
+            writers = {writer_of(message) for message in previous.messages} if previous else set()
+            for writer in sorted(writer for writer in writers if writer is not None):
+                seal_id = f"seal-{self.partition}-{self.lease_revision}-{last}"
+                await self.event_log.append([Entry(journal_subject(writer), [claim], seal_id)])
+            event = Append(
+                RISK_KIND, self.partition, [claim], f"claim-{self.partition}-{self.lease_revision}"
+            )
+            try:
+                self.last_sequence = await self.event_log.append_fenced(event, last)
+                return
+            except Fenced:
+                continue  # another replica claimed after we looked: seal its journal too
 
     async def _until_stopped(self, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
         """Events while this ledger holds the partition. Its task's cancellation can be lost (in Python
@@ -389,7 +410,8 @@ class PartitionLedger:
             elif kind is Release:
                 engine.on_done(message.order_id)
             elif kind is Reservation:
-                if replaying:  # ours are booked when accepted
+                # Ours are booked when accepted; the journals hold every partition's.
+                if replaying and partition_of(message.account) == self.partition:
                     engine.book_reservation(message)
             elif kind is PartitionClaim and not replaying and message.lease_revision != self.lease_revision:
                 # Fenced after ours, so newer: another replica's claim, or this replica's own after its
@@ -404,39 +426,6 @@ class PartitionLedger:
         error = task.exception()
         log.error("partition follower stopped", extra=fields(partition=self.partition), exc_info=error)
         self.service.lose(self.partition)
-
-    def reserve(self, reservation: Reservation, connection: Connection, received_ns: int) -> None:
-        self.pending.append((reservation, connection, received_ns))
-        if self.committing is None:
-            self.committing = asyncio.get_running_loop().create_task(self._commit())
-
-    async def _commit(self) -> None:
-        while self.pending and self.serving:
-            batch, self.pending = self.pending, []
-            self.commits += 1
-            event = Append(
-                RISK_KIND,
-                self.partition,
-                [reservation for reservation, _, _ in batch],
-                f"risk-{self.partition}-{self.lease_revision}-{self.commits}",
-            )
-            try:
-                self.last_sequence = await self.event_log.append_fenced(event, self.last_sequence)
-            except Fenced:
-                log.warning("partition fenced by a newer owner", extra=fields(partition=self.partition))
-                self.pending = batch + self.pending
-                self.service.lose(self.partition)
-                break
-            for reservation, connection, received_ns in batch:
-                if connection.connected:
-                    connection.send(RiskResult(reservation.order_id, OK))
-                self.service.metrics.record(received_ns)
-        batch, self.pending = self.pending, []
-        for reservation, connection, received_ns in batch:  # never logged: the order must not trade
-            if connection.connected:
-                connection.send(RiskResult(reservation.order_id, PARTITION_TAKEOVER))
-            self.service.metrics.record(received_ns)
-        self.committing = None
 
     def release(self, release: Release) -> None:
         self._log_fact(RELEASE_KIND, release)
@@ -473,7 +462,7 @@ class PartitionLedger:
 
     @property
     def busy(self) -> bool:
-        return self.committing is not None or self.logging_facts is not None
+        return self.in_flight > 0 or self.logging_facts is not None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -483,6 +472,103 @@ class PartitionLedger:
             "replayedEvents": self.replayed_events,
             "snapshotSequence": self.snapshot_sequence,
             "damagedEvents": self.damaged_events,
+        }
+
+
+def writer_of(message: Any) -> str | None:
+    """The journal writer a claim names (None: not a claim, or a name no journal subject can carry)."""
+    if type(message) is not PartitionClaim:
+        return None
+    writer = message.owner.rstrip(b"\0").decode("ascii", "replace")
+    return writer if WRITER_NAME.fullmatch(writer) else None
+
+
+class Journal:
+    """This replica's reservations, of every partition it holds, as one event per turn of the loop on a
+    subject only this process writes (`journal_subject`), each expecting the previous one as the subject's
+    last: one durable append per turn however many partitions the turn's orders fall in.
+
+    A partition's next owner seals this journal before it claims the partition (PartitionLedger.claim), so
+    the next append here fails. The journal then reads what came after its last append, gives up each
+    partition sealed under a newer lease than the one it holds it under, and appends the rest again. A
+    reservation is answered OK only once appended: before its partition's next claim, so in what the next
+    owner replays, or never."""
+
+    def __init__(self, service: RiskService, event_log: EventLog) -> None:
+        self.service = service
+        self.event_log = event_log
+        self.subject = journal_subject(service.writer)
+        self.last_sequence = 0  # a new writer's subject is empty
+        self.pending: list[tuple[PartitionLedger, Reservation, Connection, int]] = []
+        self.committing: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.seals = 0
+
+    def reserve(self, ledger: PartitionLedger, reservation: Reservation, connection: Connection) -> None:
+        ledger.in_flight += 1
+        self.pending.append((ledger, reservation, connection, connection.received_ns))
+        if self.committing is None:
+            self.committing = asyncio.get_running_loop().create_task(self._commit())
+
+    async def _commit(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            live = [entry for entry in batch if entry[0].serving]
+            # Never logged: the order must not trade.
+            self._answer([entry for entry in batch if not entry[0].serving], PARTITION_TAKEOVER)
+            if not live:
+                continue
+            self.commits += 1
+            event = Entry(
+                self.subject,
+                [reservation for _, reservation, _, _ in live],
+                f"journal-{self.service.writer}-{self.commits}",
+            )
+            try:
+                sequence = await self.event_log.append_fenced(event, self.last_sequence)
+            except Fenced:
+                await self._read_seals()
+                self.pending = live + self.pending
+                continue
+            self.last_sequence = sequence
+            for ledger, *_ in live:
+                ledger.last_sequence = sequence
+            self._answer(live, OK)
+        self.committing = None
+
+    def _answer(
+        self, entries: list[tuple[PartitionLedger, Reservation, Connection, int]], reason: int
+    ) -> None:
+        for ledger, reservation, connection, received_ns in entries:
+            ledger.in_flight -= 1
+            if connection.connected:
+                connection.send(RiskResult(reservation.order_id, reason))
+            self.service.metrics.record(received_ns)
+
+    async def _read_seals(self) -> None:
+        async for event in self.event_log.read(self.subject, self.last_sequence + 1, damaged=self.damaged):
+            for message in event.messages:
+                if type(message) is not PartitionClaim:
+                    continue
+                self.seals += 1
+                ledger = self.service.ledgers.get(message.partition)
+                if ledger is not None and ledger.lease_revision < message.lease_revision:
+                    log.warning(
+                        "partition sealed by a newer owner", extra=fields(partition=message.partition)
+                    )
+                    self.service.lose(message.partition)
+            self.last_sequence = event.sequence
+
+    @staticmethod
+    def damaged(error: ProtocolError) -> None:
+        log.error("undecodable event in a risk journal passed over", extra=fields(error=str(error)))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "lastSequence": self.last_sequence,
+            "commits": self.commits,
+            "seals": self.seals,
         }
 
 
@@ -504,10 +590,10 @@ class RiskService(Service[RiskSettings]):
         self.event_log: EventLog | None = None
         self.ledgers: dict[int, PartitionLedger] = {}
         self.replica = replica_identity(environment.replica)
-        self.owner_bytes = self.replica.encode()[:32]
         # Kill-switch events are named by replica, process start and move: unique, so only a retry of
         # the same append is dropped as a duplicate.
         self.incarnation = time.time_ns()
+        self.writer = journal_writer(self.replica, self.incarnation)
         self.kill_switch_moves = 0
         self.kill_switch_appends: set[asyncio.Task[list[int]]] = set()
         self.leases = LeaseTable()
@@ -525,6 +611,7 @@ class RiskService(Service[RiskSettings]):
         self.tasks: list[asyncio.Task[None]] = []
         if environment.event_log:
             self.event_log = EventLog(environment.event_log, environment.event_log_replicas, "risk")
+            self.journal = Journal(self, self.event_log)
         else:
             log.warning("TRADEPLANE_EVENT_LOG is not set: limits hold per replica; run one risk replica")
 
@@ -604,7 +691,7 @@ class RiskService(Service[RiskSettings]):
         reason = self.engine.check(*check[:7], time.perf_counter_ns(), check.is_replace)
         self.metrics.decisions[REASON_NAMES[reason]] += 1
         if ledger is not None and reason == OK:
-            ledger.reserve(self.engine.reservation(check), connection, connection.received_ns)
+            self.journal.reserve(ledger, self.engine.reservation(check), connection)
             return
         if ledger is not None:
             ledger.refuse(Refusal(check.order_id, check.account, reason))
@@ -665,7 +752,7 @@ class RiskService(Service[RiskSettings]):
         self.engine.kill_switch = state
         log.warning("kill switch moved", extra=fields(state=KillSwitchState(state).name, by=by))
         if self.event_log is not None:
-            self._log_kill_switch(KillSwitchChange(state, self.owner_bytes))
+            self._log_kill_switch(KillSwitchChange(state, self.replica.encode()[:32]))
         for session in self.sessions:
             session.send(KillSwitchStatus(state))
 
@@ -712,4 +799,5 @@ class RiskService(Service[RiskSettings]):
             "marketData": self.market_data.stats.as_dict() if self.market_data else None,
             "replica": self.replica if self.event_log is not None else None,
             "partitions": {str(p): ledger.status() for p, ledger in sorted(self.ledgers.items())},
+            "journal": self.journal.status() if self.event_log is not None else None,
         }

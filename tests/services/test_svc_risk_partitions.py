@@ -20,9 +20,9 @@ from support import wait_for
 from tradeplane_services.client import OrderSession, positions, set_kill_switch
 from tradeplane_services.drills import RISKS, partition_owners, start_partitioned, time_takeover, wait_served
 from tradeplane_services.eventlog import (
+    JOURNALS,
     KILL_SWITCH_KIND,
     REFUSAL_KIND,
-    RISK_KIND,
     STREAM,
     EventLog,
     partition_of,
@@ -197,9 +197,9 @@ def test_two_sessions_buying_across_a_kill_9_of_risk_end_exactly_at_the_limit(
     seller.close()
 
 
-def logged(stack: Stack, kind: str, partition: int) -> list[tuple[str, int, Any]]:
-    """(Nats-Msg-Id, log sequence, message) of every message on the kind's subject of the partition: the
-    messages of one event share its id and sequence."""
+def logged(stack: Stack, on: str) -> list[tuple[str, int, Any]]:
+    """(Nats-Msg-Id, log sequence, message) of every message on the subjects `on` names: the messages of one
+    event share its id and sequence."""
 
     async def read() -> list[tuple[str, int, Any]]:
         log = EventLog(stack.events.url.split(","))
@@ -207,7 +207,7 @@ def logged(stack: Stack, kind: str, partition: int) -> list[tuple[str, int, Any]
         try:
             assert log.js is not None
             found = []
-            async for event in log.read(subject_filter(kind, partition)):
+            async for event in log.read(on):
                 stored = await log.js.get_msg(STREAM, event.sequence)
                 event_id = (stored.headers or {}).get("Nats-Msg-Id", "")
                 found += [(event_id, event.sequence, message) for message in event.messages]
@@ -219,8 +219,9 @@ def logged(stack: Stack, kind: str, partition: int) -> list[tuple[str, int, Any]
 
 
 def test_risk_decisions_and_kill_switch_moves_are_in_the_log(make_stack: StackFactory) -> None:
-    """Refusals go to the account's partition beside the reservations; each kill-switch move of a replica
-    to partition 0; every event under an id of its own (Nats-Msg-Id: only a retry is deduplicated)."""
+    """Refusals go to the account's partition, reservations to the owner's journal; each kill-switch move
+    of a replica to partition 0; every event under an id of its own (Nats-Msg-Id: only a retry is
+    deduplicated)."""
     stack = partitioned_stack(make_stack)
     seller = offer_supply(stack)
     with OrderSession(stack.address("order")) as session:
@@ -229,18 +230,26 @@ def test_risk_decisions_and_kill_switch_moves_are_in_the_log(make_stack: StackFa
     partition = partition_of(BUYER)
 
     def refusals() -> list[tuple[str, int, Any]]:
-        return [entry for entry in logged(stack, REFUSAL_KIND, partition) if entry[2].account == BUYER]
+        return [
+            entry
+            for entry in logged(stack, subject_filter(REFUSAL_KIND, partition))
+            if entry[2].account == BUYER
+        ]
 
     wait_for(lambda: len(refusals()) == 2, timeout=15, what="the two refusals in the log")
     assert {message.reason for _, _, message in refusals()} == {Reason.POSITION_LIMIT}
-    reservations = [m for _, _, m in logged(stack, RISK_KIND, partition) if getattr(m, "account", 0) == BUYER]
+    reservations = [m for _, _, m in logged(stack, JOURNALS) if getattr(m, "account", 0) == BUYER]
     assert len([m for m in reservations if isinstance(m, Reservation)]) == 10
 
     risk = stack.address(partition_owners(stack)[partition] or "risk")
     assert set_kill_switch(risk, KillSwitchState.HALTED) == KillSwitchState.HALTED
     assert set_kill_switch(risk, KillSwitchState.ACTIVE) == KillSwitchState.ACTIVE
-    wait_for(lambda: len(logged(stack, KILL_SWITCH_KIND, 0)) == 2, timeout=15, what="both moves logged")
-    moves = logged(stack, KILL_SWITCH_KIND, 0)
+    wait_for(
+        lambda: len(logged(stack, subject_filter(KILL_SWITCH_KIND, 0))) == 2,
+        timeout=15,
+        what="both moves logged",
+    )
+    moves = logged(stack, subject_filter(KILL_SWITCH_KIND, 0))
     assert [message.state for _, _, message in moves] == [KillSwitchState.HALTED, KillSwitchState.ACTIVE]
     movers = {message.by.rstrip(b"\0").decode() for _, _, message in moves}
     assert movers == {partition_owners(stack)[partition]}

@@ -1,0 +1,116 @@
+"""A risk replica's journal on a real nats-server: one replica still answers for a partition another has
+claimed under a newer lease (the first paused, and its lease lapsed unnoticed). The claimant sealed the
+first one's journal before claiming, so the first one's next append fails: it gives the partition up,
+refuses what it had not logged for it, and logs what it took for its other partitions once. The claimant
+replays every reservation the first one acknowledged, and none it refused.
+
+Two RiskServices in this process; the first holds its leases in the bucket, the second takes the partition
+over directly, as a replica that won the lapsed lease would. The first one's follower of the partition is
+stopped before the claim, as a paused replica's would be, so only the journal can tell it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from support import until
+from tradeplane_services.config import Environment
+from tradeplane_services.eventlog import JOURNALS, PARTITIONS, partition_of
+from tradeplane_services.natsserver import NatsServers
+from tradeplane_services.protocol import Reason, Reservation, RiskResult, Side, price_units, symbol_bytes
+from tradeplane_services.risk import RiskService
+from tradeplane_services.settings import RiskSettings
+
+LEASE_MILLIS = 60_000  # nothing lapses by itself during the test
+ACCOUNT, OTHER_ACCOUNT = 4242, 4243
+PARTITION = partition_of(ACCOUNT)
+
+
+class Session:
+    """The answers risk sends one client (the part of a connection the journal uses)."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.received_ns = 0
+        self.answers: dict[int, int] = {}
+
+    def send(self, message: Any) -> None:
+        assert isinstance(message, RiskResult)
+        self.answers[message.order_id] = message.reason
+
+
+def reservation(order_id: int, account: int) -> Reservation:
+    return Reservation(order_id, account, symbol_bytes("AAPL"), int(Side.BUY), 100, price_units(190), 0)
+
+
+def risk(servers: NatsServers, keys: Path, replica: str) -> RiskService:
+    environment = Environment(
+        component="risk",
+        revision="r1",
+        config_path=None,
+        bind="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        keys_dir=keys,
+        event_log=servers.url.split(","),
+        replica=replica,
+    )
+    return RiskService(environment, RiskSettings(partitionLeaseMillis=LEASE_MILLIS))
+
+
+def open_orders(service: RiskService) -> list[int]:
+    return sorted(order[0] for order in service.engine.partition_state(PARTITION)["orders"])
+
+
+async def sealed_out(servers: NatsServers, keys: Path) -> None:
+    first, heir = risk(servers, keys, "risk-a"), risk(servers, keys, "risk-b")
+    await first.start()
+    assert heir.event_log is not None
+    try:
+        await until(lambda: all(first.serving(partition) for partition in range(PARTITIONS)), 30)
+        session = Session()
+        first.journal.reserve(first.ledgers[PARTITION], reservation(1, ACCOUNT), session)  # type: ignore[arg-type]
+        await until(lambda: 1 in session.answers, 5)
+        assert session.answers[1] == Reason.OK
+
+        # The first replica is slow to read the partition: its follower stops short of the heir's claim.
+        first.ledgers[PARTITION].task.cancel()
+        await heir.event_log.open()
+        heir.snapshots = await heir.event_log.snapshots()
+        heir.take_over(PARTITION, first.ledgers[PARTITION].lease_revision + 1)
+        await until(lambda: heir.serving(PARTITION), 10)
+        assert open_orders(heir) == [1], "the heir replays what the first replica acknowledged"
+        assert first.serving(PARTITION), "the first replica has not noticed yet"
+
+        # One turn of the first replica's loop: an order of the lost partition and one of another.
+        first.journal.reserve(first.ledgers[PARTITION], reservation(2, ACCOUNT), session)  # type: ignore[arg-type]
+        other = first.ledgers[partition_of(OTHER_ACCOUNT)]
+        first.journal.reserve(other, reservation(3, OTHER_ACCOUNT), session)  # type: ignore[arg-type]
+        await until(lambda: {2, 3} <= set(session.answers), 5)
+        assert session.answers == {1: Reason.OK, 2: Reason.PARTITION_TAKEOVER, 3: Reason.OK}
+        assert not first.serving(PARTITION) and first.serving(partition_of(OTHER_ACCOUNT))
+        assert first.journal.seals == 1
+
+        logged = [
+            message.order_id
+            async for event in heir.event_log.read(JOURNALS)
+            for message in event.messages
+            if isinstance(message, Reservation)
+        ]
+        assert logged == [1, 3], "the refused order is not in the log, the retried one is there once"
+        assert open_orders(heir) == [1]
+    finally:
+        await first.drain()
+        await first.stop()
+        for ledger in heir.ledgers.values():
+            ledger.stop()
+        await heir.stop()
+
+
+def test_a_replica_sealed_out_of_a_partition_refuses_what_it_had_not_logged_and_keeps_the_rest(
+    nats_server: NatsServers, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    asyncio.run(sealed_out(nats_server, keys))
