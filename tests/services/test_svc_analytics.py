@@ -218,6 +218,11 @@ def test_analytics_stores_every_fill_and_tick_once_across_kill_9_and_rebuilds_po
         # Risk logs each order it accepted (kind risk) and, once it is done, its release.
         by_kind = dict(store.rows("SELECT kind, count() FROM order_events GROUP BY kind"))
         assert by_kind["risk"] >= by_kind["release"] > 0, by_kind
+        # Reservations come from risk's journal, which holds every partition: each row gets its account's.
+        misplaced = (
+            "SELECT count() FROM order_events WHERE message = 'Reservation' AND partition != account % 16"
+        )
+        assert store.rows(misplaced) == [(0,)]
     finally:
         store.close()
 
