@@ -184,7 +184,10 @@ fn make_bell(path: &Path) -> Result<(), RingError> {
     if unsafe { libc::mkfifo(name.as_ptr(), 0o600) } != 0 {
         let error = std::io::Error::last_os_error();
         if error.kind() != std::io::ErrorKind::AlreadyExists {
-            return Err(io(format!("creating the doorbell {}", bell.display()), error));
+            return Err(io(
+                format!("creating the doorbell {}", bell.display()),
+                error,
+            ));
         }
     }
     Ok(())
@@ -217,13 +220,20 @@ impl Ring {
             .mode(0o600)
             .open(&staging)
             .map_err(|error| io(format!("creating {}", staging.display()), error))?;
-        file.set_len(length)
-            .map_err(|error| io(format!("sizing {} to {length} bytes", staging.display()), error))?;
+        file.set_len(length).map_err(|error| {
+            io(
+                format!("sizing {} to {length} bytes", staging.display()),
+                error,
+            )
+        })?;
         let map = map_file(&file, length as usize, &staging)?;
         // SAFETY: the mapping is at least HEADER_SIZE long and nobody else has it yet.
         unsafe {
             ptr::write(map.base.add(VERSION_AT).cast::<u32>(), VERSION);
-            ptr::write(map.base.add(HEADER_SIZE_AT).cast::<u32>(), HEADER_SIZE as u32);
+            ptr::write(
+                map.base.add(HEADER_SIZE_AT).cast::<u32>(),
+                HEADER_SIZE as u32,
+            );
             ptr::write(map.base.add(CAPACITY_AT).cast::<u64>(), capacity);
             (*map.base.add(MAGIC_AT).cast::<AtomicU64>()).store(MAGIC, Ordering::Release);
         }
@@ -300,7 +310,10 @@ impl Ring {
             file_id: (metadata.dev(), metadata.ino()),
             path: path.to_path_buf(),
         };
-        let (head, tail) = (ring.head().load(Ordering::Acquire), ring.tail().load(Ordering::Acquire));
+        let (head, tail) = (
+            ring.head().load(Ordering::Acquire),
+            ring.tail().load(Ordering::Acquire),
+        );
         if tail < head || tail - head > capacity {
             return Err(field(
                 "tail",
@@ -403,7 +416,9 @@ impl Ring {
     /// consumer sees the new tail or this sees its flag).
     fn wake_consumer(&self) {
         fence(Ordering::SeqCst);
-        if self.parked().load(Ordering::Relaxed) != 0 && self.parked().swap(0, Ordering::SeqCst) != 0 {
+        if self.parked().load(Ordering::Relaxed) != 0
+            && self.parked().swap(0, Ordering::SeqCst) != 0
+        {
             // A full FIFO (EAGAIN) already holds a wake-up: nothing to add.
             // SAFETY: one byte from a live buffer to our own descriptor.
             unsafe {
@@ -593,7 +608,9 @@ impl PyRing {
 
     #[staticmethod]
     fn open(path: PathBuf) -> PyResult<Self> {
-        Ring::open(&path).map(|ring| PyRing { ring }).map_err(to_python)
+        Ring::open(&path)
+            .map(|ring| PyRing { ring })
+            .map_err(to_python)
     }
 
     #[getter]
@@ -629,12 +646,20 @@ impl PyRing {
     /// Append a record; False (nothing written) when the ring lacks room.
     #[pyo3(signature = (data, kind = KIND_DATA))]
     fn write(&self, data: &[u8], kind: u32) -> PyResult<bool> {
-        self.ring.try_write(user_kind(kind)?, data).map_err(to_python)
+        self.ring
+            .try_write(user_kind(kind)?, data)
+            .map_err(to_python)
     }
 
     /// Append a record, waiting up to `timeout` seconds for room (without the GIL).
     #[pyo3(signature = (data, timeout, kind = KIND_DATA))]
-    fn write_waiting(&self, py: Python<'_>, data: &[u8], timeout: f64, kind: u32) -> PyResult<bool> {
+    fn write_waiting(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        timeout: f64,
+        kind: u32,
+    ) -> PyResult<bool> {
         let (kind, timeout) = (user_kind(kind)?, timeout_of(timeout)?);
         py.detach(|| self.ring.write_waiting(kind, data, timeout))
             .map_err(to_python)
@@ -716,7 +741,10 @@ impl PyRing {
 /// Adds the ring's class, error and constants to the extension module.
 pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyRing>()?;
-    module.add("RingError", module.py().get_type::<python_errors::RingError>())?;
+    module.add(
+        "RingError",
+        module.py().get_type::<python_errors::RingError>(),
+    )?;
     module.add("RING_MIN_CAPACITY", MIN_CAPACITY)?;
     module.add("RING_MAX_KIND", MAX_USER_KIND)?;
     Ok(())
@@ -734,14 +762,17 @@ mod tests {
     }
 
     fn read_one(ring: &Ring) -> Option<(u32, Vec<u8>)> {
-        ring.try_read(|kind, payload| (kind, payload.to_vec())).unwrap()
+        ring.try_read(|kind, payload| (kind, payload.to_vec()))
+            .unwrap()
     }
 
     #[test]
     fn records_come_out_as_written_across_many_wraps() {
         let ring = Ring::create(&scratch("wraps"), 4096).unwrap();
         for round in 0..2000u32 {
-            let payload: Vec<u8> = (0..(round % 300)).map(|byte| (byte + round) as u8).collect();
+            let payload: Vec<u8> = (0..(round % 300))
+                .map(|byte| (byte + round) as u8)
+                .collect();
             assert!(ring.try_write(round % 7, &payload).unwrap());
             assert_eq!(read_one(&ring), Some((round % 7, payload)));
         }
@@ -753,7 +784,10 @@ mod tests {
     fn a_full_ring_refuses_the_write_and_keeps_unread_records() {
         let ring = Ring::create(&scratch("full"), 4096).unwrap();
         let mut written = 0u32;
-        while ring.try_write(KIND_DATA, &written.to_le_bytes().repeat(25)).unwrap() {
+        while ring
+            .try_write(KIND_DATA, &written.to_le_bytes().repeat(25))
+            .unwrap()
+        {
             written += 1;
         }
         assert!(written > 30, "only {written} records of 108 bytes fit 4096");
@@ -795,17 +829,26 @@ mod tests {
         bytes[VERSION_AT] = 9;
         fs::write(&path, &bytes).unwrap();
         let error = Ring::open(&path).err().unwrap();
-        assert_eq!(error.to_string(), "ring version: 9, this build reads version 1");
+        assert_eq!(
+            error.to_string(),
+            "ring version: 9, this build reads version 1"
+        );
 
         bytes[VERSION_AT] = 1;
         bytes[CAPACITY_AT..CAPACITY_AT + 8].copy_from_slice(&(1u64 << 20).to_le_bytes());
         fs::write(&path, &bytes).unwrap();
         let error = Ring::open(&path).err().unwrap();
-        assert!(error.to_string().starts_with("ring capacity: 1048576"), "{error}");
+        assert!(
+            error.to_string().starts_with("ring capacity: 1048576"),
+            "{error}"
+        );
 
         fs::write(&path, [0u8; 100]).unwrap();
         let error = Ring::open(&path).err().unwrap();
-        assert!(error.to_string().starts_with("ring size: 100 bytes"), "{error}");
+        assert!(
+            error.to_string().starts_with("ring size: 100 bytes"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -859,6 +902,9 @@ mod tests {
     #[test]
     fn a_capacity_that_is_no_power_of_two_is_refused() {
         let error = Ring::create(&scratch("odd"), 5000).err().unwrap();
-        assert!(error.to_string().starts_with("ring capacity: 5000"), "{error}");
+        assert!(
+            error.to_string().starts_with("ring capacity: 5000"),
+            "{error}"
+        );
     }
 }
