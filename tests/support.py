@@ -14,6 +14,10 @@ from typing import Self
 import yaml
 
 from tradeplane.cluster import toolchain
+from tradeplane_services.config import Environment
+from tradeplane_services.natsserver import NatsServers
+from tradeplane_services.risk import RiskService
+from tradeplane_services.settings import RiskSettings
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -57,6 +61,25 @@ async def until(condition: Callable[[], object], timeout: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+def risk_replica(servers: NatsServers, workdir: Path, replica: str, lease_millis: int) -> RiskService:
+    """A risk replica in this process on the event log `servers`, as its pod runs it (not started); its
+    session keys in `workdir`."""
+    keys = workdir / "keys"
+    keys.mkdir(exist_ok=True)
+    environment = Environment(
+        component="risk",
+        revision="r1",
+        config_path=None,
+        bind="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        keys_dir=keys,
+        event_log=servers.url.split(","),
+        replica=replica,
+    )
+    return RiskService(environment, RiskSettings(partitionLeaseMillis=lease_millis))
 
 
 def kubectl_runner(kubeconfig: Path) -> Kubectl:

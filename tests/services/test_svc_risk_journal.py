@@ -14,13 +14,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from support import until
-from tradeplane_services.config import Environment
+from support import risk_replica, until
 from tradeplane_services.eventlog import JOURNALS, PARTITIONS, partition_of
 from tradeplane_services.natsserver import NatsServers
 from tradeplane_services.protocol import Reason, Reservation, RiskResult, Side, price_units, symbol_bytes
 from tradeplane_services.risk import RiskService
-from tradeplane_services.settings import RiskSettings
 
 LEASE_MILLIS = 60_000  # nothing lapses by itself during the test
 ACCOUNT, OTHER_ACCOUNT = 4242, 4243
@@ -44,27 +42,13 @@ def reservation(order_id: int, account: int) -> Reservation:
     return Reservation(order_id, account, symbol_bytes("AAPL"), int(Side.BUY), 100, price_units(190), 0)
 
 
-def risk(servers: NatsServers, keys: Path, replica: str) -> RiskService:
-    environment = Environment(
-        component="risk",
-        revision="r1",
-        config_path=None,
-        bind="127.0.0.1",
-        port=0,
-        metrics_port=0,
-        keys_dir=keys,
-        event_log=servers.url.split(","),
-        replica=replica,
-    )
-    return RiskService(environment, RiskSettings(partitionLeaseMillis=LEASE_MILLIS))
-
-
 def open_orders(service: RiskService) -> list[int]:
     return sorted(order[0] for order in service.engine.partition_state(PARTITION)["orders"])
 
 
-async def sealed_out(servers: NatsServers, keys: Path) -> None:
-    first, heir = risk(servers, keys, "risk-a"), risk(servers, keys, "risk-b")
+async def sealed_out(servers: NatsServers, workdir: Path) -> None:
+    first = risk_replica(servers, workdir, "risk-a", LEASE_MILLIS)
+    heir = risk_replica(servers, workdir, "risk-b", LEASE_MILLIS)
     await first.start()
     assert heir.event_log is not None
     try:
@@ -111,6 +95,4 @@ async def sealed_out(servers: NatsServers, keys: Path) -> None:
 def test_a_replica_sealed_out_of_a_partition_refuses_what_it_had_not_logged_and_keeps_the_rest(
     nats_server: NatsServers, tmp_path: Path
 ) -> None:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    asyncio.run(sealed_out(nats_server, keys))
+    asyncio.run(sealed_out(nats_server, tmp_path))

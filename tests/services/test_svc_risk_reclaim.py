@@ -11,13 +11,11 @@ import asyncio
 import time
 from pathlib import Path
 
-from support import until
-from tradeplane_services.config import Environment
+from support import risk_replica, until
 from tradeplane_services.eventlog import PARTITIONS, Append, partition_of
 from tradeplane_services.natsserver import NatsServers
 from tradeplane_services.protocol import Fill, Side, price_units, symbol_bytes
-from tradeplane_services.risk import PartitionLedger, RiskService
-from tradeplane_services.settings import RiskSettings
+from tradeplane_services.risk import PartitionLedger
 
 LEASE_MILLIS = 500
 ACCOUNT = 4242
@@ -37,19 +35,8 @@ def positions(ledger: PartitionLedger) -> list[object]:
     return accounts
 
 
-async def reclaim(servers: NatsServers, keys: Path) -> None:
-    environment = Environment(
-        component="risk",
-        revision="r1",
-        config_path=None,
-        bind="127.0.0.1",
-        port=0,
-        metrics_port=0,
-        keys_dir=keys,
-        event_log=servers.url.split(","),
-        replica="risk-a",
-    )
-    service = RiskService(environment, RiskSettings(partitionLeaseMillis=LEASE_MILLIS))
+async def reclaim(servers: NatsServers, workdir: Path) -> None:
+    service = risk_replica(servers, workdir, "risk-a", LEASE_MILLIS)
     await service.start()
     try:
         await until(lambda: all(service.serving(partition) for partition in range(PARTITIONS)), 30)
@@ -86,6 +73,4 @@ async def reclaim(servers: NatsServers, keys: Path) -> None:
 def test_a_lapsed_lease_claimed_again_is_not_fenced_by_its_own_old_follower(
     nats_server: NatsServers, tmp_path: Path
 ) -> None:
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    asyncio.run(reclaim(nats_server, keys))
+    asyncio.run(reclaim(nats_server, tmp_path))
