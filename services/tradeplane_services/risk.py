@@ -245,7 +245,7 @@ class RiskEngine(RiskBook):
 
 
 class PartitionLedger:
-    """One partition this replica holds the lease of: its takeover, its fenced commits, its follower.
+    """One partition this replica holds the lease of: its takeover, its follower, its logged facts.
 
     Takeover (`claim`): seal the journal of the replica whose claim is the partition's last, then append a
     PartitionClaim to the partition's risk subject expecting that claim there (so two claimants cannot
