@@ -611,6 +611,8 @@ class AnalyticsService(Service[AnalyticsSettings]):
     async def drain(self) -> None:
         """Stop taking input and store what was gathered (its events acknowledged)."""
         await cancel_and_wait(*self.tasks)
+        if self.market_data is not None:  # ticks would keep coming, and this would store them for ever
+            await self.market_data.stop()
         while (batch := self.ticks.take()) is not None:
             await asyncio.to_thread(self._store_ticks, feed_stream(self.channel), *batch)
         if self.events.messages and not self.events_rebuilding:

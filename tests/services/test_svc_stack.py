@@ -275,6 +275,16 @@ def test_sigterm_finishes_in_flight_cancels_resting_orders_and_exits_zero(make_s
     del stack.processes["order"]
 
 
+def test_every_service_exits_zero_within_seconds_of_sigterm_while_ticks_flow(stack: Stack) -> None:
+    """Analytics once went on storing the ticks still arriving while it drained, past its drain timeout,
+    then waited out nats-py's 30 s drain of a follower nobody read: killed, every time."""
+    time.sleep(1)  # the feed reaches risk and analytics
+    started = time.monotonic()
+    codes = stack.stop()
+    assert codes == dict.fromkeys(codes, 0)
+    assert time.monotonic() - started < 10
+
+
 def test_a_bad_config_file_stops_the_service_with_the_key_named(tmp_path: Any) -> None:
     import subprocess
     import sys
