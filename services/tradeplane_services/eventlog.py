@@ -90,6 +90,12 @@ def journal_subject(writer: str) -> str:
     return f"{SUBJECT_ROOT}.journal.{writer}.{RISK_KIND}"
 
 
+def partition_of_subject(on: str) -> int | None:
+    """The partition of a partition's subject; None for a journal's (its frames name theirs)."""
+    token = on.split(".")[2]
+    return None if token == "journal" else int(token)
+
+
 class Event(NamedTuple):
     sequence: int  # the stream sequence: a position in the log
     subject: str

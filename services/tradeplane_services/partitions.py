@@ -273,6 +273,7 @@ class PartitionOwner:
         members = sorted({*self.table.live_members(now, duration), self.identity})
         self.live_since = {member: self.live_since.get(member, now) for member in members}
         handed_over = False
+        claimable: list[tuple[int, Lease | None]] = []
         for partition in range(PARTITIONS):
             preferred = preferred_owner(partition, members)
             if partition in self.owned:
@@ -285,7 +286,9 @@ class PartitionOwner:
                 continue
             lease = self.table.partition(partition)
             if lease is None or self.table.expired(partition_key(partition), now, duration):
-                await self.claim(kv, partition, lease)
+                claimable.append((partition, lease))
+        # At once: the partitions of a dead peer are taken over, and replayed (risk.py: Replays), together.
+        await asyncio.gather(*(self.claim(kv, partition, lease) for partition, lease in claimable))
 
     async def claim(self, kv: KeyValue, partition: int, expired: Lease | None) -> None:
         key, value = partition_key(partition), self.lease(partition)

@@ -55,6 +55,7 @@ from tradeplane_services.eventlog import (
     Snapshots,
     journal_subject,
     partition_of,
+    partition_of_subject,
     subject,
     subject_filter,
 )
@@ -250,9 +251,9 @@ class PartitionLedger:
     Takeover (`claim`): seal the journal of the replica whose claim is the partition's last, then append a
     PartitionClaim to the partition's risk subject expecting that claim there (so two claimants cannot
     both win), load the partition's latest snapshot, replay its events and the journals' reservations of
-    its accounts after the snapshot up to the claim (reservations, fills, releases), then answer. Until
-    then, and from the moment the lease is lost, checks of the partition are refused with
-    PARTITION_TAKEOVER.
+    its accounts after the snapshot up to the claim (reservations, fills, releases; in one read with the
+    partitions it takes over at the same time: Replays), then answer. Until then, and from the moment the
+    lease is lost, checks of the partition are refused with PARTITION_TAKEOVER.
 
     An accepted order is answered only once its Reservation is in the log, in this replica's journal
     (Journal), so a replica that lost the partition cannot add exposure beside its new owner. Fills
@@ -285,6 +286,7 @@ class PartitionLedger:
         self.replayed_events = 0
         self.snapshot_sequence = 0  # the snapshot loaded at takeover, or the last one tried
         self.damaged_events = 0
+        service.replays.claiming(self)
         self.task = asyncio.get_running_loop().create_task(self.run(), name=f"partition-{partition}")
         self.task.add_done_callback(self._ended)
 
@@ -292,15 +294,7 @@ class PartitionLedger:
         self.engine.forget_partition(self.partition)
         await self.claim()
         await self.load_snapshot()
-        events = subject_filter("*", self.partition)
-        replay = self.event_log.read(
-            (events, JOURNALS), self.snapshot_sequence + 1, self.last_sequence, damaged=self.damaged
-        )
-        async for event in self._until_stopped(replay):
-            self.apply(event, replaying=True)
-            self.replayed_events += 1
-            if self.replayed_events % REPLAY_SLICE_EVENTS == 0:
-                await asyncio.sleep(0)  # a fetched batch is replayed without a pause: let the leases renew
+        await self.service.replays.replay(self)
         if self.stopped:
             return
         every = self.service.settings.snapshotEveryEvents
@@ -322,7 +316,9 @@ class PartitionLedger:
         )
         if document is not None:
             await self.save_snapshot(document)
-        tail = self.event_log.read(events, self.last_sequence + 1, follow=True, damaged=self.damaged)
+        tail = self.event_log.read(
+            subject_filter("*", self.partition), self.last_sequence + 1, follow=True, damaged=self.damaged
+        )
         async for event in self._until_stopped(tail):
             self.apply(event, replaying=False)
             quiet = self.in_flight == 0 and event.sequence >= self.last_sequence
@@ -459,6 +455,7 @@ class PartitionLedger:
         """Lost: refuse from now on; commits in flight finish (logged, they are the next owner's too)."""
         self.serving, self.stopped = False, True
         self.task.cancel()
+        self.service.replays.abandon(self)
 
     @property
     def busy(self) -> bool:
@@ -473,6 +470,115 @@ class PartitionLedger:
             "snapshotSequence": self.snapshot_sequence,
             "damagedEvents": self.damaged_events,
         }
+
+
+class Replays:
+    """Partitions a replica takes over together replay the log together.
+
+    The journals hold the reservations of every partition, so k partitions replayed apart (a replica
+    taking over a dead peer's half) would each read and decode every journal event: k times the work,
+    while none of them answers. One read of the journals and the k partitions' subjects, from the
+    earliest snapshot to the latest claim, split by partition as it goes, replaces them. A read starts
+    once none of this replica's partitions is still claiming (a claim takes a few appends, and a dead
+    peer's leases are taken in one lease round), and each partition serves as soon as the read passes its
+    own claim, not once the whole read ends."""
+
+    def __init__(self, event_log: EventLog) -> None:
+        self.event_log = event_log
+        self.claims: set[PartitionLedger] = set()
+        self.waiting: dict[PartitionLedger, asyncio.Future[None]] = {}
+        self.reading: set[asyncio.Task[None]] = set()
+        self.reads = 0
+        self.replayed_partitions = 0
+
+    def claiming(self, ledger: PartitionLedger) -> None:
+        self.claims.add(ledger)
+
+    def replay(self, ledger: PartitionLedger) -> asyncio.Future[None]:
+        """Done once `ledger` has applied the log after its snapshot up to its claim."""
+        self.claims.discard(ledger)
+        self.waiting[ledger] = done = asyncio.get_running_loop().create_future()
+        self._start_when_claimed()
+        return done
+
+    def abandon(self, ledger: PartitionLedger) -> None:
+        self.claims.discard(ledger)
+        self.waiting.pop(ledger, None)
+        self._start_when_claimed()
+
+    def _start_when_claimed(self) -> None:
+        if self.claims or not self.waiting:
+            return
+        group, self.waiting = self.waiting, {}
+        self.reads += 1
+        self.replayed_partitions += len(group)
+        task = asyncio.get_running_loop().create_task(self._read(group), name="partition-replay")
+        self.reading.add(task)
+        task.add_done_callback(self.reading.discard)
+
+    async def _read(self, group: dict[PartitionLedger, asyncio.Future[None]]) -> None:
+        try:
+            await self._apply(group)
+        except Exception as error:  # each ledger's follower ends with it, and its partition goes
+            for done in group.values():
+                if not done.done():
+                    done.set_exception(error)
+        finally:
+            for done in group.values():
+                if not done.done():
+                    done.cancel()
+
+    async def _apply(self, group: dict[PartitionLedger, asyncio.Future[None]]) -> None:
+        # By claim: a ledger is done once the read passes its claim, and then serves and follows alone.
+        unfinished = sorted(group, key=lambda ledger: ledger.last_sequence)
+        replaying = {ledger.partition: ledger for ledger in unfinished}
+        start = min(ledger.snapshot_sequence for ledger in group) + 1
+        filters = (JOURNALS, *(subject_filter("*", partition) for partition in sorted(replaying)))
+        damage: list[ProtocolError] = []  # the damaged event comes next, empty
+        read = self.event_log.read(filters, start, unfinished[-1].last_sequence, damaged=damage.append)
+        events = 0
+        async for event in read:
+            while unfinished[0].last_sequence < event.sequence:
+                finished = unfinished.pop(0)
+                del replaying[finished.partition]
+                _resolve(group[finished])
+            partition = partition_of_subject(event.subject)
+            if partition is None:  # a journal: every partition's reservations, each to its own ledger
+                reservations = reservations_by_partition(event.messages)
+                targets = [(ledger, reservations.get(ledger.partition, [])) for ledger in unfinished]
+            else:  # the partition's own subject, read on until the last claim of the group
+                ledger = replaying.get(partition)
+                targets = [] if ledger is None else [(ledger, event.messages)]
+            for ledger, messages in targets:
+                if ledger.stopped or event.sequence <= ledger.snapshot_sequence:
+                    continue
+                if damage:
+                    ledger.damaged(damage[0])
+                ledger.apply(Event(event.sequence, event.subject, messages), replaying=True)
+                ledger.replayed_events += 1
+            damage.clear()
+            events += 1
+            if events % REPLAY_SLICE_EVENTS == 0:
+                await asyncio.sleep(0)  # a fetched batch is replayed without a pause: let the leases renew
+        for ledger in unfinished:
+            _resolve(group[ledger])
+
+    def status(self) -> dict[str, Any]:
+        return {"reads": self.reads, "partitions": self.replayed_partitions}
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():  # a stopped ledger's was cancelled with its task
+        done.set_result(None)
+
+
+def reservations_by_partition(messages: list[Any]) -> dict[int, list[Reservation]]:
+    """A journal event's reservations by their accounts' partitions (its claims are seals: not replayed)."""
+    by_partition: dict[int, list[Reservation]] = {}
+    for message in messages:
+        if type(message) is Reservation:
+            by_partition.setdefault(partition_of(message.account), []).append(message)
+    return by_partition
 
 
 def writer_of(message: Any) -> str | None:
@@ -612,6 +718,7 @@ class RiskService(Service[RiskSettings]):
         if environment.event_log:
             self.event_log = EventLog(environment.event_log, environment.event_log_replicas, "risk")
             self.journal = Journal(self, self.event_log)
+            self.replays = Replays(self.event_log)
         else:
             log.warning("TRADEPLANE_EVENT_LOG is not set: limits hold per replica; run one risk replica")
 
@@ -800,4 +907,5 @@ class RiskService(Service[RiskSettings]):
             "replica": self.replica if self.event_log is not None else None,
             "partitions": {str(p): ledger.status() for p, ledger in sorted(self.ledgers.items())},
             "journal": self.journal.status() if self.event_log is not None else None,
+            "replays": self.replays.status() if self.event_log is not None else None,
         }

@@ -6,7 +6,10 @@ replays every reservation the first one acknowledged, and none it refused.
 
 Two RiskServices in this process; the first holds its leases in the bucket, the second takes the partition
 over directly, as a replica that won the lapsed lease would. The first one's follower of the partition is
-stopped before the claim, as a paused replica's would be, so only the journal can tell it."""
+stopped before the claim, as a paused replica's would be, so only the journal can tell it.
+
+Then a replica taking over every partition at once (its peer died) replays the log once for all of them,
+each partition booking its own reservations from the shared journal and its own subject's releases."""
 
 from __future__ import annotations
 
@@ -17,7 +20,15 @@ from typing import Any
 from support import risk_replica, until
 from tradeplane_services.eventlog import JOURNALS, PARTITIONS, partition_of
 from tradeplane_services.natsserver import NatsServers
-from tradeplane_services.protocol import Reason, Reservation, RiskResult, Side, price_units, symbol_bytes
+from tradeplane_services.protocol import (
+    Reason,
+    Release,
+    Reservation,
+    RiskResult,
+    Side,
+    price_units,
+    symbol_bytes,
+)
 from tradeplane_services.risk import RiskService
 
 LEASE_MILLIS = 60_000  # nothing lapses by itself during the test
@@ -42,8 +53,8 @@ def reservation(order_id: int, account: int) -> Reservation:
     return Reservation(order_id, account, symbol_bytes("AAPL"), int(Side.BUY), 100, price_units(190), 0)
 
 
-def open_orders(service: RiskService) -> list[int]:
-    return sorted(order[0] for order in service.engine.partition_state(PARTITION)["orders"])
+def open_orders(service: RiskService, partition: int = PARTITION) -> list[int]:
+    return sorted(order[0] for order in service.engine.partition_state(partition)["orders"])
 
 
 async def sealed_out(servers: NatsServers, workdir: Path) -> None:
@@ -96,3 +107,44 @@ def test_a_replica_sealed_out_of_a_partition_refuses_what_it_had_not_logged_and_
     nats_server: NatsServers, tmp_path: Path
 ) -> None:
     asyncio.run(sealed_out(nats_server, tmp_path))
+
+
+async def taken_over_together(servers: NatsServers, workdir: Path) -> None:
+    first = risk_replica(servers, workdir, "risk-a", LEASE_MILLIS)
+    heir = risk_replica(servers, workdir, "risk-b", LEASE_MILLIS)
+    await first.start()
+    assert heir.event_log is not None
+    try:
+        await until(lambda: all(first.serving(partition) for partition in range(PARTITIONS)), 30)
+        session, accepted = Session(), dict[int, list[int]]()
+        for turn in range(3):  # three journal events, each with a reservation of every partition
+            for account in range(ACCOUNT, ACCOUNT + PARTITIONS):
+                order_id = turn * PARTITIONS + account - ACCOUNT + 1
+                accepted.setdefault(partition_of(account), []).append(order_id)
+                ledger = first.ledgers[partition_of(account)]
+                first.journal.reserve(ledger, reservation(order_id, account), session)  # type: ignore[arg-type]
+            answered = (turn + 1) * PARTITIONS
+            await until(lambda: len(session.answers) == answered, 5)  # noqa: B023 (awaited here)
+        first.ledgers[PARTITION].release(Release(1, ACCOUNT))  # on the partition's own subject
+        await until(lambda: not first.ledgers[PARTITION].busy, 5)
+        accepted[PARTITION].remove(1)
+
+        await heir.event_log.open()
+        heir.snapshots = await heir.event_log.snapshots()
+        for partition in range(PARTITIONS):
+            heir.take_over(partition, first.ledgers[partition].lease_revision + 1)
+        await until(lambda: all(heir.serving(partition) for partition in range(PARTITIONS)), 10)
+        assert heir.replays.status() == {"reads": 1, "partitions": PARTITIONS}
+        assert {partition: open_orders(heir, partition) for partition in range(PARTITIONS)} == accepted
+    finally:
+        await first.drain()
+        await first.stop()
+        for ledger in heir.ledgers.values():
+            ledger.stop()
+        await heir.stop()
+
+
+def test_partitions_taken_over_together_replay_the_journals_once_each_booking_its_own(
+    nats_server: NatsServers, tmp_path: Path
+) -> None:
+    asyncio.run(taken_over_together(nats_server, tmp_path))
