@@ -254,6 +254,10 @@ pub(crate) struct Book {
     last_order_id: u64,
     live_clock: u64,
     risk_timeout_ns: i64,
+    /// New orders waiting for risk's answer, and how many may: past that a new order is refused at
+    /// once, so under overload the answered ones keep their latency and the rest learn in microseconds.
+    checks_in_flight: usize,
+    max_checks_in_flight: usize,
     accepting: bool,
     kill_switch: i64,
 }
@@ -274,6 +278,8 @@ impl Book {
             last_order_id,
             live_clock: 0,
             risk_timeout_ns,
+            checks_in_flight: 0,
+            max_checks_in_flight: usize::MAX,
             accepting: true,
         }
     }
@@ -318,17 +324,18 @@ impl Book {
             Some(codes.duplicate_client_order_id)
         } else if !self.accepting {
             Some(codes.shutting_down)
+        } else if self.checks_in_flight >= self.max_checks_in_flight {
+            Some(codes.risk_unavailable)
         } else {
             None
         };
         if let Some(reason) = refusal {
+            let ok = reason != codes.risk_unavailable;
             self.refuse(session_id, &request, Symbol::Request, reason);
-            self.outcomes.push(Outcome::Record {
-                received_ns,
-                ok: true,
-            });
+            self.outcomes.push(Outcome::Record { received_ns, ok });
             return None;
         }
+        self.checks_in_flight += 1;
         self.last_order_id += 1;
         let order_id = self.last_order_id;
         let live_since = self.next_live_since();
@@ -546,6 +553,7 @@ impl Book {
     }
 
     fn risk_decided_new(&mut self, slot: u32, reason: i64) {
+        self.checks_in_flight -= 1;
         let codes = &self.codes;
         let order = &mut self.slots[slot as usize];
         if reason != 0 {
@@ -593,6 +601,7 @@ impl Book {
         };
         let order = self.slots[slot as usize].clone();
         if order.status == self.codes.pending_new {
+            self.checks_in_flight -= 1;
             self.retire(slot);
             if let Some(session) = order.session {
                 let request = NewRequest {
@@ -665,6 +674,7 @@ impl Book {
     }
 
     fn risk_unanswered(&mut self, slot: u32) {
+        self.checks_in_flight -= 1;
         let order = &mut self.slots[slot as usize];
         order.status = self.codes.rejected;
         let (order_id, account, received_ns) = (order.order_id, order.account, order.received_ns);
@@ -1521,6 +1531,21 @@ impl OrderBook {
         self.book.risk_timeout_ns = risk_timeout_ns;
     }
 
+    #[getter]
+    fn checks_in_flight(&self) -> usize {
+        self.book.checks_in_flight
+    }
+
+    #[getter]
+    fn max_checks_in_flight(&self) -> usize {
+        self.book.max_checks_in_flight
+    }
+
+    #[setter]
+    fn set_max_checks_in_flight(&mut self, max_checks_in_flight: usize) {
+        self.book.max_checks_in_flight = max_checks_in_flight;
+    }
+
     /// Order id -> status of every order not yet terminal.
     fn orders<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let orders = PyDict::new(py);
@@ -1716,6 +1741,35 @@ mod tests {
                 ok: true
             }
         );
+    }
+
+    #[test]
+    fn past_the_checks_in_flight_a_new_order_is_refused_at_once_until_risk_answers_or_times_out() {
+        let mut book = book();
+        book.max_checks_in_flight = 2;
+        for client_order_id in 1..=2 {
+            step(&mut book, |book| {
+                book.new_order(ALICE, request(client_order_id, 100), 0);
+            });
+        }
+        let outcomes = step(&mut book, |book| {
+            assert_eq!(book.new_order(ALICE, request(3, 100), 7), None);
+        });
+        let refusal = reports(&outcomes)[0];
+        assert_eq!(
+            (refusal.client_order_id, refusal.reason),
+            (3, book.codes.risk_unavailable)
+        );
+        let served = Outcome::Record {
+            received_ns: 7,
+            ok: false,
+        };
+        assert_eq!(outcomes[1], served, "a refusal of the service's own");
+        step(&mut book, |book| book.risk_result(1, 0));
+        assert!(book.new_order(ALICE, request(4, 100), 0).is_some());
+        step(&mut book, |book| book.expire_risk_checks(100 * MS));
+        assert_eq!(book.checks_in_flight, 0, "the two unanswered timed out");
+        assert!(book.new_order(ALICE, request(5, 100), 0).is_some());
     }
 
     #[test]

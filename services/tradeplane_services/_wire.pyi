@@ -225,6 +225,9 @@ class OrderBook:
 
     accepting: bool
     risk_timeout_ns: int
+    max_checks_in_flight: int  # new orders past it are refused RISK_UNAVAILABLE without asking risk
+    @property
+    def checks_in_flight(self) -> int: ...
     @property
     def kill_switch(self) -> int: ...
     def __init__(self, protocol: ModuleType, risk_timeout_ns: int, last_order_id: int) -> None: ...

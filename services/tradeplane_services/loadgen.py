@@ -111,6 +111,8 @@ class LoadResult:
     measured: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
     percentiles_us: dict[str, float] = field(default_factory=dict)
+    accepted_percentiles_us: dict[str, float] = field(default_factory=dict)
+    """Of the orders accepted (the rest were refused, some at once: under overload, a different path)."""
     max_us: float = 0.0
     achieved_rate: float = 0.0
     max_send_lag_us: float = 0.0
@@ -131,6 +133,7 @@ class LoadResult:
             "measured": self.measured,
             "rejects": dict(self.rejects),
             "latency_us": {**self.percentiles_us, "max": self.max_us},
+            "accepted_latency_us": self.accepted_percentiles_us,
             "max_send_lag_us": round(self.max_send_lag_us, 1),
             "trades": self.trades,
         }
@@ -172,6 +175,7 @@ def run_load(
     interval_ns = 1e9 / rate
     warmup_orders = int(rate * warmup)
     answered_at = np.zeros(total, dtype=np.int64)  # receive time per order, 0 until answered
+    accepted = np.zeros(total, dtype=bool)
     reject_reasons: Counter[int] = Counter()
     first_reject_at: dict[int, float] = {}
     net_fills: dict[tuple[int, bytes], int] = {}
@@ -251,6 +255,7 @@ def run_load(
                 elif exec_type in (E_NEW, E_REJECTED) and 0 <= index < total and not answered_at[index]:
                     answered_at[index] = received_ns
                     answered += 1
+                    accepted[index] = exec_type == E_NEW
                     if exec_type == E_REJECTED:
                         reject_reasons[reason] += 1
                         if reason not in first_reject_at:
@@ -266,13 +271,15 @@ def run_load(
 
     intended = start + (np.arange(total) * interval_ns).astype(np.int64)
     done = answered_at > 0
-    latencies = (answered_at - intended)[done & (np.arange(total) >= warmup_orders)]
-    histogram = LatencyHistogram()
-    histogram.record_all(np.maximum(latencies, 1).tolist())
+    measured = done & (np.arange(total) >= warmup_orders)
+    histogram = latency_histogram((answered_at - intended)[measured])
     result.sent, result.answered, result.unanswered = sent, answered, total - answered
     result.measured = histogram.count
     result.percentiles_us = dict(histogram.percentiles_us(PERCENTILES))
     result.max_us = histogram.max_ns / 1000
+    if not echo:
+        accepted_histogram = latency_histogram((answered_at - intended)[measured & accepted])
+        result.accepted_percentiles_us = dict(accepted_histogram.percentiles_us(PERCENTILES))
     if answered:
         last = int(answered_at[done].max())
         result.achieved_rate = answered / max(1e-9, (last - start) / 1e9)
@@ -282,6 +289,12 @@ def run_load(
     result.net_fills = net_fills
     result.first_reject_at = {Reason(code).name: at for code, at in first_reject_at.items()}
     return result
+
+
+def latency_histogram(latencies_ns: np.ndarray[Any, Any]) -> LatencyHistogram:
+    histogram = LatencyHistogram()
+    histogram.record_all(np.maximum(latencies_ns, 1).tolist())
+    return histogram
 
 
 # --- echo baseline ------------------------------------------------------------------------------

@@ -370,6 +370,7 @@ class OrderService(Service[OrderSettings]):
             self.metrics,
             settings.riskTimeoutMillis * 1_000_000,
         )
+        self.manager.book.max_checks_in_flight = settings.maxChecksInFlight
         self.handlers = {
             NewOrder: self.on_new_order,
             CancelOrder: self.on_cancel,
@@ -400,6 +401,7 @@ class OrderService(Service[OrderSettings]):
     def reconfigure(self, settings: OrderSettings) -> None:
         super().reconfigure(settings)
         self.manager.risk_timeout_ns = settings.riskTimeoutMillis * 1_000_000
+        self.manager.book.max_checks_in_flight = settings.maxChecksInFlight
 
     def logged_on(self, connection: Connection) -> None:
         connection.session = Session(connection)
@@ -496,6 +498,7 @@ class OrderService(Service[OrderSettings]):
         manager = self.manager
         return {
             "openOrders": len(manager.book),
+            "checksInFlight": manager.book.checks_in_flight,
             "killSwitch": KillSwitchState(manager.kill_switch).name,
             "riskPartitions": self.risk_routes.reachable() if self.risk_routes else None,
         }

@@ -64,6 +64,12 @@ class OrderSettings(Settings):
     riskTimeoutMillis: int = Field(
         500, ge=1, description="An order whose risk check is unanswered this long is rejected."
     )
+    maxChecksInFlight: int = Field(
+        1024,
+        ge=1,
+        description="New orders waiting for risk at once; past it a new order is refused RISK_UNAVAILABLE "
+        "at once instead of queueing behind the others.",
+    )
 
 
 class RiskSettings(Settings):

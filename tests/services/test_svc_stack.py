@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import struct
@@ -273,6 +274,27 @@ def test_sigterm_finishes_in_flight_cancels_resting_orders_and_exits_zero(make_s
         assert {r.reason for r in reports} == {Reason.CANCELED_ON_DISCONNECT}
         assert order.wait(10) == 0
     del stack.processes["order"]
+
+
+def test_new_orders_past_the_checks_in_flight_are_refused_at_once_and_the_waiting_ones_answered(
+    make_stack: StackFactory,
+) -> None:
+    stack = make_stack({"order": {"riskTimeoutMillis": 10_000, "maxChecksInFlight": 3}})
+    risk = stack.processes["risk"]
+    with OrderSession(stack.address("order")) as session:
+        risk.send_signal(signal.SIGSTOP)  # overloaded: nothing comes back
+        try:
+            waiting = [session.new_order(Side.BUY, "AAPL", 10 + n, AAPL) for n in range(3)]
+            time.sleep(0.1)
+            asked = time.monotonic()
+            shed = session.report_for(session.new_order(Side.BUY, "AAPL", 20, AAPL), timeout=1)
+            assert time.monotonic() - asked < 0.5
+            assert (shed.exec_type, shed.reason) == (ExecType.REJECTED, Reason.RISK_UNAVAILABLE)
+            assert json.loads(http(stack, "order", "/status")[1])["checksInFlight"] == 3
+        finally:
+            risk.send_signal(signal.SIGCONT)
+        assert [session.report_for(order).exec_type for order in waiting] == [ExecType.NEW] * 3
+        assert session.report_for(session.new_order(Side.BUY, "AAPL", 30, AAPL)).exec_type == ExecType.NEW
 
 
 def test_every_service_exits_zero_within_seconds_of_sigterm_while_ticks_flow(stack: Stack) -> None:
