@@ -14,6 +14,8 @@ each partition booking its own reservations from the shared journal and its own 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +59,29 @@ def open_orders(service: RiskService, partition: int = PARTITION) -> list[int]:
     return sorted(order[0] for order in service.engine.partition_state(partition)["orders"])
 
 
-async def sealed_out(servers: NatsServers, workdir: Path) -> None:
+@contextlib.asynccontextmanager
+async def two_replicas(servers: NatsServers, workdir: Path) -> AsyncIterator[tuple[RiskService, RiskService]]:
+    """The first replica serving every partition, and an heir on the same log holding none."""
     first = risk_replica(servers, workdir, "risk-a", LEASE_MILLIS)
     heir = risk_replica(servers, workdir, "risk-b", LEASE_MILLIS)
     await first.start()
     assert heir.event_log is not None
     try:
         await until(lambda: all(first.serving(partition) for partition in range(PARTITIONS)), 30)
+        await heir.event_log.open()
+        heir.snapshots = await heir.event_log.snapshots()
+        yield first, heir
+    finally:
+        await first.drain()
+        await first.stop()
+        for ledger in heir.ledgers.values():
+            ledger.stop()
+        await heir.stop()
+
+
+async def sealed_out(servers: NatsServers, workdir: Path) -> None:
+    async with two_replicas(servers, workdir) as (first, heir):
+        assert heir.event_log is not None
         session = Session()
         first.journal.reserve(first.ledgers[PARTITION], reservation(1, ACCOUNT), session)  # type: ignore[arg-type]
         await until(lambda: 1 in session.answers, 5)
@@ -71,8 +89,6 @@ async def sealed_out(servers: NatsServers, workdir: Path) -> None:
 
         # The first replica is slow to read the partition: its follower stops short of the heir's claim.
         first.ledgers[PARTITION].task.cancel()
-        await heir.event_log.open()
-        heir.snapshots = await heir.event_log.snapshots()
         heir.take_over(PARTITION, first.ledgers[PARTITION].lease_revision + 1)
         await until(lambda: heir.serving(PARTITION), 10)
         assert open_orders(heir) == [1], "the heir replays what the first replica acknowledged"
@@ -95,12 +111,6 @@ async def sealed_out(servers: NatsServers, workdir: Path) -> None:
         ]
         assert logged == [1, 3], "the refused order is not in the log, the retried one is there once"
         assert open_orders(heir) == [1]
-    finally:
-        await first.drain()
-        await first.stop()
-        for ledger in heir.ledgers.values():
-            ledger.stop()
-        await heir.stop()
 
 
 def test_a_replica_sealed_out_of_a_partition_refuses_what_it_had_not_logged_and_keeps_the_rest(
@@ -110,12 +120,7 @@ def test_a_replica_sealed_out_of_a_partition_refuses_what_it_had_not_logged_and_
 
 
 async def taken_over_together(servers: NatsServers, workdir: Path) -> None:
-    first = risk_replica(servers, workdir, "risk-a", LEASE_MILLIS)
-    heir = risk_replica(servers, workdir, "risk-b", LEASE_MILLIS)
-    await first.start()
-    assert heir.event_log is not None
-    try:
-        await until(lambda: all(first.serving(partition) for partition in range(PARTITIONS)), 30)
+    async with two_replicas(servers, workdir) as (first, heir):
         session, accepted = Session(), dict[int, list[int]]()
         for turn in range(3):  # three journal events, each with a reservation of every partition
             for account in range(ACCOUNT, ACCOUNT + PARTITIONS):
@@ -129,19 +134,11 @@ async def taken_over_together(servers: NatsServers, workdir: Path) -> None:
         await until(lambda: not first.ledgers[PARTITION].busy, 5)
         accepted[PARTITION].remove(1)
 
-        await heir.event_log.open()
-        heir.snapshots = await heir.event_log.snapshots()
         for partition in range(PARTITIONS):
             heir.take_over(partition, first.ledgers[partition].lease_revision + 1)
         await until(lambda: all(heir.serving(partition) for partition in range(PARTITIONS)), 10)
         assert heir.replays.status() == {"reads": 1, "partitions": PARTITIONS}
         assert {partition: open_orders(heir, partition) for partition in range(PARTITIONS)} == accepted
-    finally:
-        await first.drain()
-        await first.stop()
-        for ledger in heir.ledgers.values():
-            ledger.stop()
-        await heir.stop()
 
 
 def test_partitions_taken_over_together_replay_the_journals_once_each_booking_its_own(
