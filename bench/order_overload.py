@@ -82,14 +82,20 @@ def main() -> int:
                 print(describe(limit, result), flush=True)
     print(f"medians of {arguments.runs} runs at {arguments.rate:.0f}/s offered:")
     for limit, runs in results.items():
-        accepted = [run.accepted_percentiles_us for run in runs]
         refused = [sum(run.rejects.values()) for run in runs]
+        accepted = [run.answered - count for run, count in zip(runs, refused, strict=True)]
+        # Runs where every order accepted after the warm-up timed out have no latency to take a median of.
+        waited = [run.accepted_percentiles_us for run in runs if run.accepted_percentiles_us["p50"]]
+        latency = (
+            f"their p50 {statistics.median(a['p50'] for a in waited) / 1000:.2f} ms"
+            f" p99 {statistics.median(a['p99'] for a in waited) / 1000:.2f} ms ({len(waited)} runs)"
+            if waited
+            else "none accepted after the warm-up"
+        )
         print(
             f"  limit {limit:>10}: achieved {statistics.median(run.achieved_rate for run in runs):>7.0f}/s,"
-            f" accepted {statistics.median(run.answered - sum(run.rejects.values()) for run in runs):.0f},"
-            f" their p50 {statistics.median(a['p50'] for a in accepted) / 1000:.2f} ms"
-            f" p99 {statistics.median(a['p99'] for a in accepted) / 1000:.2f} ms (0: none after the warm-up),"
-            f" refused {statistics.median(refused):.0f} of {runs[0].sent}"
+            f" accepted {statistics.median(accepted):.0f},"
+            f" {latency}, refused {statistics.median(refused):.0f} of {runs[0].sent}"
         )
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0

@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,7 @@ from tradeplane_services.split import AccountSplit, routing_route
 
 PENDING_NEW = int(OrderStatus.PENDING_NEW)
 OK, RISK_UNAVAILABLE = int(Reason.OK), int(Reason.RISK_UNAVAILABLE)
+UNBOUNDED = sys.maxsize  # maxChecksInFlight unset
 PARTITION_TAKEOVER = int(Reason.PARTITION_TAKEOVER)
 
 
@@ -370,7 +372,7 @@ class OrderService(Service[OrderSettings]):
             self.metrics,
             settings.riskTimeoutMillis * 1_000_000,
         )
-        self.manager.book.max_checks_in_flight = settings.maxChecksInFlight
+        self.manager.book.max_checks_in_flight = settings.maxChecksInFlight or UNBOUNDED
         self.handlers = {
             NewOrder: self.on_new_order,
             CancelOrder: self.on_cancel,
@@ -401,7 +403,7 @@ class OrderService(Service[OrderSettings]):
     def reconfigure(self, settings: OrderSettings) -> None:
         super().reconfigure(settings)
         self.manager.risk_timeout_ns = settings.riskTimeoutMillis * 1_000_000
-        self.manager.book.max_checks_in_flight = settings.maxChecksInFlight
+        self.manager.book.max_checks_in_flight = settings.maxChecksInFlight or UNBOUNDED
 
     def logged_on(self, connection: Connection) -> None:
         connection.session = Session(connection)

@@ -64,12 +64,13 @@ class OrderSettings(Settings):
     riskTimeoutMillis: int = Field(
         500, ge=1, description="An order whose risk check is unanswered this long is rejected."
     )
-    maxChecksInFlight: int = Field(
-        16384,
+    maxChecksInFlight: int | None = Field(
+        None,
         ge=1,
         description="New orders waiting for risk at once; past it a new order is refused RISK_UNAVAILABLE "
-        "at once instead of queueing behind the others (the default keeps the wait under riskTimeoutMillis "
-        "at 30-90k checks/s; lower trades refusals for latency).",
+        "at once instead of queueing behind the others. None: no bound. The right bound is the replica's "
+        "checks per second times the wait a desk accepts (below riskTimeoutMillis), so it is set per "
+        "deployment.",
     )
 
 
