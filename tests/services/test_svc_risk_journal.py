@@ -9,7 +9,8 @@ over directly, as a replica that won the lapsed lease would. The first one's fol
 stopped before the claim, as a paused replica's would be, so only the journal can tell it.
 
 Then a replica taking over every partition at once (its peer died) replays the log once for all of them,
-each partition booking its own reservations from the shared journal and its own subject's releases."""
+each partition booking its own reservations from the shared journal and its own subject's releases; one
+lost while claiming holds none of the others back, and won back, replays alone."""
 
 from __future__ import annotations
 
@@ -134,10 +135,19 @@ async def taken_over_together(servers: NatsServers, workdir: Path) -> None:
         await until(lambda: not first.ledgers[PARTITION].busy, 5)
         accepted[PARTITION].remove(1)
 
+        revisions = {partition: first.ledgers[partition].lease_revision for partition in range(PARTITIONS)}
         for partition in range(PARTITIONS):
-            heir.take_over(partition, first.ledgers[partition].lease_revision + 1)
-        await until(lambda: all(heir.serving(partition) for partition in range(PARTITIONS)), 10)
-        assert heir.replays.status() == {"reads": 1, "partitions": PARTITIONS}
+            heir.take_over(partition, revisions[partition] + 1)
+        lost = (PARTITION + 1) % PARTITIONS
+        heir.give_up(lost)  # its lease lapsed while it was claiming: the others do not wait for it
+        kept = [partition for partition in range(PARTITIONS) if partition != lost]
+        await until(lambda: all(heir.serving(partition) for partition in kept), 10)
+        assert heir.replays.status() == {"reads": 1, "partitions": PARTITIONS - 1}
+        assert not heir.serving(lost)
+
+        heir.take_over(lost, revisions[lost] + 2)  # won back: a read of its own
+        await until(lambda: heir.serving(lost), 10)
+        assert heir.replays.status() == {"reads": 2, "partitions": PARTITIONS}
         assert {partition: open_orders(heir, partition) for partition in range(PARTITIONS)} == accepted
 
 
