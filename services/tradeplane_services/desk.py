@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import sys
 
@@ -98,15 +97,25 @@ async def replay(log: EventLog, stop: int, account: int) -> None:
 async def partitions(log: EventLog) -> None:
     """The lease bucket as it is: a line per partition, then the members."""
     bucket = await log.bucket(LEASE_BUCKET)
-    try:
-        keys = await bucket.keys()
-    except nats.js.errors.NoKeysError:
-        keys = []
     table = LeaseTable()
-    for key in keys:
-        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-            entry = await bucket.get(key)
-            table.apply(key, entry.value, entry.revision or 0, deleted=False)
+    # Every key's last entry, until the one nothing is pending after. Not `bucket.keys()`: nats-py ends
+    # that at a marker it can queue before the entries when the server delivers them fast, and then
+    # says the bucket is empty.
+    watcher = await bucket.watchall()
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+            except nats.errors.TimeoutError:
+                break  # an empty bucket sends nothing
+            if entry is None:
+                continue
+            deleted = entry.operation in ("DEL", "PURGE")
+            table.apply(entry.key, entry.value, entry.revision or 0, deleted)
+            if entry.delta == 0:
+                break
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
     print(f"{'partition':<10} {'owner':<24} {'state':<10} address")
     for partition, lease in table.owners().items():
         if lease is None:
