@@ -212,9 +212,10 @@ class RingServer:
         staging = directory / f"{SERVES}.new"
         staging.write_text(serves)
         staging.replace(directory / SERVES)
-        self._reader = _Reader(self._inbound, self._on_record)
         self._session: RingTransport | None = None
         self._accepting = True
+        # last: the reader drains at once, and a client may have opened a session already
+        self._reader = _Reader(self._inbound, self._on_record)
         self._watch = asyncio.get_running_loop().create_task(self._watch_client())
 
     def _on_record(self, kind: int, payload: bytes) -> None:

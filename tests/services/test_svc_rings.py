@@ -4,6 +4,7 @@ rings in a real stack, through a risk restart."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import struct
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from support import wait_for
+from tradeplane_services import ringtransport
 from tradeplane_services._wire import Ring, RingError
 from tradeplane_services.client import OrderSession
 from tradeplane_services.config import ConfigError, RingAddress, parse_peer_address, read_environment
@@ -141,6 +143,32 @@ def test_a_file_that_is_no_ring_is_refused_naming_the_field(tmp_path: Path) -> N
         Ring.create(tmp_path / "odd.ring", 6000)
     with pytest.raises(OSError, match=r"missing\.ring"):
         Ring.open(tmp_path / "missing.ring")
+
+
+def test_a_session_opened_while_the_server_starts_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted server creates its rings; a waiting client can write its OPEN before the server's reader
+    has started, and the reader's first drain must find a server ready to accept it."""
+    session = b"\x07" * 8
+    create = Ring.create
+
+    def create_with_an_open_waiting(path: Path, capacity: int) -> Ring:
+        ring = create(path, capacity)
+        if path.name == ringtransport.TO_SERVER:
+            assert ring.write(session, ringtransport.OPEN)
+        return ring
+
+    monkeypatch.setattr(ringtransport.Ring, "create", staticmethod(create_with_an_open_waiting))
+
+    async def serve_once() -> tuple[int, bytes] | None:
+        server = ringtransport.serve_ring(asyncio.Protocol, tmp_path, "127.0.0.1:1")
+        try:
+            return Ring.open(tmp_path / ringtransport.TO_CLIENT).read()
+        finally:
+            server.close()
+
+    assert asyncio.run(serve_once()) == (ringtransport.ACCEPT, session)
 
 
 def test_peer_addresses_take_shm_directories_except_for_market_data() -> None:
