@@ -159,7 +159,7 @@ def test_a_session_opened_while_the_server_starts_is_accepted(
             assert ring.write(session, ringtransport.OPEN)
         return ring
 
-    monkeypatch.setattr(ringtransport.Ring, "create", staticmethod(create_with_an_open_waiting))
+    monkeypatch.setattr(Ring, "create", staticmethod(create_with_an_open_waiting))
 
     async def serve_once() -> tuple[int, bytes] | None:
         server = ringtransport.serve_ring(asyncio.Protocol, tmp_path, "127.0.0.1:1")
