@@ -23,7 +23,6 @@ import ctypes
 import json
 import select
 import socket
-import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,7 +52,6 @@ from tradeplane_services.settings import DEFAULT_SYMBOLS
 
 NEW_ORDER = layout_of(NewOrder)
 REPORT = layout_of(ExecutionReport)
-REPORT_FIELDS = struct.Struct("<QQBBH8sBIq")  # client_order_id .. last_price, a prefix of the report body
 E_NEW, E_REJECTED, E_TRADE = int(ExecType.NEW), int(ExecType.REJECTED), int(ExecType.TRADE)
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 
@@ -73,22 +71,51 @@ class OrderPlan:
     accounts: int = 100
     crossing: bool = True  # False: buys 1% under and sells 1% over the reference rest in the book
 
-    def order(self, index: int) -> tuple[int, bytes, int, int, int]:
-        """(account, symbol, side, quantity, price). Pair j = index // 2 is a buy and a sell at the same
-        price (they trade) or, with crossing off, 2% apart (both rest)."""
-        pair, sell = divmod(index, 2)
+    def columns(self, indices: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:
+        """account, symbol (an index into `symbols`), side, quantity and price of each order index.
+        Pair j = index // 2 is a buy and a sell at the same price (they trade) or, with crossing off, 2%
+        apart (both rest)."""
+        pair, sell = np.divmod(indices.astype(np.int64), 2)
         symbols = len(self.symbols)
         symbol = pair % symbols
         # Accounts rotate fast (exposure spreads evenly); quantities change once all (account, symbol)
         # cells had one pair, so an (account, symbol, side, qty, price) repeats only every
         # symbols x accounts x 100 pairs: the duplicate-order check never fires on generated load.
         buyer = 1 + (pair // symbols) % self.accounts
-        quantity = 1 + (pair // (symbols * self.accounts)) % 100
-        account = buyer % self.accounts + 1 if sell else buyer
-        price = self.prices[symbol]
+        price = np.asarray(self.prices, dtype=np.int64)[symbol]
         if not self.crossing:
-            price += (price // 100 // 100 * 100) * (1 if sell else -1)  # 1%, whole cents
-        return account, self.symbols[symbol], 2 if sell else 1, quantity, price
+            price += (price // 100 // 100 * 100) * np.where(sell == 1, 1, -1)  # 1%, whole cents
+        return {
+            "account": np.where(sell == 1, buyer % self.accounts + 1, buyer),
+            "symbol": symbol,
+            "side": 1 + sell,
+            "quantity": 1 + (pair // (symbols * self.accounts)) % 100,
+            "price": price,
+        }
+
+    def order(self, index: int) -> tuple[int, bytes, int, int, int]:
+        """(account, symbol, side, quantity, price) of order `index`."""
+        row = {name: int(column[0]) for name, column in self.columns(np.array([index])).items()}
+        return row["account"], self.symbols[row["symbol"]], row["side"], row["quantity"], row["price"]
+
+    def frames(self, count: int, first_client_order_id: int = 1) -> np.ndarray[Any, Any]:
+        """NewOrder frames of orders 0 .. count-1 (sequence number = index), limit and day: built at once,
+        so that sending costs a slice and not a pack per order."""
+        indices = np.arange(count)
+        columns = self.columns(indices)
+        frames = np.zeros(count, dtype=NEW_ORDER.dtype)
+        frames["length"], frames["type"], frames["version"] = (
+            NEW_ORDER.size,
+            NEW_ORDER.type_id,
+            PROTOCOL_VERSION,
+        )
+        frames["sequence"] = indices
+        frames["client_order_id"] = indices + first_client_order_id
+        frames["symbol"] = np.array(self.symbols, dtype="S8")[columns["symbol"]]
+        frames["order_type"], frames["time_in_force"] = int(OrderType.LIMIT), int(TimeInForce.DAY)
+        for name in ("account", "side", "quantity", "price"):
+            frames[name] = columns[name]
+        return frames
 
 
 def default_plan(accounts: int = 100, crossing: bool = True) -> OrderPlan:
@@ -169,22 +196,14 @@ def run_load(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     sock.setblocking(False)
 
-    pack = NEW_ORDER.frame.pack
-    size, type_id = NEW_ORDER.size, NEW_ORDER.type_id
-    limit, day = int(OrderType.LIMIT), int(TimeInForce.DAY)
+    wire = memoryview(plan.frames(total, first_client_order_id).tobytes())
+    size = NEW_ORDER.size
     interval_ns = 1e9 / rate
     warmup_orders = int(rate * warmup)
-    answered_at = np.zeros(total, dtype=np.int64)  # receive time per order, 0 until answered
-    accepted = np.zeros(total, dtype=bool)
-    reject_reasons: Counter[int] = Counter()
-    first_reject_at: dict[int, float] = {}
-    net_fills: dict[tuple[int, bytes], int] = {}
-    base = first_client_order_id
-    sent = answered = trades = 0
-    outgoing = b""
-    pending = b""
+    answers = Answers(total, first_client_order_id, echo)
+    sent = written = 0
     max_lag = 0
-    unpack_header, unpack_report = HEADER.unpack_from, REPORT_FIELDS.unpack_from
+    pending = b""
     start = time.perf_counter_ns() + 1_000_000
     drain_deadline = start + int((seconds + drain_seconds) * 1e9)
     heard_ns = start
@@ -194,42 +213,19 @@ def run_load(
         due = min(total, int((now - start) / interval_ns) + 1) if now >= start else 0
         if due > sent:
             max_lag = max(max_lag, now - (start + int(sent * interval_ns)))
-            frames = []
-            for index in range(sent, due):
-                account, symbol, side, quantity, price = plan.order(index)
-                frames.append(
-                    pack(
-                        size,
-                        type_id,
-                        PROTOCOL_VERSION,
-                        index,
-                        base + index,
-                        account,
-                        symbol,
-                        side,
-                        limit,
-                        day,
-                        quantity,
-                        price,
-                    )
-                )
-            outgoing += b"".join(frames)
             sent = due
-        if outgoing:
-            try:
-                written = sock.send(outgoing)
-                outgoing = outgoing[written:]
-            except BlockingIOError:
-                pass
+        if written < sent * size:
+            with contextlib.suppress(BlockingIOError):
+                written += sock.send(wire[written : sent * size])
         if now > drain_deadline:
             break
-        if sent == total and answered == total and now - heard_ns >= settle_seconds * 1e9:
+        if sent == total and answers.answered == total and now - heard_ns >= settle_seconds * 1e9:
             break
         if sent < total:
             wait = max(0.0, (start + sent * interval_ns - time.perf_counter_ns()) / 1e9)
         else:
             wait = 0.05
-        readable, _, _ = select.select([sock], [sock] if outgoing else [], [], wait)
+        readable, _, _ = select.select([sock], [sock] if written < sent * size else [], [], wait)
         if not readable:
             continue
         received_ns = heard_ns = time.perf_counter_ns()
@@ -237,58 +233,106 @@ def run_load(
         if not data:
             raise ConnectionError(f"{target} closed the connection")
         buffer = pending + data if pending else data
-        position, end = 0, len(buffer)
-        while end - position >= HEADER_SIZE:
-            length, message_type, _, _ = unpack_header(buffer, position)
-            if end - position < length:
-                break
-            if message_type == REPORT.type_id:
-                client_order_id, _, exec_type, _, reason, _, _, last_quantity, _ = unpack_report(
-                    buffer, position + HEADER_SIZE
-                )
-                index = client_order_id - base
-                if exec_type == E_TRADE:
-                    trades += 1
-                    account, symbol, side, _, _ = plan.order(index)
-                    key = (account, symbol)
-                    net_fills[key] = net_fills.get(key, 0) + (last_quantity if side == 1 else -last_quantity)
-                elif exec_type in (E_NEW, E_REJECTED) and 0 <= index < total and not answered_at[index]:
-                    answered_at[index] = received_ns
-                    answered += 1
-                    accepted[index] = exec_type == E_NEW
-                    if exec_type == E_REJECTED:
-                        reject_reasons[reason] += 1
-                        if reason not in first_reject_at:
-                            first_reject_at[reason] = time.monotonic()
-            elif echo and message_type == type_id:
-                index = struct.unpack_from("<Q", buffer, position + HEADER_SIZE)[0] - base
-                if 0 <= index < total and not answered_at[index]:
-                    answered_at[index] = received_ns
-                    answered += 1
-            position += length
-        pending = buffer[position:]
+        pending = buffer[answers.take(buffer, received_ns) :]
     sock.close()
 
+    answered_at = answers.answered_at
     intended = start + (np.arange(total) * interval_ns).astype(np.int64)
     done = answered_at > 0
     measured = done & (np.arange(total) >= warmup_orders)
     histogram = latency_histogram((answered_at - intended)[measured])
-    result.sent, result.answered, result.unanswered = sent, answered, total - answered
+    result.sent, result.answered, result.unanswered = sent, answers.answered, total - answers.answered
     result.measured = histogram.count
     result.percentiles_us = dict(histogram.percentiles_us(PERCENTILES))
     result.max_us = histogram.max_ns / 1000
     if not echo:
-        accepted_histogram = latency_histogram((answered_at - intended)[measured & accepted])
+        accepted_histogram = latency_histogram((answered_at - intended)[measured & answers.accepted])
         result.accepted_percentiles_us = dict(accepted_histogram.percentiles_us(PERCENTILES))
-    if answered:
+    if answers.answered:
         last = int(answered_at[done].max())
-        result.achieved_rate = answered / max(1e-9, (last - start) / 1e9)
+        result.achieved_rate = answers.answered / max(1e-9, (last - start) / 1e9)
     result.max_send_lag_us = max_lag / 1000
-    result.rejects = Counter({Reason(code).name: count for code, count in reject_reasons.items()})
-    result.trades = trades
-    result.net_fills = net_fills
-    result.first_reject_at = {Reason(code).name: at for code, at in first_reject_at.items()}
+    result.rejects = Counter({Reason(code).name: count for code, count in answers.rejects.items()})
+    result.trades = answers.trades
+    result.net_fills = answers.net_fills(plan)
+    result.first_reject_at = {Reason(code).name: at for code, at in answers.first_reject_at.items()}
     return result
+
+
+class Answers:
+    """What came back, taken a read at a time: a read of nothing but answers (the usual case) at once as
+    an array, any other read frame by frame."""
+
+    def __init__(self, total: int, first_client_order_id: int, echo: bool) -> None:
+        self.layout = NEW_ORDER if echo else REPORT
+        self.base = first_client_order_id
+        self.answered_at = np.zeros(total, dtype=np.int64)  # receive time per order, 0 until answered
+        self.accepted = np.zeros(total, dtype=bool)
+        self.answered = 0
+        self.rejects: Counter[int] = Counter()
+        self.first_reject_at: dict[int, float] = {}
+        self.trades = 0
+        self._traded: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []  # (index, quantity)
+
+    def take(self, buffer: bytes, received_ns: int) -> int:
+        """Count the whole frames at the start of `buffer`; the bytes they took."""
+        size, type_id, dtype = self.layout.size, self.layout.type_id, self.layout.dtype
+        whole = np.frombuffer(buffer, dtype=dtype, count=len(buffer) // size)
+        if bool((whole["length"] == size).all() and (whole["type"] == type_id).all()):
+            self._count(whole, received_ns)
+            return len(whole) * size
+        position, end = 0, len(buffer)
+        while end - position >= HEADER_SIZE:
+            length, frame_type, _, _ = HEADER.unpack_from(buffer, position)
+            if end - position < length:
+                break
+            if frame_type == type_id and length == size:
+                self._count(np.frombuffer(buffer, dtype=dtype, count=1, offset=position), received_ns)
+            position += length
+        return position
+
+    def _count(self, frames: np.ndarray[Any, Any], received_ns: int) -> None:
+        index = frames["client_order_id"].astype(np.int64) - self.base
+        if self.layout is REPORT:
+            exec_type = frames["exec_type"]
+            traded = exec_type == E_TRADE
+            if traded.any():
+                self.trades += int(traded.sum())
+                self._traded.append((index[traded], frames["last_quantity"][traded].astype(np.int64)))
+            answer = (exec_type == E_NEW) | (exec_type == E_REJECTED)
+        else:
+            answer = np.ones(len(frames), dtype=bool)
+        answer &= (index >= 0) & (index < len(self.answered_at))
+        answer[answer] = self.answered_at[index[answer]] == 0
+        first = np.unique(index[answer], return_index=True)[1]  # an order answered twice counts once
+        rows = np.flatnonzero(answer)[first]
+        self.answered_at[index[rows]] = received_ns
+        self.answered += len(rows)
+        if self.layout is not REPORT:
+            return
+        new = frames["exec_type"][rows] == E_NEW
+        self.accepted[index[rows]] = new
+        for reason, count in zip(*np.unique(frames["reason"][rows][~new], return_counts=True), strict=True):
+            self.rejects[int(reason)] += int(count)
+            self.first_reject_at.setdefault(int(reason), time.monotonic())
+
+    def net_fills(self, plan: OrderPlan) -> dict[tuple[int, bytes], int]:
+        """Net filled quantity per (account, symbol) from the TRADE reports: buys up, sells down."""
+        if not self._traded:
+            return {}
+        index = np.concatenate([index for index, _ in self._traded])
+        quantity = np.concatenate([quantity for _, quantity in self._traded])
+        columns = plan.columns(index)
+        signed = np.where(columns["side"] == 1, quantity, -quantity)
+        cells, inverse = np.unique(
+            columns["account"] * len(plan.symbols) + columns["symbol"], return_inverse=True
+        )
+        sums = np.zeros(len(cells), dtype=np.int64)
+        np.add.at(sums, inverse, signed)
+        return {
+            (int(cell) // len(plan.symbols), plan.symbols[int(cell) % len(plan.symbols)]): int(net)
+            for cell, net in zip(cells, sums, strict=True)
+        }
 
 
 def latency_histogram(latencies_ns: np.ndarray[Any, Any]) -> LatencyHistogram:

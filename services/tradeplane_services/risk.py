@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any, Self
 
@@ -191,10 +192,16 @@ class RiskEngine(RiskBook):
 
     def reservation(self, check: RiskCheck) -> Reservation:
         """The log record of an order `check` just accepted."""
-        booking = self.booking(check.order_id)
-        if booking is None:
-            raise KeyError(f"order {check.order_id} is not open")
         order_id, account, symbol, side, _, quantity, _, is_replace = check
+        return self.reservation_of(order_id, account, symbol, side, quantity, is_replace)
+
+    def reservation_of(
+        self, order_id: int, account: int, symbol: bytes, side: int, quantity: int, is_replace: int
+    ) -> Reservation:
+        """The log record of an order just accepted, from its check's fields."""
+        booking = self.booking(order_id)
+        if booking is None:
+            raise KeyError(f"order {order_id} is not open")
         return Reservation(order_id, account, symbol, side, quantity, booking[4], is_replace)
 
     def book_reservation(self, reservation: Reservation) -> None:
@@ -589,6 +596,19 @@ def writer_of(message: Any) -> str | None:
     return writer if WRITER_NAME.fullmatch(writer) else None
 
 
+def answer_checks(
+    connection: Connection, order_ids: np.ndarray[Any, Any], reasons: np.ndarray[Any, Any]
+) -> None:
+    """RiskResults for a run of checks, built at once and sent in one write."""
+    results = np.zeros(len(order_ids), dtype=RESULT_LAYOUT.dtype)
+    results["length"] = RESULT_LAYOUT.size
+    results["type"] = RESULT_LAYOUT.type_id
+    results["version"] = PROTOCOL_VERSION
+    results["order_id"] = order_ids
+    results["reason"] = reasons
+    connection.send_run(results)
+
+
 class Journal:
     """This replica's reservations, of every partition it holds, as one event per turn of the loop on a
     subject only this process writes (`journal_subject`), each expecting the previous one as the subject's
@@ -645,11 +665,18 @@ class Journal:
     def _answer(
         self, entries: list[tuple[PartitionLedger, Reservation, Connection, int]], reason: int
     ) -> None:
+        """One write of answers per connection, one latency record per read they came in."""
+        order_ids: dict[Connection, list[int]] = {}
+        reads: Counter[int] = Counter()
         for ledger, reservation, connection, received_ns in entries:
             ledger.in_flight -= 1
+            order_ids.setdefault(connection, []).append(reservation.order_id)
+            reads[received_ns] += 1
+        for connection, ids in order_ids.items():
             if connection.connected:
-                connection.send(RiskResult(reservation.order_id, reason))
-            self.service.metrics.record(received_ns)
+                answer_checks(connection, np.array(ids, dtype=np.uint64), np.full(len(ids), reason))
+        for received_ns, count in reads.items():
+            self.service.metrics.record(received_ns, count)
 
     async def _read_seals(self) -> None:
         async for event in self.event_log.read(self.subject, self.last_sequence + 1, damaged=self.damaged):
@@ -806,8 +833,9 @@ class RiskService(Service[RiskSettings]):
         self.metrics.record(connection.received_ns)
 
     def on_run(self, connection: Connection, run: FrameRun) -> None:
-        if self.event_log is not None:  # every acceptance waits for the log: nothing to gain in a batch
-            self._check_one_by_one(connection, run)
+        checks = np.frombuffer(run.data, dtype=CHECK_DTYPE)
+        if self.event_log is not None and not self._serves_all(checks["account"]):
+            self._check_one_by_one(connection, run)  # some are refused for a takeover: each its own way
             return
         reasons = self.engine.check_batch(run.data, time.perf_counter_ns())
         if reasons is None:
@@ -817,16 +845,44 @@ class RiskService(Service[RiskSettings]):
             self.metrics.decisions[REASON_NAMES[int(reason)]] += int(count)
         if self.settings.latencyInjectionMicros:
             spin_for(self.settings.latencyInjectionMicros * run.frames)
-        results = np.zeros(run.frames, dtype=RESULT_LAYOUT.dtype)
-        results["length"] = RESULT_LAYOUT.size
-        results["type"] = RESULT_LAYOUT.type_id
-        results["version"] = PROTOCOL_VERSION
-        results["sequence"] = np.arange(connection.sequence + 1, connection.sequence + 1 + run.frames)
-        results["order_id"] = np.frombuffer(run.data, dtype=CHECK_DTYPE)["order_id"]
-        results["reason"] = reasons
-        connection.sequence += run.frames
-        connection.send_raw(results.tobytes())
-        self.metrics.record(connection.received_ns, run.frames)
+        if self.event_log is None:
+            answer_checks(connection, checks["order_id"], reasons)
+            self.metrics.record(connection.received_ns, run.frames)
+            return
+        # Every acceptance waits for the journal; a refusal is answered now and logged beside it.
+        accepted = reasons == OK
+        rows = checks[accepted]
+        for order_id, account, symbol, side, quantity, is_replace in zip(
+            rows["order_id"].tolist(),
+            rows["account"].tolist(),
+            rows["symbol"].view("V8").tolist(),  # all 8 bytes: "S8" drops trailing NULs
+            rows["side"].tolist(),
+            rows["quantity"].tolist(),
+            rows["is_replace"].tolist(),
+            strict=True,
+        ):
+            reservation = self.engine.reservation_of(order_id, account, symbol, side, quantity, is_replace)
+            self.journal.reserve(self.ledgers[partition_of(account)], reservation, connection)
+        if accepted.all():
+            return
+        refused = checks[~accepted]
+        for order_id, account, reason in zip(
+            refused["order_id"].tolist(),
+            refused["account"].tolist(),
+            reasons[~accepted].tolist(),
+            strict=True,
+        ):
+            self.ledgers[partition_of(account)].refuse(Refusal(order_id, account, reason))
+        answer_checks(connection, refused["order_id"], reasons[~accepted])
+        self.metrics.record(connection.received_ns, len(refused))
+
+    def _serves_all(self, accounts: np.ndarray[Any, Any]) -> bool:
+        """Whether every account's partition is served here."""
+        for partition in np.unique(accounts % PARTITIONS).tolist():
+            ledger = self.ledgers.get(partition)
+            if ledger is None or not ledger.serving:
+                return False
+        return True
 
     def _check_one_by_one(self, connection: Connection, run: FrameRun) -> None:
         size = len(run.data) // run.frames

@@ -20,15 +20,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from support import risk_replica, until
-from tradeplane_services.eventlog import JOURNALS, PARTITIONS, partition_of
+from tradeplane_services.eventlog import JOURNALS, PARTITIONS, REFUSAL_KIND, partition_of, subject
 from tradeplane_services.natsserver import NatsServers
 from tradeplane_services.protocol import (
+    FrameRun,
+    OrderType,
     Reason,
+    Refusal,
     Release,
     Reservation,
+    RiskCheck,
     RiskResult,
     Side,
+    encode,
+    layout_of,
     price_units,
     symbol_bytes,
 )
@@ -46,10 +54,17 @@ class Session:
         self.connected = True
         self.received_ns = 0
         self.answers: dict[int, int] = {}
+        self.writes = 0
 
     def send(self, message: Any) -> None:
         assert isinstance(message, RiskResult)
         self.answers[message.order_id] = message.reason
+        self.writes += 1
+
+    def send_run(self, frames: np.ndarray[Any, Any]) -> None:
+        assert (frames["type"] == layout_of(RiskResult).type_id).all()
+        self.answers.update(zip(frames["order_id"].tolist(), frames["reason"].tolist(), strict=True))
+        self.writes += 1
 
 
 def reservation(order_id: int, account: int) -> Reservation:
@@ -155,3 +170,62 @@ def test_partitions_taken_over_together_replay_the_journals_once_each_booking_it
     nats_server: NatsServers, tmp_path: Path
 ) -> None:
     asyncio.run(taken_over_together(nats_server, tmp_path))
+
+
+def checks(*orders: tuple[int, int, int]) -> FrameRun:
+    """(order id, account, quantity) as a run of RiskCheck frames, as one read of order's brings them."""
+    frames = [
+        encode(
+            RiskCheck(
+                order_id,
+                account,
+                symbol_bytes("AAPL"),
+                Side.BUY,
+                OrderType.LIMIT,
+                quantity,
+                price_units(190),
+                0,
+            ),
+            sequence,
+        )
+        for sequence, (order_id, account, quantity) in enumerate(orders, 1)
+    ]
+    return FrameRun(layout_of(RiskCheck).type_id, b"".join(frames), len(frames))
+
+
+async def checked_in_runs(servers: NatsServers, workdir: Path) -> None:
+    async with two_replicas(servers, workdir) as (first, heir):
+        assert heir.event_log is not None
+        first.engine.set_reference(symbol_bytes("AAPL"), price_units(190))
+        session = Session()
+        first.on_run(session, checks((1, ACCOUNT, 100), (2, OTHER_ACCOUNT, 100), (3, ACCOUNT, 200_000)))
+        assert session.answers == {3: Reason.MAX_QUANTITY}, "a refusal waits for nothing"
+        await until(lambda: len(session.answers) == 3, 5)
+        assert session.answers == {1: Reason.OK, 2: Reason.OK, 3: Reason.MAX_QUANTITY}
+        assert session.writes == 2, "the refusal at once, then the acceptances of one journal append"
+        await until(lambda: not first.ledgers[PARTITION].busy, 5)
+
+        # Another replica holds the other account's partition now: the run is checked frame by frame.
+        first.give_up(partition_of(OTHER_ACCOUNT))
+        first.on_run(session, checks((4, OTHER_ACCOUNT, 100), (5, ACCOUNT, 101)))
+        await until(lambda: 5 in session.answers, 5)
+        assert session.answers[4] == Reason.PARTITION_TAKEOVER and session.answers[5] == Reason.OK
+
+        journal = [m async for event in heir.event_log.read(JOURNALS) for m in event.messages]
+        aapl, bought = symbol_bytes("AAPL"), int(Side.BUY)
+        assert journal == [
+            Reservation(1, ACCOUNT, aapl, bought, 100, price_units(190), 0),
+            Reservation(2, OTHER_ACCOUNT, aapl, bought, 100, price_units(190), 0),
+            Reservation(5, ACCOUNT, aapl, bought, 101, price_units(190), 0),
+        ]
+        refusals = [
+            m async for event in heir.event_log.read(subject(REFUSAL_KIND, PARTITION)) for m in event.messages
+        ]
+        assert refusals == [Refusal(3, ACCOUNT, Reason.MAX_QUANTITY)]
+        assert open_orders(first) == [1, 5]
+
+
+def test_a_run_of_checks_is_decided_at_once_and_each_acceptance_waits_for_the_journal(
+    nats_server: NatsServers, tmp_path: Path
+) -> None:
+    asyncio.run(checked_in_runs(nats_server, tmp_path))
