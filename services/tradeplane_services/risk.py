@@ -841,8 +841,11 @@ class RiskService(Service[RiskSettings]):
         if reasons is None:
             self._check_one_by_one(connection, run)
             return
-        for reason, count in zip(*np.unique(reasons, return_counts=True), strict=True):
-            self.metrics.decisions[REASON_NAMES[int(reason)]] += int(count)
+        if (reasons == OK).all():  # the usual run: counted without sorting it
+            self.metrics.decisions[REASON_NAMES[OK]] += run.frames
+        else:
+            for reason, count in Counter(reasons.tolist()).items():
+                self.metrics.decisions[REASON_NAMES[reason]] += count
         if self.settings.latencyInjectionMicros:
             spin_for(self.settings.latencyInjectionMicros * run.frames)
         if self.event_log is None:
@@ -878,7 +881,7 @@ class RiskService(Service[RiskSettings]):
 
     def _serves_all(self, accounts: np.ndarray[Any, Any]) -> bool:
         """Whether every account's partition is served here."""
-        for partition in np.unique(accounts % PARTITIONS).tolist():
+        for partition in set((accounts % PARTITIONS).tolist()):
             ledger = self.ledgers.get(partition)
             if ledger is None or not ledger.serving:
                 return False
