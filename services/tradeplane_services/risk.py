@@ -665,18 +665,11 @@ class Journal:
     def _answer(
         self, entries: list[tuple[PartitionLedger, Reservation, Connection, int]], reason: int
     ) -> None:
-        """One write of answers per connection, one latency record per read they came in."""
-        order_ids: dict[Connection, list[int]] = {}
-        reads: Counter[int] = Counter()
         for ledger, reservation, connection, received_ns in entries:
             ledger.in_flight -= 1
-            order_ids.setdefault(connection, []).append(reservation.order_id)
-            reads[received_ns] += 1
-        for connection, ids in order_ids.items():
             if connection.connected:
-                answer_checks(connection, np.array(ids, dtype=np.uint64), np.full(len(ids), reason))
-        for received_ns, count in reads.items():
-            self.service.metrics.record(received_ns, count)
+                connection.send(RiskResult(reservation.order_id, reason))
+            self.service.metrics.record(received_ns)
 
     async def _read_seals(self) -> None:
         async for event in self.event_log.read(self.subject, self.last_sequence + 1, damaged=self.damaged):
