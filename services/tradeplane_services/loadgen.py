@@ -24,6 +24,7 @@ import ctypes
 import json
 import select
 import socket
+import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ from tradeplane_services.settings import DEFAULT_SYMBOLS
 NEW_ORDER = layout_of(NewOrder)
 REPORT = layout_of(ExecutionReport)
 E_NEW, E_REJECTED, E_TRADE = int(ExecType.NEW), int(ExecType.REJECTED), int(ExecType.TRADE)
+REPORT_FIELDS = struct.Struct("<QQBBH8sBIq")  # client_order_id .. last_price, a prefix of the report body
+CLIENT_ORDER_ID = struct.Struct("<Q")  # the first field of a NewOrder's body
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 # Above 10k orders/s, what is due goes out every 100 us, as a gateway batches: waking for each order
 # took most of a core of the two the services under test run on. The wait counts in each order's latency.
@@ -204,7 +207,7 @@ def run_load(
     size = NEW_ORDER.size
     interval_ns = 1e9 / rate
     warmup_orders = int(rate * warmup)
-    answers = Answers(total, first_client_order_id, echo)
+    answers = Answers(plan, total, first_client_order_id, echo)
     sent = written = 0
     max_lag = 0
     pending = b""
@@ -258,85 +261,62 @@ def run_load(
     result.max_send_lag_us = max_lag / 1000
     result.rejects = Counter({Reason(code).name: count for code, count in answers.rejects.items()})
     result.trades = answers.trades
-    result.net_fills = answers.net_fills(plan)
+    result.net_fills = answers.net_fills
     result.first_reject_at = {Reason(code).name: at for code, at in answers.first_reject_at.items()}
     return result
 
 
 class Answers:
-    """What came back, taken a read at a time: a read of nothing but answers (the usual case) at once as
-    an array, any other read frame by frame."""
+    """What came back, counted frame by frame as reads bring them (a read holds a few frames or many;
+    per frame costs a few microseconds either way, numpy's fixed cost per call did not pay at low rates)."""
 
-    def __init__(self, total: int, first_client_order_id: int, echo: bool) -> None:
-        self.layout = NEW_ORDER if echo else REPORT
+    def __init__(self, plan: OrderPlan, total: int, first_client_order_id: int, echo: bool) -> None:
         self.base = first_client_order_id
+        self.echo = echo
         self.answered_at = np.zeros(total, dtype=np.int64)  # receive time per order, 0 until answered
         self.accepted = np.zeros(total, dtype=bool)
         self.answered = 0
         self.rejects: Counter[int] = Counter()
         self.first_reject_at: dict[int, float] = {}
         self.trades = 0
-        self._traded: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []  # (index, quantity)
+        self.net_fills: dict[tuple[int, bytes], int] = {}
+        """Net filled quantity per (account, symbol) from the TRADE reports: buys up, sells down."""
+        self._symbols = plan.symbols
+        self._orders = plan.columns(np.arange(total))
 
     def take(self, buffer: bytes, received_ns: int) -> int:
         """Count the whole frames at the start of `buffer`; the bytes they took."""
-        size, type_id, dtype = self.layout.size, self.layout.type_id, self.layout.dtype
-        whole = np.frombuffer(buffer, dtype=dtype, count=len(buffer) // size)
-        if bool((whole["length"] == size).all() and (whole["type"] == type_id).all()):
-            self._count(whole, received_ns)
-            return len(whole) * size
+        answered_at, total = self.answered_at, len(self.answered_at)
         position, end = 0, len(buffer)
         while end - position >= HEADER_SIZE:
-            length, frame_type, _, _ = HEADER.unpack_from(buffer, position)
+            length, message_type, _, _ = HEADER.unpack_from(buffer, position)
             if end - position < length:
                 break
-            if frame_type == type_id and length == size:
-                self._count(np.frombuffer(buffer, dtype=dtype, count=1, offset=position), received_ns)
+            if message_type == REPORT.type_id:
+                client_order_id, _, exec_type, _, reason, _, _, last_quantity, _ = REPORT_FIELDS.unpack_from(
+                    buffer, position + HEADER_SIZE
+                )
+                index = client_order_id - self.base
+                if exec_type == E_TRADE and 0 <= index < total:
+                    self.trades += 1
+                    account = int(self._orders["account"][index])
+                    key = (account, self._symbols[int(self._orders["symbol"][index])])
+                    signed = last_quantity if self._orders["side"][index] == 1 else -last_quantity
+                    self.net_fills[key] = self.net_fills.get(key, 0) + signed
+                elif exec_type in (E_NEW, E_REJECTED) and 0 <= index < total and not answered_at[index]:
+                    answered_at[index] = received_ns
+                    self.answered += 1
+                    self.accepted[index] = exec_type == E_NEW
+                    if exec_type == E_REJECTED:
+                        self.rejects[reason] += 1
+                        self.first_reject_at.setdefault(reason, time.monotonic())
+            elif self.echo and message_type == NEW_ORDER.type_id:
+                index = CLIENT_ORDER_ID.unpack_from(buffer, position + HEADER_SIZE)[0] - self.base
+                if 0 <= index < total and not answered_at[index]:
+                    answered_at[index] = received_ns
+                    self.answered += 1
             position += length
         return position
-
-    def _count(self, frames: np.ndarray[Any, Any], received_ns: int) -> None:
-        index = frames["client_order_id"].astype(np.int64) - self.base
-        if self.layout is REPORT:
-            exec_type = frames["exec_type"]
-            traded = exec_type == E_TRADE
-            if traded.any():
-                self.trades += int(traded.sum())
-                self._traded.append((index[traded], frames["last_quantity"][traded].astype(np.int64)))
-            answer = (exec_type == E_NEW) | (exec_type == E_REJECTED)
-        else:
-            answer = np.ones(len(frames), dtype=bool)
-        answer &= (index >= 0) & (index < len(self.answered_at))
-        answer[answer] = self.answered_at[index[answer]] == 0
-        first = np.unique(index[answer], return_index=True)[1]  # an order answered twice counts once
-        rows = np.flatnonzero(answer)[first]
-        self.answered_at[index[rows]] = received_ns
-        self.answered += len(rows)
-        if self.layout is not REPORT:
-            return
-        new = frames["exec_type"][rows] == E_NEW
-        self.accepted[index[rows]] = new
-        for reason, count in zip(*np.unique(frames["reason"][rows][~new], return_counts=True), strict=True):
-            self.rejects[int(reason)] += int(count)
-            self.first_reject_at.setdefault(int(reason), time.monotonic())
-
-    def net_fills(self, plan: OrderPlan) -> dict[tuple[int, bytes], int]:
-        """Net filled quantity per (account, symbol) from the TRADE reports: buys up, sells down."""
-        if not self._traded:
-            return {}
-        index = np.concatenate([index for index, _ in self._traded])
-        quantity = np.concatenate([quantity for _, quantity in self._traded])
-        columns = plan.columns(index)
-        signed = np.where(columns["side"] == 1, quantity, -quantity)
-        cells, inverse = np.unique(
-            columns["account"] * len(plan.symbols) + columns["symbol"], return_inverse=True
-        )
-        sums = np.zeros(len(cells), dtype=np.int64)
-        np.add.at(sums, inverse, signed)
-        return {
-            (int(cell) // len(plan.symbols), plan.symbols[int(cell) % len(plan.symbols)]): int(net)
-            for cell, net in zip(cells, sums, strict=True)
-        }
 
 
 def latency_histogram(latencies_ns: np.ndarray[Any, Any]) -> LatencyHistogram:

@@ -49,9 +49,10 @@ def test_built_orders_are_pairs_that_trade_or_rest_apart() -> None:
 
 
 def test_answers_are_counted_once_across_reads_and_other_frames() -> None:
-    answers = Answers(total=4, first_client_order_id=BASE, echo=False)
+    plan = default_plan(crossing=True)
+    answers = Answers(plan, total=4, first_client_order_id=BASE, echo=False)
     first = report(0, ExecType.NEW) + report(1, ExecType.REJECTED, Reason.MAX_QUANTITY)
-    assert answers.take(first, received_ns=10) == len(first)  # answers alone: counted as one array
+    assert answers.take(first, received_ns=10) == len(first)
 
     reject = encode(SessionReject(7, 10, int(Reason.INTERNAL_ERROR), 0, b"x"), 3)
     trade = report(0, ExecType.TRADE, quantity=5)
@@ -64,6 +65,5 @@ def test_answers_are_counted_once_across_reads_and_other_frames() -> None:
     assert answers.answered == 3 and answers.answered_at.tolist() == [10, 10, 30, 0]
     assert answers.accepted.tolist() == [True, False, True, False]
     assert answers.rejects == {int(Reason.MAX_QUANTITY): 1}
-    plan = default_plan(crossing=True)
     account, symbol, _, _, _ = plan.order(0)
-    assert answers.trades == 1 and answers.net_fills(plan) == {(account, symbol): 5}
+    assert answers.trades == 1 and answers.net_fills == {(account, symbol): 5}
