@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyFrozenSet, PyList, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyFrozenSet, PyList, PyTuple, PyType};
 
 use wire::{Code, Layout, Value, WireError, HEADER_SIZE, MAX_FRAME_SIZE};
 
@@ -630,6 +630,40 @@ impl StreamDecoder {
     }
 }
 
+/// Numbers the whole frames in `buffer` from `first_sequence` on, in place; how many there were.
+#[pyfunction]
+fn number_frames(buffer: &Bound<'_, PyByteArray>, first_sequence: u64) -> PyResult<u64> {
+    // SAFETY: the bytes are not resized while this holds the slice, and no Python code runs meanwhile.
+    let frames = unsafe { buffer.as_bytes_mut() };
+    let mut position = 0;
+    let mut sequence = first_sequence;
+    while frames.len() - position >= HEADER_SIZE {
+        let header = wire::read_header(&frames[position..]);
+        if header.length < HEADER_SIZE || frames.len() - position < header.length {
+            return Err(PyValueError::new_err(format!(
+                "frame at byte {position}: its length {} does not fit the buffer",
+                header.length
+            )));
+        }
+        wire::write_header(
+            &mut frames[position..],
+            header.length,
+            header.type_id,
+            header.version,
+            sequence,
+        );
+        sequence += 1;
+        position += header.length;
+    }
+    if position != frames.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} bytes after the last whole frame",
+            frames.len() - position
+        )));
+    }
+    Ok(sequence - first_sequence)
+}
+
 /// Makes `codec` the one every StreamDecoder uses; once per process (protocol.py does it on import).
 #[pyfunction]
 fn install(codec: Py<Codec>) -> PyResult<()> {
@@ -649,6 +683,7 @@ fn _wire(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<feed::TickWalk>()?;
     orders::register(module)?;
     module.add_function(wrap_pyfunction!(install, module)?)?;
+    module.add_function(wrap_pyfunction!(number_frames, module)?)?;
     module.add("HEADER_SIZE", HEADER_SIZE)?;
     module.add("MAX_FRAME_SIZE", MAX_FRAME_SIZE)?;
     ring::register(module)?;

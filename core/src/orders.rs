@@ -18,7 +18,9 @@ use std::hash::BuildHasherDefault;
 use pyo3::conversion::IntoPyObjectExt;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyModule, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyModule, PyTuple, PyType};
+
+use crate::wire::{Layout, Value};
 
 use crate::named_tuple::NamedTupleClass;
 use crate::risk::{fast_map, FastMap, MultiplyHasher};
@@ -1115,12 +1117,94 @@ const VENUE_REPORT: &[&str] = &[
     "leaves_quantity",
 ];
 
+/// The wire layouts of what the book takes and sends in runs, found once in the installed codec.
+struct WireTypes {
+    new_order: u8,
+    risk_check: u8,
+    risk_result: u8,
+    execution_report: u8,
+    route_order: u8,
+    cancel_route: u8,
+    replace_route: u8,
+}
+
+impl WireTypes {
+    fn from_codec(codec: &crate::Codec) -> PyResult<Self> {
+        let type_of = |name: &str| {
+            codec
+                .wire
+                .layouts
+                .iter()
+                .flatten()
+                .find(|layout| layout.name == name)
+                .map(|layout| layout.type_id)
+                .ok_or_else(|| PyTypeError::new_err(format!("the wire codec has no {name} layout")))
+        };
+        Ok(WireTypes {
+            new_order: type_of("NewOrder")?,
+            risk_check: type_of("RiskCheck")?,
+            risk_result: type_of("RiskResult")?,
+            execution_report: type_of("ExecutionReport")?,
+            route_order: type_of("RouteOrder")?,
+            cancel_route: type_of("CancelRoute")?,
+            replace_route: type_of("ReplaceRoute")?,
+        })
+    }
+}
+
+/// Frames for one destination, built back to back with sequence 0: the connection that sends them
+/// numbers them (`number_frames`).
+struct Frames<'c> {
+    codec: &'c crate::Codec,
+    scratch: Vec<u8>,
+}
+
+impl<'c> Frames<'c> {
+    fn layout(&self, type_id: u8) -> &'c Layout {
+        self.codec.wire.layouts[type_id as usize]
+            .as_ref()
+            .expect("WireTypes holds installed layouts")
+    }
+
+    fn append(&mut self, type_id: u8, values: &[Value], out: &mut Vec<u8>) -> PyResult<()> {
+        self.layout(type_id)
+            .encode_into(self.codec.wire.version, 0, values, &[], &mut self.scratch)
+            .map_err(PyValueError::new_err)?;
+        out.extend_from_slice(&self.scratch);
+        Ok(())
+    }
+
+    /// Whether every frame of `data` (whole frames of `type_id`) keeps its layout's rules.
+    fn all_valid(&self, type_id: u8, data: &[u8]) -> PyResult<bool> {
+        let layout = self.layout(type_id);
+        if data.len() % layout.size != 0 {
+            return Err(PyValueError::new_err(format!(
+                "a run of {} bytes is not whole {}-byte {} frames",
+                data.len(),
+                layout.size,
+                layout.name
+            )));
+        }
+        Ok(data
+            .chunks_exact(layout.size)
+            .all(|frame| layout.validate(frame).is_ok()))
+    }
+}
+
+fn int(layout: &Layout, frame: &[u8], index: usize) -> i128 {
+    match layout.value(index, frame) {
+        Value::Int(number) => number,
+        Value::Bytes(_) => unreachable!("{}: field {index} is an integer", layout.name),
+    }
+}
+
 /// The order service's orders and rules (see the module's documentation); `OrderManager` in
 /// order.py sends what each call returns.
 #[pyclass(module = "tradeplane_services._wire")]
 pub struct OrderBook {
     book: Book,
     messages: Messages,
+    types: WireTypes,
     /// Each slot's order's symbol, as its NewOrder carried it.
     symbols: Vec<Option<Py<PyBytes>>>,
     blank: Py<PyBytes>,
@@ -1154,6 +1238,17 @@ impl OrderBook {
                 request_symbol.map_or_else(blank, |symbol| symbol.clone().into_any())
             }
             Symbol::Blank => blank(),
+        }
+    }
+
+    /// The 8 bytes of an outcome's symbol (never the request's: runs do not carry one).
+    fn symbol_bytes<'a>(&'a self, py: Python<'a>, symbol: Symbol) -> &'a [u8] {
+        const BLANK: &[u8] = &[0u8; 8];
+        match symbol {
+            Symbol::Slot(slot) => self.symbols[slot as usize]
+                .as_ref()
+                .map_or(BLANK, |symbol| symbol.as_bytes(py)),
+            Symbol::Request | Symbol::Blank => BLANK,
         }
     }
 
@@ -1320,6 +1415,7 @@ impl OrderBook {
                 last_order_id,
             ),
             messages: Messages::from_protocol(py, protocol)?,
+            types: WireTypes::from_codec(crate::codec(py)?)?,
             symbols: Vec::with_capacity(ORDERS_CAPACITY),
             blank: PyBytes::new(py, &[0u8; 8]).unbind(),
         })
@@ -1362,6 +1458,216 @@ impl OrderBook {
             self.symbols[slot] = Some(symbol.clone().unbind());
         }
         self.outcomes(py, Some(&symbol))
+    }
+
+    /// A run of NewOrder frames from one session (a FrameRun's `data`), each handled as `new_order`
+    /// handles one, with the checks kept apart: each is written as a RiskCheck frame (sequence 0, for
+    /// the sending connection to number) into the buffer of its route, `routes[account % len(routes)]`.
+    /// A negative route is a check that cannot be sent: its order is refused with `unrouted`, as
+    /// `risk_unsent` would. Returns (a bytearray per route, the other outcomes), or None, with nothing
+    /// done, when a frame breaks a field rule: taken one by one, each error gets its own answer.
+    fn new_order_run<'py>(
+        &mut self,
+        py: Python<'py>,
+        session: u64,
+        data: &[u8],
+        received_ns: i64,
+        routes: Vec<i64>,
+        unrouted: i64,
+    ) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>)>> {
+        let mut frames = Frames {
+            codec: crate::codec(py)?,
+            scratch: Vec::new(),
+        };
+        let types = &self.types;
+        if routes.is_empty() {
+            return Err(PyValueError::new_err("routes: empty"));
+        }
+        if !frames.all_valid(types.new_order, data)? {
+            return Ok(None);
+        }
+        let layout = frames.layout(types.new_order);
+        let route_count = routes.iter().copied().max().unwrap_or(-1).max(-1) + 1;
+        let mut buffers: Vec<Vec<u8>> = vec![Vec::new(); route_count as usize];
+        let others = PyList::empty(py);
+        for frame in data.chunks_exact(layout.size) {
+            let Value::Bytes(raw_symbol) = layout.value(2, frame) else {
+                unreachable!("NewOrder.symbol is bytes")
+            };
+            let request = NewRequest {
+                client_order_id: int(layout, frame, 0) as u64,
+                account: int(layout, frame, 1) as u64,
+                side: int(layout, frame, 3) as i64,
+                order_type: int(layout, frame, 4) as i64,
+                time_in_force: int(layout, frame, 5) as i64,
+                quantity: int(layout, frame, 6) as i64,
+                price: int(layout, frame, 7) as i64,
+            };
+            let symbol = PyBytes::new(py, raw_symbol);
+            self.book.outcomes.clear();
+            if let Some(slot) = self.book.new_order(session, request, received_ns) {
+                let slot = slot as usize;
+                if slot == self.symbols.len() {
+                    self.symbols.push(None);
+                }
+                self.symbols[slot] = Some(symbol.clone().unbind());
+            }
+            let mut unsent = None;
+            for outcome in &self.book.outcomes {
+                let Outcome::Check {
+                    order_id,
+                    account,
+                    side,
+                    order_type,
+                    quantity,
+                    price,
+                    ..
+                } = *outcome
+                else {
+                    others.append(self.outcome(py, outcome, Some(&symbol))?)?;
+                    continue;
+                };
+                let route = routes[(account % routes.len() as u64) as usize];
+                if route < 0 {
+                    unsent = Some(order_id);
+                    continue;
+                }
+                let values = [
+                    Value::Int(order_id.into()),
+                    Value::Int(account.into()),
+                    Value::Bytes(raw_symbol),
+                    Value::Int(side.into()),
+                    Value::Int(order_type.into()),
+                    Value::Int(quantity.into()),
+                    Value::Int(price.into()),
+                    Value::Int(0),
+                ];
+                frames.append(types.risk_check, &values, &mut buffers[route as usize])?;
+            }
+            if let Some(order_id) = unsent {
+                self.book.outcomes.clear();
+                self.book.risk_unsent(order_id, unrouted);
+                for outcome in &self.book.outcomes {
+                    others.append(self.outcome(py, outcome, Some(&symbol))?)?;
+                }
+            }
+        }
+        let checks = PyList::empty(py);
+        for buffer in buffers {
+            checks.append(PyByteArray::new(py, &buffer))?;
+        }
+        Ok(Some((checks, others)))
+    }
+
+    /// A run of RiskResult frames (a FrameRun's `data`), each handled as `risk_result` handles one,
+    /// with what goes to the venue and to clients kept apart as frames (sequence 0, for the sending
+    /// connection to number): (the venue's frames, [(session id, its reports' frames)], the other
+    /// outcomes); None, with nothing done, when a frame breaks a field rule. The caller knows the venue
+    /// connected: a route that cannot be sent ends its order (`venue_unsent`), which a run cannot undo.
+    fn risk_result_run<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &[u8],
+    ) -> PyResult<
+        Option<(
+            Bound<'py, PyByteArray>,
+            Bound<'py, PyList>,
+            Bound<'py, PyList>,
+        )>,
+    > {
+        let mut frames = Frames {
+            codec: crate::codec(py)?,
+            scratch: Vec::new(),
+        };
+        let types = &self.types;
+        if !frames.all_valid(types.risk_result, data)? {
+            return Ok(None);
+        }
+        let layout = frames.layout(types.risk_result);
+        let mut venue = Vec::new();
+        let mut reports: Vec<(u64, Vec<u8>)> = Vec::new();
+        let others = PyList::empty(py);
+        for frame in data.chunks_exact(layout.size) {
+            let (order_id, reason) = (int(layout, frame, 0) as u64, int(layout, frame, 1) as i64);
+            self.book.outcomes.clear();
+            self.book.risk_result(order_id, reason);
+            for outcome in &self.book.outcomes {
+                match *outcome {
+                    Outcome::Report { session, report } => {
+                        let at = match reports.iter().position(|(known, _)| *known == session) {
+                            Some(at) => at,
+                            None => {
+                                reports.push((session, Vec::new()));
+                                reports.len() - 1
+                            }
+                        };
+                        let values = [
+                            Value::Int(report.client_order_id.into()),
+                            Value::Int(report.order_id.into()),
+                            Value::Int(report.exec_type.into()),
+                            Value::Int(report.status.into()),
+                            Value::Int(report.reason.into()),
+                            Value::Bytes(self.symbol_bytes(py, report.symbol)),
+                            Value::Int(report.side.into()),
+                            Value::Int(report.last_quantity.into()),
+                            Value::Int(report.last_price.into()),
+                            Value::Int(report.cumulative_quantity.into()),
+                            Value::Int(report.leaves_quantity.into()),
+                            Value::Int(report.price.into()),
+                        ];
+                        frames.append(types.execution_report, &values, &mut reports[at].1)?;
+                    }
+                    Outcome::Route {
+                        order_id,
+                        account,
+                        symbol,
+                        side,
+                        order_type,
+                        time_in_force,
+                        quantity,
+                        price,
+                        ..
+                    } => {
+                        let values = [
+                            Value::Int(order_id.into()),
+                            Value::Int(account.into()),
+                            Value::Bytes(self.symbol_bytes(py, symbol)),
+                            Value::Int(side.into()),
+                            Value::Int(order_type.into()),
+                            Value::Int(time_in_force.into()),
+                            Value::Int(quantity.into()),
+                            Value::Int(price.into()),
+                        ];
+                        frames.append(types.route_order, &values, &mut venue)?;
+                    }
+                    Outcome::CancelRoute { order_id } => {
+                        frames.append(
+                            types.cancel_route,
+                            &[Value::Int(order_id.into())],
+                            &mut venue,
+                        )?;
+                    }
+                    Outcome::ReplaceRoute {
+                        order_id,
+                        quantity,
+                        price,
+                    } => {
+                        let values = [
+                            Value::Int(order_id.into()),
+                            Value::Int(quantity.into()),
+                            Value::Int(price.into()),
+                        ];
+                        frames.append(types.replace_route, &values, &mut venue)?;
+                    }
+                    _ => others.append(self.outcome(py, outcome, None)?)?,
+                }
+            }
+        }
+        let by_session = PyList::empty(py);
+        for (session, buffer) in reports {
+            by_session.append((session, PyByteArray::new(py, &buffer)))?;
+        }
+        Ok(Some((PyByteArray::new(py, &venue), by_session, others)))
     }
 
     fn cancel<'py>(

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from tradeplane_services import protocol
 from tradeplane_services._wire import (
     ORDER_CHECK,
@@ -31,11 +33,12 @@ from tradeplane_services._wire import (
     OrderBook,
 )
 from tradeplane_services.config import ConfigError, Environment, RingAddress, parse_address
-from tradeplane_services.eventlog import EventLog, partition_of
+from tradeplane_services.eventlog import PARTITIONS, EventLog, partition_of
 from tradeplane_services.partitions import LeaseTable, describe_owners
 from tradeplane_services.protocol import (
     CancelOrder,
     ExecutionReport,
+    FrameRun,
     KillSwitchState,
     KillSwitchStatus,
     NewOrder,
@@ -46,9 +49,11 @@ from tradeplane_services.protocol import (
     RiskResult,
     RiskUpdate,
     VenueReport,
+    layout_of,
 )
 from tradeplane_services.ringtransport import ring_serves
 from tradeplane_services.runtime import (
+    RUN_MINIMUM,
     Connection,
     PeerLink,
     RequestMetrics,
@@ -66,6 +71,7 @@ PENDING_NEW = int(OrderStatus.PENDING_NEW)
 OK, RISK_UNAVAILABLE = int(Reason.OK), int(Reason.RISK_UNAVAILABLE)
 UNBOUNDED = sys.maxsize  # maxChecksInFlight unset
 PARTITION_TAKEOVER = int(Reason.PARTITION_TAKEOVER)
+CHECK_DTYPE, CHECK_SIZE = layout_of(RiskCheck).dtype, layout_of(RiskCheck).size
 
 
 class Session:
@@ -175,6 +181,25 @@ class OrderManager:
             self._register(session)
         self._apply(self.book.new_order(session.id, message, received_ns))
 
+    def new_orders(
+        self, session: Session, frames: bytes, received_ns: int, routes: list[int], unrouted: int
+    ) -> list[bytearray] | None:
+        """A run of NewOrder frames at once: the checks' frames per route (`OrderBook.new_order_run`),
+        the rest done here; None, with nothing done, when a frame breaks a field rule."""
+        if session.book is None:
+            self._register(session)
+        decided = self.book.new_order_run(session.id, frames, received_ns, routes, unrouted)
+        if decided is None:
+            return None
+        checks, outcomes = decided
+        self._apply(outcomes)
+        return checks
+
+    def checks_unsent(self, frames: bytearray, reason: int) -> None:
+        """RiskCheck frames `new_orders` built could not be sent: their orders end as unsent checks do."""
+        for order_id in np.frombuffer(frames, dtype=CHECK_DTYPE)["order_id"].tolist():
+            self._apply(self.book.risk_unsent(order_id, reason))
+
     def cancel(self, session: Session, message: CancelOrder, received_ns: int) -> None:
         if session.book is None:
             self._register(session)
@@ -189,6 +214,17 @@ class OrderManager:
 
     def risk_result(self, message: RiskResult) -> None:
         self._apply(self.book.risk_result(message))
+
+    def risk_results(self, frames: bytes) -> tuple[bytearray, list[tuple[Session, bytearray]]] | None:
+        """A run of RiskResult frames at once: the frames for the venue and for each session
+        (`OrderBook.risk_result_run`), the rest done here; None, with nothing done, when a frame breaks a
+        field rule. Only while the venue is connected: a route that cannot be sent ends its order."""
+        decided = self.book.risk_result_run(frames)
+        if decided is None:
+            return None
+        venue, reports, outcomes = decided
+        self._apply(outcomes)
+        return venue, [(self.sessions[session], frames) for session, frames in reports]
 
     def expire_risk_checks(self, now_ns: int) -> None:
         """Orders risk did not answer in time are rejected: fail closed."""
@@ -242,6 +278,7 @@ class RiskRoutes:
         self.deferred: list[tuple[RiskUpdate, int]] = []
         self.task: asyncio.Task[None] | None = None
         self.closing: set[asyncio.Task[None]] = set()  # links being stopped (kept referenced until done)
+        self._check_routes: tuple[int, list[PeerLink], list[int]] = (-1, [], [])  # lease table version, ...
 
     async def start(self) -> None:
         await self.event_log.open()
@@ -275,6 +312,27 @@ class RiskRoutes:
         if type(message) is RiskUpdate:
             self.deferred.append((message, account))
         return PARTITION_TAKEOVER
+
+    def check_routes(self) -> tuple[list[PeerLink], list[int]]:
+        """The links that take checks now, and each partition's index among them (-1: in takeover): what
+        `send` decides for a check, for every account at once; derived again once the leases change."""
+        if self._check_routes[0] != self.table.version:
+            self._check_routes = (self.table.version, *self._derive_check_routes())
+        return self._check_routes[1], self._check_routes[2]
+
+    def _derive_check_routes(self) -> tuple[list[PeerLink], list[int]]:
+        links: list[PeerLink] = []
+        routes: list[int] = []
+        for partition in range(PARTITIONS):
+            lease = self.table.partition(partition)
+            link = None if lease is None or not lease.serving else self._link(lease.address)
+            if link is None:
+                routes.append(-1)
+                continue
+            if link not in links:
+                links.append(link)
+            routes.append(links.index(link))
+        return links, routes
 
     def sweep(self) -> None:
         """Sessions to every owner before its first order (a session takes a logon), none to addresses no
@@ -322,6 +380,7 @@ class RiskRoutes:
                 service.credentials,
                 on_down=lambda: self._lost(address_text),
                 source=service.environment.bind,
+                runs={RiskResult: service.on_risk_results},
             )
             self.links[address_text] = link
             service.links.append(link)  # stopped with the service's own links
@@ -357,6 +416,7 @@ class OrderService(Service[OrderSettings]):
             self.risk_answer_seconds,
             lambda message: (message.order_id, message.reason) if isinstance(message, RiskResult) else None,
             lambda order_id: RiskUpdate(order_id, 0, 0, 1),
+            {RiskResult: self.on_risk_results},
         )
         self.risk_routes: RiskRoutes | None = None
         if environment.event_log:
@@ -373,6 +433,7 @@ class OrderService(Service[OrderSettings]):
             settings.riskTimeoutMillis * 1_000_000,
         )
         self.manager.book.max_checks_in_flight = settings.maxChecksInFlight or UNBOUNDED
+        self.batch_types = {layout_of(NewOrder).type_id: RUN_MINIMUM}
         self.handlers = {
             NewOrder: self.on_new_order,
             CancelOrder: self.on_cancel,
@@ -453,6 +514,33 @@ class OrderService(Service[OrderSettings]):
         self.inject_latency()
         self.manager.new_order(connection.session, message, connection.received_ns)
 
+    def on_run(self, connection: Connection, run: FrameRun) -> None:
+        """A run of NewOrders (the only batched type) decided in one call to the book, their checks sent
+        as one write per risk link; one by one while the risk split follows orders one by one (a canary's
+        share), or when a frame breaks a field rule (each error answered on its own)."""
+        if not self.risk.follows_no_order:
+            connection.dispatch_one_by_one(run)
+            return
+        if self.risk_routes is None:
+            links, routes, unrouted = [self.risk.stable], [0], RISK_UNAVAILABLE
+        else:
+            links, routes = self.risk_routes.check_routes()
+            unrouted = PARTITION_TAKEOVER
+        self.inject_latency(run.frames)
+        checks = self.manager.new_orders(
+            connection.session, run.data, connection.received_ns, routes, unrouted
+        )
+        if checks is None:
+            connection.dispatch_one_by_one(run)
+            return
+        for link, frames in zip(links, checks, strict=True):
+            if not frames:
+                continue
+            if link.send_frames(frames):
+                self.risk.routed_to_stable(len(frames) // CHECK_SIZE)
+            else:
+                self.manager.checks_unsent(frames, unrouted)
+
     def on_cancel(self, connection: Connection, message: CancelOrder) -> None:
         self.inject_latency()
         self.manager.cancel(connection.session, message, connection.received_ns)
@@ -464,6 +552,22 @@ class OrderService(Service[OrderSettings]):
     def on_risk_result(self, connection: Connection, message: RiskResult) -> None:
         self.manager.risk_result(message)
         self.risk.decided(message.order_id, message.reason, message.order_id in self.manager.book)
+
+    def on_risk_results(self, connection: Connection, run: FrameRun) -> None:
+        """A run of the stable risk's answers decided in one call to the book, the routes sent as one
+        write, each session's reports as one; one by one while the split follows orders one by one, the
+        venue is not connected (each unsent route ends its order), or a frame breaks a field rule."""
+        decided = None
+        if self.risk.follows_no_order and self.execution.connected:
+            decided = self.manager.risk_results(run.data)
+        if decided is None:
+            connection.dispatch_one_by_one(run)
+            return
+        venue, reports = decided
+        if venue:
+            self.execution.send_frames(venue)
+        for session, frames in reports:
+            session.connection.send_frames(frames)
 
     def on_kill_switch(self, connection: Connection, message: KillSwitchStatus) -> None:
         self.manager.set_kill_switch(message.state)

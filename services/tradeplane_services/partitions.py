@@ -119,6 +119,7 @@ class LeaseTable:
         self.leases: dict[str, Lease] = {}
         self.changed_at: dict[str, float] = {}
         self.synced = asyncio.Event()  # the bucket's contents at start have been read
+        self.version = 0  # counts the changes applied: what was derived from an older version is stale
 
     def partition(self, partition: int) -> Lease | None:
         return self.leases.get(partition_key(partition))
@@ -150,6 +151,7 @@ class LeaseTable:
         elif previous is None or previous.revision != revision:
             self.leases[key] = lease
             self.changed_at[key] = time.monotonic()
+        self.version += 1
 
     async def follow(self, event_log: EventLog) -> None:
         """Watch the bucket for ever; after a reconnect the watch starts over from the bucket's contents."""

@@ -72,7 +72,6 @@ from tradeplane_services.protocol import (
     PRICE_SCALE,
     PROTOCOL_VERSION,
     Fill,
-    FrameError,
     FrameRun,
     KillSwitchChange,
     KillSwitchState,
@@ -89,7 +88,6 @@ from tradeplane_services.protocol import (
     RiskUpdate,
     SetKillSwitch,
     Side,
-    decode_body,
     layout_of,
     symbol_bytes,
     symbol_text,
@@ -101,7 +99,6 @@ from tradeplane_services.runtime import (
     fields,
     log,
     run_for_life,
-    spin_for,
     wait_until,
 )
 from tradeplane_services.settings import RiskSettings
@@ -828,19 +825,18 @@ class RiskService(Service[RiskSettings]):
     def on_run(self, connection: Connection, run: FrameRun) -> None:
         checks = np.frombuffer(run.data, dtype=CHECK_DTYPE)
         if self.event_log is not None and not self._serves_all(checks["account"]):
-            self._check_one_by_one(connection, run)  # some are refused for a takeover: each its own way
+            connection.dispatch_one_by_one(run)  # some are refused for a takeover: each its own way
             return
         reasons = self.engine.check_batch(run.data, time.perf_counter_ns())
         if reasons is None:
-            self._check_one_by_one(connection, run)
+            connection.dispatch_one_by_one(run)
             return
         if (reasons == OK).all():  # the usual run: counted without sorting it
             self.metrics.decisions[REASON_NAMES[OK]] += run.frames
         else:
             for reason, count in Counter(reasons.tolist()).items():
                 self.metrics.decisions[REASON_NAMES[reason]] += count
-        if self.settings.latencyInjectionMicros:
-            spin_for(self.settings.latencyInjectionMicros * run.frames)
+        self.inject_latency(run.frames)
         if self.event_log is None:
             answer_checks(connection, checks["order_id"], reasons)
             self.metrics.record(connection.received_ns, run.frames)
@@ -879,16 +875,6 @@ class RiskService(Service[RiskSettings]):
             if ledger is None or not ledger.serving:
                 return False
         return True
-
-    def _check_one_by_one(self, connection: Connection, run: FrameRun) -> None:
-        size = len(run.data) // run.frames
-        for start in range(0, len(run.data), size):
-            try:
-                check: Any = decode_body(run.data, start, size, run.type_id)
-            except ProtocolError as error:
-                connection.reject(FrameError(error, run.type_id, 0, False))
-                continue
-            self.on_check(connection, check)
 
     def on_update(self, connection: Connection, update: RiskUpdate) -> None:
         if self.event_log is None:

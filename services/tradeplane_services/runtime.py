@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tradeplane_services._wire import LatencyHistogram
+from tradeplane_services._wire import LatencyHistogram, number_frames
 from tradeplane_services.catalog import CALLERS
 from tradeplane_services.config import Address, ConfigError, Environment, RingAddress, load_settings
 from tradeplane_services.protocol import (
@@ -40,6 +40,7 @@ from tradeplane_services.protocol import (
     FrameError,
     FrameRun,
     Heartbeat,
+    Item,
     Logon,
     LogonAck,
     ProtocolError,
@@ -76,6 +77,7 @@ LATENCY_BUCKETS_NS = [round(seconds * 1e9) for seconds in LATENCY_BUCKETS_SECOND
 STATUS_PERCENTILES = (50.0, 99.0, 99.9)
 MAX_OUTBOUND_BUFFER = 64 * 1024 * 1024
 DEFERRED_FLUSH_SECONDS = 0.001
+RUN_MINIMUM = 2  # frames of a batched type that arrive in one read go to `on_run` together from this many
 SESSION_SWEEP_SECONDS = 0.25
 PEER_LOGON_TIMEOUT_SECONDS = 5.0
 
@@ -249,7 +251,7 @@ class Connection(asyncio.Protocol):
         self.received_sequence = 0
         self.sequence = 0
         self.session: Any = None  # the owner's per-connection state
-        self._outbox: list[bytes] = []
+        self._outbox: list[bytes | bytearray] = []
         self._flush_soon = False  # a flush is queued for the end of this loop iteration
         self._flush_later = False  # a flush is queued DEFERRED_FLUSH_SECONDS from now
         self._loop = asyncio.get_running_loop()
@@ -277,9 +279,22 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_ns = now = time.perf_counter_ns()
-        owner = self.owner
         decoder = self.decoder
         items = decoder.feed(data)
+        self._dispatch(items)
+        # A frame left unfinished starts the read timeout; one finished in this read restarts it.
+        if not decoder.buffered:
+            self.partial_since_ns = 0
+        elif items or not self.partial_since_ns:
+            self.partial_since_ns = now
+
+    def dispatch_one_by_one(self, run: FrameRun) -> None:
+        """A run's frames handed over each on its own, as if they had not been batched: for an owner
+        that cannot take this run at once (each frame's error answered, or a frame refused, its own way)."""
+        self._dispatch(StreamDecoder().feed(run.data))
+
+    def _dispatch(self, items: list[Item]) -> None:
+        owner = self.owner
         for item in items:
             try:
                 if type(item) is tuple:
@@ -305,11 +320,6 @@ class Connection(asyncio.Protocol):
                 )
             if self.closing:  # refused for good: what came behind it is not read
                 return
-        # A frame left unfinished starts the read timeout; one finished in this read restarts it.
-        if not decoder.buffered:
-            self.partial_since_ns = 0
-        elif items or not self.partial_since_ns:
-            self.partial_since_ns = now
 
     def refuse(self, reason: Reason, type_id: int, sequence: int, detail: str, close: bool = False) -> None:
         """Refuse a frame or the session for who sent it or how: counted, audited, answered."""
@@ -355,7 +365,13 @@ class Connection(asyncio.Protocol):
         self.sequence += len(frames)
         self.send_raw(frames.tobytes())
 
-    def send_raw(self, frame: bytes) -> None:
+    def send_frames(self, frames: bytearray) -> None:
+        """Whole frames encoded elsewhere (the Rust core): numbered here, after what was sent before, and
+        queued as one write."""
+        self.sequence += number_frames(frames, self.sequence + 1)
+        self.send_raw(frames)
+
+    def send_raw(self, frame: bytes | bytearray) -> None:
         if not self._flush_soon:
             self._flush_soon = True
             self._loop.call_soon(self.flush)
@@ -438,6 +454,7 @@ class PeerLink(ConnectionOwner):
         on_up: Callable[[Connection], None] | None = None,
         on_down: Callable[[], None] | None = None,
         source: str | None = None,
+        runs: dict[type, Callable[[Connection, FrameRun], None]] | None = None,
     ) -> None:
         self.name = name
         self.credentials = credentials
@@ -445,6 +462,9 @@ class PeerLink(ConnectionOwner):
         self.local_address = (source, 0) if source not in (None, "", "0.0.0.0") else None
         self.address = address
         self.handlers = handlers
+        # Frames of these types that arrive together go to their handler here as one FrameRun.
+        self.run_handlers = {layout_of(cls).type_id: handler for cls, handler in (runs or {}).items()}
+        self.batch_types = dict.fromkeys(self.run_handlers, RUN_MINIMUM)
         self.metrics = metrics
         self.on_up = on_up
         self.on_down = on_down
@@ -484,6 +504,7 @@ class PeerLink(ConnectionOwner):
                 return
             connection.identity = identity_text(ack.service)
             connection.handlers = self.handlers
+            connection.decoder.batch_types = self.batch_types
             self.connection = connection
             log.info("peer connected", extra=fields(peer=self.name, address=str(self.address)))
             if self.on_up is not None:
@@ -499,6 +520,9 @@ class PeerLink(ConnectionOwner):
         log.warning("peer disconnected", extra=fields(peer=self.name))
         if self.on_down is not None:
             self.on_down()
+
+    def on_run(self, connection: Connection, run: FrameRun) -> None:
+        self.run_handlers[run.type_id](connection, run)
 
     def unexpected(self, connection: Connection, message: Any, sequence: int) -> None:
         if isinstance(message, SessionReject) and connection.identity is None:
@@ -541,6 +565,13 @@ class PeerLink(ConnectionOwner):
         if connection is None or not connection.connected:
             return False
         connection.send(message)
+        return True
+
+    def send_frames(self, frames: bytearray) -> bool:
+        connection = self.connection
+        if connection is None or not connection.connected:
+            return False
+        connection.send_frames(frames)
         return True
 
     def send_later(self, message: Any) -> bool:
@@ -629,6 +660,7 @@ class Service(ConnectionOwner, Generic[SettingsT]):
         handlers: dict[type, Callable[[Connection, Any], None]],
         on_up: Callable[[Connection], None] | None = None,
         on_down: Callable[[], None] | None = None,
+        runs: dict[type, Callable[[Connection, FrameRun], None]] | None = None,
     ) -> PeerLink:
         """A link to a peer named by TRADEPLANE_<PEER>_ADDR; started with the service."""
         address = self.environment.peer(peer)
@@ -636,15 +668,23 @@ class Service(ConnectionOwner, Generic[SettingsT]):
             variable = f"TRADEPLANE_{peer.upper().replace('-', '_')}_ADDR"
             raise ConfigError(f"{self.name} needs {variable}=host:port")
         link = PeerLink(
-            peer, address, handlers, self.metrics, self.credentials, on_up, on_down, self.environment.bind
+            peer,
+            address,
+            handlers,
+            self.metrics,
+            self.credentials,
+            on_up,
+            on_down,
+            self.environment.bind,
+            runs,
         )
         self.links.append(link)
         return link
 
-    def inject_latency(self) -> None:
+    def inject_latency(self, requests: int = 1) -> None:
         micros = self.settings.latencyInjectionMicros
         if micros:
-            spin_for(micros)
+            spin_for(micros * requests)
 
     def accept(self) -> Connection:
         return Connection(self, "client")

@@ -46,7 +46,7 @@ from tradeplane_services.orderflow import (
     RoutingTable,
     bucket,
 )
-from tradeplane_services.protocol import Reason
+from tradeplane_services.protocol import FrameRun, Reason
 from tradeplane_services.runtime import Connection, PeerLink, Service, fields, log
 from tradeplane_services.shadow import OUTCOMES, ShadowComparisons
 
@@ -66,6 +66,7 @@ class AccountSplit(Collector):
         answer_within: Callable[[], float],
         decision_of: Callable[[Any], Decision | None],
         release: Callable[[int], Any],
+        runs: dict[type, Callable[[Connection, FrameRun], None]] | None = None,
     ) -> None:
         self.service = service
         self.peer = peer
@@ -77,7 +78,8 @@ class AccountSplit(Collector):
         """The (request id, decision) a message from the peer answers, None for anything else."""
         self.release = release
         """The message that frees what the peer booked for a request (shadow: the stable refused it)."""
-        self.stable = service.link(peer, handlers, on_down=on_down)
+        self.stable = service.link(peer, handlers, on_down=on_down, runs=runs)
+        """The stable's link; `runs` handle what it sends together (see `follows_no_order`)."""
         self.table: RoutingTable | None = None
         self.weight = 0
         """Basis points in force: the table's while its lease holds, else 0."""
@@ -124,6 +126,16 @@ class AccountSplit(Collector):
         if chosen is not None:
             self._booked[order_id] = chosen
         return chosen
+
+    @property
+    def follows_no_order(self) -> bool:
+        """No order is tied to a revision: nothing is routed to a canary, booked there or copied there, so
+        every check goes to the stable (`route` is not needed) and its answers need no `decided` each."""
+        return not (self.weight or self._booked or self._shadowed or self.comparisons)
+
+    def routed_to_stable(self, checks: int) -> None:
+        """`checks` new orders' checks went to the stable without `route` (see `follows_no_order`)."""
+        self.routed[self._stable_revision] += checks
 
     def _connected_canary(self, position: int) -> PeerLink | None:
         """The account's canary pod, or another connected one of the same revision."""

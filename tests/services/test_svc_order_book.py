@@ -32,6 +32,7 @@ from tradeplane_services.protocol import (
     RiskResult,
     RiskUpdate,
     RouteOrder,
+    StreamDecoder,
     VenueReport,
 )
 
@@ -238,3 +239,45 @@ def test_a_bad_argument_is_an_error_naming_the_field(book: OrderBook, call: Any,
     with pytest.raises((TypeError, ValueError), match=field):
         call(book)
     assert len(book) == 0
+
+
+def run_of(*orders: NewOrder) -> bytes:
+    """The frames of a FrameRun of NewOrders."""
+    return b"".join(protocol.encode(order) for order in orders)
+
+
+def test_a_run_of_new_orders_writes_each_check_to_its_accounts_route_and_refuses_the_rest_as_one_by_one(
+    book: OrderBook,
+) -> None:
+    """Accounts 7 and 9 go to routes 0 and 1 (account % 4), account 6 to none: its check cannot be sent. The
+    duplicate is refused as `new_order` refuses it, and every order checked is pending in the book."""
+    orders = [new(1, account=7), new(2, account=9), new(3, account=6), new(1, account=7), new(4, account=11)]
+    routes = [-1, 1, -1, 0]
+    decided = book.new_order_run(ALICE, run_of(*orders), 0, routes, int(Reason.PARTITION_TAKEOVER))
+    assert decided is not None
+    checks, outcomes = decided
+    assert len(checks) == 2
+    sent = [[message for message, _ in StreamDecoder().feed(frames)] for frames in checks]
+    assert [[check.account for check in route] for route in sent] == [[7, 11], [9]]
+    assert all(check.symbol == AAPL and check.is_replace == 0 for route in sent for check in route)
+    assert [(r.client_order_id, r.reason) for r in reports(outcomes)] == [
+        (3, Reason.PARTITION_TAKEOVER),
+        (1, Reason.DUPLICATE_CLIENT_ORDER_ID),
+    ]
+    pending = {check.order_id for route in sent for check in route}
+    assert book.orders() == dict.fromkeys(pending, OrderStatus.PENDING_NEW)
+    assert book.checks_in_flight == 3
+    # The same orders one by one give the same answers.
+    one_by_one = OrderBook(protocol, 100 * MS, 0)
+    alone = [one_by_one.new_order(ALICE, order, 0) for order in orders]
+    assert [[m.account for k, _, m in o if k == ORDER_CHECK] for o in alone] == [[7], [9], [6], [], [11]]
+
+
+def test_a_run_with_a_frame_that_breaks_a_field_rule_is_left_undone(book: OrderBook) -> None:
+    """None, and nothing booked: the caller takes the frames one by one, so the bad one gets its error."""
+    good = protocol.encode(new(1))
+    bad = bytearray(protocol.encode(new(2)))
+    bad[12 + 8 + 4 + 8] = 9  # side: no such Side
+    assert book.new_order_run(ALICE, good + bytes(bad), 0, [0], 0) is None
+    assert len(book) == 0
+    assert book.new_order(ALICE, new(1), 0)[0][0] == ORDER_CHECK  # its client order id was not spent

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from tradeplane_services.protocol import (
     RiskCheck,
     RiskResult,
     Side,
+    StreamDecoder,
     encode,
     layout_of,
     price_units,
@@ -55,6 +56,7 @@ class Session:
         self.received_ns = 0
         self.answers: dict[int, int] = {}
         self.runs = 0
+        self.on_check: Callable[[Any, RiskCheck], None] | None = None  # what runs taken apart go to
 
     def send(self, message: Any) -> None:
         assert isinstance(message, RiskResult)
@@ -64,6 +66,12 @@ class Session:
         assert (frames["type"] == layout_of(RiskResult).type_id).all()
         self.answers.update(zip(frames["order_id"].tolist(), frames["reason"].tolist(), strict=True))
         self.runs += 1
+
+    def dispatch_one_by_one(self, run: FrameRun) -> None:
+        """As a connection does it: each check decoded and handed to `on_check`."""
+        assert self.on_check is not None
+        for message, _ in StreamDecoder().feed(run.data):
+            self.on_check(self, message)
 
 
 def reservation(order_id: int, account: int) -> Reservation:
@@ -197,6 +205,7 @@ async def checked_in_runs(servers: NatsServers, workdir: Path) -> None:
         assert heir.event_log is not None
         first.engine.set_reference(symbol_bytes("AAPL"), price_units(190))
         session = Session()
+        session.on_check = first.on_check
         first.on_run(session, checks((1, ACCOUNT, 100), (2, OTHER_ACCOUNT, 100), (3, ACCOUNT, 200_000)))
         assert session.answers == {3: Reason.MAX_QUANTITY}, "a refusal waits for nothing"
         assert session.runs == 1, "the run was decided at once"

@@ -204,6 +204,48 @@ def test_malformed_frames_are_refused_with_reason_and_byte_and_the_service_lives
         assert session.report_for(session.new_order(Side.BUY, "AAPL", 1, AAPL)).exec_type == ExecType.NEW
 
 
+def test_new_orders_in_one_write_are_each_answered_once_and_a_bad_frame_among_them_on_its_own(
+    stack: Stack,
+) -> None:
+    """Order takes a read's NewOrders together (a run, one call to the book, one write to risk): each is
+    answered exactly once, a duplicate in the run refused; a frame that breaks a field rule gets its own
+    refusal, naming the byte and its sequence, and the frames around it are answered."""
+
+    def answers(client: WireClient, count: int) -> list[Any]:
+        received: list[Any] = []
+        while len(received) < count:
+            received += client.receive(5) or pytest.fail(f"{len(received)} of {count} answers")
+        assert client.receive(0.5) == [], "answered once"
+        return received
+
+    symbol = symbol_bytes("AAPL")
+    with WireClient(stack.address("order")) as client:
+        orders = [NewOrder(100 + n, 1 + n % 7, symbol, 1, 1, 1, 10 + n, AAPL) for n in range(30)]
+        orders.append(orders[4])  # a client order id used again
+        client.send_raw(b"".join(encode(order, 2 + n) for n, order in enumerate(orders)))
+        reports = answers(client, 31)
+        assert sorted(r.client_order_id for r in reports if r.exec_type == ExecType.NEW) == list(
+            range(100, 130)
+        )
+        assert [(r.client_order_id, r.reason) for r in reports if r.exec_type == ExecType.REJECTED] == [
+            (104, Reason.DUPLICATE_CLIENT_ORDER_ID)
+        ]
+        frames = [
+            bytearray(encode(NewOrder(200 + n, 1, symbol, 1, 1, 1, 10, AAPL), 40 + n)) for n in range(5)
+        ]
+        frames[2][layout_of(NewOrder).offsets["side"]] = 7
+        client.send_raw(b"".join(frames))
+        replies = answers(client, 5)
+        (reject,) = [m for m in replies if isinstance(m, SessionReject)]
+        assert (reject.reason, reject.offset, reject.ref_sequence) == (
+            Reason.INVALID_FIELD,
+            layout_of(NewOrder).offsets["side"],
+            42,
+        )
+        acknowledged = [m.client_order_id for m in replies if isinstance(m, ExecutionReport)]
+        assert sorted(acknowledged) == [200, 201, 203, 204]
+
+
 def test_resting_orders_of_a_disconnected_session_are_canceled(stack: Stack) -> None:
     with OrderSession(stack.address("order")) as leaving:
         leaving.report_for(leaving.new_order(Side.SELL, "JPM", 50, price_units(200)), ExecType.NEW)
