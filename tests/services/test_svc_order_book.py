@@ -281,3 +281,30 @@ def test_a_run_with_a_frame_that_breaks_a_field_rule_is_left_undone(book: OrderB
     assert book.new_order_run(ALICE, good + bytes(bad), 0, [0], 0) is None
     assert len(book) == 0
     assert book.new_order(ALICE, new(1), 0)[0][0] == ORDER_CHECK  # its client order id was not spent
+
+
+def test_a_run_of_risk_results_gives_the_frames_one_by_one_would_send_apart_by_destination() -> None:
+    """Two sessions' orders answered in one run: the routes in one buffer, each session's reports in its
+    own, latencies as outcomes; the same messages, in the same order per destination, as `risk_result`
+    gives one at a time on a twin book."""
+    books = [OrderBook(protocol, 100 * MS, 0) for _ in range(2)]
+    for book in books:
+        for session, client_order_id, account in ((ALICE, 1, 7), (BOB, 1, 8), (BOB, 2, 9)):
+            book.new_order(session, new(client_order_id, account=account), 0)
+    run_book, twin = books
+    results = [RiskResult(1, 0), RiskResult(2, int(Reason.MAX_QUANTITY)), RiskResult(3, 0), RiskResult(99, 0)]
+    decided = run_book.risk_result_run(b"".join(protocol.encode(result) for result in results))
+    assert decided is not None
+    venue, by_session, outcomes = decided
+
+    def messages(frames: bytearray) -> list[Any]:
+        return [message for message, _ in StreamDecoder().feed(frames)]
+
+    one_by_one = [outcome for result in results for outcome in twin.risk_result(result)]
+    assert messages(venue) == [message for kind, _, message in one_by_one if kind == ORDER_ROUTE]
+    assert [(session, messages(frames)) for session, frames in by_session] == [
+        (session, [m for kind, target, m in one_by_one if kind == ORDER_REPORT and target == session])
+        for session in (ALICE, BOB)
+    ]
+    assert [kind for kind, _, _ in outcomes] == [ORDER_RECORD] * 3
+    assert run_book.orders() == twin.orders() == {1: OrderStatus.NEW, 3: OrderStatus.NEW}
