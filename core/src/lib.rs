@@ -630,6 +630,74 @@ impl StreamDecoder {
     }
 }
 
+impl Codec {
+    /// The layout of the message class `name` (as protocol.py names it).
+    pub(crate) fn layout_named(&self, name: &str) -> PyResult<&Layout> {
+        self.wire
+            .layouts
+            .iter()
+            .flatten()
+            .find(|layout| layout.name == name)
+            .ok_or_else(|| PyTypeError::new_err(format!("the wire codec has no {name} layout")))
+    }
+}
+
+/// Frames the Rust core builds back to back for one destination, with sequence 0: the connection that
+/// sends them numbers them (`number_frames`).
+pub(crate) struct FrameWriter {
+    codec: &'static Codec,
+    scratch: Vec<u8>,
+}
+
+impl FrameWriter {
+    pub(crate) fn new(py: Python<'_>) -> PyResult<Self> {
+        Ok(FrameWriter {
+            codec: codec(py)?,
+            scratch: Vec::new(),
+        })
+    }
+
+    pub(crate) fn codec(&self) -> &'static Codec {
+        self.codec
+    }
+
+    pub(crate) fn layout(&self, type_id: u8) -> &'static Layout {
+        self.codec.wire.layouts[type_id as usize]
+            .as_ref()
+            .expect("a type id taken from the installed codec")
+    }
+
+    /// Appends the frame of `values` (one per field of `type_id`'s layout) to `out`.
+    pub(crate) fn append(
+        &mut self,
+        type_id: u8,
+        values: &[Value],
+        out: &mut Vec<u8>,
+    ) -> PyResult<()> {
+        self.layout(type_id)
+            .encode_into(self.codec.wire.version, 0, values, &[], &mut self.scratch)
+            .map_err(PyValueError::new_err)?;
+        out.extend_from_slice(&self.scratch);
+        Ok(())
+    }
+
+    /// Whether every frame of `data` (whole frames of `type_id`) keeps its layout's rules.
+    pub(crate) fn all_valid(&self, type_id: u8, data: &[u8]) -> PyResult<bool> {
+        let layout = self.layout(type_id);
+        if data.len() % layout.size != 0 {
+            return Err(PyValueError::new_err(format!(
+                "a run of {} bytes is not whole {}-byte {} frames",
+                data.len(),
+                layout.size,
+                layout.name
+            )));
+        }
+        Ok(data
+            .chunks_exact(layout.size)
+            .all(|frame| layout.validate(frame).is_ok()))
+    }
+}
+
 /// Numbers the whole frames in `buffer` from `first_sequence` on, in place; how many there were.
 #[pyfunction]
 fn number_frames(buffer: &Bound<'_, PyByteArray>, first_sequence: u64) -> PyResult<u64> {

@@ -15,6 +15,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyType};
 
 use crate::named_tuple::NamedTupleClass;
+use crate::wire::Value;
+use crate::FrameWriter;
 
 /// The protocol's codes the book uses, given by the Python side (protocol.py owns them).
 struct Codes {
@@ -81,6 +83,18 @@ impl Order {
 }
 
 /// Builds the Python `VenueEvent`s (a NamedTuple) the book returns.
+/// A RouteOrder's fields but the symbol.
+#[derive(Clone, Copy)]
+struct Route {
+    order_id: u64,
+    account: u64,
+    side: i64,
+    order_type: i64,
+    time_in_force: i64,
+    quantity: i64,
+    price: i64,
+}
+
 struct Events {
     class: NamedTupleClass,
     codes: Codes,
@@ -377,6 +391,61 @@ impl MatchingBook {
     }
 
     /// Takes an open order out of the book for good.
+    /// `submit`'s work, its events appended to `events` (the acknowledgement only with `acknowledge`).
+    fn submit_into<'py>(
+        &mut self,
+        py: Python<'py>,
+        owner: &Bound<'py, PyAny>,
+        route: Route,
+        symbol: &Bound<'py, PyBytes>,
+        acknowledge: bool,
+        events: &Bound<'py, PyList>,
+    ) -> PyResult<()> {
+        let duplicate = self
+            .orders
+            .open
+            .contains_key(&(owner.as_ptr() as usize, route.order_id));
+        let book = self.book_index(symbol.as_bytes());
+        let mut order = Order {
+            owner: owner.clone().unbind(),
+            order_id: route.order_id,
+            account: route.account,
+            symbol: symbol.clone().unbind(),
+            book,
+            side: route.side,
+            quantity: if duplicate { 0 } else { route.quantity },
+            filled: 0,
+            price: route.price,
+            active: true,
+            serial: self.orders.next_serial(),
+            opened: 0,
+        };
+        let codes = &self.events.codes;
+        if duplicate {
+            let rejected = (codes.rejected, codes.duplicate_client_order_id);
+            events.append(self.events.of(py, &order, rejected.0, rejected.1, 0, 0)?)?;
+            return Ok(());
+        }
+        if acknowledge {
+            events.append(self.events.of(py, &order, codes.new, 0, 0, 0)?)?;
+        }
+        let market = route.order_type == codes.market;
+        let immediate = market || route.time_in_force == codes.ioc;
+        self.trade(py, &mut order, market, events)?;
+        if order.quantity != 0 {
+            if immediate {
+                order.active = false;
+                let codes = &self.events.codes;
+                let canceled = (codes.canceled, codes.no_liquidity);
+                events.append(self.events.of(py, &order, canceled.0, canceled.1, 0, 0)?)?;
+            } else {
+                order.opened = order.serial;
+                self.rest(order);
+            }
+        }
+        Ok(())
+    }
+
     fn close(&mut self, slot: usize) -> Order {
         self.withdraw(slot);
         let order = self.orders.release(slot);
@@ -460,47 +529,51 @@ impl MatchingBook {
         price: i64,
     ) -> PyResult<Bound<'py, PyList>> {
         let events = PyList::empty(py);
-        let duplicate = self
-            .orders
-            .open
-            .contains_key(&(owner.as_ptr() as usize, order_id));
-        let book = self.book_index(symbol.as_bytes());
-        let mut order = Order {
-            owner: owner.clone().unbind(),
+        let route = Route {
             order_id,
             account,
-            symbol: symbol.clone().unbind(),
-            book,
             side,
-            quantity: if duplicate { 0 } else { quantity },
-            filled: 0,
+            order_type,
+            time_in_force,
+            quantity,
             price,
-            active: true,
-            serial: self.orders.next_serial(),
-            opened: 0,
         };
-        let codes = &self.events.codes;
-        if duplicate {
-            let rejected = (codes.rejected, codes.duplicate_client_order_id);
-            events.append(self.events.of(py, &order, rejected.0, rejected.1, 0, 0)?)?;
-            return Ok(events);
-        }
-        events.append(self.events.of(py, &order, codes.new, 0, 0, 0)?)?;
-        let market = order_type == codes.market;
-        let immediate = market || time_in_force == codes.ioc;
-        self.trade(py, &mut order, market, &events)?;
-        if order.quantity != 0 {
-            if immediate {
-                order.active = false;
-                let codes = &self.events.codes;
-                let canceled = (codes.canceled, codes.no_liquidity);
-                events.append(self.events.of(py, &order, canceled.0, canceled.1, 0, 0)?)?;
-            } else {
-                order.opened = order.serial;
-                self.rest(order);
-            }
-        }
+        self.submit_into(py, owner, route, symbol, true, &events)?;
         Ok(events)
+    }
+
+    /// A run of RouteOrder frames (a FrameRun's `data`), each submitted as `submit` submits one, and the
+    /// events they caused but the acknowledgements (NEW): whoever routed them acknowledged them already.
+    /// None, with nothing done, when a frame breaks a field rule.
+    fn submit_run<'py>(
+        &mut self,
+        py: Python<'py>,
+        owner: &Bound<'py, PyAny>,
+        data: &[u8],
+    ) -> PyResult<Option<Bound<'py, PyList>>> {
+        let frames = FrameWriter::new(py)?;
+        let route_order = frames.codec().layout_named("RouteOrder")?;
+        if !frames.all_valid(route_order.type_id, data)? {
+            return Ok(None);
+        }
+        let events = PyList::empty(py);
+        for frame in data.chunks_exact(route_order.size) {
+            let Value::Bytes(symbol) = route_order.value(2, frame) else {
+                unreachable!("RouteOrder.symbol is bytes")
+            };
+            let route = Route {
+                order_id: route_order.int(0, frame) as u64,
+                account: route_order.int(1, frame) as u64,
+                side: route_order.int(3, frame) as i64,
+                order_type: route_order.int(4, frame) as i64,
+                time_in_force: route_order.int(5, frame) as i64,
+                quantity: route_order.int(6, frame) as i64,
+                price: route_order.int(7, frame) as i64,
+            };
+            let symbol = PyBytes::new(py, symbol);
+            self.submit_into(py, owner, route, &symbol, false, &events)?;
+        }
+        Ok(Some(events))
     }
 
     #[pyo3(signature = (owner, order_id, reason = 0))]

@@ -20,7 +20,8 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyModule, PyTuple, PyType};
 
-use crate::wire::{Layout, Value};
+use crate::wire::Value;
+use crate::FrameWriter;
 
 use crate::named_tuple::NamedTupleClass;
 use crate::risk::{fast_map, FastMap, MultiplyHasher};
@@ -1117,7 +1118,7 @@ const VENUE_REPORT: &[&str] = &[
     "leaves_quantity",
 ];
 
-/// The wire layouts of what the book takes and sends in runs, found once in the installed codec.
+/// The wire types of what the book takes and sends in runs, found once in the installed codec.
 struct WireTypes {
     new_order: u8,
     risk_check: u8,
@@ -1130,16 +1131,7 @@ struct WireTypes {
 
 impl WireTypes {
     fn from_codec(codec: &crate::Codec) -> PyResult<Self> {
-        let type_of = |name: &str| {
-            codec
-                .wire
-                .layouts
-                .iter()
-                .flatten()
-                .find(|layout| layout.name == name)
-                .map(|layout| layout.type_id)
-                .ok_or_else(|| PyTypeError::new_err(format!("the wire codec has no {name} layout")))
-        };
+        let type_of = |name: &str| codec.layout_named(name).map(|layout| layout.type_id);
         Ok(WireTypes {
             new_order: type_of("NewOrder")?,
             risk_check: type_of("RiskCheck")?,
@@ -1149,52 +1141,6 @@ impl WireTypes {
             cancel_route: type_of("CancelRoute")?,
             replace_route: type_of("ReplaceRoute")?,
         })
-    }
-}
-
-/// Frames for one destination, built back to back with sequence 0: the connection that sends them
-/// numbers them (`number_frames`).
-struct Frames<'c> {
-    codec: &'c crate::Codec,
-    scratch: Vec<u8>,
-}
-
-impl<'c> Frames<'c> {
-    fn layout(&self, type_id: u8) -> &'c Layout {
-        self.codec.wire.layouts[type_id as usize]
-            .as_ref()
-            .expect("WireTypes holds installed layouts")
-    }
-
-    fn append(&mut self, type_id: u8, values: &[Value], out: &mut Vec<u8>) -> PyResult<()> {
-        self.layout(type_id)
-            .encode_into(self.codec.wire.version, 0, values, &[], &mut self.scratch)
-            .map_err(PyValueError::new_err)?;
-        out.extend_from_slice(&self.scratch);
-        Ok(())
-    }
-
-    /// Whether every frame of `data` (whole frames of `type_id`) keeps its layout's rules.
-    fn all_valid(&self, type_id: u8, data: &[u8]) -> PyResult<bool> {
-        let layout = self.layout(type_id);
-        if data.len() % layout.size != 0 {
-            return Err(PyValueError::new_err(format!(
-                "a run of {} bytes is not whole {}-byte {} frames",
-                data.len(),
-                layout.size,
-                layout.name
-            )));
-        }
-        Ok(data
-            .chunks_exact(layout.size)
-            .all(|frame| layout.validate(frame).is_ok()))
-    }
-}
-
-fn int(layout: &Layout, frame: &[u8], index: usize) -> i128 {
-    match layout.value(index, frame) {
-        Value::Int(number) => number,
-        Value::Bytes(_) => unreachable!("{}: field {index} is an integer", layout.name),
     }
 }
 
@@ -1475,10 +1421,7 @@ impl OrderBook {
         routes: Vec<i64>,
         unrouted: i64,
     ) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>)>> {
-        let mut frames = Frames {
-            codec: crate::codec(py)?,
-            scratch: Vec::new(),
-        };
+        let mut frames = FrameWriter::new(py)?;
         let types = &self.types;
         if routes.is_empty() {
             return Err(PyValueError::new_err("routes: empty"));
@@ -1495,13 +1438,13 @@ impl OrderBook {
                 unreachable!("NewOrder.symbol is bytes")
             };
             let request = NewRequest {
-                client_order_id: int(layout, frame, 0) as u64,
-                account: int(layout, frame, 1) as u64,
-                side: int(layout, frame, 3) as i64,
-                order_type: int(layout, frame, 4) as i64,
-                time_in_force: int(layout, frame, 5) as i64,
-                quantity: int(layout, frame, 6) as i64,
-                price: int(layout, frame, 7) as i64,
+                client_order_id: layout.int(0, frame) as u64,
+                account: layout.int(1, frame) as u64,
+                side: layout.int(3, frame) as i64,
+                order_type: layout.int(4, frame) as i64,
+                time_in_force: layout.int(5, frame) as i64,
+                quantity: layout.int(6, frame) as i64,
+                price: layout.int(7, frame) as i64,
             };
             let symbol = PyBytes::new(py, raw_symbol);
             self.book.outcomes.clear();
@@ -1575,10 +1518,7 @@ impl OrderBook {
             Bound<'py, PyList>,
         )>,
     > {
-        let mut frames = Frames {
-            codec: crate::codec(py)?,
-            scratch: Vec::new(),
-        };
+        let mut frames = FrameWriter::new(py)?;
         let types = &self.types;
         if !frames.all_valid(types.risk_result, data)? {
             return Ok(None);
@@ -1588,7 +1528,7 @@ impl OrderBook {
         let mut reports: Vec<(u64, Vec<u8>)> = Vec::new();
         let others = PyList::empty(py);
         for frame in data.chunks_exact(layout.size) {
-            let (order_id, reason) = (int(layout, frame, 0) as u64, int(layout, frame, 1) as i64);
+            let (order_id, reason) = (layout.int(0, frame) as u64, layout.int(1, frame) as i64);
             self.book.outcomes.clear();
             self.book.risk_result(order_id, reason);
             for outcome in &self.book.outcomes {

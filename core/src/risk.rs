@@ -12,9 +12,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
 use crate::record::record_offsets;
+use crate::wire::Value;
+use crate::FrameWriter;
 
 /// Hashes the u64 keys of the maps below (order ids, accounts, fingerprints) with one multiply: SipHash
 /// costs more than the rest of a check, and no key here comes from an adversary who sees the table.
@@ -704,6 +706,61 @@ impl RiskBook {
             Ok(())
         })?;
         Ok(Some(reasons))
+    }
+
+    /// The journal's side of a run `check_records` decided (`records`, and the `reasons` it gave): the
+    /// Reservation frame of each accepted order (`reservation` in risk.py, with its booking's credit
+    /// price) and the RiskResult frames that answer them OK, both with sequence 0 and in record order;
+    /// and how many fall in each partition.
+    fn reservation_run<'py>(
+        &self,
+        py: Python<'py>,
+        records: &[u8],
+        reasons: &[u8],
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyByteArray>, Vec<u32>)> {
+        let size = self.record.size;
+        if records.len() % size != 0 || reasons.len() != records.len() / size * 2 {
+            return Err(PyValueError::new_err(format!(
+                "{} bytes of {size}-byte records with {} bytes of reasons",
+                records.len(),
+                reasons.len()
+            )));
+        }
+        let mut writer = FrameWriter::new(py)?;
+        let reservation = writer.codec().layout_named("Reservation")?.type_id;
+        let result = writer.codec().layout_named("RiskResult")?.type_id;
+        let (mut reservations, mut results) = (Vec::new(), Vec::new());
+        let mut per_partition = vec![0u32; self.partitions as usize];
+        for (record, reason) in records.chunks_exact(size).zip(reasons.chunks_exact(2)) {
+            if u16::from_le_bytes([reason[0], reason[1]]) != self.codes.ok {
+                continue;
+            }
+            let order = self.record.order(record);
+            let booking = self.open_orders.get(&order.order_id).ok_or_else(|| {
+                PyKeyError::new_err(format!("order {} is not open", order.order_id))
+            })?;
+            let values = [
+                Value::Int(order.order_id.into()),
+                Value::Int(order.account.into()),
+                Value::Bytes(&order.symbol),
+                Value::Int(order.side.into()),
+                Value::Int(order.quantity.into()),
+                Value::Int(booking.credit_price.into()),
+                Value::Int(order.is_replace.into()),
+            ];
+            writer.append(reservation, &values, &mut reservations)?;
+            let answer = [
+                Value::Int(order.order_id.into()),
+                Value::Int(self.codes.ok.into()),
+            ];
+            writer.append(result, &answer, &mut results)?;
+            per_partition[(order.account % self.partitions) as usize] += 1;
+        }
+        Ok((
+            PyBytes::new(py, &reservations),
+            PyByteArray::new(py, &results),
+            per_partition,
+        ))
     }
 
     /// Last trade prices from market data: 8-byte symbols and little-endian i64 prices, one per tick;

@@ -393,6 +393,14 @@ impl Layout {
         }
     }
 
+    /// An integer field's value (`index` names no bytes field).
+    pub fn int(&self, index: usize, body: &[u8]) -> i128 {
+        match self.value(index, body) {
+            Value::Int(number) => number,
+            Value::Bytes(_) => unreachable!("{}: field {index} is bytes", self.name),
+        }
+    }
+
     /// The frame of `values` (one per field) followed by `records` (a batch's trailing records), written
     /// over `out`, whose capacity is reused.
     pub fn encode_into(

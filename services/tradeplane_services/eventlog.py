@@ -117,12 +117,12 @@ class Entry(NamedTuple):
     """An event appended to a subject of its own choosing (a journal), not to a partition's."""
 
     subject: str
-    messages: list[Any]
+    messages: list[Any] | bytes  # or their frames, encoded already
     event_id: str
 
 
-def encode_event(messages: list[Any]) -> bytes:
-    return b"".join(encode(message) for message in messages)
+def encode_event(messages: list[Any] | bytes) -> bytes:
+    return messages if isinstance(messages, bytes) else b"".join(encode(message) for message in messages)
 
 
 def decode_event(data: bytes, where: str) -> list[Any]:

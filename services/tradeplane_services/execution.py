@@ -27,12 +27,22 @@ from tradeplane_services.protocol import (
     CancelRoute,
     ExecType,
     Fill,
+    FrameRun,
     Reason,
     ReplaceRoute,
     RouteOrder,
     VenueReport,
+    layout_of,
 )
-from tradeplane_services.runtime import Connection, Service, cancel_and_wait, fields, log, wait_until
+from tradeplane_services.runtime import (
+    RUN_MINIMUM,
+    Connection,
+    Service,
+    cancel_and_wait,
+    fields,
+    log,
+    wait_until,
+)
 from tradeplane_services.settings import ExecutionSettings
 
 NEW, TRADE = int(ExecType.NEW), int(ExecType.TRADE)
@@ -54,6 +64,11 @@ class Venue(Protocol):
         price: int,
     ) -> list[VenueEvent]: ...
 
+    def submit_run(self, owner: Hashable, frames: bytes) -> list[VenueEvent] | None:
+        """RouteOrder frames each submitted as `submit` would, and the events they caused but the
+        acknowledgements (the router acknowledged them); None, nothing done, when a frame breaks a rule."""
+        ...
+
     def cancel(self, owner: Hashable, order_id: int, reason: int = 0) -> list[VenueEvent]: ...
 
     def replace(self, owner: Hashable, order_id: int, quantity: int, price: int) -> list[VenueEvent]: ...
@@ -70,6 +85,7 @@ class ExecutionService(Service[ExecutionSettings]):
     def __init__(self, environment: Environment, settings: ExecutionSettings) -> None:
         super().__init__(environment, settings)
         self.venue: Venue = VENUES[settings.venue]()
+        self.batch_types = {layout_of(RouteOrder).type_id: RUN_MINIMUM}
         self.handlers = {
             RouteOrder: self.on_route,
             CancelRoute: self.on_cancel,
@@ -102,6 +118,17 @@ class ExecutionService(Service[ExecutionSettings]):
         self.metrics.orders = (self.metrics.orders or 0) + 1
         self.publish(self.venue.submit(connection, *message))
         self.metrics.record(connection.received_ns)
+
+    def on_run(self, connection: Connection, run: FrameRun) -> None:
+        """A read's RouteOrders (the only batched type) submitted in one call to the venue."""
+        events = self.venue.submit_run(connection, run.data)
+        if events is None:
+            connection.dispatch_one_by_one(run)
+            return
+        self.inject_latency(run.frames)
+        self.metrics.orders = (self.metrics.orders or 0) + run.frames
+        self.publish(events)
+        self.metrics.record(connection.received_ns, run.frames)
 
     def on_cancel(self, connection: Connection, message: CancelRoute) -> None:
         self.inject_latency()

@@ -32,7 +32,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import nats.errors
 import numpy as np
@@ -54,6 +54,7 @@ from tradeplane_services.eventlog import (
     EventLog,
     Fenced,
     Snapshots,
+    decode_event,
     journal_subject,
     partition_of,
     partition_of_subject,
@@ -88,6 +89,7 @@ from tradeplane_services.protocol import (
     RiskUpdate,
     SetKillSwitch,
     Side,
+    encode,
     layout_of,
     symbol_bytes,
     symbol_text,
@@ -188,14 +190,8 @@ class RiskEngine(RiskBook):
     # --- the event log's records and snapshots of a partition -----------------------------------------
 
     def reservation(self, check: RiskCheck) -> Reservation:
-        """The log record of an order `check` just accepted."""
+        """The log record of an order `check` just accepted (`reservation_run` builds a run's at once)."""
         order_id, account, symbol, side, _, quantity, _, is_replace = check
-        return self.reservation_of(order_id, account, symbol, side, quantity, is_replace)
-
-    def reservation_of(
-        self, order_id: int, account: int, symbol: bytes, side: int, quantity: int, is_replace: int
-    ) -> Reservation:
-        """The log record of an order just accepted, from its check's fields."""
         booking = self.booking(order_id)
         if booking is None:
             raise KeyError(f"order {order_id} is not open")
@@ -606,6 +602,26 @@ def answer_checks(
     connection.send_run(results)
 
 
+class Reserved(NamedTuple):
+    """Reservations of one read (one check, or a run's), waiting for the journal: what an append carries
+    for them and what answers them once it is stored."""
+
+    ledgers: list[tuple[PartitionLedger, int]]  # the partitions they fall in, and how many in each
+    reservations: bytes  # their Reservation frames
+    answers: bytearray  # the RiskResult OK frames that answer them, in the same order
+    connection: Connection
+    received_ns: int
+
+    @classmethod
+    def one(cls, ledger: PartitionLedger, reservation: Reservation, connection: Connection) -> Reserved:
+        answer = bytearray(encode(RiskResult(reservation.order_id, OK)))
+        return cls([(ledger, 1)], encode(reservation), answer, connection, connection.received_ns)
+
+    @property
+    def orders(self) -> int:
+        return len(self.answers) // RESULT_LAYOUT.size
+
+
 class Journal:
     """This replica's reservations, of every partition it holds, as one event per turn of the loop on a
     subject only this process writes (`journal_subject`), each expecting the previous one as the subject's
@@ -622,31 +638,32 @@ class Journal:
         self.event_log = event_log
         self.subject = journal_subject(service.writer)
         self.last_sequence = 0  # a new writer's subject is empty
-        self.pending: list[tuple[PartitionLedger, Reservation, Connection, int]] = []
+        self.pending: list[Reserved] = []
         self.committing: asyncio.Task[None] | None = None
         self.commits = 0
         self.seals = 0
 
-    def reserve(self, ledger: PartitionLedger, reservation: Reservation, connection: Connection) -> None:
-        ledger.in_flight += 1
-        self.pending.append((ledger, reservation, connection, connection.received_ns))
+    def reserve(self, reserved: Reserved) -> None:
+        for ledger, count in reserved.ledgers:
+            ledger.in_flight += count
+        self.pending.append(reserved)
         if self.committing is None:
             self.committing = asyncio.get_running_loop().create_task(self._commit())
 
     async def _commit(self) -> None:
         while self.pending:
             batch, self.pending = self.pending, []
-            live = [entry for entry in batch if entry[0].serving]
-            # Never logged: the order must not trade.
-            self._answer([entry for entry in batch if not entry[0].serving], PARTITION_TAKEOVER)
+            live: list[Reserved] = []
+            for reserved in batch:
+                if all(ledger.serving for ledger, _ in reserved.ledgers):
+                    live.append(reserved)
+                else:
+                    live.extend(self._give_up_lost(reserved))
             if not live:
                 continue
             self.commits += 1
-            event = Entry(
-                self.subject,
-                [reservation for _, reservation, _, _ in live],
-                f"journal-{self.service.writer}-{self.commits}",
-            )
+            reservations = b"".join(reserved.reservations for reserved in live)
+            event = Entry(self.subject, reservations, f"journal-{self.service.writer}-{self.commits}")
             try:
                 sequence = await self.event_log.append_fenced(event, self.last_sequence)
             except Fenced:
@@ -654,19 +671,32 @@ class Journal:
                 self.pending = live + self.pending
                 continue
             self.last_sequence = sequence
-            for ledger, *_ in live:
-                ledger.last_sequence = sequence
-            self._answer(live, OK)
+            for reserved in live:
+                for ledger, count in reserved.ledgers:
+                    ledger.last_sequence = sequence
+                    ledger.in_flight -= count
+                if reserved.connection.connected:
+                    reserved.connection.send_frames(reserved.answers)
+                self.service.metrics.record(reserved.received_ns, reserved.orders)
         self.committing = None
 
-    def _answer(
-        self, entries: list[tuple[PartitionLedger, Reservation, Connection, int]], reason: int
-    ) -> None:
-        for ledger, reservation, connection, received_ns in entries:
+    def _give_up_lost(self, reserved: Reserved) -> list[Reserved]:
+        """The reservations of partitions no longer served here are answered PARTITION_TAKEOVER (never
+        logged: the order must not trade); the others stay, one Reserved each."""
+        ledgers = {ledger.partition: ledger for ledger, _ in reserved.ledgers}
+        kept: list[Reserved] = []
+        connection = reserved.connection
+        for reservation in decode_event(reserved.reservations, self.subject):
+            ledger = ledgers[partition_of(reservation.account)]
+            if ledger.serving:
+                one = Reserved.one(ledger, reservation, connection)
+                kept.append(one._replace(received_ns=reserved.received_ns))
+                continue
             ledger.in_flight -= 1
             if connection.connected:
-                connection.send(RiskResult(reservation.order_id, reason))
-            self.service.metrics.record(received_ns)
+                connection.send(RiskResult(reservation.order_id, PARTITION_TAKEOVER))
+            self.service.metrics.record(reserved.received_ns)
+        return kept
 
     async def _read_seals(self) -> None:
         async for event in self.event_log.read(self.subject, self.last_sequence + 1, damaged=self.damaged):
@@ -815,7 +845,7 @@ class RiskService(Service[RiskSettings]):
         reason = self.engine.check(*check[:7], time.perf_counter_ns(), check.is_replace)
         self.metrics.decisions[REASON_NAMES[reason]] += 1
         if ledger is not None and reason == OK:
-            self.journal.reserve(ledger, self.engine.reservation(check), connection)
+            self.journal.reserve(Reserved.one(ledger, self.engine.reservation(check), connection))
             return
         if ledger is not None:
             ledger.refuse(Refusal(check.order_id, check.account, reason))
@@ -843,18 +873,10 @@ class RiskService(Service[RiskSettings]):
             return
         # Every acceptance waits for the journal; a refusal is answered now and logged beside it.
         accepted = reasons == OK
-        rows = checks[accepted]
-        for order_id, account, symbol, side, quantity, is_replace in zip(
-            rows["order_id"].tolist(),
-            rows["account"].tolist(),
-            rows["symbol"].view("V8").tolist(),  # all 8 bytes: "S8" drops trailing NULs
-            rows["side"].tolist(),
-            rows["quantity"].tolist(),
-            rows["is_replace"].tolist(),
-            strict=True,
-        ):
-            reservation = self.engine.reservation_of(order_id, account, symbol, side, quantity, is_replace)
-            self.journal.reserve(self.ledgers[partition_of(account)], reservation, connection)
+        if accepted.any():
+            reservations, answers, per_partition = self.engine.reservation_run(run.data, reasons.tobytes())
+            ledgers = [(self.ledgers[p], count) for p, count in enumerate(per_partition) if count]
+            self.journal.reserve(Reserved(ledgers, reservations, answers, connection, connection.received_ns))
         if accepted.all():
             return
         refused = checks[~accepted]

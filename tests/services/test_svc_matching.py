@@ -9,7 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tradeplane_services.matching import MatchingEngine, VenueEvent
-from tradeplane_services.protocol import ExecType, OrderType, Reason, Side, TimeInForce
+from tradeplane_services.protocol import (
+    ExecType,
+    OrderType,
+    Reason,
+    RouteOrder,
+    Side,
+    TimeInForce,
+    encode,
+    layout_of,
+)
 
 SYMBOL = b"AAPL\0\0\0\0"
 BUY, SELL = int(Side.BUY), int(Side.SELL)
@@ -307,3 +316,30 @@ def test_random_order_flow_follows_price_time_priority(flow: list[tuple[Any, ...
     for name, *arguments in flow:
         getattr(checker, name)(venue, *arguments)
         checker.depth_matches(venue)
+
+
+def test_a_run_of_routes_trades_as_one_by_one_and_leaves_the_acknowledgements_out() -> None:
+    """RouteOrder frames submitted as a run give the events `submit` gives one at a time, but NEW."""
+    flow = [
+        (1, SELL, 10, 101, DAY),
+        (2, SELL, 10, 100, DAY),
+        (3, BUY, 15, 101, DAY),
+        (4, BUY, 5, 99, IOC),
+        (1, BUY, 1, 1, DAY),
+    ]
+    routes = [
+        RouteOrder(order_id, 1, SYMBOL, side, LIMIT, tif, qty, price)
+        for order_id, side, qty, price, tif in flow
+    ]
+    run_venue, twin = MatchingEngine(), MatchingEngine()
+    events = run_venue.submit_run("a", b"".join(encode(route) for route in routes))
+    one_by_one = [event for route in routes for event in twin.submit("a", *route)]
+    assert events == [event for event in one_by_one if event.exec_type != ExecType.NEW]
+    assert (ExecType.REJECTED, int(Reason.DUPLICATE_CLIENT_ORDER_ID)) in [
+        (e.exec_type, e.reason) for e in events
+    ]
+    assert run_venue.depth(SYMBOL) == twin.depth(SYMBOL) == ([], [(101, 5)])
+    bad = bytearray(encode(routes[0]._replace(order_id=9)))
+    bad[layout_of(RouteOrder).offsets["side"]] = 7
+    assert run_venue.submit_run("a", bytes(bad)) is None
+    assert run_venue.depth(SYMBOL) == ([], [(101, 5)])

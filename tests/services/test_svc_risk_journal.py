@@ -41,7 +41,7 @@ from tradeplane_services.protocol import (
     price_units,
     symbol_bytes,
 )
-from tradeplane_services.risk import RiskService
+from tradeplane_services.risk import Reserved, RiskService
 
 LEASE_MILLIS = 60_000  # nothing lapses by itself during the test
 ACCOUNT, OTHER_ACCOUNT = 4242, 4243
@@ -66,6 +66,10 @@ class Session:
         assert (frames["type"] == layout_of(RiskResult).type_id).all()
         self.answers.update(zip(frames["order_id"].tolist(), frames["reason"].tolist(), strict=True))
         self.runs += 1
+
+    def send_frames(self, frames: bytearray) -> None:
+        for message, _ in StreamDecoder().feed(frames):
+            self.send(message)
 
     def dispatch_one_by_one(self, run: FrameRun) -> None:
         """As a connection does it: each check decoded and handed to `on_check`."""
@@ -106,7 +110,7 @@ async def sealed_out(servers: NatsServers, workdir: Path) -> None:
     async with two_replicas(servers, workdir) as (first, heir):
         assert heir.event_log is not None
         session = Session()
-        first.journal.reserve(first.ledgers[PARTITION], reservation(1, ACCOUNT), session)  # type: ignore[arg-type]
+        first.journal.reserve(Reserved.one(first.ledgers[PARTITION], reservation(1, ACCOUNT), session))  # type: ignore[arg-type]
         await until(lambda: 1 in session.answers, 5)
         assert session.answers[1] == Reason.OK
 
@@ -118,9 +122,9 @@ async def sealed_out(servers: NatsServers, workdir: Path) -> None:
         assert first.serving(PARTITION), "the first replica has not noticed yet"
 
         # One turn of the first replica's loop: an order of the lost partition and one of another.
-        first.journal.reserve(first.ledgers[PARTITION], reservation(2, ACCOUNT), session)  # type: ignore[arg-type]
+        first.journal.reserve(Reserved.one(first.ledgers[PARTITION], reservation(2, ACCOUNT), session))  # type: ignore[arg-type]
         other = first.ledgers[partition_of(OTHER_ACCOUNT)]
-        first.journal.reserve(other, reservation(3, OTHER_ACCOUNT), session)  # type: ignore[arg-type]
+        first.journal.reserve(Reserved.one(other, reservation(3, OTHER_ACCOUNT), session))  # type: ignore[arg-type]
         await until(lambda: {2, 3} <= set(session.answers), 5)
         assert session.answers == {1: Reason.OK, 2: Reason.PARTITION_TAKEOVER, 3: Reason.OK}
         assert not first.serving(PARTITION) and first.serving(partition_of(OTHER_ACCOUNT))
@@ -150,7 +154,7 @@ async def taken_over_together(servers: NatsServers, workdir: Path) -> None:
                 order_id = turn * PARTITIONS + account - ACCOUNT + 1
                 accepted.setdefault(partition_of(account), []).append(order_id)
                 ledger = first.ledgers[partition_of(account)]
-                first.journal.reserve(ledger, reservation(order_id, account), session)  # type: ignore[arg-type]
+                first.journal.reserve(Reserved.one(ledger, reservation(order_id, account), session))  # type: ignore[arg-type]
             answered = (turn + 1) * PARTITIONS
             await until(lambda: len(session.answers) == answered, 5)  # noqa: B023 (awaited here)
         first.ledgers[PARTITION].release(Release(1, ACCOUNT))  # on the partition's own subject
@@ -219,18 +223,27 @@ async def checked_in_runs(servers: NatsServers, workdir: Path) -> None:
         await until(lambda: 5 in session.answers, 5)
         assert session.answers[4] == Reason.PARTITION_TAKEOVER and session.answers[5] == Reason.OK
 
+        # A partition lost after a run was decided, before its append: its order is refused, never logged;
+        # the rest of the run is logged and accepted.
+        third_account = ACCOUNT + 2
+        first.on_run(session, checks((6, ACCOUNT, 102), (7, third_account, 100)))
+        first.give_up(partition_of(third_account))
+        await until(lambda: 6 in session.answers and 7 in session.answers, 5)
+        assert session.answers[6] == Reason.OK and session.answers[7] == Reason.PARTITION_TAKEOVER
+
         journal = [m async for event in heir.event_log.read(JOURNALS) for m in event.messages]
         aapl, bought = symbol_bytes("AAPL"), int(Side.BUY)
         assert journal == [
             Reservation(1, ACCOUNT, aapl, bought, 100, price_units(190), 0),
             Reservation(2, OTHER_ACCOUNT, aapl, bought, 100, price_units(190), 0),
             Reservation(5, ACCOUNT, aapl, bought, 101, price_units(190), 0),
+            Reservation(6, ACCOUNT, aapl, bought, 102, price_units(190), 0),
         ]
         refusals = [
             m async for event in heir.event_log.read(subject(REFUSAL_KIND, PARTITION)) for m in event.messages
         ]
         assert refusals == [Refusal(3, ACCOUNT, Reason.MAX_QUANTITY)]
-        assert open_orders(first) == [1, 5]
+        assert open_orders(first) == [1, 5, 6]
 
 
 def test_a_run_of_checks_is_decided_at_once_and_each_acceptance_waits_for_the_journal(
