@@ -252,6 +252,8 @@ pub struct RiskBook {
     symbols: Vec<[u8; 8]>,
     symbol_index: FastMap<usize>,
     partitions: u64,
+    /// Per partition: whether its checks are decided here (a run touching one that is not is declined).
+    served: Vec<bool>,
     firm_shares: u64,
     limits: Limits,
     reference: Vec<i64>,
@@ -325,6 +327,7 @@ impl RiskBook {
             symbols: keys,
             symbol_index,
             partitions,
+            served: vec![true; partitions as usize],
             firm_shares,
             limits: Limits {
                 firm_credit_share: None,
@@ -550,6 +553,7 @@ impl RiskBook {
             || order.quantity <= 0
             || order.price < 0
             || order.is_replace > 1
+            || !self.served[(order.account % self.partitions) as usize]
     }
 
     fn rows_of(&self, partition: u64) -> Vec<usize> {
@@ -890,6 +894,19 @@ impl RiskBook {
     /// Every open order as `booking` gives it, by order id.
     fn open_orders(&self) -> Vec<(u64, BookingState)> {
         self.open_orders_where(|_| true)
+    }
+
+    /// Whether `partition`'s checks are decided here: `check_records` declines a run touching one that
+    /// is not (every partition is, until told otherwise).
+    fn set_served(&mut self, partition: u64, served: bool) -> PyResult<()> {
+        let slot = self.served.get_mut(partition as usize).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "partition {partition}: there are {}",
+                self.partitions
+            ))
+        })?;
+        *slot = served;
+        Ok(())
     }
 
     #[getter]

@@ -156,6 +156,8 @@ class RiskEngine(RiskBook):
         self.symbols = [symbol_bytes(name) for name in settings.symbols]
         self.symbol_index = {symbol: index for index, symbol in enumerate(self.symbols)}
         self.configure(**limits(settings, self.symbols, self.firm_shares))
+        for partition in range(PARTITIONS if partitioned else 0):
+            self.set_served(partition, False)  # until its ledger serves it (PartitionLedger.serving)
 
     def reconfigure(self, settings: RiskSettings) -> None:
         if [symbol_bytes(name) for name in settings.symbols] != self.symbols:
@@ -273,7 +275,7 @@ class PartitionLedger:
         self.engine = service.engine
         self.partition = partition
         self.lease_revision = lease_revision
-        self.serving = False
+        self._serving = False
         self.stopped = False
         self.last_sequence = 0  # of the claim, or of the last journal event holding our reservations
         self.in_flight = 0  # reservations waiting for the journal
@@ -289,6 +291,16 @@ class PartitionLedger:
         service.replays.claiming(self)
         self.task = asyncio.get_running_loop().create_task(self.run(), name=f"partition-{partition}")
         self.task.add_done_callback(self._ended)
+
+    @property
+    def serving(self) -> bool:
+        """Its checks are decided here; the engine's runs are declined while it is not."""
+        return self._serving
+
+    @serving.setter
+    def serving(self, serving: bool) -> None:
+        self._serving = serving
+        self.engine.set_served(self.partition, serving)
 
     async def run(self) -> None:
         self.engine.forget_partition(self.partition)
@@ -853,14 +865,11 @@ class RiskService(Service[RiskSettings]):
         self.metrics.record(connection.received_ns)
 
     def on_run(self, connection: Connection, run: FrameRun) -> None:
-        checks = np.frombuffer(run.data, dtype=CHECK_DTYPE)
-        if self.event_log is not None and not self._serves_all(checks["account"]):
-            connection.dispatch_one_by_one(run)  # some are refused for a takeover: each its own way
-            return
         reasons = self.engine.check_batch(run.data, time.perf_counter_ns())
-        if reasons is None:
+        if reasons is None:  # e.g. a partition in takeover: each check refused its own way
             connection.dispatch_one_by_one(run)
             return
+        checks = np.frombuffer(run.data, dtype=CHECK_DTYPE)
         if (reasons == OK).all():  # the usual run: counted without sorting it
             self.metrics.decisions[REASON_NAMES[OK]] += run.frames
         else:
@@ -889,14 +898,6 @@ class RiskService(Service[RiskSettings]):
             self.ledgers[partition_of(account)].refuse(Refusal(order_id, account, reason))
         answer_checks(connection, refused["order_id"], reasons[~accepted])
         self.metrics.record(connection.received_ns, len(refused))
-
-    def _serves_all(self, accounts: np.ndarray[Any, Any]) -> bool:
-        """Whether every account's partition is served here."""
-        for partition in set((accounts % PARTITIONS).tolist()):
-            ledger = self.ledgers.get(partition)
-            if ledger is None or not ledger.serving:
-                return False
-        return True
 
     def on_update(self, connection: Connection, update: RiskUpdate) -> None:
         if self.event_log is None:

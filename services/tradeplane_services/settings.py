@@ -101,7 +101,7 @@ class RiskSettings(Settings):
     )
     killSwitch: KillSwitchState = KillSwitchState.ACTIVE
     batchThreshold: int = Field(
-        8, ge=2, description="Runs of at least this many queued checks are checked in one call (check_batch)."
+        2, ge=2, description="Runs of at least this many queued checks are checked in one call (check_batch)."
     )
     snapshotEveryEvents: int = Field(
         1000,
