@@ -11,8 +11,9 @@ unsaturated path). Then steps the offered rate up to find the highest rate the s
 order acknowledged (none refused, e.g. for a risk timeout), at least 98% of the offered rate achieved,
 and the median latency under --sustain-p50-ms. The median, not p99: past saturation the queue grows and
 the median with it, while a single scheduling stall of a shared machine moves p99 but not the median.
-Every run starts once order's book is empty: passive orders rest, a finished run's are canceled when its
-session ends (cancel on disconnect), and those cancels would otherwise land on the start of the next run.
+Every run starts once order's book and risk's open orders are empty: passive orders rest, a finished
+run's are canceled when its session ends (cancel on disconnect), and those cancels and their releases
+would otherwise land on the start of the next run.
 
     python bench/services_order_entry.py           # 1k/s and 10k/s, passive and crossing, 3 runs of 5 s
     python bench/services_order_entry.py --rate 10000 --mode passive --runs 5 --seconds 10
@@ -38,7 +39,22 @@ from tradeplane_services.stack import START_ORDER, Stack
 
 HOST = "127.77.250.1"
 ECHO_PORT = 7000
-RAMP = (1_000, 2_000, 5_000, 10_000, 15_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000)
+RAMP = (
+    1_000,
+    2_000,
+    5_000,
+    10_000,
+    20_000,
+    30_000,
+    40_000,
+    50_000,
+    60_000,
+    80_000,
+    100_000,
+    120_000,
+    150_000,
+    200_000,
+)
 MODES = {
     # Orders 1% off the market rest in the book: the order entry path alone.
     "passive": default_plan(crossing=False),
@@ -66,10 +82,12 @@ def describe(label: str, result: LoadResult) -> str:
 
 def settle(stack: Stack) -> None:
     """Wait until the orders the previous run left resting are canceled at the venue (cancel on
-    disconnect) and a moment more: a run that starts while thousands of cancels are under way measures
-    them, not itself."""
-    deadline = time.monotonic() + 60
-    while stack.status("order")["openOrders"] and time.monotonic() < deadline:
+    disconnect) and their reservations released in risk, and a moment more: a run that starts while
+    thousands of cancels are under way measures them, not itself."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+        stack.status("order")["openOrders"] or stack.status("risk")["openOrders"]
+    ):
         time.sleep(0.05)
     time.sleep(0.5)
 
