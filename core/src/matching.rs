@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyType};
 
 use crate::named_tuple::NamedTupleClass;
-use crate::wire::Value;
+use crate::wire::OrderFrame;
 use crate::FrameWriter;
 
 /// The protocol's codes the book uses, given by the Python side (protocol.py owns them).
@@ -83,18 +83,6 @@ impl Order {
 }
 
 /// Builds the Python `VenueEvent`s (a NamedTuple) the book returns.
-/// A RouteOrder's fields but the symbol.
-#[derive(Clone, Copy)]
-struct Route {
-    order_id: u64,
-    account: u64,
-    side: i64,
-    order_type: i64,
-    time_in_force: i64,
-    quantity: i64,
-    price: i64,
-}
-
 struct Events {
     class: NamedTupleClass,
     codes: Codes,
@@ -396,7 +384,7 @@ impl MatchingBook {
         &mut self,
         py: Python<'py>,
         owner: &Bound<'py, PyAny>,
-        route: Route,
+        route: OrderFrame<'_>,
         symbol: &Bound<'py, PyBytes>,
         acknowledge: bool,
         events: &Bound<'py, PyList>,
@@ -404,11 +392,11 @@ impl MatchingBook {
         let duplicate = self
             .orders
             .open
-            .contains_key(&(owner.as_ptr() as usize, route.order_id));
+            .contains_key(&(owner.as_ptr() as usize, route.id));
         let book = self.book_index(symbol.as_bytes());
         let mut order = Order {
             owner: owner.clone().unbind(),
-            order_id: route.order_id,
+            order_id: route.id,
             account: route.account,
             symbol: symbol.clone().unbind(),
             book,
@@ -529,9 +517,10 @@ impl MatchingBook {
         price: i64,
     ) -> PyResult<Bound<'py, PyList>> {
         let events = PyList::empty(py);
-        let route = Route {
-            order_id,
+        let route = OrderFrame {
+            id: order_id,
             account,
+            symbol: symbol.as_bytes(),
             side,
             order_type,
             time_in_force,
@@ -558,19 +547,8 @@ impl MatchingBook {
         }
         let events = PyList::empty(py);
         for frame in data.chunks_exact(route_order.size) {
-            let Value::Bytes(symbol) = route_order.value(2, frame) else {
-                unreachable!("RouteOrder.symbol is bytes")
-            };
-            let route = Route {
-                order_id: route_order.int(0, frame) as u64,
-                account: route_order.int(1, frame) as u64,
-                side: route_order.int(3, frame) as i64,
-                order_type: route_order.int(4, frame) as i64,
-                time_in_force: route_order.int(5, frame) as i64,
-                quantity: route_order.int(6, frame) as i64,
-                price: route_order.int(7, frame) as i64,
-            };
-            let symbol = PyBytes::new(py, symbol);
+            let route = OrderFrame::read(route_order, frame);
+            let symbol = PyBytes::new(py, route.symbol);
             self.submit_into(py, owner, route, &symbol, false, &events)?;
         }
         Ok(Some(events))

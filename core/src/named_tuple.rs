@@ -29,21 +29,23 @@ impl NamedTupleClass {
     }
 
     /// An instance holding `fields`, which must be as many as the class has.
-    pub(crate) fn build<const N: usize>(
+    pub(crate) fn build<'py>(
         &self,
-        py: Python<'_>,
-        fields: [Bound<'_, PyAny>; N],
+        py: Python<'py>,
+        fields: impl IntoIterator<Item = Bound<'py, PyAny>, IntoIter: ExactSizeIterator>,
     ) -> PyResult<Py<PyAny>> {
+        let fields = fields.into_iter();
+        let count = fields.len();
         // SAFETY: the class has a tuple's layout (checked in `new`); every item is set before the
         // instance is returned, and nothing runs Python code in between.
         unsafe {
             let class = self.class.as_ptr() as *mut pyo3::ffi::PyTypeObject;
             let alloc = (*class).tp_alloc.unwrap_or(pyo3::ffi::PyType_GenericAlloc);
-            let instance = alloc(class, N as pyo3::ffi::Py_ssize_t);
+            let instance = alloc(class, count as pyo3::ffi::Py_ssize_t);
             if instance.is_null() {
                 return Err(PyErr::fetch(py));
             }
-            for (index, field) in fields.into_iter().enumerate() {
+            for (index, field) in fields.enumerate() {
                 pyo3::ffi::PyTuple_SET_ITEM(
                     instance,
                     index as pyo3::ffi::Py_ssize_t,

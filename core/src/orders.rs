@@ -20,7 +20,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyModule, PyTuple, PyType};
 
-use crate::wire::Value;
+use crate::wire::{OrderFrame, Value};
 use crate::FrameWriter;
 
 use crate::named_tuple::NamedTupleClass;
@@ -230,6 +230,141 @@ pub(crate) enum Outcome {
     },
 }
 
+/// The messages outcomes send.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Message {
+    ExecutionReport,
+    RiskCheck,
+    RiskUpdate,
+    RouteOrder,
+    CancelRoute,
+    ReplaceRoute,
+}
+
+/// The message an outcome sends: its fields in its layout's order, the symbol's place (if any) holding 0
+/// and `symbol` saying whose symbol goes there.
+struct Sent {
+    message: Message,
+    fields: [i128; 12],
+    len: usize,
+    symbol: Option<(usize, Symbol)>,
+}
+
+impl Sent {
+    fn new(message: Message, fields: &[i128], symbol: Option<(usize, Symbol)>) -> Self {
+        let mut all = [0; 12];
+        all[..fields.len()].copy_from_slice(fields);
+        Sent {
+            message,
+            fields: all,
+            len: fields.len(),
+            symbol,
+        }
+    }
+}
+
+impl Outcome {
+    /// What it sends; None for a latency to record.
+    fn sent(&self) -> Option<Sent> {
+        Some(match *self {
+            Outcome::Report { report, .. } => Sent::new(
+                Message::ExecutionReport,
+                &[
+                    report.client_order_id.into(),
+                    report.order_id.into(),
+                    report.exec_type.into(),
+                    report.status.into(),
+                    report.reason.into(),
+                    0,
+                    report.side.into(),
+                    report.last_quantity.into(),
+                    report.last_price.into(),
+                    report.cumulative_quantity.into(),
+                    report.leaves_quantity.into(),
+                    report.price.into(),
+                ],
+                Some((5, report.symbol)),
+            ),
+            Outcome::Record { .. } => return None,
+            Outcome::Check {
+                order_id,
+                account,
+                symbol,
+                side,
+                order_type,
+                quantity,
+                price,
+                is_replace,
+            } => Sent::new(
+                Message::RiskCheck,
+                &[
+                    order_id.into(),
+                    account.into(),
+                    0,
+                    side.into(),
+                    order_type.into(),
+                    quantity.into(),
+                    price.into(),
+                    u8::from(is_replace).into(),
+                ],
+                Some((2, symbol)),
+            ),
+            Outcome::Update {
+                order_id,
+                quantity,
+                price,
+                done,
+                ..
+            } => Sent::new(
+                Message::RiskUpdate,
+                &[
+                    order_id.into(),
+                    quantity.into(),
+                    price.into(),
+                    u8::from(done).into(),
+                ],
+                None,
+            ),
+            Outcome::Route {
+                order_id,
+                account,
+                symbol,
+                side,
+                order_type,
+                time_in_force,
+                quantity,
+                price,
+                ..
+            } => Sent::new(
+                Message::RouteOrder,
+                &[
+                    order_id.into(),
+                    account.into(),
+                    0,
+                    side.into(),
+                    order_type.into(),
+                    time_in_force.into(),
+                    quantity.into(),
+                    price.into(),
+                ],
+                Some((2, symbol)),
+            ),
+            Outcome::CancelRoute { order_id } => {
+                Sent::new(Message::CancelRoute, &[order_id.into()], None)
+            }
+            Outcome::ReplaceRoute {
+                order_id,
+                quantity,
+                price,
+            } => Sent::new(
+                Message::ReplaceRoute,
+                &[order_id.into(), quantity.into(), price.into()],
+                None,
+            ),
+        })
+    }
+}
+
 /// A NewOrder's fields but the symbol (the Python side keeps it).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct NewRequest {
@@ -240,6 +375,20 @@ pub(crate) struct NewRequest {
     time_in_force: i64,
     quantity: i64,
     price: i64,
+}
+
+impl From<OrderFrame<'_>> for NewRequest {
+    fn from(order: OrderFrame<'_>) -> Self {
+        NewRequest {
+            client_order_id: order.id,
+            account: order.account,
+            side: order.side,
+            order_type: order.order_type,
+            time_in_force: order.time_in_force,
+            quantity: order.quantity,
+            price: order.price,
+        }
+    }
 }
 
 pub(crate) struct Book {
@@ -1028,6 +1177,17 @@ struct Messages {
 }
 
 impl Messages {
+    fn class(&self, message: Message) -> &NamedTupleClass {
+        match message {
+            Message::ExecutionReport => &self.execution_report,
+            Message::RiskCheck => &self.risk_check,
+            Message::RiskUpdate => &self.risk_update,
+            Message::RouteOrder => &self.route_order,
+            Message::CancelRoute => &self.cancel_route,
+            Message::ReplaceRoute => &self.replace_route,
+        }
+    }
+
     fn from_protocol(py: Python<'_>, protocol: &Bound<'_, PyModule>) -> PyResult<Self> {
         let class = |name: &str| -> PyResult<NamedTupleClass> {
             let class = protocol.getattr(name)?.cast_into::<PyType>()?.unbind();
@@ -1123,6 +1283,7 @@ struct WireTypes {
     new_order: u8,
     risk_check: u8,
     risk_result: u8,
+    risk_update: u8,
     execution_report: u8,
     route_order: u8,
     cancel_route: u8,
@@ -1130,12 +1291,24 @@ struct WireTypes {
 }
 
 impl WireTypes {
+    fn of(&self, message: Message) -> u8 {
+        match message {
+            Message::ExecutionReport => self.execution_report,
+            Message::RiskCheck => self.risk_check,
+            Message::RiskUpdate => self.risk_update,
+            Message::RouteOrder => self.route_order,
+            Message::CancelRoute => self.cancel_route,
+            Message::ReplaceRoute => self.replace_route,
+        }
+    }
+
     fn from_codec(codec: &crate::Codec) -> PyResult<Self> {
         let type_of = |name: &str| codec.layout_named(name).map(|layout| layout.type_id);
         Ok(WireTypes {
             new_order: type_of("NewOrder")?,
             risk_check: type_of("RiskCheck")?,
             risk_result: type_of("RiskResult")?,
+            risk_update: type_of("RiskUpdate")?,
             execution_report: type_of("ExecutionReport")?,
             route_order: type_of("RouteOrder")?,
             cancel_route: type_of("CancelRoute")?,
@@ -1187,6 +1360,24 @@ impl OrderBook {
         }
     }
 
+    /// `Book::new_order` on a cleared outcome list, keeping the symbol of an order it takes.
+    fn book_new_order(
+        &mut self,
+        session: u64,
+        request: NewRequest,
+        symbol: &Bound<'_, PyBytes>,
+        received_ns: i64,
+    ) {
+        self.book.outcomes.clear();
+        if let Some(slot) = self.book.new_order(session, request, received_ns) {
+            let slot = slot as usize;
+            if slot == self.symbols.len() {
+                self.symbols.push(None);
+            }
+            self.symbols[slot] = Some(symbol.clone().unbind());
+        }
+    }
+
     /// The 8 bytes of an outcome's symbol (never the request's: runs do not carry one).
     fn symbol_bytes<'a>(&'a self, py: Python<'a>, symbol: Symbol) -> &'a [u8] {
         const BLANK: &[u8] = &[0u8; 8];
@@ -1204,131 +1395,63 @@ impl OrderBook {
         outcome: &Outcome,
         request_symbol: Option<&Bound<'py, PyBytes>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        fn int<'py>(py: Python<'py>, value: impl IntoPyObject<'py>) -> PyResult<Bound<'py, PyAny>> {
-            value.into_bound_py_any(py)
-        }
-        let messages = &self.messages;
-        let (kind, target, message): (u8, Bound<'py, PyAny>, Py<PyAny>) = match *outcome {
-            Outcome::Report { session, report } => (
-                REPORT,
-                int(py, session)?,
-                messages.execution_report.build(
+        let (kind, target) = match *outcome {
+            Outcome::Report { session, .. } => (REPORT, session.into()),
+            Outcome::Record { received_ns, ok } => {
+                let ok = pyo3::types::PyBool::new(py, ok).to_owned().into_any();
+                return PyTuple::new(
                     py,
                     [
-                        int(py, report.client_order_id)?,
-                        int(py, report.order_id)?,
-                        int(py, report.exec_type)?,
-                        int(py, report.status)?,
-                        int(py, report.reason)?,
-                        self.symbol(py, report.symbol, request_symbol),
-                        int(py, report.side)?,
-                        int(py, report.last_quantity)?,
-                        int(py, report.last_price)?,
-                        int(py, report.cumulative_quantity)?,
-                        int(py, report.leaves_quantity)?,
-                        int(py, report.price)?,
+                        RECORD.into_bound_py_any(py)?,
+                        received_ns.into_bound_py_any(py)?,
+                        ok,
                     ],
-                )?,
-            ),
-            Outcome::Record { received_ns, ok } => (
-                RECORD,
-                int(py, received_ns)?,
-                pyo3::types::PyBool::new(py, ok)
-                    .to_owned()
-                    .into_any()
-                    .unbind(),
-            ),
-            Outcome::Check {
-                order_id,
-                account,
-                symbol,
-                side,
-                order_type,
-                quantity,
-                price,
-                is_replace,
-            } => (
-                CHECK,
-                int(py, account)?,
-                messages.risk_check.build(
-                    py,
-                    [
-                        int(py, order_id)?,
-                        int(py, account)?,
-                        self.symbol(py, symbol, request_symbol),
-                        int(py, side)?,
-                        int(py, order_type)?,
-                        int(py, quantity)?,
-                        int(py, price)?,
-                        int(py, u8::from(is_replace))?,
-                    ],
-                )?,
-            ),
-            Outcome::Update {
-                order_id,
-                account,
-                quantity,
-                price,
-                done,
-            } => (
-                UPDATE,
-                int(py, account)?,
-                messages.risk_update.build(
-                    py,
-                    [
-                        int(py, order_id)?,
-                        int(py, quantity)?,
-                        int(py, price)?,
-                        int(py, u8::from(done))?,
-                    ],
-                )?,
-            ),
-            Outcome::Route {
-                session,
-                order_id,
-                account,
-                symbol,
-                side,
-                order_type,
-                time_in_force,
-                quantity,
-                price,
-            } => (
-                ROUTE,
-                int(py, session)?,
-                messages.route_order.build(
-                    py,
-                    [
-                        int(py, order_id)?,
-                        int(py, account)?,
-                        self.symbol(py, symbol, request_symbol),
-                        int(py, side)?,
-                        int(py, order_type)?,
-                        int(py, time_in_force)?,
-                        int(py, quantity)?,
-                        int(py, price)?,
-                    ],
-                )?,
-            ),
-            Outcome::CancelRoute { order_id } => (
-                VENUE,
-                int(py, 0)?,
-                messages.cancel_route.build(py, [int(py, order_id)?])?,
-            ),
-            Outcome::ReplaceRoute {
-                order_id,
-                quantity,
-                price,
-            } => (
-                VENUE,
-                int(py, 0)?,
-                messages.replace_route.build(
-                    py,
-                    [int(py, order_id)?, int(py, quantity)?, int(py, price)?],
-                )?,
-            ),
+                );
+            }
+            Outcome::Check { account, .. } => (CHECK, account.into()),
+            Outcome::Update { account, .. } => (UPDATE, account.into()),
+            Outcome::Route { session, .. } => (ROUTE, session.into()),
+            Outcome::CancelRoute { .. } | Outcome::ReplaceRoute { .. } => (VENUE, 0i128),
         };
-        PyTuple::new(py, [int(py, kind)?, target, message.into_bound(py)])
+        let sent = outcome
+            .sent()
+            .expect("every outcome but a record sends a message");
+        let mut fields = Vec::with_capacity(sent.len);
+        for (index, &value) in sent.fields[..sent.len].iter().enumerate() {
+            fields.push(match (sent.symbol, i64::try_from(value)) {
+                (Some((at, symbol)), _) if at == index => self.symbol(py, symbol, request_symbol),
+                (_, Ok(small)) => small.into_bound_py_any(py)?, // Python's fast path
+                (_, Err(_)) => value.into_bound_py_any(py)?,
+            });
+        }
+        let message = self.messages.class(sent.message).build(py, fields)?;
+        PyTuple::new(
+            py,
+            [
+                kind.into_bound_py_any(py)?,
+                target.into_bound_py_any(py)?,
+                message.into_bound(py),
+            ],
+        )
+    }
+
+    /// Appends the frame of what `outcome` sends to `out` (sequence 0).
+    fn write_frame(
+        &self,
+        py: Python<'_>,
+        frames: &mut FrameWriter,
+        outcome: &Outcome,
+        out: &mut Vec<u8>,
+    ) -> PyResult<()> {
+        let sent = outcome.sent().expect("a record is not a frame");
+        let mut values = [Value::Int(0); 12];
+        for (index, &value) in sent.fields[..sent.len].iter().enumerate() {
+            values[index] = match sent.symbol {
+                Some((at, symbol)) if at == index => Value::Bytes(self.symbol_bytes(py, symbol)),
+                _ => Value::Int(value),
+            };
+        }
+        frames.append(self.types.of(sent.message), &values[..sent.len], out)
     }
 
     /// Runs one transition on a cleared outcome list and returns its outcomes.
@@ -1395,14 +1518,7 @@ impl OrderBook {
             quantity: fields.get(6)?,
             price: fields.get(7)?,
         };
-        self.book.outcomes.clear();
-        if let Some(slot) = self.book.new_order(session, request, received_ns) {
-            let slot = slot as usize;
-            if slot == self.symbols.len() {
-                self.symbols.push(None);
-            }
-            self.symbols[slot] = Some(symbol.clone().unbind());
-        }
+        self.book_new_order(session, request, &symbol, received_ns);
         self.outcomes(py, Some(&symbol))
     }
 
@@ -1434,37 +1550,13 @@ impl OrderBook {
         let mut buffers: Vec<Vec<u8>> = vec![Vec::new(); route_count as usize];
         let others = PyList::empty(py);
         for frame in data.chunks_exact(layout.size) {
-            let Value::Bytes(raw_symbol) = layout.value(2, frame) else {
-                unreachable!("NewOrder.symbol is bytes")
-            };
-            let request = NewRequest {
-                client_order_id: layout.int(0, frame) as u64,
-                account: layout.int(1, frame) as u64,
-                side: layout.int(3, frame) as i64,
-                order_type: layout.int(4, frame) as i64,
-                time_in_force: layout.int(5, frame) as i64,
-                quantity: layout.int(6, frame) as i64,
-                price: layout.int(7, frame) as i64,
-            };
-            let symbol = PyBytes::new(py, raw_symbol);
-            self.book.outcomes.clear();
-            if let Some(slot) = self.book.new_order(session, request, received_ns) {
-                let slot = slot as usize;
-                if slot == self.symbols.len() {
-                    self.symbols.push(None);
-                }
-                self.symbols[slot] = Some(symbol.clone().unbind());
-            }
+            let order = OrderFrame::read(layout, frame);
+            let symbol = PyBytes::new(py, order.symbol);
+            self.book_new_order(session, NewRequest::from(order), &symbol, received_ns);
             let mut unsent = None;
             for outcome in &self.book.outcomes {
                 let Outcome::Check {
-                    order_id,
-                    account,
-                    side,
-                    order_type,
-                    quantity,
-                    price,
-                    ..
+                    order_id, account, ..
                 } = *outcome
                 else {
                     others.append(self.outcome(py, outcome, Some(&symbol))?)?;
@@ -1473,19 +1565,9 @@ impl OrderBook {
                 let route = routes[(account % routes.len() as u64) as usize];
                 if route < 0 {
                     unsent = Some(order_id);
-                    continue;
+                } else {
+                    self.write_frame(py, &mut frames, outcome, &mut buffers[route as usize])?;
                 }
-                let values = [
-                    Value::Int(order_id.into()),
-                    Value::Int(account.into()),
-                    Value::Bytes(raw_symbol),
-                    Value::Int(side.into()),
-                    Value::Int(order_type.into()),
-                    Value::Int(quantity.into()),
-                    Value::Int(price.into()),
-                    Value::Int(0),
-                ];
-                frames.append(types.risk_check, &values, &mut buffers[route as usize])?;
             }
             if let Some(order_id) = unsent {
                 self.book.outcomes.clear();
@@ -1533,7 +1615,7 @@ impl OrderBook {
             self.book.risk_result(order_id, reason);
             for outcome in &self.book.outcomes {
                 match *outcome {
-                    Outcome::Report { session, report } => {
+                    Outcome::Report { session, .. } => {
                         let at = match reports.iter().position(|(known, _)| *known == session) {
                             Some(at) => at,
                             None => {
@@ -1541,63 +1623,12 @@ impl OrderBook {
                                 reports.len() - 1
                             }
                         };
-                        let values = [
-                            Value::Int(report.client_order_id.into()),
-                            Value::Int(report.order_id.into()),
-                            Value::Int(report.exec_type.into()),
-                            Value::Int(report.status.into()),
-                            Value::Int(report.reason.into()),
-                            Value::Bytes(self.symbol_bytes(py, report.symbol)),
-                            Value::Int(report.side.into()),
-                            Value::Int(report.last_quantity.into()),
-                            Value::Int(report.last_price.into()),
-                            Value::Int(report.cumulative_quantity.into()),
-                            Value::Int(report.leaves_quantity.into()),
-                            Value::Int(report.price.into()),
-                        ];
-                        frames.append(types.execution_report, &values, &mut reports[at].1)?;
+                        self.write_frame(py, &mut frames, outcome, &mut reports[at].1)?;
                     }
-                    Outcome::Route {
-                        order_id,
-                        account,
-                        symbol,
-                        side,
-                        order_type,
-                        time_in_force,
-                        quantity,
-                        price,
-                        ..
-                    } => {
-                        let values = [
-                            Value::Int(order_id.into()),
-                            Value::Int(account.into()),
-                            Value::Bytes(self.symbol_bytes(py, symbol)),
-                            Value::Int(side.into()),
-                            Value::Int(order_type.into()),
-                            Value::Int(time_in_force.into()),
-                            Value::Int(quantity.into()),
-                            Value::Int(price.into()),
-                        ];
-                        frames.append(types.route_order, &values, &mut venue)?;
-                    }
-                    Outcome::CancelRoute { order_id } => {
-                        frames.append(
-                            types.cancel_route,
-                            &[Value::Int(order_id.into())],
-                            &mut venue,
-                        )?;
-                    }
-                    Outcome::ReplaceRoute {
-                        order_id,
-                        quantity,
-                        price,
-                    } => {
-                        let values = [
-                            Value::Int(order_id.into()),
-                            Value::Int(quantity.into()),
-                            Value::Int(price.into()),
-                        ];
-                        frames.append(types.replace_route, &values, &mut venue)?;
+                    Outcome::Route { .. }
+                    | Outcome::CancelRoute { .. }
+                    | Outcome::ReplaceRoute { .. } => {
+                        self.write_frame(py, &mut frames, outcome, &mut venue)?;
                     }
                     _ => others.append(self.outcome(py, outcome, None)?)?,
                 }

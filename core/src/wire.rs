@@ -686,6 +686,39 @@ impl Codec {
     }
 }
 
+/// What a NewOrder and a RouteOrder frame both carry, in the same places: the order's id (the client's,
+/// or the order service's), account, symbol, side, type, time in force, quantity and price.
+#[derive(Clone, Copy)]
+pub struct OrderFrame<'a> {
+    pub id: u64,
+    pub account: u64,
+    pub symbol: &'a [u8],
+    pub side: i64,
+    pub order_type: i64,
+    pub time_in_force: i64,
+    pub quantity: i64,
+    pub price: i64,
+}
+
+impl<'a> OrderFrame<'a> {
+    /// `frame`'s fields under `layout` (a NewOrder's or a RouteOrder's), checked by `validate` before.
+    pub fn read(layout: &Layout, frame: &'a [u8]) -> Self {
+        let Value::Bytes(symbol) = layout.value(2, frame) else {
+            unreachable!("{}: field 2 is the symbol", layout.name)
+        };
+        OrderFrame {
+            id: layout.int(0, frame) as u64,
+            account: layout.int(1, frame) as u64,
+            symbol,
+            side: layout.int(3, frame) as i64,
+            order_type: layout.int(4, frame) as i64,
+            time_in_force: layout.int(5, frame) as i64,
+            quantity: layout.int(6, frame) as i64,
+            price: layout.int(7, frame) as i64,
+        }
+    }
+}
+
 /// A frame header: length, type, version, sequence.
 #[derive(Debug, Clone, Copy)]
 pub struct Header {
