@@ -1317,6 +1317,14 @@ impl WireTypes {
     }
 }
 
+/// What `risk_result_run` returns: the venue's frames, each session's reports' frames, the other
+/// outcomes.
+type AnsweredRun<'py> = (
+    Bound<'py, PyByteArray>,
+    Bound<'py, PyList>,
+    Bound<'py, PyList>,
+);
+
 /// The order service's orders and rules (see the module's documentation); `OrderManager` in
 /// order.py sends what each call returns.
 #[pyclass(module = "tradeplane_services._wire")]
@@ -1593,13 +1601,7 @@ impl OrderBook {
         &mut self,
         py: Python<'py>,
         data: &[u8],
-    ) -> PyResult<
-        Option<(
-            Bound<'py, PyByteArray>,
-            Bound<'py, PyList>,
-            Bound<'py, PyList>,
-        )>,
-    > {
+    ) -> PyResult<Option<AnsweredRun<'py>>> {
         let mut frames = FrameWriter::new(py)?;
         let types = &self.types;
         if !frames.all_valid(types.risk_result, data)? {
