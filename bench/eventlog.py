@@ -54,7 +54,7 @@ async def append_latency(url: str, replicas: int, count: int) -> tuple[list[floa
     try:
         for n in range(1, count + 1):
             started = time.perf_counter()
-            await log.append([Append("fill", n % 16, [fill(n)], f"bench-{n}")])
+            await log.append([Append("fill", 1 + n % 15, [fill(n)], f"bench-{n}")])  # 0 is the replay's
             appends.append(time.perf_counter() - started)
             started = time.perf_counter()
             await bare.publish("bench.bare", payload)

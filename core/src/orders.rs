@@ -241,51 +241,38 @@ enum Message {
     ReplaceRoute,
 }
 
-/// The message an outcome sends: its fields in its layout's order, the symbol's place (if any) holding 0
-/// and `symbol` saying whose symbol goes there.
-struct Sent {
-    message: Message,
-    fields: [i128; 12],
-    len: usize,
-    symbol: Option<(usize, Symbol)>,
+/// Where a message's fields go, in its layout's order: a NamedTuple's items, or a frame's values.
+trait FieldSink {
+    fn int<T: WireInt>(&mut self, value: T);
+    fn symbol(&mut self, symbol: Symbol);
 }
 
-impl Sent {
-    fn new(message: Message, fields: &[i128], symbol: Option<(usize, Symbol)>) -> Self {
-        let mut all = [0; 12];
-        all[..fields.len()].copy_from_slice(fields);
-        Sent {
-            message,
-            fields: all,
-            len: fields.len(),
-            symbol,
-        }
-    }
-}
+/// An integer field as the book holds it: a wire value, and a Python int by its own (fast) conversion.
+trait WireInt: Into<i128> + for<'py> IntoPyObject<'py, Error = std::convert::Infallible> {}
+
+impl<T: Into<i128> + for<'py> IntoPyObject<'py, Error = std::convert::Infallible>> WireInt for T {}
 
 impl Outcome {
-    /// What it sends; None for a latency to record.
-    fn sent(&self) -> Option<Sent> {
-        Some(match *self {
-            Outcome::Report { report, .. } => Sent::new(
-                Message::ExecutionReport,
-                &[
-                    report.client_order_id.into(),
-                    report.order_id.into(),
-                    report.exec_type.into(),
-                    report.status.into(),
-                    report.reason.into(),
-                    0,
-                    report.side.into(),
-                    report.last_quantity.into(),
-                    report.last_price.into(),
-                    report.cumulative_quantity.into(),
-                    report.leaves_quantity.into(),
-                    report.price.into(),
-                ],
-                Some((5, report.symbol)),
-            ),
-            Outcome::Record { .. } => return None,
+    /// The message it sends, its fields given to `sink` in order; None, nothing given, for a latency to
+    /// record.
+    fn send_to(&self, sink: &mut impl FieldSink) -> Option<Message> {
+        match *self {
+            Outcome::Report { report, .. } => {
+                sink.int(report.client_order_id);
+                sink.int(report.order_id);
+                sink.int(report.exec_type);
+                sink.int(report.status);
+                sink.int(report.reason);
+                sink.symbol(report.symbol);
+                sink.int(report.side);
+                sink.int(report.last_quantity);
+                sink.int(report.last_price);
+                sink.int(report.cumulative_quantity);
+                sink.int(report.leaves_quantity);
+                sink.int(report.price);
+                Some(Message::ExecutionReport)
+            }
+            Outcome::Record { .. } => None,
             Outcome::Check {
                 order_id,
                 account,
@@ -295,36 +282,30 @@ impl Outcome {
                 quantity,
                 price,
                 is_replace,
-            } => Sent::new(
-                Message::RiskCheck,
-                &[
-                    order_id.into(),
-                    account.into(),
-                    0,
-                    side.into(),
-                    order_type.into(),
-                    quantity.into(),
-                    price.into(),
-                    u8::from(is_replace).into(),
-                ],
-                Some((2, symbol)),
-            ),
+            } => {
+                sink.int(order_id);
+                sink.int(account);
+                sink.symbol(symbol);
+                sink.int(side);
+                sink.int(order_type);
+                sink.int(quantity);
+                sink.int(price);
+                sink.int(u8::from(is_replace));
+                Some(Message::RiskCheck)
+            }
             Outcome::Update {
                 order_id,
                 quantity,
                 price,
                 done,
                 ..
-            } => Sent::new(
-                Message::RiskUpdate,
-                &[
-                    order_id.into(),
-                    quantity.into(),
-                    price.into(),
-                    u8::from(done).into(),
-                ],
-                None,
-            ),
+            } => {
+                sink.int(order_id);
+                sink.int(quantity);
+                sink.int(price);
+                sink.int(u8::from(done));
+                Some(Message::RiskUpdate)
+            }
             Outcome::Route {
                 order_id,
                 account,
@@ -335,33 +316,76 @@ impl Outcome {
                 quantity,
                 price,
                 ..
-            } => Sent::new(
-                Message::RouteOrder,
-                &[
-                    order_id.into(),
-                    account.into(),
-                    0,
-                    side.into(),
-                    order_type.into(),
-                    time_in_force.into(),
-                    quantity.into(),
-                    price.into(),
-                ],
-                Some((2, symbol)),
-            ),
+            } => {
+                sink.int(order_id);
+                sink.int(account);
+                sink.symbol(symbol);
+                sink.int(side);
+                sink.int(order_type);
+                sink.int(time_in_force);
+                sink.int(quantity);
+                sink.int(price);
+                Some(Message::RouteOrder)
+            }
             Outcome::CancelRoute { order_id } => {
-                Sent::new(Message::CancelRoute, &[order_id.into()], None)
+                sink.int(order_id);
+                Some(Message::CancelRoute)
             }
             Outcome::ReplaceRoute {
                 order_id,
                 quantity,
                 price,
-            } => Sent::new(
-                Message::ReplaceRoute,
-                &[order_id.into(), quantity.into(), price.into()],
-                None,
-            ),
-        })
+            } => {
+                sink.int(order_id);
+                sink.int(quantity);
+                sink.int(price);
+                Some(Message::ReplaceRoute)
+            }
+        }
+    }
+}
+
+/// A message's fields as Python objects, for its NamedTuple.
+struct TupleFields<'a, 'py> {
+    book: &'a OrderBook,
+    py: Python<'py>,
+    request_symbol: Option<&'a Bound<'py, PyBytes>>,
+    items: [Option<Bound<'py, PyAny>>; 12],
+    len: usize,
+}
+
+impl FieldSink for TupleFields<'_, '_> {
+    fn int<T: WireInt>(&mut self, value: T) {
+        let item = value
+            .into_bound_py_any(self.py)
+            .expect("an integer converts");
+        self.items[self.len] = Some(item);
+        self.len += 1;
+    }
+
+    fn symbol(&mut self, symbol: Symbol) {
+        self.items[self.len] = Some(self.book.symbol(self.py, symbol, self.request_symbol));
+        self.len += 1;
+    }
+}
+
+/// A message's fields as wire values, for its frame.
+struct FrameFields<'a> {
+    book: &'a OrderBook,
+    py: Python<'a>,
+    values: [Value<'a>; 12],
+    len: usize,
+}
+
+impl FieldSink for FrameFields<'_> {
+    fn int<T: WireInt>(&mut self, value: T) {
+        self.values[self.len] = Value::Int(value.into());
+        self.len += 1;
+    }
+
+    fn symbol(&mut self, symbol: Symbol) {
+        self.values[self.len] = Value::Bytes(self.book.symbol_bytes(self.py, symbol));
+        self.len += 1;
     }
 }
 
@@ -1404,7 +1428,7 @@ impl OrderBook {
         request_symbol: Option<&Bound<'py, PyBytes>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let (kind, target) = match *outcome {
-            Outcome::Report { session, .. } => (REPORT, session.into()),
+            Outcome::Report { session, .. } => (REPORT, session),
             Outcome::Record { received_ns, ok } => {
                 let ok = pyo3::types::PyBool::new(py, ok).to_owned().into_any();
                 return PyTuple::new(
@@ -1416,23 +1440,27 @@ impl OrderBook {
                     ],
                 );
             }
-            Outcome::Check { account, .. } => (CHECK, account.into()),
-            Outcome::Update { account, .. } => (UPDATE, account.into()),
-            Outcome::Route { session, .. } => (ROUTE, session.into()),
-            Outcome::CancelRoute { .. } | Outcome::ReplaceRoute { .. } => (VENUE, 0i128),
+            Outcome::Check { account, .. } => (CHECK, account),
+            Outcome::Update { account, .. } => (UPDATE, account),
+            Outcome::Route { session, .. } => (ROUTE, session),
+            Outcome::CancelRoute { .. } | Outcome::ReplaceRoute { .. } => (VENUE, 0u64),
+        };
+        let mut fields = TupleFields {
+            book: self,
+            py,
+            request_symbol,
+            items: Default::default(),
+            len: 0,
         };
         let sent = outcome
-            .sent()
+            .send_to(&mut fields)
             .expect("every outcome but a record sends a message");
-        let mut fields = Vec::with_capacity(sent.len);
-        for (index, &value) in sent.fields[..sent.len].iter().enumerate() {
-            fields.push(match (sent.symbol, i64::try_from(value)) {
-                (Some((at, symbol)), _) if at == index => self.symbol(py, symbol, request_symbol),
-                (_, Ok(small)) => small.into_bound_py_any(py)?, // Python's fast path
-                (_, Err(_)) => value.into_bound_py_any(py)?,
-            });
-        }
-        let message = self.messages.class(sent.message).build(py, fields)?;
+        let items = fields
+            .items
+            .into_iter()
+            .take(fields.len)
+            .map(|item| item.expect("given"));
+        let message = self.messages.class(sent).build(py, items)?;
         PyTuple::new(
             py,
             [
@@ -1451,15 +1479,16 @@ impl OrderBook {
         outcome: &Outcome,
         out: &mut Vec<u8>,
     ) -> PyResult<()> {
-        let sent = outcome.sent().expect("a record is not a frame");
-        let mut values = [Value::Int(0); 12];
-        for (index, &value) in sent.fields[..sent.len].iter().enumerate() {
-            values[index] = match sent.symbol {
-                Some((at, symbol)) if at == index => Value::Bytes(self.symbol_bytes(py, symbol)),
-                _ => Value::Int(value),
-            };
-        }
-        frames.append(self.types.of(sent.message), &values[..sent.len], out)
+        let mut fields = FrameFields {
+            book: self,
+            py,
+            values: [Value::Int(0); 12],
+            len: 0,
+        };
+        let sent = outcome
+            .send_to(&mut fields)
+            .expect("a record is not a frame");
+        frames.append(self.types.of(sent), &fields.values[..fields.len], out)
     }
 
     /// Runs one transition on a cleared outcome list and returns its outcomes.
