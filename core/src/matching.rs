@@ -378,7 +378,6 @@ impl MatchingBook {
         Ok(())
     }
 
-    /// Takes an open order out of the book for good.
     /// `submit`'s work, its events appended to `events` (the acknowledgement only with `acknowledge`).
     fn submit_into<'py>(
         &mut self,
@@ -434,6 +433,7 @@ impl MatchingBook {
         Ok(())
     }
 
+    /// Takes an open order out of the book for good.
     fn close(&mut self, slot: usize) -> Order {
         self.withdraw(slot);
         let order = self.orders.release(slot);
