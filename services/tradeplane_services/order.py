@@ -8,6 +8,8 @@ replace gives the order a new client order id).
 The orders and the rules are the Rust core's `OrderBook` (core/src/orders.rs): each message is one call
 that returns what to send. `OrderManager` sends it through three callables (to the client session, to
 risk, to the venue), so it runs without sockets in unit tests; `OrderService` wires it to connections.
+Under load a read's NewOrders, and a read of risk's answers, are one call each (`OrderService.on_run`,
+`on_risk_results`): the book builds their checks, routes and reports as frames, one write a destination.
 """
 
 from __future__ import annotations
